@@ -1,0 +1,43 @@
+# kap-forecast: the two commands of the README, and helpers.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+export FORECAST_MODELS ?= $(CURDIR)/models
+
+.PHONY: install serve test lint demo-data model bench clean
+
+$(BIN)/forecast: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/forecast
+
+# The demo cohort is committed; regenerate it only if someone deleted it.
+data/demo/patients.csv: | install
+	$(BIN)/forecast simulate --patients 300 --seed 20261127 --out data/demo
+
+demo-data: data/demo/patients.csv
+
+model: demo-data
+	@if [ -z "$$(ls -A $(FORECAST_MODELS) 2>/dev/null | grep -v '^\.')" ]; then \
+		$(BIN)/forecast train data/demo --models $(FORECAST_MODELS); fi
+
+serve: model
+	$(BIN)/forecast serve --host $(HOST) --port $(PORT)
+
+lint: install
+	$(BIN)/ruff check forecast service tests bench
+
+test: install
+	$(BIN)/ruff check forecast service tests bench
+	$(BIN)/pytest -q
+
+bench: install
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Command modules of the ``forecast`` CLI; each exposes ``COMMANDS``."""

@@ -1,0 +1,1 @@
+"""The kap-forecast Flask service (see ``service.app.create_app``)."""
