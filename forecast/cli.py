@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from forecast.commands import clinic, data, modelling, server
+from forecast.commands import clinic, data, episodes, modelling, predict, server, simulate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,6 +16,6 @@ def main() -> None:
     """
 
 
-for _module in (data, modelling, server, clinic):
+for _module in (data, simulate, episodes, modelling, predict, server, clinic):
     for _command in _module.COMMANDS:
         main.add_command(_command)

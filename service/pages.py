@@ -1,0 +1,7 @@
+"""Blueprint `pages` of the service (registered by service.app.create_app)."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+bp = Blueprint("pages", __name__)
