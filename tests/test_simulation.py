@@ -1,0 +1,432 @@
+"""Tests of the simulator: determinism, contract, calibration to its sources, mechanism."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from forecast.cli import main
+from forecast.cohort import canonicalize
+from forecast.contract import HORIZONS, PHQ9_ITEMS, TABLES
+from forecast.data import load_cohort
+from forecast.simulation import (
+    TRUTH_COLUMNS,
+    SimulationParams,
+    SimulationResult,
+    read_truth,
+    simulate,
+    summarize,
+    true_risk,
+    truth_location,
+    write_simulation,
+)
+
+RISKS = [f"risk_{h}d" for h in HORIZONS]
+
+
+# --- independent re-implementations of the downstream rules (not the code under test) ---
+def phq9_total(a: pd.DataFrame) -> pd.Series:
+    """PHQ-9 total: items prorated when at most two are missing, else the given total."""
+    items = a[list(PHQ9_ITEMS)].astype(float)
+    answered = items.notna().sum(axis=1)
+    prorated = np.floor(items.sum(axis=1) * 9 / answered.replace(0, np.nan) + 0.5)
+    return prorated.where(answered >= 7, a["phq9_total"].astype(float))
+
+
+def induction_response(sessions: pd.DataFrame, assessments: pd.DataFrame) -> pd.DataFrame:
+    """Baseline (last PHQ-9 on or before the first induction, <= 30 days before) and the
+    first PHQ-9 within 14 days after the last induction session, per measurable patient."""
+    ind = sessions[sessions["kind"] == "induction"]
+    span = ind.groupby("patient_id")["date"].agg(first="min", last="max")
+    a = assessments.assign(phq9=phq9_total(assessments)).dropna(subset=["phq9"])
+    a = a.merge(span, left_on="patient_id", right_index=True)
+    pre = a[(a["date"] <= a["first"]) & (a["date"] >= a["first"] - pd.Timedelta(days=30))]
+    post = a[(a["date"] > a["last"]) & (a["date"] <= a["last"] + pd.Timedelta(days=14))]
+    baseline = pre.sort_values("date").groupby("patient_id")["phq9"].last()
+    after = post.sort_values("date").groupby("patient_id")["phq9"].first()
+    out = pd.concat([baseline.rename("baseline"), after.rename("after")], axis=1).dropna()
+    return out.assign(response=out["after"] <= 0.5 * out["baseline"])
+
+
+def tag_episodes(result: SimulationResult) -> pd.DataFrame:
+    """Assessments after a truth episode's start and before the next session, with
+    ``u`` (days since the start), the latent wane time and the patient's baseline."""
+    c = result.cohort
+    a = c.assessments.assign(phq9=phq9_total(c.assessments)).sort_values("date")
+    s = c.sessions[["patient_id", "date"]].assign(session_date=c.sessions["date"])
+    a = pd.merge_asof(
+        a, s.sort_values("date"), on="date", by="patient_id", allow_exact_matches=False
+    )
+    a = a.merge(
+        result.truth,
+        left_on=["patient_id", "session_date"],
+        right_on=["patient_id", "episode_start"],
+    )
+    base = induction_response(c.sessions, c.assessments)["baseline"]
+    a = a.merge(base, left_on="patient_id", right_index=True)
+    return a.assign(u=(a["date"] - a["episode_start"]).dt.days)
+
+
+# --- determinism and form ------------------------------------------------------------------
+def _frames(r: SimulationResult) -> list[pd.DataFrame]:
+    return [r.cohort.patients, r.cohort.sessions, r.cohort.assessments, r.truth]
+
+
+def test_same_seed_gives_identical_frames_and_other_seeds_differ() -> None:
+    a, b, other = simulate(150, 3), simulate(150, 3), simulate(150, 4)
+    for x, y in zip(_frames(a), _frames(b), strict=True):
+        pd.testing.assert_frame_equal(x, y)
+    assert not a.cohort.assessments.equals(other.cohort.assessments)
+    assert not a.truth.equals(other.truth)
+
+
+def test_frames_are_canonical(sim_small: SimulationResult) -> None:
+    c = sim_small.cohort
+    for table, df in (
+        ("patients", c.patients),
+        ("sessions", c.sessions),
+        ("assessments", c.assessments),
+    ):
+        assert list(df.columns) == [col.name for col in TABLES[table]]
+        pd.testing.assert_frame_equal(df, canonicalize(table, df))
+    assert len(c.patients) == 400
+    assert c.patients["patient_id"].is_unique
+    assert list(sim_small.truth.columns) == list(TRUTH_COLUMNS)
+
+
+def test_values_respect_the_contract(sim_small: SimulationResult) -> None:
+    c = sim_small.cohort
+    end = sim_small.end_date
+    for table, df in (
+        ("patients", c.patients),
+        ("sessions", c.sessions),
+        ("assessments", c.assessments),
+    ):
+        for col in TABLES[table]:
+            s = df[col.name].dropna()
+            if col.allowed is not None:
+                assert set(s) <= set(col.allowed), (table, col.name)
+            if col.kind in ("int", "float"):
+                assert s.between(col.minimum, col.maximum).all(), (table, col.name)
+            if col.kind == "int":
+                assert (s == np.round(s)).all(), (table, col.name)
+            if col.kind == "date":
+                assert (s <= end).all(), (table, col.name)
+            if not col.nullable:
+                assert df[col.name].notna().all(), (table, col.name)
+    for df in (c.sessions, c.assessments):
+        assert not df.duplicated(["patient_id", "date"]).any()
+        assert set(df["patient_id"]) <= set(c.patients["patient_id"])
+    items = c.assessments[list(PHQ9_ITEMS)]
+    both = items.notna().all(axis=1) & c.assessments["phq9_total"].notna()
+    assert both.any()
+    assert (items[both].sum(axis=1) == c.assessments.loc[both, "phq9_total"]).all()
+    # Every row has a usable PHQ-9: a total, or at most two missing items.
+    assert phq9_total(c.assessments).notna().all()
+
+
+def test_missing_values_are_present_in_each_form(sim_small: SimulationResult) -> None:
+    a = sim_small.cohort.assessments
+    n_missing = a[list(PHQ9_ITEMS)].isna().sum(axis=1)
+    assert ((n_missing >= 1) & (n_missing <= 2)).mean() > 0.02
+    assert ((n_missing == 9) & a["phq9_total"].notna()).mean() > 0.03
+    assert a["cssrs_ideation"].notna().mean() > 0.2
+    assert a["cssrs_ideation"].isna().mean() > 0.2
+    s = sim_small.cohort.sessions
+    for col in ("dose_mg_per_kg", "route", "psychotherapy", "dissociation", "systolic_bp_max"):
+        assert 0 < s[col].isna().mean() < 0.5, col
+    for col in ("age", "sex", "diagnosis", "prior_treatments"):
+        assert sim_small.cohort.patients[col].notna().mean() > 0.9, col
+
+
+def test_doses_are_realistic_per_route(sim_small: SimulationResult) -> None:
+    s = sim_small.cohort.sessions.dropna(subset=["route", "dose_mg_per_kg"])
+    ranges = SimulationParams().dose_range
+    for route, (lo, hi) in ranges.items():
+        d = s.loc[s["route"] == route, "dose_mg_per_kg"]
+        assert len(d) > 0, route
+        assert d.between(lo, hi).all(), route
+
+
+def test_end_date_censors_everything_and_moves_the_window() -> None:
+    r = simulate(120, 9, end_date="2024-06-30")
+    c = r.cohort
+    end = pd.Timestamp("2024-06-30")
+    for df in (c.sessions, c.assessments):
+        assert df["date"].max() <= end
+        assert df["date"].min() >= end - pd.Timedelta(days=760)
+    assert r.truth["episode_start"].max() <= end
+    # The latent truth is never censored: some wane times reach past the end date.
+    reach = r.truth["episode_start"] + pd.to_timedelta(r.truth["latent_wane_days"], unit="D")
+    assert (reach > end).any()
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    n=st.integers(min_value=1, max_value=40),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+    end=st.dates(min_value=date(2010, 1, 1), max_value=date(2026, 10, 31)),
+)
+def test_invariants_hold_for_any_size_seed_and_end_date(n: int, seed: int, end: date) -> None:
+    r = simulate(n, seed, end_date=pd.Timestamp(end))
+    c = r.cohort
+    assert len(c.patients) == n
+    for df in (c.sessions, c.assessments):
+        assert not df.duplicated(["patient_id", "date"]).any()
+        assert (df["date"] <= pd.Timestamp(end)).all()
+    assert set(c.sessions["patient_id"]) == set(c.patients["patient_id"])
+    assert phq9_total(c.assessments).between(0, 27).all()
+    assert (r.truth["episode_start"] <= pd.Timestamp(end)).all()
+    assert (np.diff(r.truth[RISKS].to_numpy(), axis=1) >= 0).all()
+
+
+def test_rejects_an_empty_cohort_and_inconsistent_parameters() -> None:
+    with pytest.raises(ValueError, match="n_patients"):
+        simulate(0, 1)
+    with pytest.raises(ValueError, match="completed_probs_responder must give 4"):
+        simulate(10, 1, params=SimulationParams(induction_sessions=4))
+
+
+# --- truth ---------------------------------------------------------------------------------
+def test_truth_rows_are_the_response_episodes(sim_small: SimulationResult) -> None:
+    t = sim_small.truth
+    s = sim_small.cohort.sessions
+    m = t.merge(
+        s, left_on=["patient_id", "episode_start"], right_on=["patient_id", "date"], how="left"
+    )
+    assert m["kind"].notna().all()
+    assert (m.loc[m["episode_index"] == 0, "kind"] == "induction").all()
+    assert (m.loc[m["episode_index"] > 0, "kind"] == "maintenance").all()
+    # The first episode starts at the patient's last induction session.
+    last_ind = s[s["kind"] == "induction"].groupby("patient_id")["date"].max()
+    first = t[t["episode_index"] == 0].set_index("patient_id")["episode_start"]
+    assert (first == last_ind.loc[first.index]).all()
+    # Every maintenance session starts an episode; indices count up per patient.
+    assert (s["kind"] == "maintenance").sum() == (t["episode_index"] > 0).sum()
+    rank = t.groupby("patient_id").cumcount()
+    assert (rank == t["episode_index"]).all()
+    assert (t["latent_wane_days"] > 0).all()
+
+
+def test_truth_risks_are_monotone_and_match_latent_times(sim_small: SimulationResult) -> None:
+    t = sim_small.truth
+    r = t[RISKS].to_numpy()
+    assert ((r >= 0) & (r <= 1)).all()
+    assert (np.diff(r, axis=1) > 0).all()
+    for h in HORIZONS:
+        empirical = (t["latent_wane_days"] <= h).mean()
+        assert abs(t[f"risk_{h}d"].mean() - empirical) < 0.05, h
+    # Discriminating, not just calibrated in the large: high risks wane more often.
+    q = pd.qcut(t["risk_28d"], 4, labels=False)
+    share = (t["latent_wane_days"] <= 28).groupby(q).mean()
+    assert share.iloc[-1] > share.iloc[0] + 0.2
+
+
+def test_true_risk_is_the_log_logistic_cdf() -> None:
+    loc = np.log(np.array([20.0, 80.0]))
+    risk = true_risk(loc, 0.5, horizons=(20, 80))
+    # At h = exp(location) the median is reached.
+    assert risk[0, 0] == pytest.approx(0.5)
+    assert risk[1, 1] == pytest.approx(0.5)
+    assert risk[0, 1] > 0.5 > risk[1, 0]
+
+
+def test_conditional_true_risk_matches_latent_times_after_a_landmark() -> None:
+    t = simulate(2000, 17).truth
+    scale = SimulationParams().wane_scale
+    loc = truth_location(t, scale)
+    np.testing.assert_allclose(true_risk(loc, scale), t[RISKS].to_numpy(), rtol=1e-9)
+    alive = (t["latent_wane_days"] > 28).to_numpy()
+    risk = true_risk(loc[alive], scale, horizons=(28,), since=28.0)[:, 0]
+    waned = (t["latent_wane_days"][alive] <= 56).mean()
+    assert alive.sum() > 2000
+    assert abs(risk.mean() - waned) < 0.03
+
+
+def test_frailty_links_episodes_of_a_patient() -> None:
+    # Past episodes inform later ones: consecutive latent times of a patient are
+    # correlated well beyond what the (weak) covariate effects alone give (~0.05).
+    t = simulate(1500, 21).truth
+    log_t = np.log(t["latent_wane_days"])
+    following = log_t.groupby(t["patient_id"]).shift(-1)
+    pairs = following.notna()
+    assert pairs.sum() > 1000
+    assert np.corrcoef(log_t[pairs], following[pairs])[0, 1] > 0.12
+
+
+# --- scores follow the latent truth -----------------------------------------------------------
+def test_scores_are_consistent_with_the_latent_wane_time(sim_small: SimulationResult) -> None:
+    a = tag_episodes(sim_small)
+    before = a[a["u"] < a["latent_wane_days"]]
+    after = a[a["u"] >= a["latent_wane_days"] + 7]
+    assert len(before) > 200
+    assert len(after) > 40
+    in_response = before["phq9"] <= 0.5 * before["baseline"]
+    assert in_response.mean() > 0.85
+    waned = (after["phq9"] >= 10) & (after["phq9"] > 0.5 * after["baseline"])
+    assert waned.mean() > 0.85
+    # Suicidal ideation re-emerges mostly after waning.
+    si_before = (before["phq9_9"] >= 1).mean()
+    si_after = (after["phq9_9"] >= 1).mean()
+    assert si_before < 0.03
+    assert si_after > 5 * si_before
+
+
+def test_scores_rise_in_the_weeks_before_waning(sim_small: SimulationResult) -> None:
+    a = tag_episodes(sim_small)
+    to_wane = a["latent_wane_days"] - a["u"]
+    late = a.loc[(to_wane > 0) & (to_wane <= 14), "phq9"]
+    early = a.loc[(to_wane > 14) & (to_wane <= 28), "phq9"]
+    assert len(late) > 30
+    assert len(early) > 30
+    assert late.mean() > early.mean() + 1.0
+
+
+# --- calibration to the sources (the issue's done-when) ----------------------------------------
+@pytest.fixture(scope="module")
+def done_when_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sim2000") / "cohort"
+    res = CliRunner().invoke(
+        main, ["simulate", "--patients", "2000", "--seed", "5", "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.mark.slow
+def test_done_when_simulated_folder_validates(done_when_folder: Path) -> None:
+    res = CliRunner().invoke(main, ["validate", str(done_when_folder)])
+    assert res.exit_code == 0, res.output
+
+
+def _read_raw(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    p = pd.read_csv(folder / "patients.csv", dtype={"patient_id": str})
+    s = pd.read_csv(folder / "sessions.csv", dtype={"patient_id": str}, parse_dates=["date"])
+    a = pd.read_csv(folder / "assessments.csv", dtype={"patient_id": str}, parse_dates=["date"])
+    return p, s, a, read_truth(folder / "truth.csv")
+
+
+@pytest.mark.slow
+def test_reproduces_orka_response_and_durability(done_when_folder: Path) -> None:
+    _, s, a, t = _read_raw(done_when_folder)
+    resp = induction_response(s, a)
+    assert len(resp) > 1500
+    assert 0.45 <= resp["response"].mean() <= 0.65
+    first = t[t["episode_index"] == 0]
+    assert len(first) > 800
+    assert 0.72 <= (first["latent_wane_days"] > 28).mean() <= 0.88
+    assert 0.52 <= (first["latent_wane_days"] > 56).mean() <= 0.68
+    assert abs(first["risk_28d"].mean() - (first["latent_wane_days"] <= 28).mean()) < 0.03
+    # The figures the CLI prints are the ones measured here independently.
+    figures = summarize(simulate(2000, 5))
+    assert figures["induction_response"] == pytest.approx(resp["response"].mean())
+    assert figures["measured_patients"] == len(resp)
+    assert figures["benefit_56d"] == pytest.approx((first["latent_wane_days"] > 56).mean())
+
+
+@pytest.mark.slow
+def test_reproduces_induction_dropout(done_when_folder: Path) -> None:
+    _, s, _, _ = _read_raw(done_when_folder)
+    ind = s[s["kind"] == "induction"].groupby("patient_id")["date"].agg(["min", "count"])
+    # Only patients whose induction could have finished before the end date.
+    ind = ind[ind["min"] <= pd.Timestamp("2026-10-31") - pd.Timedelta(days=30)]
+    assert len(ind) > 1800
+    assert 0.40 <= (ind["count"] < 6).mean() <= 0.60
+    assert 0.14 <= (ind["count"] == 1).mean() <= 0.26
+    assert ind["count"].max() == 6
+
+
+@pytest.mark.slow
+def test_covariate_effects_have_the_intended_direction(done_when_folder: Path) -> None:
+    p, s, _, t = _read_raw(done_when_folder)
+    m = t.merge(s, left_on=["patient_id", "episode_start"], right_on=["patient_id", "date"]).merge(
+        p, on="patient_id"
+    )
+    latent = m["latent_wane_days"]
+    therapy = m["psychotherapy"].astype("boolean")
+    assert latent[therapy == True].median() > 1.15 * latent[therapy == False].median()  # noqa: E712
+    few, many = m["prior_treatments"] <= 1, m["prior_treatments"] >= 6
+    assert latent[few].median() > 1.15 * latent[many].median()
+    # Diagnosis groups are small: compare the true risks (no episode-level noise).
+    # Treatment-resistant depression wanes sooner than other major depression.
+    mdd, trd = m["diagnosis"] == "mdd", m["diagnosis"] == "trd"
+    assert m.loc[trd, "risk_28d"].mean() > m.loc[mdd, "risk_28d"].mean() + 0.03
+
+
+def test_cli_writes_the_four_files(tmp_path: Path) -> None:
+    out = tmp_path / "sim"
+    res = CliRunner().invoke(
+        main,
+        [
+            "simulate",
+            "--patients",
+            "50",
+            "--seed",
+            "8",
+            "--out",
+            str(out),
+            "--end-date",
+            "2025-12-31",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    # Progress and figures go to stderr; stdout stays clean for pipes.
+    assert res.stdout == ""
+    assert "induction response" in res.stderr
+    for name in ("patients", "sessions", "assessments", "truth"):
+        assert (out / f"{name}.csv").is_file(), name
+    p, s, a, t = _read_raw(out)
+    direct = simulate(50, 8, end_date="2025-12-31")
+    assert len(p) == 50
+    assert len(s) == len(direct.cohort.sessions)
+    assert len(a) == len(direct.cohort.assessments)
+    assert s["date"].max() <= pd.Timestamp("2025-12-31")
+    pd.testing.assert_series_equal(
+        t["latent_wane_days"], direct.truth["latent_wane_days"].round(2), check_names=False
+    )
+
+
+def test_written_files_use_the_contract_text_format(sim_small_folder: Path) -> None:
+    for table in ("patients", "sessions", "assessments"):
+        raw = pd.read_csv(sim_small_folder / f"{table}.csv", dtype=str, keep_default_na=False)
+        assert list(raw.columns) == [c.name for c in TABLES[table]]
+        for col in TABLES[table]:
+            if col.kind == "int":
+                assert raw[col.name].str.fullmatch(r"\d*").all(), col.name
+            elif col.kind == "bool":
+                assert set(raw[col.name]) <= {"true", "false", ""}, col.name
+            elif col.kind == "date":
+                assert raw[col.name].str.fullmatch(r"\d{4}-\d{2}-\d{2}").all(), col.name
+
+
+def test_written_folder_loads_back_to_the_same_cohort(
+    sim_small_folder: Path, sim_small: SimulationResult
+) -> None:
+    loaded = load_cohort(sim_small_folder)
+    pd.testing.assert_frame_equal(loaded.patients, sim_small.cohort.patients)
+    pd.testing.assert_frame_equal(loaded.sessions, sim_small.cohort.sessions)
+    pd.testing.assert_frame_equal(loaded.assessments, sim_small.cohort.assessments)
+
+
+def test_cli_rejects_a_bad_end_date(tmp_path: Path) -> None:
+    res = CliRunner().invoke(
+        main,
+        ["simulate", "--patients", "5", "--seed", "1", "--out", str(tmp_path), "--end-date", "x"],
+    )
+    assert res.exit_code == 2
+    assert "--end-date" in res.output
+
+
+def test_write_simulation_round_trips_truth(tmp_path: Path, sim_small: SimulationResult) -> None:
+    out = write_simulation(sim_small, tmp_path / "w")
+    t = read_truth(out / "truth.csv")
+    assert list(t.columns) == list(TRUTH_COLUMNS)
+    assert len(t) == len(sim_small.truth)
+    np.testing.assert_allclose(t[RISKS], sim_small.truth[RISKS], atol=1e-6)
