@@ -1,0 +1,329 @@
+"""Benefit episodes: one per responding session, with an interval-censored waning time.
+
+Rules (defaults in :class:`forecast.outcomes.OutcomeDefinition`):
+
+- Assessments belong to the session before them: an assessment dated on a
+  session's day counts as taken *before* that session (clinics score the
+  PHQ-9 before dosing), so it belongs to the previous session's episode.
+- A session *responds* when the first PHQ-9 dated after it, within
+  ``response_window_days`` (14) and not after the next session, is <= 50 % of
+  the patient's baseline. That PHQ-9 is the *response assessment*; the
+  episode's time origin is the session date. Sessions before the first
+  induction session, and patients without a baseline, start no episode.
+- The event (benefit waned) is the first assessment after the response
+  assessment, and on or before the next session, at which the patient is no
+  longer in response and PHQ-9 >= 10, or item 9 >= 1 when item 9 was exactly
+  0 at the response assessment, or C-SSRS ideation >= 2. With
+  ``confirm_waning`` the next assessment of the episode must meet a criterion
+  too (SI criteria never wait for confirmation).
+- The event lies in ``(lower, upper]`` days after the start: ``upper`` is the
+  day of the event assessment and ``lower`` the day of the last event-free
+  assessment dated before it (the response assessment at the latest; 0 when
+  that shares the event's date). Without an event the episode is
+  right-censored at its last event-free assessment (``upper = inf``):
+  ``censor_reason`` is ``next_session`` when a further session followed and
+  ``end_of_follow_up`` otherwise.
+- Only assessments that can show the state count as event-free: rows with a
+  PHQ-9 total. A C-SSRS-only row can be an event (ideation >= 2) but never
+  moves ``lower``.
+
+Boosters are often given *because* benefit seems to wane, so censoring at the
+next session is informative; the models and the README discuss this.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from forecast.cohort import Cohort
+from forecast.outcomes import OutcomeDefinition, Prepared, day_key, days_to_dates, prepare
+
+#: Columns of :func:`build_episodes` (ARCHITECTURE.md first, then extras).
+EPISODE_COLUMNS: tuple[str, ...] = (
+    "patient_id",
+    "episode_id",
+    "episode_index",
+    "start",
+    "session_kind",
+    "lower",
+    "upper",
+    "event",
+    "censor_reason",
+    "baseline_phq9",
+    "response_phq9",
+    "next_session",
+    "responded",
+    "response_status",
+    "response_date",
+    "response_day",
+    "response_item9",
+    "event_reason",
+    "event_date",
+    "event_known_date",
+    "last_event_free_date",
+    "n_assessments",
+)
+
+#: Why a session did or did not start an episode (``response_status``).
+RESPONSE_STATUSES: tuple[str, ...] = (
+    "responded",
+    "not_responded",
+    "no_assessment",
+    "no_baseline",
+    "before_induction",
+)
+
+
+def _by_session(values: np.ndarray, sessions: np.ndarray, n: int, fill: float) -> np.ndarray:
+    out = np.full(n, fill, dtype=float)
+    out[sessions] = values
+    return out
+
+
+def episode_arrays(prep: Prepared) -> dict[str, np.ndarray]:
+    """Per-session response and episode outcome arrays (aligned with ``prep.s``).
+
+    Internal workhorse of :func:`build_episodes`, :func:`session_responses`,
+    :func:`forecast.outcomes.patient_summary` and :mod:`forecast.features`.
+    Days are integers since 1970; ``*_day`` arrays are float with NaN for
+    "none".
+    """
+    d = prep.definition
+    a = prep.a
+    ns = len(prep.s_pc)
+    na = len(prep.a_pc)
+    s_pc, s_day = prep.s_pc, prep.s_day
+
+    same_next = np.zeros(ns, dtype=bool)
+    same_next[:-1] = s_pc[1:] == s_pc[:-1]
+    next_day = np.full(ns, np.inf)
+    next_day[:-1][same_next[:-1]] = s_day[1:][same_next[:-1]]
+
+    anchor = prep.anchor_day[s_pc] if ns else np.zeros(0)
+    base = prep.base_phq9[s_pc] if ns else np.zeros(0)
+    with np.errstate(invalid="ignore"):
+        eligible = s_day >= anchor
+
+    phq9 = a["phq9"].to_numpy(dtype=float)
+    item9 = a["item9"].to_numpy(dtype=float)
+    cssrs = a["cssrs_ideation"].to_numpy(dtype=float)
+
+    # Response assessment: the first PHQ-9 row strictly after the session day.
+    p_rows = np.flatnonzero(~np.isnan(phq9))
+    r_idx = np.full(ns, -1, dtype=np.int64)
+    if len(p_rows) and ns:
+        j = np.searchsorted(prep.a_key[p_rows], prep.s_key, side="right")
+        jj = np.clip(j, 0, len(p_rows) - 1)
+        row = p_rows[jj]
+        window_end = np.minimum(s_day + d.response_window_days, next_day)
+        found = (j < len(p_rows)) & (prep.a_pc[row] == s_pc) & (prep.a_day[row] <= window_end)
+        r_idx[found] = row[found]
+    has_r = r_idx >= 0
+    r_safe = np.clip(r_idx, 0, None)
+    r_phq9 = np.where(has_r, phq9[r_safe] if na else np.nan, np.nan)
+    r_day = np.where(has_r, prep.a_day[r_safe] if na else np.nan, np.nan)
+    r_item9 = np.where(has_r, item9[r_safe] if na else np.nan, np.nan)
+    with np.errstate(invalid="ignore"):
+        responded = eligible & has_r & (r_phq9 <= d.response_fraction * base)
+
+    status = np.full(ns, "not_responded", dtype=object)
+    status[~has_r] = "no_assessment"
+    status[np.isnan(base)] = "no_baseline"
+    status[~eligible & ~np.isnan(anchor)] = "before_induction"
+    status[np.isnan(anchor)] = "no_baseline"
+    status[responded] = "responded"
+
+    # Each assessment belongs to the last session dated strictly before it.
+    own = np.searchsorted(prep.s_key, prep.a_key, side="left") - 1
+    own_ok = own >= 0
+    own_ok[own_ok] = s_pc[own[own_ok]] == prep.a_pc[own_ok]
+    own_safe = np.where(own_ok, own, 0)
+
+    def at_owner(values: np.ndarray, fill: float) -> np.ndarray:
+        # Session values seen from each assessment (no sessions: all ``fill``).
+        return values[own_safe] if ns else np.full(na, fill)
+
+    pos = np.arange(na)
+    own_r = at_owner(r_idx, -1)
+    in_ep = own_ok & at_owner(responded, False).astype(bool) & (pos >= own_r)
+    is_r = in_ep & (pos == own_r)
+
+    a_base = prep.base_phq9[prep.a_pc] if na else np.zeros(0)
+    with np.errstate(invalid="ignore"):
+        sym = (phq9 > d.response_fraction * a_base) & (phq9 >= d.waned_phq9_min)
+        si9 = (item9 >= d.si_item9_min) & (at_owner(r_item9, np.nan) == 0)
+        sic = cssrs >= d.si_cssrs_min
+    si = si9 | sic
+    crit = (sym | si) & ~is_r
+    informative = ~np.isnan(phq9) | si
+
+    # J: the rows that decide an episode's outcome, in (patient, date) order.
+    J = np.flatnonzero(in_ep & (informative | is_r))
+    own_J = own[J]
+    day_J = prep.a_day[J]
+    c_J = crit[J]
+    si_J = si[J] & ~is_r[J]
+    has_next = np.zeros(len(J), dtype=bool)
+    has_next[:-1] = own_J[1:] == own_J[:-1]
+    if d.confirm_waning:
+        nxt_c = np.zeros(len(J), dtype=bool)
+        nxt_c[:-1] = c_J[1:] & has_next[:-1]
+        ev_J = si_J | (c_J & nxt_c)
+        pending_J = c_J & ~si_J & ~has_next
+        known_J = np.where(si_J, day_J, np.r_[day_J[1:], 0] if len(J) else day_J)
+    else:
+        ev_J = c_J
+        pending_J = np.zeros(len(J), dtype=bool)
+        known_J = day_J
+
+    event = np.zeros(ns, dtype=bool)
+    lower_day = np.full(ns, np.nan)
+    upper_day = np.full(ns, np.inf)
+    known_day = np.full(ns, np.nan)
+    reason = np.full(ns, None, dtype=object)
+    # First event per episode.
+    ev_rows = np.flatnonzero(ev_J)
+    sess_e, first = np.unique(own_J[ev_rows], return_index=True)
+    e = ev_rows[first]
+    if len(e):
+        event[sess_e] = True
+        upper_day[sess_e] = day_J[e]
+        known_day[sess_e] = known_J[e]
+        # Last J row of the same episode dated strictly before the event.
+        okey = day_key(own_J, day_J)
+        k = np.searchsorted(okey, day_key(sess_e, day_J[e]), side="left") - 1
+        kk = np.clip(k, 0, None)
+        same = (k >= 0) & (own_J[kk] == sess_e)
+        lower_day[sess_e] = np.where(same, day_J[kk], s_day[sess_e])
+        rows = J[e]
+        why = np.where(
+            sic[rows], "cssrs_ideation", np.where(si9[rows], "item9", "symptoms")
+        ).astype(object)
+        reason[sess_e] = why
+    # Censored episodes: the last non-pending row of the episode.
+    rows_np = np.flatnonzero(~pending_J)[::-1]
+    sess_c, first = np.unique(own_J[rows_np], return_index=True)
+    cens = ~event[sess_c]
+    lower_day[sess_c[cens]] = day_J[rows_np[first[cens]]]
+
+    n_ass = np.bincount(own[in_ep], minlength=ns) if ns else np.zeros(0, dtype=np.int64)
+    censor = np.full(ns, None, dtype=object)
+    cmask = responded & ~event
+    censor[cmask & np.isfinite(next_day)] = "next_session"
+    censor[cmask & ~np.isfinite(next_day)] = "end_of_follow_up"
+
+    lower = np.where(responded, lower_day - s_day, np.nan)
+    upper = np.where(responded, upper_day - s_day, np.nan)
+    return {
+        "next_day": next_day,
+        "eligible": eligible,
+        "responded": responded,
+        "status": status,
+        "r_idx": r_idx,
+        "r_day": r_day,
+        "r_phq9": r_phq9,
+        "r_item9": r_item9,
+        "event": event & responded,
+        "lower": lower,
+        "upper": upper,
+        "lower_day": np.where(responded, lower_day, np.nan),
+        "upper_day": np.where(responded & event, upper_day, np.nan),
+        "known_day": np.where(responded & event, known_day, np.nan),
+        "event_reason": reason,
+        "censor_reason": censor,
+        "n_assessments": n_ass,
+        "base": base,
+    }
+
+
+def _table(prep: Prepared, ep: dict[str, np.ndarray], rows: np.ndarray) -> pd.DataFrame:
+    s = prep.s
+    pid = prep.ids[prep.s_pc[rows]] if len(rows) else np.zeros(0, dtype=object)
+    responded = ep["responded"][rows]
+    # Episode number within the patient, counting responding sessions from 1.
+    resp_rows = np.flatnonzero(ep["responded"])
+    k_all = np.zeros(len(ep["responded"]), dtype=np.int64)
+    if len(resp_rows):
+        pcs = prep.s_pc[resp_rows]
+        starts = np.r_[True, pcs[1:] != pcs[:-1]]
+        grp_start = np.maximum.accumulate(np.where(starts, np.arange(len(pcs)), 0))
+        k_all[resp_rows] = np.arange(len(pcs)) - grp_start + 1
+    k = k_all[rows]
+    ep_id = np.full(len(rows), None, dtype=object)
+    if responded.any():
+        ep_id[responded] = (
+            pd.Series(pid[responded], dtype=object).astype(str)
+            + "#"
+            + pd.Series(k[responded]).astype(str)
+        ).to_numpy(dtype=object)
+    next_dates = days_to_dates(
+        np.where(np.isfinite(ep["next_day"][rows]), ep["next_day"][rows], np.nan)
+    )
+    return pd.DataFrame(
+        {
+            "patient_id": pid,
+            "episode_id": ep_id,
+            "episode_index": np.where(responded, k, 0),
+            "start": s["date"].to_numpy()[rows],
+            "session_kind": s["kind"].to_numpy(dtype=object)[rows],
+            "lower": ep["lower"][rows],
+            "upper": ep["upper"][rows],
+            "event": ep["event"][rows],
+            "censor_reason": ep["censor_reason"][rows],
+            "baseline_phq9": ep["base"][rows],
+            "response_phq9": ep["r_phq9"][rows],
+            "next_session": next_dates,
+            "responded": responded,
+            "response_status": ep["status"][rows],
+            "response_date": days_to_dates(ep["r_day"][rows]),
+            "response_day": ep["r_day"][rows] - prep.s_day[rows],
+            "response_item9": ep["r_item9"][rows],
+            "event_reason": ep["event_reason"][rows],
+            "event_date": days_to_dates(ep["upper_day"][rows]),
+            "event_known_date": days_to_dates(ep["known_day"][rows]),
+            "last_event_free_date": days_to_dates(ep["lower_day"][rows]),
+            "n_assessments": ep["n_assessments"][rows].astype(np.int64),
+        },
+        columns=list(EPISODE_COLUMNS),
+    )
+
+
+def build_episodes(
+    cohort: Cohort,
+    definition: OutcomeDefinition | None = None,
+    *,
+    include_non_responding: bool = False,
+) -> pd.DataFrame:
+    """One row per benefit episode, with its interval-censored waning time.
+
+    Parameters
+    ----------
+    cohort : Cohort
+        Canonical cohort (see :mod:`forecast.cohort`).
+    definition : OutcomeDefinition, optional
+        Clinical definitions; DESIGN.md defaults when omitted.
+    include_non_responding : bool, default False
+        Also return one row per session that started no episode
+        (``responded`` False, ``episode_id`` None, ``lower``/``upper`` NaN,
+        ``response_status`` saying why), for response-rate reports.
+
+    Returns
+    -------
+    DataFrame
+        Columns :data:`EPISODE_COLUMNS`. ``lower``/``upper`` are days after
+        ``start``; the event lies in ``(lower, upper]``; ``upper`` is inf when
+        right-censored at ``lower``. ``episode_id`` is ``"<patient_id>#<k>"``
+        with ``episode_index`` k counting the patient's episodes from 1.
+        ``event_known_date`` is when the event became observable (the
+        confirming assessment when ``confirm_waning``).
+    """
+    prep = prepare(cohort, definition or OutcomeDefinition())
+    ep = episode_arrays(prep)
+    mask = np.ones(len(prep.s_pc), dtype=bool) if include_non_responding else ep["responded"]
+    return _table(prep, ep, np.flatnonzero(mask))
+
+
+def session_responses(cohort: Cohort, definition: OutcomeDefinition | None = None) -> pd.DataFrame:
+    """Every session with its response status (``build_episodes`` with all sessions)."""
+    return build_episodes(cohort, definition, include_non_responding=True)

@@ -1,0 +1,644 @@
+"""Covariates of a patient "as of" a date: the ONE feature function of training and serving.
+
+:func:`features_at` answers many ``(patient_id, as_of)`` queries at once and
+uses only rows dated on or before each ``as_of``. :func:`landmark_dataset`
+builds the training set by calling the very same computation at
+``episode start + s`` for the landmarks ``s`` of :data:`DEFAULT_LANDMARKS`, so
+the features a model is trained on and the features it is served are equal by
+construction (and tested).
+
+Missing values: every numeric feature is filled so that a model can consume
+every row. The fill is 0 and, where missingness varies among training rows, a
+``<name>_missing`` (or ``first_episode`` / ``response_known`` / ...) 0/1
+indicator says that the value was filled. A missing categorical stays None
+(one-hot encoders with the fixed levels of :data:`FEATURES` give all zeros);
+``sex`` None is read as its contract level ``unknown``. Raw (unfilled) values
+of the clinically shown numbers are in the context columns.
+
+Context columns (not features) serve the policy and the explanations: the
+episode, the last session, whether the response is known yet, whether waning
+has been seen, the latest PHQ-9 / severity / response state with the baseline
+and the response threshold, and the safety flag (the most severe flag among
+the assessments dated on or after the last session's day, and always the
+latest assessment; all history when there is no session yet).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from forecast.cohort import Cohort
+from forecast.contract import DIAGNOSES, ROUTES, SESSION_KINDS, SEXES
+from forecast.episodes import episode_arrays
+from forecast.instruments import severity_band
+from forecast.outcomes import (
+    OutcomeDefinition,
+    Prepared,
+    day_key,
+    day_numbers,
+    days_to_dates,
+    prepare,
+    state_of,
+)
+
+#: Landmarks (days after the episode start) of the training set.
+DEFAULT_LANDMARKS: tuple[int, ...] = (0, 7, 14, 21, 28, 35, 42, 56, 70, 84, 112, 140)
+
+#: Window (days, inclusive) of the PHQ-9 least-squares slope.
+SLOPE_WINDOW_DAYS = 28
+
+_STATIC_NUMERIC: tuple[str, ...] = (
+    "age",
+    "age_missing",
+    "prior_treatments",
+    "prior_treatments_missing",
+    "phq9_baseline",
+    "dose_mg_per_kg",
+    "dose_missing",
+    "psychotherapy",
+    "psychotherapy_missing",
+    "dissociation",
+    "dissociation_missing",
+    "n_prev_sessions",
+    "n_prev_episodes",
+    "first_episode",
+    "prev_benefit_days_mean",
+    "prev_waned_share",
+)
+_DYNAMIC_NUMERIC: tuple[str, ...] = (
+    "elapsed_days",
+    "response_known",
+    "response_day",
+    "phq9_response",
+    "phq9_response_ratio",
+    "phq9_latest",
+    "phq9_latest_ratio",
+    "phq9_change",
+    "phq9_max_since_session",
+    "phq9_slope_28d",
+    "slope_missing",
+    "item9_latest",
+    "item9_missing",
+    "cssrs_latest",
+    "cssrs_missing",
+    "days_since_assessment",
+    "n_assessments_since_session",
+)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Names of the model features.
+
+    Attributes
+    ----------
+    numeric : tuple of str
+        Numeric features (float, never NaN).
+    categorical : dict of str to tuple of str
+        Categorical features with their fixed levels (values are one of the
+        levels or None).
+    """
+
+    numeric: tuple[str, ...]
+    categorical: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """All feature columns, numeric first."""
+        return (*self.numeric, *self.categorical)
+
+
+def feature_spec(covariates: tuple[str, ...] | list[str] = ()) -> FeatureSpec:
+    """The feature spec for a cohort with declared extra ``covariates``.
+
+    Each declared covariate adds ``<name>`` and ``<name>_missing``.
+    """
+    extra: list[str] = []
+    for c in covariates:
+        extra += [c, f"{c}_missing"]
+    return FeatureSpec(
+        numeric=(*_STATIC_NUMERIC, *extra, *_DYNAMIC_NUMERIC),
+        categorical={
+            "sex": SEXES,
+            "diagnosis": DIAGNOSES,
+            "route": ROUTES,
+            "session_kind": SESSION_KINDS,
+        },
+    )
+
+
+#: Features of a cohort without declared covariates (use :func:`feature_spec`
+#: with ``cohort.covariates`` otherwise).
+FEATURES: FeatureSpec = feature_spec(())
+
+
+# --- internals ----------------------------------------------------------------
+
+
+def _last_le(keys: np.ndarray, pcs: np.ndarray, q_key: np.ndarray, q_pc: np.ndarray) -> np.ndarray:
+    """Index of the last row with key <= query key of the same patient, else -1."""
+    if len(keys) == 0:
+        return np.full(len(q_key), -1, dtype=np.int64)
+    i = np.searchsorted(keys, q_key, side="right") - 1
+    ok = i >= 0
+    ok[ok] = pcs[i[ok]] == q_pc[ok]
+    return np.where(ok, i, -1)
+
+
+def _take(values: np.ndarray, idx: np.ndarray, fill: float = np.nan) -> np.ndarray:
+    """``values[idx]`` with ``fill`` where ``idx`` is -1 (float result)."""
+    if len(values) == 0:
+        return np.full(len(idx), fill)
+    out = np.asarray(values, dtype=float)[np.clip(idx, 0, None)]
+    return np.where(idx >= 0, out, fill)
+
+
+def _take_obj(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    out = np.full(len(idx), None, dtype=object)
+    ok = idx >= 0
+    if ok.any():
+        out[ok] = np.asarray(values, dtype=object)[idx[ok]]
+    return out
+
+
+def _group_cumsum(x: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Inclusive cumulative sum of ``x`` within runs of equal sorted ``group``."""
+    if len(x) == 0:
+        return np.zeros(0)
+    cs = np.cumsum(x, dtype=float)
+    start = np.r_[True, group[1:] != group[:-1]]
+    first = np.maximum.accumulate(np.where(start, np.arange(len(x)), 0))
+    return cs - (cs[first] - x[first])
+
+
+def _run_cummax(values: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Running maximum of non-negative-or--1 int ``values`` within runs of equal ``group``.
+
+    Each run is lifted above all earlier runs so that one global
+    ``np.maximum.accumulate`` never carries a value across a run boundary.
+    """
+    values = np.asarray(values, dtype=np.int64)
+    start = np.r_[True, group[1:] != group[:-1]]
+    run = np.cumsum(start) - 1
+    span = int(values.max()) + 2 if len(values) else 2
+    lifted = run * span + (values + 1)
+    return np.maximum.accumulate(lifted) - run * span - 1
+
+
+def _episode_ids(ids: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """``"<patient_id>#<k>"`` for aligned arrays (object result)."""
+    if len(ids) == 0:
+        return np.zeros(0, dtype=object)
+    text = np.char.add(np.char.add(np.asarray(ids, dtype=str), "#"), np.asarray(k).astype(str))
+    return text.astype(object)
+
+
+def _fill(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(value with NaN -> 0, 0/1 missing indicator)."""
+    miss = np.isnan(values)
+    return np.where(miss, 0.0, values), miss.astype(float)
+
+
+@dataclass
+class _Context:
+    """Everything precomputed once per cohort for many queries."""
+
+    prep: Prepared
+    ep: dict[str, np.ndarray]
+    s_first: np.ndarray  # per patient: index of the first session (or -1)
+    prev_ep: np.ndarray  # per session: responding sessions before it (same patient)
+    prev_events: np.ndarray
+    prev_dur_sum: np.ndarray
+    ep_index: np.ndarray  # per session: episode number k (0 if not responding)
+    p_rows: np.ndarray  # assessment rows with a PHQ-9
+    p_key: np.ndarray
+    p_cum: dict[str, np.ndarray]  # cumulative sums for the slope
+    p_max_since: np.ndarray  # running max of PHQ-9 since the owning session
+    p_owner: np.ndarray
+    i9_rows: np.ndarray
+    c_rows: np.ndarray
+    safety_code: np.ndarray  # per assessment: running worst flag since session
+    a_owner2: np.ndarray
+
+
+def _context(prep: Prepared) -> _Context:
+    ep = episode_arrays(prep)
+    n_pat = len(prep.ids)
+    ns = len(prep.s_pc)
+    a = prep.a
+    s_first = np.full(n_pat, -1, dtype=np.int64)
+    if ns:
+        starts = np.flatnonzero(np.r_[True, prep.s_pc[1:] != prep.s_pc[:-1]])
+        s_first[prep.s_pc[starts]] = starts
+    resp = ep["responded"].astype(float)
+    ev = (ep["event"] & ep["responded"]).astype(float)
+    dur = np.where(ep["event"], (ep["lower"] + ep["upper"]) / 2.0, ep["lower"])
+    dur = np.where(ep["responded"], dur, 0.0)
+    cum_ep = _group_cumsum(resp, prep.s_pc)
+    prev_ep = cum_ep - resp
+    prev_events = _group_cumsum(ev, prep.s_pc) - ev
+    prev_dur_sum = _group_cumsum(dur, prep.s_pc) - dur
+    ep_index = np.where(ep["responded"], cum_ep, 0).astype(np.int64)
+
+    phq9 = a["phq9"].to_numpy(dtype=float)
+    p_rows = np.flatnonzero(~np.isnan(phq9))
+    p_pc = prep.a_pc[p_rows]
+    p_day = prep.a_day[p_rows].astype(float)
+    # Days relative to the patient's first PHQ-9 keep the squared sums small.
+    first = np.r_[True, p_pc[1:] != p_pc[:-1]] if len(p_rows) else np.zeros(0, dtype=bool)
+    ref = p_day[np.maximum.accumulate(np.where(first, np.arange(len(p_rows)), 0))]
+    x = p_day - ref
+    y = phq9[p_rows]
+    p_cum = {
+        "n": np.cumsum(np.ones(len(p_rows))),
+        "x": np.cumsum(x),
+        "y": np.cumsum(y),
+        "xx": np.cumsum(x * x),
+        "xy": np.cumsum(x * y),
+    }
+    # Owner = last session dated strictly before the assessment (as in episodes).
+    own = np.searchsorted(prep.s_key, prep.a_key, side="left") - 1
+    own_ok = own >= 0
+    own_ok[own_ok] = prep.s_pc[own[own_ok]] == prep.a_pc[own_ok]
+    own = np.where(own_ok, own, -1 - prep.a_pc)  # per-patient group before any session
+    p_owner = own[p_rows]
+    p_max_since = (
+        _run_cummax(y.astype(np.int64), p_owner).astype(float) if len(p_rows) else np.zeros(0)
+    )
+
+    item9 = a["item9"].to_numpy(dtype=float)
+    cssrs = a["cssrs_ideation"].to_numpy(dtype=float)
+    # Safety window: rows dated on or after the last session's day.
+    own2 = np.searchsorted(prep.s_key, prep.a_key, side="right") - 1
+    ok2 = own2 >= 0
+    ok2[ok2] = prep.s_pc[own2[ok2]] == prep.a_pc[ok2]
+    own2 = np.where(ok2, own2, -1 - prep.a_pc)
+    na = len(a)
+    rank = prep.a_rank
+    code = np.where(rank > 0, rank * max(na, 1) + np.arange(na), -1)
+    safety_code = _run_cummax(code, own2) if na else np.zeros(0, dtype=np.int64)
+    return _Context(
+        prep=prep,
+        ep=ep,
+        s_first=s_first,
+        prev_ep=prev_ep,
+        prev_events=prev_events,
+        prev_dur_sum=prev_dur_sum,
+        ep_index=ep_index,
+        p_rows=p_rows,
+        p_key=prep.a_key[p_rows],
+        p_cum=p_cum,
+        p_max_since=p_max_since,
+        p_owner=p_owner,
+        i9_rows=np.flatnonzero(~np.isnan(item9)),
+        c_rows=np.flatnonzero(~np.isnan(cssrs)),
+        safety_code=safety_code,
+        a_owner2=own2,
+    )
+
+
+def _compute(ctx: _Context, q_pc: np.ndarray, q_day: np.ndarray, *, full: bool) -> pd.DataFrame:
+    """Features (and, when ``full``, all context columns) for encoded queries."""
+    prep, ep, d = ctx.prep, ctx.ep, ctx.prep.definition
+    a, s = prep.a, prep.s
+    nq = len(q_pc)
+    q_key = day_key(q_pc, q_day)
+    qd = q_day.astype(float)
+
+    # --- treatment, baseline and the last session ------------------------------
+    anchor = prep.anchor_day[q_pc]
+    with np.errstate(invalid="ignore"):
+        treated = anchor <= qd
+    base = np.where(treated, prep.base_phq9[q_pc], np.nan)
+    si = _last_le(prep.s_key, prep.s_pc, q_key, q_pc)
+    has_s = si >= 0
+    si0 = np.clip(si, 0, None)
+    s_day = _take(prep.s_day, si)
+    n_sessions = np.where(has_s, si - ctx.s_first[q_pc] + 1, 0)
+    responded = has_s & ep["responded"][si0] if len(prep.s_pc) else np.zeros(nq, dtype=bool)
+    r_day = _take(ep["r_day"], si)
+    with np.errstate(invalid="ignore"):
+        response_known = has_s & (r_day <= qd)
+    in_episode = responded & response_known & treated
+    r_phq9 = np.where(response_known, _take(ep["r_phq9"], si), np.nan)
+    with np.errstate(invalid="ignore"):
+        waned_seen = in_episode & (_take(ep["known_day"], si) <= qd)
+    elapsed = qd - s_day
+
+    # --- previous episodes (all of them ended by the last session) --------------
+    prev_ep = _take(ctx.prev_ep, si, 0.0)
+    prev_ev = _take(ctx.prev_events, si, 0.0)
+    prev_dur = _take(ctx.prev_dur_sum, si, 0.0)
+    first_episode = prev_ep == 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prev_mean = np.where(first_episode, 0.0, prev_dur / prev_ep)
+        prev_share = np.where(first_episode, 0.0, prev_ev / prev_ep)
+
+    # --- assessments up to as_of ---------------------------------------------------
+    ai = _last_le(prep.a_key, prep.a_pc, q_key, q_pc)
+    pi = _last_le(ctx.p_key, prep.a_pc[ctx.p_rows], q_key, q_pc)
+    p_idx = np.where(pi >= 0, ctx.p_rows[np.clip(pi, 0, None)] if len(ctx.p_rows) else 0, -1)
+    latest = _take(a["phq9"].to_numpy(dtype=float), p_idx)
+    latest_day = _take(prep.a_day, p_idx)
+    i9i = _last_le(prep.a_key[ctx.i9_rows], prep.a_pc[ctx.i9_rows], q_key, q_pc)
+    item9 = _take(a["item9"].to_numpy(dtype=float)[ctx.i9_rows], i9i)
+    ci = _last_le(prep.a_key[ctx.c_rows], prep.a_pc[ctx.c_rows], q_key, q_pc)
+    cssrs = _take(a["cssrs_ideation"].to_numpy(dtype=float)[ctx.c_rows], ci)
+    last_a_day = _take(prep.a_day, ai)
+
+    # Assessments since the session: dated strictly after it, on or before as_of.
+    s_key_q = np.where(has_s, day_key(q_pc, np.nan_to_num(s_day).astype(np.int64)), 0)
+    n_since = np.where(
+        has_s,
+        np.searchsorted(prep.a_key, q_key, side="right")
+        - np.searchsorted(prep.a_key, s_key_q, side="right"),
+        0,
+    )
+    p_since = (pi >= 0) & has_s & (_take(ctx.p_owner, pi, -1) == si)
+    max_since = np.where(p_since, _take(ctx.p_max_since, pi), np.nan)
+
+    # Least-squares slope over PHQ-9 rows dated in [as_of - 28, as_of].
+    lo = np.searchsorted(ctx.p_key, q_key - SLOPE_WINDOW_DAYS, side="left")
+    hi = np.where(pi >= 0, pi, lo - 1)
+
+    def window_sum(name: str) -> np.ndarray:
+        c = ctx.p_cum[name]
+        if len(c) == 0:
+            return np.zeros(nq)
+        upper_sum = np.where(hi >= 0, c[np.clip(hi, 0, None)], 0.0)
+        lower_sum = np.where(lo > 0, c[np.clip(lo - 1, 0, None)], 0.0)
+        return np.where(hi >= lo, upper_sum - lower_sum, 0.0)
+
+    n_w, sx, sy, sxx, sxy = (window_sum(k) for k in ("n", "x", "y", "xx", "xy"))
+    den = n_w * sxx - sx * sx
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope = np.where((n_w >= 2) & (den > 1e-9), 7.0 * (n_w * sxy - sx * sy) / den, np.nan)
+
+    # --- safety: worst flag since the last session's day, and the latest row ----
+    na = max(len(a), 1)
+    code_latest = _take(ctx.safety_code, ai, -1).astype(np.int64)
+    same_grp = (ai >= 0) & (
+        _take(ctx.a_owner2, ai, 0).astype(np.int64) == np.where(has_s, si, -1 - q_pc)
+    )
+    raw = prep.a_rank
+    own_code = np.where(
+        (ai >= 0) & (_take(raw, ai, 0) > 0), _take(raw, ai, 0).astype(np.int64) * na + ai, -1
+    )
+    code = np.where(same_grp, code_latest, own_code)
+    s_pos = np.where(code >= 0, code % na, -1)
+
+    # --- assemble ---------------------------------------------------------------
+    out: dict[str, np.ndarray] = {}
+    pat = prep.patients
+    age, age_m = _fill(
+        pat["age"].to_numpy(dtype=float)[q_pc] if "age" in pat else np.full(nq, np.nan)
+    )
+    prior, prior_m = _fill(
+        pat["prior_treatments"].to_numpy(dtype=float)[q_pc]
+        if "prior_treatments" in pat
+        else np.full(nq, np.nan)
+    )
+    dose, dose_m = _fill(_take(s["dose_mg_per_kg"].to_numpy(dtype=float), si))
+    psy, psy_m = _fill(_take(s["psychotherapy"].to_numpy(dtype=float), si))
+    dis, dis_m = _fill(_take(s["dissociation"].to_numpy(dtype=float), si))
+    out.update(
+        age=age,
+        age_missing=age_m,
+        prior_treatments=prior,
+        prior_treatments_missing=prior_m,
+        phq9_baseline=np.nan_to_num(base),
+        dose_mg_per_kg=dose,
+        dose_missing=dose_m,
+        psychotherapy=psy,
+        psychotherapy_missing=psy_m,
+        dissociation=dis,
+        dissociation_missing=dis_m,
+        n_prev_sessions=np.clip(n_sessions - 1, 0, None).astype(float),
+        n_prev_episodes=prev_ep,
+        first_episode=first_episode.astype(float),
+        prev_benefit_days_mean=prev_mean,
+        prev_waned_share=prev_share,
+    )
+    for c in prep.covariates:
+        v, m = _fill(pat[c].to_numpy(dtype=float)[q_pc])
+        out[c] = v
+        out[f"{c}_missing"] = m
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r_ratio = np.where(base > 0, r_phq9 / base, np.nan)
+        l_ratio = np.where(base > 0, latest / base, np.nan)
+    item9_f, item9_m = _fill(item9)
+    cssrs_f, cssrs_m = _fill(cssrs)
+    slope_f, slope_m = _fill(slope)
+    out.update(
+        elapsed_days=np.nan_to_num(elapsed),
+        response_known=response_known.astype(float),
+        response_day=np.where(response_known, np.nan_to_num(r_day - s_day), 0.0),
+        phq9_response=np.nan_to_num(r_phq9),
+        phq9_response_ratio=np.nan_to_num(r_ratio),
+        phq9_latest=np.nan_to_num(latest),
+        phq9_latest_ratio=np.nan_to_num(l_ratio),
+        phq9_change=np.nan_to_num(latest - r_phq9),
+        phq9_max_since_session=np.nan_to_num(max_since),
+        phq9_slope_28d=slope_f,
+        slope_missing=slope_m,
+        item9_latest=item9_f,
+        item9_missing=item9_m,
+        cssrs_latest=cssrs_f,
+        cssrs_missing=cssrs_m,
+        days_since_assessment=np.nan_to_num(qd - last_a_day),
+        n_assessments_since_session=n_since.astype(float),
+    )
+    sex = pat["sex"].to_numpy(dtype=object)[q_pc] if "sex" in pat else np.full(nq, None)
+    sex = np.where(pd.isna(sex), "unknown", sex).astype(object)
+    out["sex"] = sex
+    out["diagnosis"] = (
+        pat["diagnosis"].to_numpy(dtype=object)[q_pc] if "diagnosis" in pat else np.full(nq, None)
+    )
+    out["route"] = _take_obj(s["route"].to_numpy(dtype=object), si)
+    out["session_kind"] = _take_obj(s["kind"].to_numpy(dtype=object), si)
+
+    ep_k = _take(ctx.ep_index, si, 0).astype(np.int64)
+    ids = prep.ids[q_pc]
+    episode_id = np.full(nq, None, dtype=object)
+    if in_episode.any():
+        episode_id[in_episode] = _episode_ids(ids[in_episode], ep_k[in_episode])
+    ctx_cols: dict[str, np.ndarray] = {
+        "patient_id": ids,
+        "as_of": days_to_dates(qd),
+        "episode_id": episode_id,
+        "in_episode": in_episode,
+    }
+    if full:
+        status = np.full(nq, "pending", dtype=object)
+        with np.errstate(invalid="ignore"):
+            status[~response_known & (qd >= s_day + d.response_window_days)] = "no_assessment"
+        status[response_known & responded] = "responded"
+        status[response_known & ~responded] = "not_responded"
+        status[np.isnan(base)] = "no_baseline"
+        status[~treated | ~has_s] = "no_treatment"
+        state = state_of(latest, base, treated, d)
+        with np.errstate(invalid="ignore"):
+            pre = ~(latest_day > anchor)
+        state[np.isin(state, ("in_response", "in_remission")) & pre] = "not_in_response"
+        state[treated & ~np.isnan(base) & np.isnan(latest)] = "not_in_response"
+        ctx_cols.update(
+            episode_start=days_to_dates(np.where(in_episode, s_day, np.nan)),
+            last_session=days_to_dates(s_day),
+            last_session_kind=_take_obj(s["kind"].to_numpy(dtype=object), si),
+            days_since_session=elapsed,
+            n_sessions=n_sessions.astype(np.int64),
+            treated=treated,
+            response_status=status,
+            response_date=days_to_dates(np.where(response_known, r_day, np.nan)),
+            response_phq9=r_phq9,
+            waned_seen=waned_seen,
+            waned_date=days_to_dates(np.where(waned_seen, _take(ep["upper_day"], si), np.nan)),
+            baseline_phq9=base,
+            baseline_date=days_to_dates(np.where(treated, prep.base_day[q_pc], np.nan)),
+            response_threshold=d.response_fraction * base,
+            latest_phq9=latest,
+            latest_phq9_date=days_to_dates(latest_day),
+            latest_ratio=l_ratio,
+            severity=severity_band(latest),
+            response_state=state,
+            latest_item9=item9,
+            latest_cssrs_ideation=cssrs,
+            last_assessment=days_to_dates(last_a_day),
+            safety=np.where(s_pos >= 0, _take_obj(a["safety"].to_numpy(dtype=object), s_pos), None),
+            safety_reason=_take_obj(a["safety_reason"].to_numpy(dtype=object), s_pos),
+            safety_date=days_to_dates(_take(prep.a_day, s_pos)),
+        )
+    spec = feature_spec(prep.covariates)
+    # Feature names never repeat a context name (features are filled, context is raw).
+    assert not set(spec.names) & set(ctx_cols)
+    ctx_cols.update((k, out[k]) for k in spec.names)
+    return pd.DataFrame(ctx_cols, copy=False)
+
+
+def _encode_queries(prep: Prepared, queries: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    missing = {"patient_id", "as_of"} - set(queries.columns)
+    if missing:
+        raise ValueError(
+            f"queries need the columns patient_id and as_of; missing {sorted(missing)}"
+        )
+    q_pc = pd.Index(prep.ids).get_indexer(queries["patient_id"].astype(str))
+    if (q_pc < 0).any():
+        raise ValueError(
+            f"{int((q_pc < 0).sum())} queries name a patient that is not in the cohort"
+        )
+    as_of = pd.to_datetime(queries["as_of"])
+    if as_of.isna().any():
+        raise ValueError("queries have a blank as_of date")
+    return q_pc.astype(np.int64), day_numbers(as_of.dt.normalize())
+
+
+def features_at(
+    cohort: Cohort,
+    queries: pd.DataFrame,
+    definition: OutcomeDefinition | None = None,
+) -> pd.DataFrame:
+    """Features and context of patients "as of" dates, from history up to that date only.
+
+    Parameters
+    ----------
+    cohort : Cohort
+        Canonical cohort; it may hold rows after the query dates: they are
+        ignored (a row dated on ``as_of`` is known on ``as_of``).
+    queries : DataFrame
+        Columns ``patient_id`` and ``as_of`` (date-like); one output row each.
+    definition : OutcomeDefinition, optional
+        Clinical definitions; DESIGN.md defaults when omitted.
+
+    Returns
+    -------
+    DataFrame
+        Same row order as ``queries`` (RangeIndex). Context columns:
+        ``patient_id, as_of, episode_id, in_episode, episode_start,
+        last_session, last_session_kind, days_since_session, n_sessions,
+        treated, response_status, response_known, response_date,
+        response_phq9, waned_seen, waned_date, baseline_phq9, baseline_date,
+        response_threshold, latest_phq9, latest_phq9_date, latest_ratio,
+        severity, response_state, latest_item9, latest_cssrs_ideation,
+        last_assessment, n_assessments_since_session, safety, safety_reason,
+        safety_date``; then every feature of ``feature_spec(cohort.covariates)``.
+    """
+    prep = prepare(cohort, definition or OutcomeDefinition())
+    q_pc, q_day = _encode_queries(prep, queries)
+    return _compute(_context(prep), q_pc, q_day, full=True)
+
+
+def landmark_dataset(
+    cohort: Cohort,
+    definition: OutcomeDefinition | None = None,
+    landmarks: tuple[int, ...] | list[int] = DEFAULT_LANDMARKS,
+) -> pd.DataFrame:
+    """The super-landmark training set of residual waning times.
+
+    For every episode and landmark ``s`` the row holds the features of
+    :func:`features_at` at ``start + s`` (history up to that date only) and the
+    residual outcome: the event lies in ``(lower, upper]`` days after the
+    landmark, with ``lower = max(lower_episode - s, 0)`` and ``upper =
+    upper_episode - s`` (inf when right-censored). A row exists while the
+    event is not yet observed and follow-up goes on: ``s < lower_episode``
+    for a censored episode (after that it carries no information) and
+    ``s < upper_episode`` for an event. A residual ``lower`` of 0 with a
+    finite ``upper`` says the benefit may already have waned before the
+    landmark without being seen: exactly the serving question "probability
+    that the benefit will have waned within H days after as_of".
+
+    Parameters
+    ----------
+    cohort : Cohort
+    definition : OutcomeDefinition, optional
+    landmarks : sequence of int
+        Days after the episode start (non-negative).
+
+    Returns
+    -------
+    DataFrame
+        ``patient_id, episode_id, landmark, as_of, in_episode, lower, upper,
+        event`` and the features of ``feature_spec(cohort.covariates)``; rows
+        ordered by episode then landmark.
+    """
+    lm = np.asarray(sorted({int(x) for x in landmarks}), dtype=np.int64)
+    if len(lm) == 0 or (lm < 0).any():
+        raise ValueError("landmarks must be a non-empty set of non-negative day counts")
+    prep = prepare(cohort, definition or OutcomeDefinition())
+    ctx = _context(prep)
+    ep = ctx.ep
+    e = np.flatnonzero(ep["responded"])
+    lower = ep["lower"][e]
+    upper = ep["upper"][e]
+    event = ep["event"][e]
+    ne, nl = len(e), len(lm)
+    s_rep = np.tile(lm, ne)
+    e_rep = np.repeat(np.arange(ne), nl)
+    stop = np.where(event, upper, lower)
+    keep = s_rep < stop[e_rep]
+    s_rep, e_rep = s_rep[keep], e_rep[keep]
+    sess = e[e_rep]
+    q_pc = prep.s_pc[sess].astype(np.int64)
+    q_day = prep.s_day[sess] + s_rep
+    frame = _compute(ctx, q_pc, q_day, full=False)
+    ids = prep.ids[q_pc]
+    k = ctx.ep_index[sess]
+    frame["episode_id"] = _episode_ids(ids, k)
+    frame.insert(2, "landmark", s_rep.astype(np.int64))
+    frame.insert(3, "lower", np.maximum(lower[e_rep] - s_rep, 0.0))
+    frame.insert(4, "upper", upper[e_rep] - s_rep)
+    frame.insert(5, "event", event[e_rep])
+    cols = [
+        "patient_id",
+        "episode_id",
+        "landmark",
+        "as_of",
+        "in_episode",
+        "lower",
+        "upper",
+        "event",
+    ]
+    rest = [c for c in frame.columns if c not in cols]
+    return frame[cols + rest]

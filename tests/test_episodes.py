@@ -1,0 +1,339 @@
+"""Episodes: hand-checked interval bounds, censoring, SI events, confirmation, the CLI."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from forecast.episodes import EPISODE_COLUMNS, build_episodes, session_responses
+from forecast.outcomes import OutcomeDefinition
+from tests.fixtures.episodes import cohorts, day, make_cohort
+
+
+def one(cohort, **kw) -> pd.Series:
+    eps = build_episodes(cohort, **kw)
+    assert len(eps) == 1, eps
+    return eps.iloc[0]
+
+
+def test_columns_follow_the_architecture_contract():
+    c = make_cohort([("p", 0, "induction")], [("p", -1, 20), ("p", 7, 8)])
+    eps = build_episodes(c)
+    assert tuple(eps.columns) == EPISODE_COLUMNS
+    assert eps.loc[0, "episode_id"] == "p#1"
+    assert eps.loc[0, "episode_index"] == 1
+    assert eps.loc[0, "start"] == day(0)
+
+
+def test_event_interval_lies_between_the_two_assessments():
+    # Baseline 20 -> response needs <= 10; waning needs > 10 and >= 10.
+    c = make_cohort(
+        [("p", 0, "induction")],
+        [("p", -1, 20), ("p", 7, 8), ("p", 14, 10), ("p", 21, 9), ("p", 30, 13), ("p", 37, 15)],
+    )
+    e = one(c)
+    assert e["event"]
+    assert (e["lower"], e["upper"]) == (21.0, 30.0)
+    assert e["event_date"] == day(30)
+    assert e["last_event_free_date"] == day(21)
+    assert e["event_reason"] == "symptoms"
+    assert e["censor_reason"] is None
+    assert e["baseline_phq9"] == 20
+    assert e["response_phq9"] == 8
+    assert e["response_day"] == 7
+
+
+def test_episode_censored_at_a_booster_and_next_episode_starts():
+    c = make_cohort(
+        [("p", 0, "induction"), ("p", 28, "maintenance")],
+        [("p", -1, 20), ("p", 7, 8), ("p", 14, 9), ("p", 35, 7), ("p", 49, 14)],
+    )
+    eps = build_episodes(c)
+    first, second = eps.iloc[0], eps.iloc[1]
+    assert (first["lower"], first["upper"], first["event"]) == (14.0, math.inf, False)
+    assert first["censor_reason"] == "next_session"
+    assert first["next_session"] == day(28)
+    # The day-35 and day-49 scores belong to the booster's episode.
+    assert second["episode_id"] == "p#2"
+    assert (second["lower"], second["upper"], second["event"]) == (7.0, 21.0, True)
+    assert pd.isna(second["next_session"])
+
+
+def test_assessment_on_the_booster_day_belongs_to_the_previous_episode():
+    c = make_cohort(
+        [("p", 0, "induction"), ("p", 28, "maintenance")],
+        [("p", -1, 20), ("p", 7, 8), ("p", 28, 14), ("p", 35, 6)],
+    )
+    eps = build_episodes(c)
+    assert (eps.loc[0, "lower"], eps.loc[0, "upper"], eps.loc[0, "event"]) == (7.0, 28.0, True)
+    assert eps.loc[1, "response_date"] == day(35)
+
+
+def test_right_censoring_at_end_of_follow_up():
+    c = make_cohort(
+        [("p", 0, "induction")], [("p", -3, 16), ("p", 4, 6), ("p", 11, 7), ("p", 25, 8)]
+    )
+    e = one(c)
+    assert (e["lower"], e["upper"], e["event"]) == (25.0, math.inf, False)
+    assert e["censor_reason"] == "end_of_follow_up"
+
+
+def test_non_responders_and_late_scores_start_no_episode():
+    c = make_cohort(
+        [
+            ("a", 0, "induction"),  # 11 > 10: not a response
+            ("b", 0, "induction"),  # first PHQ-9 on day 15: outside the 14-day window
+            ("c", 0, "induction"),  # first PHQ-9 after the next session
+            ("c", 3, "induction"),
+            ("d", 0, "maintenance"),  # no induction, hence no baseline
+        ],
+        [
+            ("a", -1, 22),
+            ("a", 7, 12),
+            ("b", -1, 20),
+            ("b", 15, 5),
+            ("c", -1, 20),
+            ("c", 5, 6),
+            ("d", -1, 20),
+            ("d", 7, 5),
+        ],
+    )
+    eps = build_episodes(c)
+    assert list(eps["episode_id"]) == ["c#1"]
+    assert eps.loc[0, "start"] == day(3)
+    rows = session_responses(c).set_index(["patient_id", "start"])
+    assert rows.loc[("a", day(0)), "response_status"] == "not_responded"
+    assert rows.loc[("b", day(0)), "response_status"] == "no_assessment"
+    assert rows.loc[("c", day(0)), "response_status"] == "no_assessment"
+    assert rows.loc[("c", day(3)), "response_status"] == "responded"
+    assert rows.loc[("d", day(0)), "response_status"] == "no_baseline"
+    assert not rows["responded"].drop(("c", day(3))).any()
+    assert rows["lower"].drop(("c", day(3))).isna().all()
+
+
+def test_item9_reemergence_is_the_event_only_after_a_zero_at_the_start():
+    sessions = [("z", 0, "induction"), ("o", 0, "induction")]
+    assessments = [
+        ("z", -1, 20, 2),
+        ("z", 7, 6, 0),
+        ("z", 14, 6, 1),  # still in response, but SI re-emerges
+        ("o", -1, 20, 2),
+        ("o", 7, 6, 1),  # item 9 not 0 at the start: the item-9 rule does not apply
+        ("o", 14, 6, 1),
+        ("o", 21, 6, 1, 2),  # C-SSRS ideation 2 applies whatever the start
+    ]
+    eps = build_episodes(make_cohort(sessions, assessments)).set_index("patient_id")
+    assert (eps.loc["z", "lower"], eps.loc["z", "upper"]) == (7.0, 14.0)
+    assert eps.loc["z", "event_reason"] == "item9"
+    assert (eps.loc["o", "lower"], eps.loc["o", "upper"]) == (14.0, 21.0)
+    assert eps.loc["o", "event_reason"] == "cssrs_ideation"
+
+
+def test_cssrs_only_row_can_be_an_event_but_never_moves_lower():
+    c = make_cohort(
+        [("p", 0, "induction")],
+        [("p", -1, 20, 0), ("p", 7, 6, 0), ("p", 10, None, None, 0), ("p", 12, None, None, 3)],
+    )
+    e = one(c)
+    assert (e["lower"], e["upper"]) == (7.0, 12.0)
+    assert e["event_reason"] == "cssrs_ideation"
+
+
+def test_confirmation_option():
+    confirm = OutcomeDefinition(confirm_waning=True)
+    # A single bad score followed by a good one is not an event when confirming.
+    blip = make_cohort(
+        [("p", 0, "induction")],
+        [("p", -1, 20), ("p", 7, 8), ("p", 14, 13), ("p", 21, 8), ("p", 28, 9)],
+    )
+    assert one(blip)["upper"] == 14.0
+    e = one(blip, definition=confirm)
+    assert (e["lower"], e["upper"], e["event"]) == (28.0, math.inf, False)
+    # Two bad scores in a row: the event is the first, known at the second.
+    two = make_cohort(
+        [("p", 0, "induction")],
+        [("p", -1, 20), ("p", 7, 8), ("p", 14, 9), ("p", 21, 13), ("p", 28, 14)],
+    )
+    e = one(two, definition=confirm)
+    assert (e["lower"], e["upper"], e["event"]) == (14.0, 21.0, True)
+    assert e["event_date"] == day(21)
+    assert e["event_known_date"] == day(28)
+    # An unconfirmed bad score at the end leaves the episode censored before it.
+    pending = make_cohort(
+        [("p", 0, "induction")], [("p", -1, 20), ("p", 7, 8), ("p", 14, 9), ("p", 21, 13)]
+    )
+    e = one(pending, definition=confirm)
+    assert (e["lower"], e["upper"], e["event"]) == (14.0, math.inf, False)
+    # SI never waits for confirmation.
+    si = make_cohort([("p", 0, "induction")], [("p", -1, 20, 0), ("p", 7, 8, 0), ("p", 14, 8, 1)])
+    e = one(si, definition=confirm)
+    assert (e["lower"], e["upper"], e["event_known_date"]) == (7.0, 14.0, day(14))
+
+
+def test_same_day_event_after_the_response_gives_lower_zero():
+    c = make_cohort([("p", 0, "induction")], [("p", -1, 20), ("p", 7, 8), ("p", 7, None, None, 4)])
+    e = one(c)
+    assert (e["lower"], e["upper"]) == (0.0, 7.0)
+
+
+def test_no_sessions_or_no_assessments_give_an_empty_table():
+    c = make_cohort([("p", 0, "induction")], [])
+    eps = build_episodes(c)
+    assert eps.empty
+    assert tuple(eps.columns) == EPISODE_COLUMNS
+
+
+# --- properties ----------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cohorts(), st.booleans())
+def test_interval_properties(cohort, confirm):
+    eps = build_episodes(cohort, OutcomeDefinition(confirm_waning=confirm))
+    if eps.empty:
+        return
+    assert (eps["lower"] >= 0).all()
+    assert (eps["lower"] < eps["upper"]).all()
+    assert (eps["event"] == np.isfinite(eps["upper"])).all()
+    assert eps["censor_reason"].isna().eq(eps["event"]).all()
+    events = eps[eps["event"]]
+    assert (events["event_date"] > events["start"]).all()
+    assert (events["event_known_date"] >= events["event_date"]).all()
+    # Episodes end at the next session: the event is never after it.
+    nxt = events["next_session"].notna()
+    assert (events.loc[nxt, "event_date"] <= events.loc[nxt, "next_session"]).all()
+    # Response is exactly "<= half the baseline".
+    assert (eps["response_phq9"] <= 0.5 * eps["baseline_phq9"]).all()
+    assert eps["episode_id"].is_unique
+
+
+# --- scale and CLI -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_simulated_cohort_episodes_are_consistent(sim_small):
+    eps = build_episodes(sim_small.cohort)
+    assert len(eps) > 0
+    assert (eps["lower"] < eps["upper"]).all()
+    assert set(eps["censor_reason"].dropna()) <= {"next_session", "end_of_follow_up"}
+
+
+def test_cli_exports_the_episode_table(tmp_path):
+    from forecast.cli import main
+    from forecast.data import write_cohort
+
+    c = make_cohort(
+        [("p", 0, "induction"), ("p", 28, "maintenance")],
+        [("p", -1, 20), ("p", 7, 8), ("p", 14, 9), ("p", 35, 7), ("p", 49, 14)],
+    )
+    write_cohort(c, tmp_path / "cohort")
+    runner = CliRunner()
+    out = tmp_path / "eps.csv"
+    result = runner.invoke(main, ["episodes", str(tmp_path / "cohort"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    got = pd.read_csv(out)
+    want = build_episodes(c)
+    assert list(got["episode_id"]) == list(want["episode_id"])
+    assert list(got["lower"]) == list(want["lower"])
+    assert list(got["upper"]) == list(want["upper"])
+    pq = tmp_path / "eps.parquet"
+    result = runner.invoke(
+        main, ["episodes", str(tmp_path / "cohort"), "--out", str(pq), "--all-sessions"]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_parquet(pq)) == 2
+    bad = runner.invoke(main, ["episodes", str(tmp_path / "cohort"), "--out", "x.txt"])
+    assert bad.exit_code != 0
+    assert ".csv or .parquet" in bad.output
+
+
+def test_cli_reports_contract_errors_with_exit_status_1(tmp_path):
+    from forecast.cli import main
+    from forecast.data import write_cohort
+
+    c = make_cohort([("p", 0, "induction")], [("p", -1, 20), ("p", 7, 8)])
+    write_cohort(c, tmp_path)
+    text = (tmp_path / "assessments.csv").read_text()
+    (tmp_path / "assessments.csv").write_text(text.replace(",20,", ",40,", 1))
+    result = CliRunner().invoke(main, ["episodes", str(tmp_path), "--out", str(tmp_path / "e.csv")])
+    assert result.exit_code == 1
+    assert "assessments" in result.output
+    assert not (tmp_path / "e.csv").exists()
+
+
+def reference_episodes(cohort, d: OutcomeDefinition) -> dict[tuple[str, pd.Timestamp], tuple]:
+    """The episode rules written as plain loops, one patient and one session at a time."""
+    from forecast.instruments import score_assessments
+
+    scored = score_assessments(cohort.assessments)
+    out = {}
+    for pid, sess in cohort.sessions.groupby("patient_id"):
+        rows = scored[scored["patient_id"] == pid].to_dict("records")
+        dates = list(sess["date"])
+        kinds = list(sess["kind"])
+        inductions = [x for x, k in zip(dates, kinds, strict=True) if k == "induction"]
+        if not inductions:
+            continue
+        anchor = inductions[0]
+        window = pd.Timedelta(days=d.baseline_window_days)
+        pre = [r for r in rows if anchor - window <= r["date"] <= anchor and r["phq9"] == r["phq9"]]
+        if not pre:
+            continue
+        base = pre[-1]["phq9"]
+        for k, start in enumerate(dates):
+            if start < anchor:
+                continue
+            nxt = dates[k + 1] if k + 1 < len(dates) else pd.Timestamp.max
+            limit = min(start + pd.Timedelta(days=d.response_window_days), nxt)
+            own = [i for i, r in enumerate(rows) if start < r["date"] <= nxt]
+            firsts = [
+                i for i in own if rows[i]["date"] <= limit and rows[i]["phq9"] == rows[i]["phq9"]
+            ]
+            if not firsts or not rows[firsts[0]]["phq9"] <= d.response_fraction * base:
+                continue
+            r_i = firsts[0]
+            start_item9 = rows[r_i]["item9"]
+            seq = [(r_i, False, False)]  # (row, criterion met, SI criterion met)
+            for i in own:
+                if i <= r_i:
+                    continue
+                r = rows[i]
+                sym = r["phq9"] > d.response_fraction * base and r["phq9"] >= d.waned_phq9_min
+                si = (r["item9"] >= d.si_item9_min and start_item9 == 0) or (
+                    r["cssrs_ideation"] >= d.si_cssrs_min
+                )
+                if r["phq9"] == r["phq9"] or si:
+                    seq.append((i, sym or si, si))
+            event_at = None
+            for j, (_i, crit, si) in enumerate(seq):
+                if not crit:
+                    continue
+                if not d.confirm_waning or si or (j + 1 < len(seq) and seq[j + 1][1]):
+                    event_at = j
+                    break
+            day = {i: (rows[i]["date"] - start).days for i, _, _ in seq}
+            if event_at is not None:
+                e_day = day[seq[event_at][0]]
+                before = [day[i] for i, _, _ in seq if day[i] < e_day]
+                out[(pid, start)] = (max(before, default=0), float(e_day), True)
+            else:
+                keep = seq
+                if d.confirm_waning and seq[-1][1]:
+                    keep = seq[:-1]  # unconfirmed at the end: censor before it
+                out[(pid, start)] = (float(day[keep[-1][0]]), math.inf, False)
+    return out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cohorts(), st.booleans())
+def test_vectorised_episodes_match_the_reference_loops(cohort, confirm):
+    d = OutcomeDefinition(confirm_waning=confirm)
+    eps = build_episodes(cohort, d)
+    got = {(r.patient_id, r.start): (r.lower, r.upper, bool(r.event)) for r in eps.itertuples()}
+    assert got == reference_episodes(cohort, d)
