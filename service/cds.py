@@ -1,7 +1,615 @@
-"""Blueprint `cds` of the service (registered by service.app.create_app)."""
+"""CDS Hooks 2.0 service (blueprint ``cds``): maintenance timing in the EHR.
+
+- ``GET /cds-services`` (open): discovery of one ``patient-view`` service.
+- ``POST /cds-services/kap-forecast-maintenance``: answers cards. The EHR
+  authenticates with a JWT bearer token as the CDS Hooks specification
+  describes (signed by the EHR; ``iss`` in the allow-list, ``aud`` = the URL
+  of this service endpoint, ``exp`` at most 5 minutes ahead, ``jti`` never
+  seen before). Keys come from a configuration file (never fetched from the
+  token's ``jku``): see :class:`CdsClients`.
+
+Cards (they carry the same date and risks as the JSON forecast):
+
+- a *critical* card when a suicidal-ideation flag is raised (status
+  ``urgent_review``): review before any maintenance planning;
+- otherwise "Next maintenance session by <date>" (indicator ``info``, or
+  ``warning`` when the session is due now or the patient is not in response),
+  with the risks at the horizons and a link to the clinician page.
+
+Prefetched Observations / QuestionnaireResponses / Procedures of the patient
+are mapped by :mod:`forecast.fhir` and combined with the stored history for
+that one request; they are never written to the store.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pandas as pd
+from flask import Blueprint, Response, current_app, g, jsonify, request
+
+from forecast.fhir import FhirError, horizons_text, map_resources
+from forecast.instruments import (
+    LOINC_CSSRS_BEHAVIOR,
+    LOINC_CSSRS_IDEATION,
+    LOINC_PHQ9_ITEMS,
+    LOINC_PHQ9_PANEL,
+    LOINC_PHQ9_TOTAL,
+    LOINC_SYSTEM,
+)
+from service.auth import Principal, public
+from service.clinic_openapi import operation, problem
+from service.errors import ApiProblem
 
 bp = Blueprint("cds", __name__)
+
+SERVICE_ID = "kap-forecast-maintenance"
+#: Longest token lifetime accepted (the specification recommends 5 minutes).
+MAX_LIFETIME_SECONDS = 300
+#: Clock skew tolerated on exp / iat.
+LEEWAY_SECONDS = 30
+ALLOWED_ALGORITHMS = ("RS256", "RS384", "ES256", "ES384", "HS256")
+
+_CODES = ",".join(
+    f"{LOINC_SYSTEM}|{c}"
+    for c in (
+        LOINC_PHQ9_PANEL,
+        LOINC_PHQ9_TOTAL,
+        *LOINC_PHQ9_ITEMS,
+        *LOINC_CSSRS_IDEATION,
+        LOINC_CSSRS_BEHAVIOR,
+    )
+)
+PREFETCH = {
+    "patient": "Patient/{{context.patientId}}",
+    "observations": "Observation?patient={{context.patientId}}&code=" + _CODES,
+    "responses": "QuestionnaireResponse?patient={{context.patientId}}",
+    "procedures": "Procedure?patient={{context.patientId}}",
+}
+
+
+# --- client configuration -------------------------------------------------------------------
+@dataclass
+class CdsClient:
+    """One EHR allowed to call the service.
+
+    Attributes
+    ----------
+    iss : str
+        The issuer the EHR puts in its tokens.
+    keys : list
+        Verification keys (PEM public keys, JWK dicts or an HS256 secret).
+    algorithms : tuple of str
+        Algorithms accepted from this client.
+    name : str
+        Recorded in the audit table as ``cds:<name>``.
+    """
+
+    iss: str
+    keys: list[Any]
+    algorithms: tuple[str, ...]
+    name: str
+    kids: list[str | None] = field(default_factory=list)
+
+
+class CdsConfigError(ValueError):
+    """The CDS clients file cannot be used."""
+
+
+def load_clients(source: Any, base: Path | None = None) -> dict[str, CdsClient]:
+    """Read the allow-list of EHR clients.
+
+    Parameters
+    ----------
+    source : str, Path or mapping
+        A JSON file path or the parsed document::
+
+            {"audience": "https://forecast.example.org/cds-services/kap-forecast-maintenance",
+             "clients": [
+               {"iss": "https://ehr.example.org", "name": "ehr",
+                "jwks": {"keys": [...]} | "jwks_file": "ehr-jwks.json"
+                | "public_key_file": "ehr.pem" | "public_key": "-----BEGIN ...",
+                "algorithms": ["RS256", "ES384"]},
+               {"iss": "test-ehr", "secret": "...", "algorithms": ["HS256"]}]}
+
+    base : Path, optional
+        Folder that relative file names are read from (the file's folder).
+
+    Returns
+    -------
+    dict
+        ``iss`` -> :class:`CdsClient`.
+    """
+    if isinstance(source, str | Path):
+        path = Path(source)
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CdsConfigError(f"FORECAST_CDS_CLIENTS={path}: cannot read ({exc})") from None
+        base = path.parent
+    else:
+        doc = dict(source)
+    base = base or Path.cwd()
+    clients: dict[str, CdsClient] = {}
+    for k, c in enumerate(doc.get("clients") or []):
+        where = f"clients[{k}]"
+        iss = c.get("iss")
+        if not isinstance(iss, str) or not iss:
+            raise CdsConfigError(f"{where}.iss: a non-empty issuer is required")
+        algs = tuple(c.get("algorithms") or ())
+        bad = [a for a in algs if a not in ALLOWED_ALGORITHMS]
+        if not algs or bad:
+            raise CdsConfigError(
+                f"{where}.algorithms: allowed: {', '.join(ALLOWED_ALGORITHMS)}; got {list(algs)}"
+            )
+        keys: list[Any] = []
+        kids: list[str | None] = []
+        jwks = c.get("jwks")
+        if c.get("jwks_file"):
+            jwks = json.loads((base / c["jwks_file"]).read_text(encoding="utf-8"))
+        if jwks:
+            for jwk in jwks.get("keys", []):
+                keys.append(jwt.PyJWK(jwk).key)
+                kids.append(jwk.get("kid"))
+        if c.get("public_key_file"):
+            keys.append((base / c["public_key_file"]).read_text(encoding="utf-8"))
+            kids.append(c.get("kid"))
+        if c.get("public_key"):
+            keys.append(c["public_key"])
+            kids.append(c.get("kid"))
+        if c.get("secret"):
+            if algs != ("HS256",):
+                raise CdsConfigError(f"{where}: a shared secret needs algorithms ['HS256'] only")
+            if len(str(c["secret"]).encode()) < 32:
+                raise CdsConfigError(f"{where}.secret: use at least 32 bytes (RFC 7518 3.2)")
+            keys.append(c["secret"])
+            kids.append(c.get("kid"))
+        if not keys:
+            raise CdsConfigError(
+                f"{where}: give jwks, jwks_file, public_key, public_key_file or (tests) secret"
+            )
+        clients[iss] = CdsClient(iss, keys, algs, str(c.get("name") or iss), kids)
+    return clients
+
+
+class ReplayCache:
+    """``jti`` values seen until their token expires (per process)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def check_and_add(self, iss: str, jti: str, exp: float) -> bool:
+        """True the first time ``(iss, jti)`` is presented; False on a replay."""
+        now = time.time()
+        with self._lock:
+            if len(self._seen) > 10000 or now > getattr(self, "_next_sweep", 0):
+                self._seen = {k: v for k, v in self._seen.items() if v >= now - LEEWAY_SECONDS}
+                self._next_sweep = now + 60
+            if (iss, jti) in self._seen:
+                return False
+            self._seen[(iss, jti)] = exp
+            return True
+
+
+@bp.record_once
+def _load_at_start(setup: Any) -> None:
+    # Read the clients file when the app is built, so a broken file stops the
+    # service at start with a clear message instead of failing EHR calls later.
+    _state(setup.app)
+
+
+def _state(app: Any = None) -> dict[str, Any]:
+    """Clients, audience and replay cache of this app (loaded once)."""
+    app = app or current_app
+    state = app.extensions.get("kap_cds")
+    if state is None:
+        source = app.config.get("KAP_CDS_CLIENTS") or os.environ.get("FORECAST_CDS_CLIENTS")
+        doc: Mapping[str, Any] = {}
+        base = None
+        if isinstance(source, Mapping):
+            doc = source
+        elif source:
+            path = Path(source)
+            try:
+                doc = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise CdsConfigError(f"FORECAST_CDS_CLIENTS={path}: cannot read ({exc})") from None
+            base = path.parent
+        clients = load_clients(doc, base) if doc else {}
+        doc_audience = doc.get("audience")
+        audience = (
+            app.config.get("KAP_CDS_AUDIENCE")
+            or os.environ.get("FORECAST_CDS_AUDIENCE")
+            or doc_audience
+        )
+        state = {"clients": clients, "audience": audience, "replay": ReplayCache()}
+        app.extensions["kap_cds"] = state
+    return state
+
+
+def _unauthorized(detail: str) -> ApiProblem:
+    return ApiProblem(401, detail=detail, headers={"WWW-Authenticate": 'Bearer realm="cds-hooks"'})
+
+
+def authenticate_ehr() -> Principal:
+    """Verify the EHR's JWT (CDS Hooks 2.0 "Trusting CDS Clients").
+
+    Raises
+    ------
+    ApiProblem
+        401 with a reason that names the failed check (never the token).
+    """
+    state = _state()
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized("Send the EHR's JWT as 'Authorization: Bearer <jwt>'.")
+    token = token.strip()
+    try:
+        unverified = jwt.decode(token, options={"verify_signature": False})
+        head = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise _unauthorized("The bearer token is not a JWT.") from None
+    iss = unverified.get("iss")
+    client = state["clients"].get(iss) if isinstance(iss, str) else None
+    if client is None:
+        raise _unauthorized("The token's issuer (iss) is not an allowed CDS client.")
+    alg = head.get("alg")
+    if alg not in client.algorithms:
+        raise _unauthorized(f"Algorithm {alg!r} is not allowed for this client.")
+    audience = state["audience"] or request.base_url
+    kid = head.get("kid")
+    candidates = [k for k, kk in zip(client.keys, client.kids, strict=True) if kk in (kid, None)]
+    claims = None
+    last_error = "no key of this client matches the token's kid"
+    for key in candidates or client.keys:
+        try:
+            claims = jwt.decode(
+                token,
+                key=key,
+                algorithms=[alg],
+                audience=audience,
+                issuer=client.iss,
+                leeway=LEEWAY_SECONDS,
+                options={"require": ["iss", "aud", "exp", "iat", "jti"]},
+            )
+            break
+        except jwt.InvalidSignatureError:
+            last_error = "the signature does not verify with the client's keys"
+        except jwt.ExpiredSignatureError:
+            raise _unauthorized("The token has expired (exp).") from None
+        except jwt.InvalidAudienceError:
+            raise _unauthorized("The token's audience (aud) is not this service's URL.") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise _unauthorized(f"The token lacks the required claim {exc.claim!r}.") from None
+        except jwt.PyJWTError as exc:
+            last_error = type(exc).__name__
+    if claims is None:
+        raise _unauthorized(f"The token was rejected: {last_error}.")
+    now = time.time()
+    if float(claims["exp"]) > now + MAX_LIFETIME_SECONDS + LEEWAY_SECONDS:
+        raise _unauthorized("The token's exp is more than 5 minutes ahead; send a short-lived JWT.")
+    if not state["replay"].check_and_add(client.iss, str(claims["jti"]), float(claims["exp"])):
+        raise _unauthorized("The token's jti was already used (replay).")
+    return Principal(f"cds:{client.name}"[:128], "clinician")
+
+
+# --- discovery ------------------------------------------------------------------------------
+@bp.get("/cds-services")
+@public
+@operation(
+    "CDS Hooks discovery",
+    {"200": {"description": "services", "content": {"application/json": {}}}},
+    public=True,
+)
+def discovery() -> Response:
+    """CDS Hooks discovery: one patient-view service with its prefetch templates."""
+    return jsonify(
+        {
+            "services": [
+                {
+                    "hook": "patient-view",
+                    "id": SERVICE_ID,
+                    "title": "KAP maintenance timing (kap-forecast)",
+                    "description": (
+                        "Suggests when the next ketamine maintenance session is due from the "
+                        "patient's PHQ-9 history; raises a critical card when a suicidal-ideation "
+                        "answer needs review. Decision support, not a suicide-risk assessment."
+                    ),
+                    "prefetch": PREFETCH,
+                    "usageRequirements": (
+                        "The EHR's patient id must equal the kap-forecast patient_id; sign "
+                        "requests with a JWT (keys configured in FORECAST_CDS_CLIENTS)."
+                    ),
+                }
+            ]
+        }
+    )
+
+
+# --- the service ------------------------------------------------------------------------------
+def _prefetch_resources(prefetch: Mapping[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for key in ("observations", "responses", "procedures"):
+        doc = prefetch.get(key)
+        if not isinstance(doc, Mapping):
+            continue
+        if doc.get("resourceType") == "Bundle":
+            out += [
+                e["resource"]
+                for e in doc.get("entry") or []
+                if isinstance(e, Mapping) and isinstance(e.get("resource"), Mapping)
+            ]
+        elif doc.get("resourceType"):
+            out.append(dict(doc))
+    return out
+
+
+def _combined_cohort(pid: str, prefetch: Mapping[str, Any]) -> tuple[Any, list[str]]:
+    """Stored history plus prefetched rows (rows dated like a stored row are skipped)."""
+    from forecast.cohort import Cohort, canonicalize, empty_frame
+    from forecast.contract import TABLES
+    from forecast.data import validate_records
+
+    st = current_app.extensions["kap_store"]
+    with st.read() as conn:
+        known = bool(st.known_patients(conn, [pid]))
+        cohort = st.cohort([pid], conn) if known else None
+    notes: list[str] = []
+    if cohort is None:
+        cohort = Cohort(
+            canonicalize("patients", pd.DataFrame({"patient_id": [pid]})),
+            empty_frame("sessions"),
+            empty_frame("assessments"),
+        )
+    resources = [
+        r
+        for r in _prefetch_resources(prefetch)
+        if r.get("resourceType") in ("Observation", "QuestionnaireResponse", "Procedure")
+    ]
+    if not resources:
+        return (cohort if known else None), notes
+    first = cohort.sessions["date"].min() if len(cohort.sessions) else None
+    try:
+        mapped = map_resources(
+            resources,
+            expressions=[f"prefetch[{i}]" for i in range(len(resources))],
+            known_first_session={pid: first} if first is not None else None,
+        )
+    except FhirError:
+        notes.append("Some prefetched EHR data could not be read and were not used.")
+        return (cohort if known else None), notes
+    frames = {"sessions": cohort.sessions, "assessments": cohort.assessments}
+    added = 0
+    for table in ("sessions", "assessments"):
+        rows = [
+            {k: v for k, v in r.items() if k not in ("patient_id", "id")}
+            for r in getattr(mapped, table)
+            if r["patient_id"] == pid
+        ]
+        stored_dates = set(frames[table]["date"].dt.strftime("%Y-%m-%d"))
+        rows = [r for r in rows if r["date"] not in stored_dates]
+        if not rows:
+            continue
+        frame, problems = validate_records(table, rows, patient_id=pid, allow_id=False)
+        if problems:
+            notes.append(f"Some prefetched {table} were not usable and were ignored.")
+            continue
+        cols = [c.name for c in TABLES[table]]
+        frames[table] = canonicalize(
+            table, pd.concat([frames[table][cols], frame[cols]], ignore_index=True)
+        )
+        added += len(rows)
+    if added:
+        notes.append(f"{added} row(s) from the EHR's prefetch were used and not stored.")
+    if not known and added == 0:
+        return None, notes
+    return Cohort(cohort.patients, frames["sessions"], frames["assessments"]), notes
+
+
+def _page_url(pid: str) -> str:
+    from urllib.parse import quote
+
+    base = (
+        current_app.config.get("KAP_PUBLIC_URL")
+        or os.environ.get("FORECAST_PUBLIC_URL")
+        or request.host_url
+    )
+    return base.rstrip("/") + "/patients/" + quote(pid, safe="")
+
+
+def _human(day: str | None) -> str:
+    if not day:
+        return ""
+    t = pd.Timestamp(day)
+    return f"{t.day} {t.strftime('%b %Y')}"
+
+
+def cards_for(answer: Mapping[str, Any], link: str, notes: list[str]) -> list[dict[str, Any]]:
+    """The CDS Hooks cards of one forecast answer."""
+    version = answer.get("model_version")
+    source = {
+        "label": f"kap-forecast (model {version})",
+        "topic": {"code": "kap-maintenance", "display": "Ketamine maintenance timing"},
+    }
+    links = [{"label": "Open the kap-forecast page", "url": link, "type": "absolute"}]
+    safety = answer.get("safety") or {}
+    sug = answer.get("suggestion") or {}
+    status = answer.get("status")
+    data = {
+        "patient_id": answer["patient_id"],
+        "as_of": answer["as_of"],
+        "model_version": version,
+        "status": status,
+        "session_by": sug.get("session_by"),
+        "window_start": sug.get("window_start"),
+        "threshold": sug.get("threshold"),
+        "risks": {
+            str(h["days"]): h["risk"] for h in (answer.get("risk") or {}).get("horizons") or []
+        },
+        "safety_level": safety.get("level"),
+    }
+    tail = (
+        "\n\n*Decision support for the clinician; not a suicide-risk assessment and not a "
+        "clearance.*"
+    )
+    extra = ("\n\n" + " ".join(notes)) if notes else ""
+    if safety.get("level") or status == "urgent_review":
+        reasons = "\n".join(f"- {r}" for r in safety.get("reasons") or [])
+        return [
+            {
+                "uuid": str(uuid.uuid4()),
+                "summary": "Suicidal-ideation answer on record: clinical review needed before "
+                "maintenance planning",
+                "indicator": "critical",
+                "detail": f"**{safety.get('statement') or ''}**\n\n{reasons}\n\n"
+                f"{sug.get('rationale') or ''}{extra}{tail}",
+                "source": source,
+                "links": links,
+                "extension": {"kap-forecast": data},
+            }
+        ]
+    risks = horizons_text(answer)
+    if sug.get("session_by"):
+        due = status == "session_due"
+        summary = (
+            f"Maintenance session due now (by {_human(sug['session_by'])})"
+            if due
+            else f"Next maintenance session by {_human(sug['session_by'])}"
+        )
+        detail = (
+            f"{sug.get('rationale') or ''}\n\n"
+            f"Risk that the benefit has waned (after {answer['as_of']}): {risks}."
+            + (
+                f" Suggested window {sug['window_start']} to {sug['window_end']};"
+                f" threshold {float(sug['threshold']):.0%}."
+                if sug.get("window_start")
+                else ""
+            )
+            + f"\n\n{answer.get('status_reason') or ''}"
+        )
+        indicator = "warning" if due else "info"
+    else:
+        summary = {
+            "not_in_response": "Not in response since the last session: review the treatment plan",
+            "no_treatment": "No ketamine session on record: no maintenance forecast",
+            "insufficient_data": "Not enough PHQ-9 data for a maintenance forecast",
+        }.get(str(status), "No maintenance date suggested")
+        detail = f"{answer.get('status_reason') or ''}\n\n{sug.get('rationale') or ''}"
+        indicator = "warning" if status == "not_in_response" else "info"
+    return [
+        {
+            "uuid": str(uuid.uuid4()),
+            "summary": summary[:140],
+            "indicator": indicator,
+            "detail": detail + extra + tail,
+            "source": source,
+            "links": links,
+            "extension": {"kap-forecast": data},
+        }
+    ]
+
+
+@bp.post(f"/cds-services/{SERVICE_ID}")
+@public  # authenticated by the EHR's JWT below, not by a service token
+@operation(
+    "CDS Hooks patient-view: maintenance timing cards",
+    {
+        "200": {"description": "cards", "content": {"application/json": {}}},
+        "400": problem("Not a patient-view request or no context.patientId"),
+        "401": problem("Missing or invalid EHR JWT (signature, iss, aud, exp, jti)"),
+        "503": problem("No model loaded"),
+    },
+    public=True,
+    request_body={"required": True, "content": {"application/json": {}}},
+)
+def patient_view() -> Response:
+    """Answer a patient-view hook with cards."""
+    from service import api
+
+    g.principal = authenticate_ehr()
+    body = api.json_body()
+    if not isinstance(body, Mapping) or body.get("hook") != "patient-view":
+        raise ApiProblem(
+            400,
+            "Unsupported hook",
+            errors=[{"field": "/hook", "message": "allowed: patient-view"}],
+        )
+    context = body.get("context") if isinstance(body.get("context"), Mapping) else {}
+    pid = context.get("patientId")
+    if not isinstance(pid, str) or not pid.strip():
+        raise ApiProblem(
+            400,
+            "Missing patient",
+            errors=[{"field": "/context/patientId", "message": "required: the patient's id"}],
+        )
+    prefetch = body.get("prefetch") if isinstance(body.get("prefetch"), Mapping) else {}
+    cohort, notes = _combined_cohort(pid, prefetch)
+    if cohort is None:
+        return jsonify(
+            {
+                "cards": [
+                    {
+                        "uuid": str(uuid.uuid4()),
+                        "summary": "kap-forecast has no ketamine-treatment history for this "
+                        "patient",
+                        "indicator": "info",
+                        "detail": "Import the patient's PHQ-9 answers and ketamine sessions "
+                        "(FHIR or the JSON API) to get maintenance timing suggestions.",
+                        "source": {"label": "kap-forecast"},
+                    }
+                ]
+            }
+        )
+    from service.fhir_api import forecast_for
+
+    try:
+        answer, _ = forecast_for(pid, "cds_patient_view", cohort)
+    except ApiProblem as exc:
+        if exc.status != 503:
+            raise
+        # No model: the safety rules do not need one, so a flag still gets its card.
+        return jsonify({"cards": _cards_without_model(pid, cohort, exc.detail or "")})
+    return jsonify({"cards": cards_for(answer, _page_url(pid), notes)})
+
+
+def _cards_without_model(pid: str, cohort: Any, why: str) -> list[dict[str, Any]]:
+    from service.pages import rule_safety
+
+    safety = rule_safety(cohort)
+    links = [{"label": "Open the kap-forecast page", "url": _page_url(pid), "type": "absolute"}]
+    if safety["level"]:
+        reasons = "\n".join(f"- {r}" for r in safety["reasons"])
+        return [
+            {
+                "uuid": str(uuid.uuid4()),
+                "summary": "Suicidal-ideation answer on record: clinical review needed before "
+                "maintenance planning",
+                "indicator": "critical",
+                "detail": f"**{safety['statement']}**\n\n{reasons}\n\nNo maintenance forecast "
+                "is available right now.",
+                "source": {"label": "kap-forecast (safety rules)"},
+                "links": links,
+                "extension": {"kap-forecast": {"patient_id": pid, "safety_level": safety["level"]}},
+            }
+        ]
+    return [
+        {
+            "uuid": str(uuid.uuid4()),
+            "summary": "Maintenance forecast not available right now",
+            "indicator": "info",
+            "detail": f"{why}\n\n{safety['statement']}",
+            "source": {"label": "kap-forecast"},
+            "links": links,
+        }
+    ]

@@ -1,0 +1,398 @@
+"""forecast.fhir: FHIR R4 resources -> contract records, forecasts -> RiskAssessment."""
+
+from __future__ import annotations
+
+import pytest
+from fhir.resources.R4B.operationoutcome import OperationOutcome
+from fhir.resources.R4B.riskassessment import RiskAssessment
+
+from forecast.fhir import (
+    FhirError,
+    map_bundle,
+    map_resources,
+    operation_outcome,
+    risk_assessment,
+)
+from forecast.instruments import LOINC_PHQ9_ITEMS, LOINC_PHQ9_TOTAL
+from tests.fixtures.clinic import (
+    MII_ITEMS,
+    MII_PATIENT,
+    bundle,
+    cssrs_qr,
+    ketamine_procedure,
+    observation,
+    patient,
+    phq9_panel,
+    phq9_qr,
+)
+
+
+def _items(rec: dict) -> tuple:
+    return tuple(rec.get(f"phq9_{i}") for i in range(1, 10))
+
+
+def _error_exprs(err: FhirError) -> list[str]:
+    return [i.expression for i in err.issues if i.severity == "error"]
+
+
+# --- the real MII resources ---------------------------------------------------------
+@pytest.mark.parametrize("order", ["qr_first", "obs_first"])
+@pytest.mark.parametrize("kind", ["transaction", "batch", "collection"])
+def test_mii_response_and_total_merge_into_one_assessment(mii_resources, order, kind):
+    qr, obs = mii_resources
+    res = [qr, obs] if order == "qr_first" else [obs, qr]
+    m = map_bundle(bundle(res, kind))
+    assert list(m.patients) == [MII_PATIENT]
+    assert len(m.assessments) == 1
+    rec = m.assessments[0]
+    assert rec["patient_id"] == MII_PATIENT
+    # Local date as written ("2024-03-15T10:00:00+01:00"), not shifted to UTC.
+    assert rec["date"] == "2024-03-15"
+    assert _items(rec) == MII_ITEMS
+    assert rec["phq9_total"] == 8 == sum(MII_ITEMS)
+    # The response's id wins whatever the order, so a retry maps to the same row.
+    assert rec["id"] == f"QuestionnaireResponse/{qr['id']}"
+    assert sorted(m.sources[("assessments", rec["id"])]) == [
+        "Bundle.entry[0].resource",
+        "Bundle.entry[1].resource",
+    ]
+    assert not [i for i in m.issues if i.severity != "information"]
+    assert m.items() == [
+        (MII_PATIENT, "assessments", [{k: v for k, v in rec.items() if k != "patient_id"}])
+    ]
+
+
+def test_total_observation_that_disagrees_with_response_is_a_conflict(mii_resources):
+    qr, obs = mii_resources
+    obs["valueQuantity"]["value"] = 9
+    with pytest.raises(FhirError) as exc:
+        map_bundle(bundle([qr, obs]))
+    (issue,) = [i for i in exc.value.issues if i.severity == "error"]
+    assert issue.code == "conflict"
+    assert issue.expression == "Bundle.entry[1].resource.valueQuantity"
+    assert "Bundle.entry[0].resource.item[9]" in issue.diagnostics
+
+
+def test_derived_total_joins_the_response_even_on_another_day(mii_resources):
+    qr, obs = mii_resources
+    obs["effectiveDateTime"] = "2024-03-16T09:00:00+01:00"
+    m = map_bundle(bundle([qr, obs]))
+    assert [r["date"] for r in m.assessments] == ["2024-03-15"]
+
+
+# --- other shapes seen in the wild ----------------------------------------------------
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ({"valueInteger": 12}, 12),
+        ({"valueDecimal": 12.0}, 12),
+        ({"valueQuantity": {"value": 12, "unit": "{score}"}}, 12),
+        ({"valueString": "12"}, 12),
+    ],
+)
+def test_total_observation_value_shapes(value, expected):
+    m = map_bundle(bundle([observation("t1", "p1", "2025-01-10", LOINC_PHQ9_TOTAL, value)]))
+    assert m.assessments == [
+        {"patient_id": "p1", "id": "Observation/t1", "date": "2025-01-10", "phq9_total": expected}
+    ]
+
+
+@pytest.mark.parametrize("style", ["loinc", "integer", "sdc", "mii"])
+def test_questionnaire_response_linkid_styles(style):
+    items = (3, 2, 2, 1, 0, 1, 3, 2, 0)
+    qr = phq9_qr("r1", "p1", "2025-02-01T08:30:00Z", items, style=style, total=sum(items))
+    m = map_bundle(bundle([qr]))
+    (rec,) = m.assessments
+    assert _items(rec) == items
+    assert rec["phq9_total"] == 14
+
+
+def test_phq9_panel_with_members_becomes_one_row():
+    items = (1, 2, 0, 0, 1, 1, 2, 0, 1)
+    m = map_bundle(bundle(phq9_panel("panel", "p2", "2025-03-03", items)))
+    (rec,) = m.assessments
+    assert _items(rec) == items
+    assert "phq9_total" not in rec
+    assert not [i for i in m.issues if i.code == "not-found"]
+
+
+def test_panel_member_outside_the_bundle_is_reported():
+    panel, *members = phq9_panel("panel", "p2", "2025-03-03", (1,) * 9)
+    m = map_bundle(bundle([panel, *members[:8]]))
+    (warn,) = [i for i in m.issues if i.code == "not-found"]
+    assert warn.expression == "Bundle.entry[0].resource.hasMember[8]"
+    assert _items(m.assessments[0])[-1] is None
+
+
+def test_item_observation_with_la_code_and_cssrs_questionnaire_merge():
+    item9 = observation(
+        "i9",
+        "p3",
+        "2025-04-01",
+        LOINC_PHQ9_ITEMS[8],
+        {"valueCodeableConcept": {"coding": [{"system": "http://loinc.org", "code": "LA6570-1"}]}},
+    )
+    m = map_bundle(bundle([item9, cssrs_qr("c1", "p3", "2025-04-01", yes=(1, 2), behaviour=True)]))
+    (rec,) = m.assessments
+    assert rec["phq9_9"] == 2
+    assert rec["cssrs_ideation"] == 2
+    assert rec["cssrs_behavior"] == 1
+    # The questionnaire response is the primary resource of the merged row.
+    assert rec["id"] == "QuestionnaireResponse/c1"
+
+
+def test_cssrs_all_no_is_level_zero():
+    m = map_bundle(bundle([cssrs_qr("c2", "p3", "2025-04-02", yes=(), behaviour=False)]))
+    assert m.assessments[0]["cssrs_ideation"] == 0
+    assert m.assessments[0]["cssrs_behavior"] == 0
+
+
+def test_items_and_total_must_agree_within_a_response():
+    qr = phq9_qr("r1", "p1", "2025-02-01", (1,) * 9, total=10)
+    with pytest.raises(FhirError) as exc:
+        map_bundle(bundle([qr]))
+    assert "give 9" in str(exc.value)
+
+
+# --- sessions -----------------------------------------------------------------------------
+def test_procedures_become_sessions_with_documented_kind_defaults():
+    res = [
+        patient("p4", birth="1980-06-01"),
+        ketamine_procedure("s2", "p4", "2025-01-08"),
+        ketamine_procedure("s1", "p4", "2025-01-05T10:00:00+01:00"),
+        ketamine_procedure("s3", "p4", "2025-02-10", kind="induction"),
+        ketamine_procedure("s4", "p4", "2025-03-10", text="Esketamine 84 mg nasal spray"),
+        {
+            "resourceType": "Procedure",
+            "id": "s5",
+            "status": "completed",
+            "code": {"coding": [{"system": "urn:x", "code": "G2083"}]},
+            "subject": {"reference": "Patient/p4"},
+            "performedPeriod": {"start": "2025-04-01T09:00:00Z", "end": "2025-04-01T11:00:00Z"},
+        },
+    ]
+    m = map_bundle(bundle(res))
+    got = [(s["date"], s["kind"], s.get("route")) for s in m.sessions]
+    assert got == [
+        ("2025-01-05", "induction", "iv"),  # first session ever: induction
+        ("2025-01-08", "maintenance", "iv"),  # kind not stated: maintenance
+        ("2025-02-10", "induction", "iv"),  # stated by the extension
+        ("2025-03-10", "maintenance", "intranasal"),
+        ("2025-04-01", "maintenance", "intranasal"),  # HCPCS esketamine code
+    ]
+    assert m.patients["p4"] == {"patient_id": "p4", "sex": "female", "age": 44.0}
+
+
+def test_first_session_on_record_makes_a_new_unstated_session_maintenance():
+    res = [ketamine_procedure("s9", "p5", "2025-05-05")]
+    m = map_bundle(bundle(res), known_first_session={"p5": "2025-01-01"})
+    assert m.sessions[0]["kind"] == "maintenance"
+
+
+def test_non_ketamine_procedure_is_ignored_with_a_warning():
+    proc = ketamine_procedure("x", "p6", "2025-01-01", text="Electroconvulsive therapy")
+    m = map_bundle(bundle([proc]))
+    assert m.sessions == []
+    assert [i.expression for i in m.issues] == ["Bundle.entry[0].resource.code"]
+
+
+# --- errors name the resource and the element ------------------------------------------
+def test_malformed_value_names_entry_and_element(mii_resources):
+    qr, obs = mii_resources
+    bad = observation("t2", "p1", "2025-01-10", LOINC_PHQ9_TOTAL, {"valueInteger": "twelve"})
+    with pytest.raises(FhirError) as exc:
+        map_bundle(bundle([qr, obs, bad]))
+    assert _error_exprs(exc.value) == ["Bundle.entry[2].resource.valueInteger"]
+
+
+@pytest.mark.parametrize(
+    ("resource", "expression"),
+    [
+        (
+            observation("t3", "p1", "2025-01-10", LOINC_PHQ9_TOTAL, {"valueInteger": 30}),
+            "Bundle.entry[0].resource.valueInteger",
+        ),
+        (
+            observation("t4", "p1", "2025-01", LOINC_PHQ9_TOTAL, {"valueInteger": 3}),
+            "Bundle.entry[0].resource.effectiveDateTime",
+        ),
+        (
+            {
+                **observation("t5", "p1", "2025-01-10", LOINC_PHQ9_TOTAL, {"valueInteger": 3}),
+                "subject": {"reference": "Group/g1"},
+            },
+            "Bundle.entry[0].resource.subject",
+        ),
+        (
+            phq9_qr("r5", "p1", "2025-01-10", (4, 0, 0, 0, 0, 0, 0, 0, 0), style="integer"),
+            "Bundle.entry[0].resource.item[0].answer[0].valueInteger",
+        ),
+        (
+            {**phq9_qr("r6", "p1", "2025-01-10", (1,) * 9), "id": None},
+            "Bundle.entry[0].resource.id",
+        ),
+    ],
+)
+def test_bad_values_are_errors_naming_the_element(resource, expression):
+    b = bundle([resource], "collection")
+    for e in b["entry"]:
+        e.pop("fullUrl", None)
+    if resource.get("id") is None:
+        b["entry"][0]["resource"].pop("id")
+    with pytest.raises(FhirError) as exc:
+        map_bundle(b)
+    assert expression in _error_exprs(exc.value)
+
+
+def test_not_a_bundle_and_unsupported_types_are_errors():
+    with pytest.raises(FhirError, match="expected a Bundle"):
+        map_bundle({"resourceType": "Observation"})
+    with pytest.raises(FhirError, match="Bundle.type 'history'"):
+        map_bundle({"resourceType": "Bundle", "type": "history", "entry": []})
+    with pytest.raises(FhirError, match="not a FHIR R4 resource type"):
+        map_resources([{"resourceType": "Nonsense"}])
+
+
+def test_unmapped_link_ids_are_reported():
+    qr = phq9_qr("r7", "p1", "2025-01-10", (1,) * 9)
+    qr["item"].append({"linkId": "favourite-colour", "answer": [{"valueString": "blue"}]})
+    m = map_bundle(
+        bundle(
+            [
+                qr,
+                {
+                    "resourceType": "Encounter",
+                    "id": "e",
+                    "status": "finished",
+                    "class": {"code": "AMB"},
+                },
+            ]
+        )
+    )
+    msgs = " | ".join(i.diagnostics for i in m.issues)
+    assert "'favourite-colour'" in msgs
+    assert "Encounter resources are not imported" in msgs
+
+
+def test_operation_outcome_is_valid_fhir():
+    try:
+        map_bundle(
+            bundle([observation("t", "p", "2025-01-01", LOINC_PHQ9_TOTAL, {"valueInteger": "x"})])
+        )
+    except FhirError as err:
+        oo = operation_outcome(err.issues)
+    OperationOutcome.model_validate(oo)
+    assert oo["issue"][0]["severity"] == "error"
+    assert oo["issue"][0]["expression"] == ["Bundle.entry[0].resource.valueInteger"]
+
+
+# --- output --------------------------------------------------------------------------------
+ANSWER = {
+    "patient_id": "p1",
+    "as_of": "2025-06-01",
+    "model_version": "20250601-abc",
+    "status": "routine",
+    "status_reason": "In response since the last session.",
+    "safety": {"level": "review", "reasons": ["PHQ-9 item 9 answered 1"], "statement": "Review."},
+    "risk": {
+        "horizons": [
+            {"days": 7, "risk": 0.05, "lower": 0.02, "upper": 0.09},
+            {"days": 28, "risk": 0.31, "lower": 0.2, "upper": 0.4},
+        ]
+    },
+    "median_remaining_days": 40.0,
+    "suggestion": {
+        "session_by": "2025-06-19",
+        "window_start": "2025-06-12",
+        "window_end": "2025-06-19",
+        "threshold": 0.2,
+        "rationale": "Risk reaches 20 % on 19 June.",
+    },
+    "caveats": ["Decision support only."],
+}
+
+
+def test_risk_assessment_is_valid_r4_and_carries_the_forecast():
+    ra = risk_assessment(ANSWER, basis=["Observation/o1"], resource_id="ra1")
+    parsed = RiskAssessment.model_validate(ra)
+    assert parsed.status == "final"
+    assert parsed.subject.reference == "Patient/p1"
+    assert str(parsed.occurrenceDateTime) == "2025-06-01"
+    assert "20250601-abc" in parsed.method.text
+    assert [float(p.probabilityDecimal) for p in parsed.prediction] == [0.05, 0.31]
+    assert [float(p.whenRange.high.value) for p in parsed.prediction] == [7, 28]
+    assert {p.whenRange.high.code for p in parsed.prediction} == {"d"}
+    notes = [n.text for n in parsed.note]
+    assert notes[0].startswith("SAFETY (review)")
+    assert any("2025-06-19" in n for n in notes)
+    assert any("not a suicide-risk assessment" in n for n in notes)
+    assert parsed.basis[0].reference == "Observation/o1"
+
+
+def test_nested_groups_and_cssrs_short_link_ids():
+    items = (1, 2, 0, 1, 1, 0, 2, 1, 0)
+    qr = phq9_qr("n1", "p7", "2025-05-05", items, style="sdc")
+    qr["item"] = [{"linkId": "H1", "item": [{"linkId": "H1/T1", "item": qr["item"]}]}]
+    cssrs = {
+        "resourceType": "QuestionnaireResponse",
+        "id": "c7",
+        "status": "completed",
+        "questionnaire": "https://example.org/Questionnaire/c-ssrs-screener",
+        "subject": {"reference": "Patient/p7"},
+        "authored": "2025-05-05",
+        "item": [
+            {"linkId": f"Q{i}", "answer": [{"valueCoding": {"code": "Y" if i <= 2 else "N"}}]}
+            for i in range(1, 7)
+        ],
+    }
+    (rec,) = map_bundle(bundle([qr, cssrs])).assessments
+    assert _items(rec) == items
+    assert rec["cssrs_ideation"] == 2
+    assert rec["cssrs_behavior"] == 0
+
+
+def test_transaction_with_urn_uuid_references():
+    pat = {"resourceType": "Patient", "gender": "male", "birthDate": "1970-01-01"}
+    qr = phq9_qr("x", "ignored", "2025-06-01", (0,) * 9)
+    qr.pop("id")
+    qr["subject"] = {"reference": "urn:uuid:5e1f8f0e-0000-4000-8000-000000000001"}
+    doc = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:5e1f8f0e-0000-4000-8000-000000000001",
+                "resource": pat,
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "fullUrl": "urn:uuid:5e1f8f0e-0000-4000-8000-000000000002",
+                "resource": qr,
+                "request": {"method": "POST", "url": "QuestionnaireResponse"},
+            },
+        ],
+    }
+    m = map_bundle(doc)
+    pid = "5e1f8f0e-0000-4000-8000-000000000001"
+    assert m.patients == {pid: {"patient_id": pid, "sex": "male"}}
+    (rec,) = m.assessments
+    assert rec["patient_id"] == pid
+    assert rec["id"] == "QuestionnaireResponse/5e1f8f0e-0000-4000-8000-000000000002"
+
+
+def test_cssrs_observations_by_loinc_code():
+    yes = {"valueCodeableConcept": {"coding": [{"system": "http://loinc.org", "code": "LA33-6"}]}}
+    no = {"valueBoolean": False}
+    res = [
+        observation("c1", "p8", "2025-07-01", "93246-7", yes),
+        observation("c2", "p8", "2025-07-01", "93247-5", yes),
+        observation("c3", "p8", "2025-07-01", "93248-3", yes),
+        observation("c4", "p8", "2025-07-01", "93249-1", no),
+        observation("c6", "p8", "2025-07-01", "93267-3", {"valueBoolean": True}),
+    ]
+    (rec,) = map_bundle(bundle(res)).assessments
+    assert rec["cssrs_ideation"] == 3
+    assert rec["cssrs_behavior"] == 1
+    bad = observation("c9", "p8", "2025-07-02", "93246-7", {"valueString": "maybe"})
+    with pytest.raises(FhirError, match="yes/no"):
+        map_bundle(bundle([bad]))

@@ -1,0 +1,198 @@
+"""POST /fhir/r4 (Bundle ingest) and GET /fhir/r4/RiskAssessment."""
+
+from __future__ import annotations
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.operationoutcome import OperationOutcome
+
+from forecast.instruments import LOINC_PHQ9_TOTAL
+from tests.fixtures.clinic import (
+    MII_ITEMS,
+    MII_PATIENT,
+    bundle,
+    ketamine_procedure,
+    observation,
+    patient,
+    phq9_qr,
+)
+from tests.fixtures.service import client_for
+
+FHIR = "application/fhir+json"
+
+
+def post_bundle(c, doc, role="clinician"):
+    return c.http.post("/fhir/r4", json=doc, headers={**c.headers(role), "Content-Type": FHIR})
+
+
+def outcome(resp, status):
+    assert resp.status_code == status, resp.get_data(as_text=True)[:800]
+    assert resp.mimetype == FHIR
+    doc = resp.get_json()
+    OperationOutcome.model_validate(doc)
+    return doc
+
+
+def stored(c, pid):
+    r = c.get(f"/api/v1/patients/{pid}")
+    assert r.status_code == 200, r.get_data(as_text=True)
+    return r.get_json()
+
+
+@pytest.fixture
+def fhir_client(make_app):
+    return client_for(make_app())
+
+
+def test_real_mii_resources_become_one_phq9_row(fhir_client, mii_resources):
+    qr, obs = mii_resources
+    resp = post_bundle(fhir_client, bundle([qr, obs]))
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    doc = resp.get_json()
+    Bundle.model_validate(doc)
+    assert doc["type"] == "transaction-response"
+    assert [e["response"]["status"] for e in doc["entry"]] == ["201 Created", "201 Created"]
+    assert doc["entry"][1]["response"]["location"] == f"Observation/{obs['id']}"
+
+    hist = stored(fhir_client, MII_PATIENT)
+    (row,) = hist["assessments"]
+    assert row["date"] == "2024-03-15"
+    assert tuple(row[f"phq9_{i}"] for i in range(1, 10)) == MII_ITEMS
+    assert row["phq9_total"] == 8
+    assert row["phq9"] == 8
+    assert row["id"] == f"QuestionnaireResponse/{qr['id']}"
+
+    # A retry of the same Bundle (any type) changes nothing and says so.
+    again = post_bundle(fhir_client, bundle([obs, qr], "batch"))
+    assert again.status_code == 200
+    assert again.get_json()["type"] == "batch-response"
+    assert {e["response"]["status"] for e in again.get_json()["entry"]} == {"200 OK"}
+    assert len(stored(fhir_client, MII_PATIENT)["assessments"]) == 1
+
+
+def test_malformed_resource_gets_operation_outcome_and_nothing_is_written(
+    fhir_client, mii_resources
+):
+    qr, obs = mii_resources
+    bad = observation("bad", "p-other", "2025-01-10", LOINC_PHQ9_TOTAL, {"valueInteger": "x"})
+    res = [patient("p-other"), qr, obs, bad]
+    doc = outcome(post_bundle(fhir_client, bundle(res)), 422)
+    (issue,) = [i for i in doc["issue"] if i["severity"] == "error"]
+    assert issue["expression"] == ["Bundle.entry[3].resource.valueInteger"]
+    assert issue["code"] == "invalid"
+    for pid in (MII_PATIENT, "p-other"):
+        assert fhir_client.get(f"/api/v1/patients/{pid}").status_code == 404
+
+
+def test_contract_validation_error_names_the_resource(fhir_client):
+    # A future date passes the FHIR mapping but not forecast.data's rules.
+    future = phq9_qr("r-future", "p1", "2999-01-01", (1,) * 9)
+    ok = phq9_qr("r-ok", "p1", "2025-01-01", (1,) * 9)
+    doc = outcome(post_bundle(fhir_client, bundle([ok, future])), 422)
+    (issue,) = doc["issue"]
+    assert issue["expression"] == ["Bundle.entry[1].resource"]
+    assert issue["diagnostics"].startswith("date:")
+    assert fhir_client.get("/api/v1/patients/p1").status_code == 404
+
+
+def test_retry_with_changed_content_is_a_conflict(fhir_client):
+    first = phq9_qr("r1", "p2", "2025-01-01", (1,) * 9)
+    assert post_bundle(fhir_client, bundle([first])).status_code == 200
+    changed = phq9_qr("r1", "p2", "2025-01-01", (2,) * 9)
+    doc = outcome(post_bundle(fhir_client, bundle([changed])), 409)
+    assert doc["issue"][0]["expression"] == ["Bundle.entry[0].resource"]
+    assert doc["issue"][0]["code"] == "conflict"
+
+
+def test_patient_covariates_and_sessions(fhir_client):
+    c = fhir_client
+    res = [
+        patient("p3", gender="male", birth="1990-02-01"),
+        ketamine_procedure("s1", "p3", "2025-01-06"),
+        ketamine_procedure("s2", "p3", "2025-01-09"),
+    ]
+    assert post_bundle(c, bundle(res)).status_code == 200
+    # Covariates only the JSON API knows survive a later Bundle with the Patient.
+    assert c.put(
+        "/api/v1/patients/p3", {"sex": "male", "age": 34, "diagnosis": "trd"}
+    ).status_code in (
+        200,
+        201,
+    )
+    later = [patient("p3", gender="male"), ketamine_procedure("s3", "p3", "2025-02-20")]
+    assert post_bundle(c, bundle(later)).status_code == 200
+    hist = stored(c, "p3")
+    assert hist["patient"]["diagnosis"] == "trd"
+    assert hist["patient"]["sex"] == "male"
+    assert [(s["date"], s["kind"]) for s in hist["sessions"]] == [
+        ("2025-01-06", "induction"),
+        ("2025-01-09", "maintenance"),
+        ("2025-02-20", "maintenance"),
+    ]
+
+
+def test_ingest_needs_a_clinician_token(fhir_client, mii_resources):
+    r = post_bundle(fhir_client, bundle(list(mii_resources)), role="researcher")
+    assert r.status_code == 403
+    r = fhir_client.http.post("/fhir/r4", json=bundle(list(mii_resources)))
+    assert r.status_code == 401
+
+
+def test_not_json_and_not_a_bundle(fhir_client):
+    r = fhir_client.http.post(
+        "/fhir/r4", data=b"{not json", headers={**fhir_client.headers(), "Content-Type": FHIR}
+    )
+    assert outcome(r, 400)["issue"][0]["code"] == "structure"
+    doc = outcome(post_bundle(fhir_client, {"resourceType": "Patient", "id": "x"}), 400)
+    assert "expected a Bundle" in doc["issue"][0]["diagnostics"]
+
+
+def test_risk_assessment_search_without_model_and_for_unknown_patient(fhir_client):
+    c = fhir_client
+    empty = c.get("/fhir/r4/RiskAssessment?subject=Patient/nobody")
+    assert empty.status_code == 200
+    assert empty.get_json()["total"] == 0
+    outcome(c.get("/fhir/r4/RiskAssessment"), 400)
+    assert post_bundle(c, bundle([phq9_qr("r9", "p9", "2025-01-01", (1,) * 9)])).status_code == 200
+    doc = outcome(c.get("/fhir/r4/RiskAssessment?subject=Patient/p9"), 503)
+    assert doc["issue"][0]["code"] == "transient"
+
+
+@pytest.mark.slow
+def test_risk_assessment_matches_the_json_forecast_and_is_audited(clinic_client):
+    from fhir.resources.R4B.riskassessment import RiskAssessment
+
+    from tests.fixtures.clinic import ROUTINE, URGENT
+
+    c = clinic_client
+    r = c.get(f"/fhir/r4/RiskAssessment?subject=Patient/{ROUTINE}")
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert r.mimetype == FHIR
+    doc = r.get_json()
+    Bundle.model_validate(doc)
+    assert doc["type"] == "searchset"
+    assert doc["total"] == 1
+    ra = RiskAssessment.model_validate(doc["entry"][0]["resource"])
+    forecast = c.get(f"/api/v1/patients/{ROUTINE}/forecast").get_json()
+    assert ra.status == "final"
+    assert ra.subject.reference == f"Patient/{ROUTINE}"
+    assert str(ra.occurrenceDateTime) == forecast["as_of"]
+    assert forecast["model_version"] in ra.method.text
+    got = {int(p.whenRange.high.value): float(p.probabilityDecimal) for p in ra.prediction}
+    want = {h["days"]: h["risk"] for h in forecast["risk"]["horizons"] if h["risk"] is not None}
+    assert got == pytest.approx(want, abs=1e-4)
+    assert all(p.whenRange.low.value == 0 and p.whenRange.high.unit == "d" for p in ra.prediction)
+    # Basis: the questionnaire responses imported through FHIR for this patient.
+    assert {b.reference for b in ra.basis} == {
+        f"QuestionnaireResponse/{ROUTINE}-q{k}" for k in range(4)
+    }
+    notes = " ".join(n.text for n in ra.note)
+    assert forecast["suggestion"]["session_by"] in notes
+    assert "not a suicide-risk assessment" in notes
+    assert not notes.startswith("SAFETY")
+    audit = c.get(f"/api/v1/audit?patient_id={ROUTINE}", role="admin").get_json()["audit"]
+    assert "fhir_risk_assessment" in [a["endpoint"] for a in audit]
+
+    urgent = c.get(f"/fhir/r4/RiskAssessment?subject=Patient/{URGENT}").get_json()
+    first_note = urgent["entry"][0]["resource"]["note"][0]["text"]
+    assert first_note.startswith("SAFETY (urgent)")
