@@ -1,7 +1,50 @@
-"""CLI commands (registered by forecast.cli)."""
+"""``forecast validate``: check a data folder against the contract."""
 
 from __future__ import annotations
 
+from datetime import datetime
+from pathlib import Path
+
 import click
 
+from forecast.data import check_folder
+
 COMMANDS: list[click.Command] = []
+
+
+@click.command("validate")
+@click.argument("folder", metavar="DIR", type=click.Path(path_type=Path))
+@click.option(
+    "--covariate",
+    "covariates",
+    multiple=True,
+    metavar="NAME",
+    help="Declare an extra numeric column of patients.csv as a covariate (repeatable).",
+)
+@click.option(
+    "--today",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="Reject dates after this day, written YYYY-MM-DD (default: the current date).",
+)
+def validate(folder: Path, covariates: tuple[str, ...], today: datetime | None) -> None:
+    """Check the patients, sessions and assessments files of the folder DIR.
+
+    Prints every problem (file, row, column, what is allowed), one per line,
+    then a count, and exits with status 1; prints a one-line summary and exits
+    with status 0 when the folder conforms to the data contract.
+    """
+    day = today.date() if today is not None else None
+    cohort, problems = check_folder(folder, covariates=covariates, today=day)
+    if problems or cohort is None:
+        for problem in problems:
+            click.echo(str(problem))
+        click.echo(f"{len(problems)} problem(s) found in {folder}")
+        raise SystemExit(1)
+    click.echo(
+        f"OK: {len(cohort.patients)} patients, {len(cohort.sessions)} sessions, "
+        f"{len(cohort.assessments)} assessments"
+    )
+
+
+COMMANDS.append(validate)
