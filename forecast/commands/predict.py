@@ -1,7 +1,130 @@
-"""CLI commands (registered by forecast.cli)."""
+"""``forecast predict``: one forecast row per patient of a clinic at one date."""
 
 from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
 
 import click
 
 COMMANDS: list[click.Command] = []
+
+#: Patients per chunk: bounds memory (daily risk grids) and paces the progress bar.
+CHUNK_PATIENTS = 2000
+
+
+def model_covariates(model: object) -> tuple[str, ...]:
+    """Extra patient covariates the model was trained with (declared when loading the data)."""
+    from forecast.features import FEATURES
+
+    bundle = getattr(model, "bundle", None)
+    encoder = getattr(bundle, "encoder", None)
+    if encoder is None:
+        return ()
+    known = set(FEATURES.numeric)
+    return tuple(c for c in encoder.numeric if c not in known and not c.endswith("_missing"))
+
+
+@click.command("predict")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--model",
+    "ref",
+    default="latest",
+    show_default=True,
+    help='Model version: a version id, "latest", or the path of a version folder.',
+)
+@click.option(
+    "--as-of",
+    "as_of",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    required=True,
+    help="Forecast date YYYY-MM-DD; rows dated after it are ignored.",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Output CSV, one row per patient (columns of the predict contract).",
+)
+@click.option(
+    "--models",
+    "models",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Model registry folder (default: $FORECAST_MODELS, else ./models).",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(min=0.0, max=1.0, min_open=True, max_open=True),
+    default=None,
+    help="Risk accepted at the suggested date, between 0 and 1 (default 0.20).",
+)
+def predict_command(
+    folder: Path,
+    ref: str,
+    as_of: datetime,
+    out: Path,
+    models: Path | None,
+    threshold: float | None,
+) -> None:
+    """Forecast every patient of FOLDER at --as-of and write one row each to --out.
+
+    risk_Hd is the probability that the benefit will have waned within H days
+    after the as-of date, given everything known up to it (time since the
+    last session, the latest scores, no waning seen yet); it is blank where
+    the status says no personalised forecast applies. The safety column is
+    "urgent" or "review" when a suicidal-ideation rule fired since the last
+    session; blank means no rule fired, which is not a suicide-risk
+    assessment. Decision support only.
+    """
+    import pandas as pd
+    from tqdm import tqdm
+
+    from forecast import registry
+    from forecast.data import ContractError, load_cohort
+    from forecast.policy import PolicySettings, forecast_cohort, forecast_rows
+
+    t0 = time.perf_counter()
+    try:
+        model = registry.load(ref, registry.models_dir(models))
+    except registry.RegistryError as exc:
+        raise click.ClickException(f"cannot load model {ref!r}: {exc}") from exc
+    try:
+        cohort = load_cohort(folder, covariates=model_covariates(model))
+    except ContractError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        raise click.ClickException(
+            f"{len(exc.problems)} problem(s) in {folder}; run `forecast validate {folder}`"
+        ) from exc
+    settings = PolicySettings() if threshold is None else PolicySettings(threshold=threshold)
+    day = pd.Timestamp(as_of).normalize()
+    ids = cohort.patients["patient_id"].astype(str).to_numpy()
+    click.echo(
+        f"forecasting {len(ids)} patients as of {day.date()} with model {model.version}",
+        err=True,
+    )
+    frames = []
+    with tqdm(total=len(ids), unit="patient", file=sys.stderr) as bar:
+        for start in range(0, len(ids), CHUNK_PATIENTS):
+            chunk = ids[start : start + CHUNK_PATIENTS]
+            answers = forecast_cohort(cohort.subset(chunk), model, day, settings)
+            frames.append(forecast_rows(answers))
+            bar.update(len(chunk))
+    table = pd.concat(frames, ignore_index=True) if frames else forecast_rows([])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    counts = table["status"].value_counts().to_dict()
+    summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    click.echo(
+        f"wrote {len(table)} rows to {out} in {time.perf_counter() - t0:.1f} s ({summary}); "
+        "decision support only, not a suicide-risk assessment",
+        err=True,
+    )
+
+
+COMMANDS.append(predict_command)

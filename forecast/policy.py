@@ -1,0 +1,1109 @@
+"""Maintenance-timing suggestions with fixed safety overrides.
+
+The policy turns a patient's history and a trained model into the forecast
+answer of DESIGN.md: a status, the safety block, the conditional risk curve,
+the suggested session-by date with a window, the drivers and the caveats.
+
+Everything is computed for many (patient, as-of) queries at once: the history
+is joined to the queries with sorted merges, the model is called once for all
+queries on a daily grid, and the suggestion rules are array operations. Only
+the final JSON-able dictionaries are built per query.
+
+Rules (see docs/readme/policy.md for the clinical reasons):
+
+- ``no_treatment``: no session on record by as-of.
+- ``insufficient_data``: no baseline PHQ-9, or no valid PHQ-9 after the last
+  session yet (response unknown), or fewer scores than the minimum history.
+  The answer carries the population (Turnbull) estimate stored with the model
+  version, labelled as such, never a personalised forecast.
+- ``not_in_response``: the first PHQ-9 after the last session was not a
+  response, or the benefit has visibly waned since (benefit-waned criteria of
+  the outcome definition met at a later assessment).
+- ``routine`` / ``session_due``: the personalised forecast; ``session_due``
+  when the risk already exceeds the threshold within a day, or the clamped
+  date is on or before as-of.
+- ``urgent_review``: a safety flag ("urgent" or "review", fixed rules of
+  :mod:`forecast.instruments`) on ANY assessment since the last session (all
+  assessments on record when there is no session). It takes precedence over
+  every other status; the safety block is filled for every status.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from forecast.cohort import Cohort
+from forecast.contract import HORIZONS, PREDICT_COLUMNS
+from forecast.instruments import (
+    DEFAULT_SAFETY_RULES,
+    REVIEW,
+    URGENT,
+    SafetyRules,
+    score_assessments,
+)
+
+#: Statement attached to every safety block; a missing flag is never a clearance.
+NO_FLAG_STATEMENT = (
+    "No suicidal-ideation rule was triggered by the answers on record. "
+    "This is not a suicide-risk assessment."
+)
+FLAG_STATEMENT = (
+    "A suicidal-ideation answer since the last session needs clinical review "
+    "before any maintenance planning. This is not a suicide-risk assessment."
+)
+URGENT_STATEMENT = (
+    "A high-severity suicidal-ideation or behaviour answer since the last session "
+    "needs immediate clinical review and safety precautions. "
+    "This is not a suicide-risk assessment."
+)
+DECISION_SUPPORT = "Decision support for a clinician only; it does not replace clinical judgement."
+NOT_SI_ASSESSMENT = (
+    "This forecast is about the waning of the antidepressant benefit; it is not a "
+    "suicide-risk assessment, and the absence of a flag is not a clearance."
+)
+CONDITIONAL_ON = (
+    "Probability that the benefit will have waned within H days after as-of, "
+    "conditional on everything known up to as-of: the time since the last session, "
+    "the scores so far and that no waning has been seen yet."
+)
+POPULATION_LABEL = "population estimate, not personalised"
+FORECAST_STATUSES = ("routine", "session_due")
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """Knobs of the suggestion and status rules (defaults documented in the README).
+
+    Parameters
+    ----------
+    threshold : float
+        Risk (probability that the benefit has waned) accepted at the suggested
+        session-by date. 0.20 books the next session while four in five
+        comparable patients are still expected to be in response.
+    min_interval_days : int
+        No booster sooner than this many days after the last session. Seven
+        days: ketamine's antidepressant effect builds over days after a
+        session, a response is only measurable about a week later, and
+        sessions closer than weekly are induction, not maintenance, schedules
+        (SUSTAIN-1 maintenance was weekly at its most frequent).
+    max_interval_days : int
+        No suggestion later than this many days after the last session: 84
+        (12 weeks) is the longest horizon the model reports, so a later date
+        would rest on extrapolation.
+    window_fraction : float
+        The suggested window opens where the risk reaches this fraction of the
+        threshold (0.5: half the threshold) and closes at the session-by date.
+    min_phq9_scores : int
+        Minimum number of valid PHQ-9 totals on record (2: the baseline and one
+        after the last session).
+    horizons : tuple of int
+        Horizons (days after as-of) reported in the answer.
+    band_level : float
+        Coverage of the uncertainty band from the bootstrap ensemble.
+    n_drivers : int
+        Number of drivers reported (largest absolute contribution first).
+    safety_rules : SafetyRules
+        The fixed suicidal-ideation rules (forecast.instruments).
+    """
+
+    threshold: float = 0.20
+    min_interval_days: int = 7
+    max_interval_days: int = 84
+    window_fraction: float = 0.5
+    min_phq9_scores: int = 2
+    horizons: tuple[int, ...] = HORIZONS
+    band_level: float = 0.90
+    n_drivers: int = 5
+    safety_rules: SafetyRules = field(default=DEFAULT_SAFETY_RULES)
+
+    def __post_init__(self) -> None:
+        check_threshold(self.threshold)
+        if not 1 <= self.min_interval_days <= self.max_interval_days:
+            raise ValueError(
+                "min_interval_days must be at least 1 and at most max_interval_days, got "
+                f"{self.min_interval_days} and {self.max_interval_days}"
+            )
+        if not 0.0 < self.window_fraction <= 1.0:
+            raise ValueError(f"window_fraction must lie in (0, 1], got {self.window_fraction}")
+        if not self.horizons or any(int(h) < 1 for h in self.horizons):
+            raise ValueError(f"horizons must be positive whole days, got {self.horizons}")
+        if not 0.0 < self.band_level < 1.0:
+            raise ValueError(f"band_level must lie in (0, 1), got {self.band_level}")
+        if self.min_phq9_scores < 1 or self.n_drivers < 0:
+            raise ValueError("min_phq9_scores must be >= 1 and n_drivers >= 0")
+
+    @property
+    def grid_days(self) -> int:
+        """Length of the daily risk grid (days after as-of)."""
+        return int(max(self.max_interval_days, *self.horizons))
+
+
+def check_threshold(threshold: float) -> float:
+    """Return ``threshold`` as a float, or raise ValueError when it is not in (0, 1)."""
+    try:
+        t = float(threshold)
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold must be a number in (0, 1), got {threshold!r}") from None
+    if not (0.0 < t < 1.0) or math.isnan(t):
+        raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold!r}")
+    return t
+
+
+# ----------------------------------------------------------------------------
+# Model access (LoadedModel from forecast.registry, or anything shaped like it)
+# ----------------------------------------------------------------------------
+def _definition(model: Any) -> Any:
+    definition = getattr(model, "definition", None)
+    if definition is None:
+        from forecast.outcomes import OutcomeDefinition
+
+        definition = OutcomeDefinition()
+    return definition
+
+
+def _def(definition: Any, name: str, default: float) -> float:
+    """Read one threshold of the outcome definition (defaults of DESIGN.md)."""
+    return float(getattr(definition, name, default))
+
+
+def _version(model: Any) -> str | None:
+    v = getattr(model, "version", None)
+    return None if v is None else str(v)
+
+
+def population_from_model(model: Any) -> dict[str, list[float]] | None:
+    """The population survival curve stored with a model version, if any.
+
+    Looked up as ``model.population_curve``, ``model.card["population_curve"]``
+    or ``model.bundle.population_curve``: a dict with ``days`` (0, 1, ...) and
+    ``survival`` (Turnbull estimate over the training episodes, aggregate
+    only), stored at train time by :func:`forecast.training.train_and_save`.
+    """
+    for holder in (model, getattr(model, "bundle", None)):
+        curve = getattr(holder, "population_curve", None)
+        if curve:
+            return dict(curve)
+    card = getattr(model, "card", None)
+    if isinstance(card, dict) and card.get("population_curve"):
+        return dict(card["population_curve"])
+    return None
+
+
+# ----------------------------------------------------------------------------
+# Context: what is known about each query's patient at as-of (vectorised)
+# ----------------------------------------------------------------------------
+def _normalise_queries(queries: pd.DataFrame, settings: PolicySettings) -> pd.DataFrame:
+    if not isinstance(queries, pd.DataFrame):
+        raise TypeError("queries must be a DataFrame with columns patient_id and as_of")
+    missing = {"patient_id", "as_of"} - set(queries.columns)
+    if missing:
+        raise ValueError(f"queries lacks column(s) {sorted(missing)}; need patient_id, as_of")
+    q = pd.DataFrame(
+        {
+            "patient_id": queries["patient_id"].astype(str).to_numpy(),
+            "as_of": pd.to_datetime(queries["as_of"].to_numpy()).normalize(),
+        }
+    )
+    if q["as_of"].isna().any():
+        raise ValueError("queries has a blank as_of; give a date YYYY-MM-DD")
+    q["as_of"] = q["as_of"].astype("datetime64[ns]")
+    if "threshold" in queries.columns:
+        thr = pd.to_numeric(queries["threshold"], errors="coerce").to_numpy(dtype=float)
+        thr = np.where(np.isnan(thr), settings.threshold, thr)
+        for t in np.unique(thr):
+            check_threshold(t)
+        q["threshold"] = thr
+    else:
+        q["threshold"] = float(settings.threshold)
+    q["qi"] = np.arange(len(q))
+    return q
+
+
+def _asof_join(q: pd.DataFrame, rows: pd.DataFrame, cols: list[str], prefix: str) -> pd.DataFrame:
+    """For each query, the last row of ``rows`` of its patient dated on or before as-of."""
+    left = q[["qi", "patient_id", "as_of"]].sort_values("as_of", kind="stable")
+    right = rows[["patient_id", "date", *cols]].sort_values("date", kind="stable")
+    right = right.rename(columns={c: prefix + c for c in ["date", *cols]})
+    merged = pd.merge_asof(
+        left,
+        right,
+        left_on="as_of",
+        right_on=prefix + "date",
+        by="patient_id",
+        direction="backward",
+    )
+    return merged.sort_values("qi").reset_index(drop=True)
+
+
+def _context(
+    cohort: Cohort, q: pd.DataFrame, settings: PolicySettings, definition: Any
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-query context and features (aligned with ``q``) and the flagged assessments.
+
+    The context comes from :func:`forecast.features.features_at` (the same
+    function that builds the model's training rows, so "in response", "waned
+    seen" and the baseline mean exactly what they mean for the model). The
+    safety block needs every flagged answer since the last session, not only
+    the worst one, so those rows are collected here.
+    """
+    from forecast.features import features_at
+
+    n = len(q)
+    ctx = features_at(cohort, q[["patient_id", "as_of"]].reset_index(drop=True), definition)
+    ctx = ctx.reset_index(drop=True)
+    ctx["qi"] = q["qi"].to_numpy()
+    ctx["threshold"] = q["threshold"].to_numpy()
+    ctx["has_session"] = ctx["last_session"].notna().to_numpy()
+
+    scored = score_assessments(cohort.assessments, settings.safety_rules)
+    valid = scored[scored["phq9"].notna()]
+    ctx["n_phq9"] = _count_upto(q, valid)
+
+    # PHQ-9 at the assessment where waning was seen (for the reason text).
+    w = ctx[["patient_id", "waned_date"]].merge(
+        valid[["patient_id", "date", "phq9"]].drop_duplicates(["patient_id", "date"]),
+        left_on=["patient_id", "waned_date"],
+        right_on=["patient_id", "date"],
+        how="left",
+    )
+    ctx["waned_phq9"] = w["phq9"].to_numpy(dtype=float)
+
+    # Every flagged answer on or after the last session's day (the data carry
+    # no time of day, so an answer from the session day counts: the cautious
+    # reading); with no session, every answer on record counts.
+    flags = scored.loc[scored["safety"].notna(), ["patient_id", "date", "safety", "safety_reason"]]
+    pairs = q[["qi", "patient_id", "as_of"]].merge(flags, on="patient_id", how="inner")
+    last = ctx["last_session"].to_numpy()[pairs["qi"].to_numpy()]
+    keep = (pairs["date"] <= pairs["as_of"]).to_numpy() & (
+        pd.isna(last) | (pairs["date"].to_numpy() >= last)
+    )
+    flagged = pairs[keep].copy()
+    flagged["rank"] = np.where(flagged["safety"] == URGENT, 2, 1)
+    worst = flagged.groupby("qi")["rank"].max()
+    rank = np.zeros(n, dtype=int)
+    rank[worst.index.to_numpy()] = worst.to_numpy()
+    ctx["safety"] = np.where(rank == 2, URGENT, np.where(rank == 1, REVIEW, None))
+    return ctx, flagged
+
+
+def _count_upto(q: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
+    """Number of ``rows`` of the query's patient dated on or before as-of."""
+    r = rows[["patient_id", "date"]].copy()
+    r["k"] = r.groupby("patient_id").cumcount() + 1
+    j = _asof_join(q, r, ["k"], "c_")
+    return j["c_k"].fillna(0).to_numpy(dtype=int)
+
+
+# ----------------------------------------------------------------------------
+# Status rules (vectorised)
+# ----------------------------------------------------------------------------
+def _statuses(ctx: pd.DataFrame, settings: PolicySettings) -> np.ndarray:
+    """Status before the safety override ("forecast" where the model applies).
+
+    Built from the ``response_status`` of the feature context: ``responded``
+    (the first PHQ-9 within the response window after the last session was a
+    response) is forecast unless waning has been seen since; ``not_responded``
+    is not_in_response; ``pending`` (no PHQ-9 yet), ``no_baseline`` and too
+    few scores are insufficient_data; ``no_assessment`` (the response window
+    passed without a PHQ-9) is not_in_response when a later PHQ-9 since the
+    session is out of response, else insufficient_data.
+    """
+    n = len(ctx)
+    rs = ctx["response_status"].to_numpy(dtype=object)
+    has_session = ctx["has_session"].to_numpy(dtype=bool)
+    latest = ctx["latest_phq9"].to_numpy(dtype=float)
+    cut = ctx["response_threshold"].to_numpy(dtype=float)
+    after = (ctx["latest_phq9_date"] > ctx["last_session"]).to_numpy(dtype=bool)
+    with np.errstate(invalid="ignore"):
+        latest_out = after & (latest > cut)
+    status = np.full(n, "insufficient_data", dtype=object)
+    status[rs == "responded"] = "forecast"
+    status[(rs == "responded") & ctx["waned_seen"].to_numpy(dtype=bool)] = "not_in_response"
+    status[rs == "not_responded"] = "not_in_response"
+    status[(rs == "no_assessment") & latest_out] = "not_in_response"
+    few = ctx["n_phq9"].to_numpy() < settings.min_phq9_scores
+    status[(status == "forecast") & few] = "insufficient_data"
+    status[~has_session] = "no_treatment"
+    return status
+
+
+# ----------------------------------------------------------------------------
+# Risk curves
+# ----------------------------------------------------------------------------
+def _bundle(model: Any) -> Any:
+    return getattr(model, "bundle", model)
+
+
+def _since_origin(model: Any, days_since_session: np.ndarray) -> np.ndarray | None:
+    """``since`` argument of the bundle: None for landmark models (features at as-of
+    already condition on the time survived), else the days since the episode start."""
+    if getattr(_bundle(model), "time_origin", "landmark") == "landmark":
+        return None
+    return np.asarray(days_since_session, dtype=float)
+
+
+def _risk_grid(model: Any, X: pd.DataFrame, days: np.ndarray, since: Any) -> np.ndarray:
+    risk = np.asarray(_bundle(model).predict_risk(X, days, since=since), dtype=float)
+    return np.clip(risk.reshape(len(X), len(days)), 0.0, 1.0)
+
+
+def _band_grid(
+    model: Any, X: pd.DataFrame, days: np.ndarray, level: float, since: Any
+) -> tuple[np.ndarray, np.ndarray] | None:
+    bundle = _bundle(model)
+    if not hasattr(bundle, "predict_risk_band") or getattr(bundle, "n_bootstrap", 0) == 0:
+        return None
+    lo, hi = bundle.predict_risk_band(X, days, level, since=since)
+    lo = np.clip(np.asarray(lo, dtype=float).reshape(len(X), len(days)), 0.0, 1.0)
+    hi = np.clip(np.asarray(hi, dtype=float).reshape(len(X), len(days)), 0.0, 1.0)
+    return lo, hi
+
+
+def _population_risk(
+    curve: dict[str, list[float]] | None, since: np.ndarray, days: np.ndarray
+) -> np.ndarray:
+    """Conditional population risk ``1 - S(t+h)/S(t)``; NaN beyond the curve's grid."""
+    out = np.full((len(since), len(days)), np.nan)
+    if not curve:
+        return out
+    grid = np.asarray(curve["days"], dtype=int)
+    surv = np.asarray(curve["survival"], dtype=float)
+    full = np.full(int(grid.max()) + 1, np.nan)
+    full[grid] = surv
+    t0 = np.nan_to_num(np.asarray(since, dtype=float), nan=0.0).clip(0).astype(int)
+    t1 = t0[:, None] + days[None, :].astype(int)
+    inside = t1 < len(full)
+    s0 = np.where(t0 < len(full), full[np.clip(t0, 0, len(full) - 1)], np.nan)
+    s1 = np.where(inside, full[np.clip(t1, 0, len(full) - 1)], np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = 1.0 - s1 / s0[:, None]
+    out[~np.isfinite(out)] = np.nan
+    return np.clip(out, 0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------
+# The suggestion (vectorised over queries and, for the evaluation, thresholds)
+# ----------------------------------------------------------------------------
+def suggest_offsets(
+    daily: np.ndarray,
+    threshold: np.ndarray | float,
+    days_since_session: np.ndarray,
+    settings: PolicySettings,
+) -> dict[str, np.ndarray]:
+    """Session-by date and window as day offsets from as-of.
+
+    Parameters
+    ----------
+    daily : ndarray of shape (n, D)
+        Conditional risk at days 1..D after as-of (non-decreasing per row).
+    threshold : float or ndarray of shape (n,)
+        Risk accepted at the session-by date.
+    days_since_session : ndarray of shape (n,)
+        Days from the last session to as-of (>= 0).
+    settings : PolicySettings
+        Minimum / maximum interval and window fraction.
+
+    Returns
+    -------
+    dict of ndarray
+        ``session_by`` and ``window_start`` (days after as-of, >= 0),
+        ``due`` (bool: session_due), ``raw`` (latest day with risk at or
+        below the threshold, before clamping), ``clamp`` ("min", "max" or
+        "") and ``risk_at`` (risk at the session-by date).
+    """
+    daily = np.asarray(daily, dtype=float)
+    n, d_max = daily.shape
+    thr = np.broadcast_to(np.asarray(threshold, dtype=float), (n,))
+    since = np.asarray(days_since_session, dtype=float).astype(int)
+    # Latest day d in 0..D with risk(d) <= threshold (risk(0) = 0): the first
+    # day above the threshold minus one, or D when it never crosses.
+    above = daily > thr[:, None]
+    raw = np.where(above.any(axis=1), above.argmax(axis=1), d_max)
+    half = daily > (settings.window_fraction * thr)[:, None]
+    raw_half = np.where(half.any(axis=1), half.argmax(axis=1), d_max)
+    lo = settings.min_interval_days - since
+    hi = settings.max_interval_days - since
+    clamped = np.clip(raw, lo, hi)
+    # "max" also when the risk never reaches the threshold on the grid: the
+    # date is then set by the longest interval, not by the risk.
+    at_max = (raw > hi) | (~above.any(axis=1) & (raw >= hi))
+    clamp = np.where(raw < lo, "min", np.where(at_max, "max", ""))
+    due = (raw == 0) | (clamped <= 0)
+    session_by = np.maximum(clamped, 0)
+    window_start = np.minimum(np.maximum(np.clip(raw_half, lo, hi), 0), session_by)
+    idx = np.clip(session_by, 1, d_max) - 1
+    risk_at = np.where(session_by > 0, daily[np.arange(n), idx], 0.0)
+    return {
+        "session_by": session_by,
+        "window_start": window_start,
+        "due": due,
+        "raw": raw,
+        "clamp": clamp,
+        "risk_at": risk_at,
+    }
+
+
+def _median_days(daily: np.ndarray) -> np.ndarray:
+    """First day with risk >= 0.5 (float, NaN when not reached on the grid)."""
+    hit = daily >= 0.5
+    return np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, np.nan).astype(float)
+
+
+# ----------------------------------------------------------------------------
+# Drivers
+# ----------------------------------------------------------------------------
+#: Missingness indicators whose feature name is not ``<name>_missing``.
+_MISSING_OF: dict[str, str] = {
+    "dose_missing": "dose_mg_per_kg",
+    "slope_missing": "phq9_slope_28d",
+    "item9_missing": "item9_latest",
+    "cssrs_missing": "cssrs_latest",
+}
+
+
+def _merge_missing(contrib: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Fold each ``*_missing`` indicator into its feature (one driver per clinical item).
+
+    A filled value (0 where missing) would otherwise show as a driver with a
+    value the patient never had. Returns the merged contributions and a map
+    feature -> indicator column.
+    """
+    out = contrib.copy()
+    indicator: dict[str, str] = {}
+    for col in list(contrib.columns):
+        if not col.endswith("_missing"):
+            continue
+        target = _MISSING_OF.get(col, col[: -len("_missing")])
+        if target in out.columns:
+            out[target] = out[target] + out[col]
+            out = out.drop(columns=col)
+            indicator[target] = col
+    return out, indicator
+
+
+def _drivers(model: Any, X: pd.DataFrame, k: int) -> list[list[dict]]:
+    """Top-``k`` contributions of each feature to the linear predictor, per row of ``X``.
+
+    ``Bundle.drivers`` gives, per feature, coefficient x encoded value; the
+    encoding is centred on the training mean, so a contribution says how this
+    patient's value moves the prediction relative to the average training
+    patient. For AFT families a positive contribution multiplies the expected
+    benefit duration by ``exp(c)`` (lengthens); for Cox a positive contribution
+    multiplies the waning hazard by ``exp(c)`` (shortens). Missingness
+    indicators are folded into their feature, whose value is then shown as
+    null (missing).
+    """
+    bundle = _bundle(model)
+    out: list[list[dict]] = [[] for _ in range(len(X))]
+    if k == 0 or len(X) == 0 or not hasattr(bundle, "drivers"):
+        return out
+    values = X.reset_index(drop=True)
+    contrib, indicator = _merge_missing(bundle.drivers(values))
+    if contrib.shape[1] == 0:
+        return out
+    aft = getattr(bundle, "family", "") != "cox"
+    c = contrib.to_numpy(dtype=float)
+    names = list(contrib.columns)
+    order = np.argsort(-np.abs(c), axis=1, kind="stable")[:, :k]
+    meaning = (
+        "time ratio: the expected benefit duration is multiplied by this factor compared "
+        "with the average training patient"
+        if aft
+        else "hazard ratio: the waning hazard is multiplied by this factor compared with "
+        "the average training patient"
+    )
+    for r in range(len(X)):
+        items = []
+        for col in order[r]:
+            v = float(c[r, col])
+            # Contributions below 1 % on the multiplicative scale move nothing
+            # a clinician could see; leave them out.
+            if not np.isfinite(v) or abs(v) < 0.01:
+                continue
+            feat = names[col]
+            ind = indicator.get(feat)
+            missing = ind is not None and ind in values and values.at[r, ind] == 1
+            value = None if missing or feat not in values else _jsonable(values.at[r, feat])
+            longer = (v > 0) == aft
+            factor = float(np.exp(v))
+            items.append(
+                {
+                    "feature": feat,
+                    "value": value,
+                    "direction": "lengthens" if longer else "shortens",
+                    "size": round(factor, 2),
+                    "size_meaning": meaning,
+                }
+            )
+        out[r] = items
+    return out
+
+
+# ----------------------------------------------------------------------------
+# Answers
+# ----------------------------------------------------------------------------
+def _jsonable(v: Any) -> Any:
+    if v is None:
+        return None
+    if isinstance(v, (pd.Timestamp, np.datetime64)):
+        return None if pd.isna(v) else pd.Timestamp(v).strftime("%Y-%m-%d")
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return None if not np.isfinite(v) else round(float(v), 3)
+    if isinstance(v, str):
+        return v
+    try:
+        if pd.isna(v):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return str(v)
+
+
+def _d(ts: Any) -> str | None:
+    return None if ts is None or pd.isna(ts) else pd.Timestamp(ts).strftime("%Y-%m-%d")
+
+
+def _human(ts: Any) -> str:
+    t = pd.Timestamp(ts)
+    return f"{t.day} {t.strftime('%b %Y')}"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f} %"
+
+
+def _int(x: Any) -> int | None:
+    return None if x is None or pd.isna(x) else int(x)
+
+
+def forecast_queries(
+    cohort: Cohort,
+    model: Any,
+    queries: pd.DataFrame,
+    settings: PolicySettings | None = None,
+) -> list[dict]:
+    """Forecast answers for (patient, as-of) queries.
+
+    Parameters
+    ----------
+    cohort : Cohort
+        Histories of the queried patients (rows after a query's as-of are
+        ignored for that query).
+    model : LoadedModel
+        A registry version (``.version``, ``.card``, ``.bundle``, ``.definition``).
+    queries : DataFrame
+        ``patient_id``, ``as_of`` and an optional per-row ``threshold``.
+    settings : PolicySettings, optional
+        Rules and defaults.
+
+    Returns
+    -------
+    list of dict
+        One JSON-able answer per query, in query order (see module docstring
+        and docs/readme/policy.md for the keys).
+    """
+    settings = settings or PolicySettings()
+    q = _normalise_queries(queries, settings)
+    unknown = set(q["patient_id"]) - set(cohort.patients["patient_id"].astype(str))
+    if unknown:
+        raise ValueError(f"{len(unknown)} queried patient(s) are not in the cohort")
+    frame = forecast_frame(cohort, model, q, settings)
+    return _answers(frame, model, settings)
+
+
+def forecast_frame(
+    cohort: Cohort, model: Any, q: pd.DataFrame, settings: PolicySettings
+) -> dict[str, Any]:
+    """The vectorised core: context, statuses, risk grids and suggestions.
+
+    ``q`` must come from the query normaliser (columns ``qi``, ``patient_id``,
+    ``as_of``, ``threshold``). Used by :func:`forecast_queries` and by the
+    policy evaluation (which re-suggests for many thresholds at once).
+    """
+    definition = _definition(model)
+    ctx, flagged = _context(cohort, q, settings, definition)
+    base_status = _statuses(ctx, settings)
+    n = len(ctx)
+    days = np.arange(1, settings.grid_days + 1)
+    daily = np.full((n, len(days)), np.nan)
+    lower = np.full_like(daily, np.nan)
+    upper = np.full_like(daily, np.nan)
+    rows = np.flatnonzero(base_status == "forecast")
+    since = ctx["days_since_session"].to_numpy(dtype=float)
+    X = None
+    if len(rows):
+        X = ctx.iloc[rows].reset_index(drop=True)
+        s0 = _since_origin(model, since[rows])
+        daily[rows] = _risk_grid(model, X, days, s0)
+        band = _band_grid(model, X, days, settings.band_level, s0)
+        if band is not None:
+            lower[rows], upper[rows] = band
+    pop_rows = np.flatnonzero(base_status == "insufficient_data")
+    pop_curve = population_from_model(model)
+    pop = _population_risk(pop_curve, since[pop_rows], days)
+    daily[pop_rows] = pop
+    sugg = suggest_offsets(
+        np.nan_to_num(daily, nan=1.0), ctx["threshold"].to_numpy(), np.nan_to_num(since), settings
+    )
+    status = base_status.copy()
+    fc = base_status == "forecast"
+    status[fc] = np.where(sugg["due"][fc], "session_due", "routine")
+    pre_safety = status.copy()
+    status[ctx["safety"].notna().to_numpy()] = "urgent_review"
+    return {
+        "q": q,
+        "ctx": ctx,
+        "flagged": flagged,
+        "status": status,
+        "pre_safety": pre_safety,
+        "days": days,
+        "daily": daily,
+        "lower": lower,
+        "upper": upper,
+        "suggestion": sugg,
+        "X": X,
+        "forecast_rows": rows,
+        "unknown": _unknown_inputs(model, X, rows, n),
+        "population": pop_curve,
+    }
+
+
+def _unknown_inputs(
+    model: Any, X: pd.DataFrame | None, rows: np.ndarray, n: int
+) -> list[list[str]]:
+    """Per query, the categorical inputs that were missing or unseen in training.
+
+    The encoder gives such values the average effect (forecast.bundle.Encoder);
+    the answer says so in its caveats.
+    """
+    out: list[list[str]] = [[] for _ in range(n)]
+    encoder = getattr(_bundle(model), "encoder", None)
+    if X is None or encoder is None:
+        return out
+    for name, levels in encoder.categorical.items():
+        if name not in X:
+            continue
+        bad = ~np.isin(X[name].to_numpy(dtype=object), np.asarray(levels, dtype=object))
+        for r in rows[bad]:
+            out[r].append(name)
+    return out
+
+
+def _answers(frame: dict[str, Any], model: Any, settings: PolicySettings) -> list[dict]:
+    ctx = frame["ctx"]
+    status = frame["status"]
+    pre = frame["pre_safety"]
+    days = frame["days"]
+    daily, lower, upper = frame["daily"], frame["lower"], frame["upper"]
+    sugg = frame["suggestion"]
+    version = _version(model)
+    frac = _def(_definition(model), "response_fraction", 0.5)
+    medians = _median_days(np.nan_to_num(daily, nan=0.0))
+    hidx = np.asarray(settings.horizons, dtype=int) - 1
+    drivers: list[list[dict]] = [[] for _ in range(len(ctx))]
+    if frame["X"] is not None:
+        for r, items in zip(
+            frame["forecast_rows"], _drivers(model, frame["X"], settings.n_drivers), strict=True
+        ):
+            drivers[r] = items
+    flagged = frame["flagged"].sort_values(["qi", "date"], kind="stable")
+    flag_groups = dict(list(flagged.groupby("qi", sort=False)))
+    population_text = _population_text(model)
+    caveats_base = [
+        DECISION_SUPPORT,
+        NOT_SI_ASSESSMENT,
+        f"Model version {version or 'unknown'}; valid only for patients like those it was "
+        f"trained on{population_text}.",
+    ]
+
+    answers = []
+    records = ctx.to_dict("records")
+    for i, c in enumerate(records):
+        st = str(status[i])
+        base = str(pre[i])
+        as_of = pd.Timestamp(c["as_of"])
+        safety = _safety_block(c, flag_groups.get(i))
+        personal = base in FORECAST_STATUSES
+        population = base == "insufficient_data" and not np.isnan(daily[i]).all()
+        risk = None
+        median = None
+        median_reason = None
+        if personal or population:
+            risk = _risk_block(days, daily[i], lower[i], upper[i], hidx, personal, settings)
+            if personal:
+                median = _int(medians[i])
+                if median is None:
+                    median_reason = (
+                        f"The risk stays below 50 % within the {len(days)}-day horizon, so the "
+                        "median remaining benefit lies beyond what the model reports."
+                    )
+        if median is None and median_reason is None:
+            median_reason = "No personalised forecast applies to this status."
+        suggestion = _suggestion_block(c, i, sugg, base, personal, population, as_of, settings)
+        if st == "urgent_review":
+            first = (
+                "Review the suicidal-ideation answer first; this maintenance timing applies "
+                "only after that review. "
+                if suggestion["session_by"]
+                else "Review the suicidal-ideation answer first. "
+            )
+            suggestion["rationale"] = first + suggestion["rationale"]
+        caveats = list(caveats_base)
+        if personal and frame["unknown"][i]:
+            caveats.append(
+                "Not recorded or not seen in training: "
+                + ", ".join(frame["unknown"][i])
+                + "; the model used the average effect of the training patients for it."
+            )
+        if population:
+            caveats.append(
+                "The risks shown are a population estimate from the model's training "
+                "episodes, not a personalised forecast."
+            )
+        if st == "urgent_review":
+            caveats.append(
+                "Suicidal-ideation answers override any maintenance timing; review them first."
+            )
+        answers.append(
+            {
+                "patient_id": c["patient_id"],
+                "as_of": _d(as_of),
+                "model_version": version,
+                "status": st,
+                "status_reason": _status_reason(st, base, c, sugg, i, safety, frac),
+                "safety": safety,
+                "days_since_session": _int(c["days_since_session"]),
+                "last_session": (
+                    {"date": _d(c["last_session"]), "kind": c["last_session_kind"]}
+                    if c["has_session"]
+                    else None
+                ),
+                "current": {
+                    "phq9": _int(c["latest_phq9"]),
+                    "severity": (c["severity"] if _int(c["latest_phq9"]) is not None else None),
+                    "date": _d(c["latest_phq9_date"]),
+                    "response_state": c["response_state"],
+                    "baseline_phq9": _int(c["baseline_phq9"]),
+                    "change_from_baseline": (
+                        None
+                        if pd.isna(c["baseline_phq9"]) or pd.isna(c["latest_phq9"])
+                        else int(c["latest_phq9"] - c["baseline_phq9"])
+                    ),
+                },
+                "risk": risk,
+                "median_remaining_days": median,
+                "median_reason": median_reason,
+                "suggestion": suggestion,
+                "drivers": drivers[i],
+                "caveats": caveats,
+                "decision_support": True,
+            }
+        )
+    return answers
+
+
+def _population_text(model: Any) -> str:
+    card = getattr(model, "card", None)
+    if isinstance(card, dict):
+        use = card.get("intended_use")
+        pop = use.get("population") if isinstance(use, dict) else card.get("population")
+        if isinstance(pop, str) and pop:
+            return f" ({pop})"
+    return ""
+
+
+def _safety_block(c: dict, flags: pd.DataFrame | None) -> dict:
+    level = c["safety"]
+    if level is None or flags is None or len(flags) == 0:
+        return {
+            "level": None,
+            "reasons": [],
+            "statement": NO_FLAG_STATEMENT,
+            "triggered_by": [],
+        }
+    reasons, triggered = [], []
+    for row in flags.itertuples(index=False):
+        answer = str(row.safety_reason)
+        day = _d(row.date)
+        reasons.append(f"{answer} on {day}")
+        triggered.append({"date": day, "answer": answer, "level": row.safety})
+    return {
+        "level": level,
+        "reasons": reasons,
+        "statement": URGENT_STATEMENT if level == URGENT else FLAG_STATEMENT,
+        "triggered_by": triggered,
+    }
+
+
+def _risk_block(
+    days: np.ndarray,
+    daily: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    hidx: np.ndarray,
+    personal: bool,
+    settings: PolicySettings,
+) -> dict:
+    def r(a: np.ndarray) -> list[float | None]:
+        return [None if not np.isfinite(x) else round(float(x), 4) for x in a]
+
+    has_band = personal and np.isfinite(lower).any()
+    horizons = []
+    for h, j in zip(settings.horizons, hidx, strict=True):
+        horizons.append(
+            {
+                "days": int(h),
+                "risk": r(daily[[j]])[0],
+                "lower": r(lower[[j]])[0] if has_band else None,
+                "upper": r(upper[[j]])[0] if has_band else None,
+            }
+        )
+    block = {
+        "kind": "personalised" if personal else "population",
+        "horizons": horizons,
+        "daily": {
+            "days": days.astype(int).tolist(),
+            "risk": r(daily),
+            "lower": r(lower) if has_band else [],
+            "upper": r(upper) if has_band else [],
+        },
+        "conditional_on": CONDITIONAL_ON,
+        "band": (
+            f"{100 * settings.band_level:.0f} % band: quantiles of the model's bootstrap "
+            "ensemble (the model refitted on resampled patients), showing how much the "
+            "estimate moves with the training data."
+            if has_band
+            else "No band: "
+            + (
+                "the model version has no bootstrap ensemble."
+                if personal
+                else "the population estimate is shown without a band."
+            )
+        ),
+    }
+    if not personal:
+        block["label"] = POPULATION_LABEL
+        block["conditional_on"] = (
+            "Population estimate, not personalised: the share of the model's training "
+            "episodes whose benefit waned within H days, among those still without waning "
+            "this long after their session (Turnbull estimate)."
+        )
+    return block
+
+
+def _suggestion_block(
+    c: dict,
+    i: int,
+    sugg: dict[str, np.ndarray],
+    base: str,
+    personal: bool,
+    population: bool,
+    as_of: pd.Timestamp,
+    settings: PolicySettings,
+) -> dict:
+    thr = float(c["threshold"])
+    empty = {
+        "session_by": None,
+        "window_start": None,
+        "window_end": None,
+        "threshold": round(thr, 3),
+        "basis": None,
+    }
+    if not (personal or population):
+        reasons = {
+            "no_treatment": "No maintenance date is suggested: there is no session on record.",
+            "not_in_response": (
+                "No maintenance date is suggested: the latest scores are not in response; "
+                "review the treatment plan."
+            ),
+            "insufficient_data": (
+                "No maintenance date is suggested: the data are insufficient and the model "
+                "version stores no population estimate."
+            ),
+        }
+        return {**empty, "rationale": reasons.get(base, "No maintenance date is suggested.")}
+    by = as_of + pd.Timedelta(days=int(sugg["session_by"][i]))
+    ws = as_of + pd.Timedelta(days=int(sugg["window_start"][i]))
+    risk_at = float(sugg["risk_at"][i])
+    if sugg["due"][i]:
+        text = (
+            f"Book the next session now (by {_human(by)}): the risk that the benefit has "
+            f"waned is already above the {_pct(thr)} threshold"
+        )
+        if sugg["clamp"][i] == "min":
+            text += f" (not sooner than {settings.min_interval_days} days after the last session)"
+    elif sugg["clamp"][i] == "max":
+        text = (
+            f"Book the next session by {_human(by)}; risk that the benefit has waned by then "
+            f"is {_pct(risk_at)} ({settings.max_interval_days // 7} weeks after the last session "
+            "is the longest interval the model reports)"
+        )
+    elif sugg["clamp"][i] == "min":
+        text = (
+            f"Book the next session by {_human(by)}; risk that the benefit has waned by then "
+            f"is {_pct(risk_at)} (not sooner than {settings.min_interval_days} days after the "
+            "last session)"
+        )
+    else:
+        text = (
+            f"Book the next session by {_human(by)}; risk that the benefit has waned by then "
+            f"is {_pct(risk_at)}"
+        )
+    if population:
+        text += "; population estimate, not personalised"
+    return {
+        "session_by": _d(by),
+        "window_start": _d(ws),
+        "window_end": _d(by),
+        "threshold": round(thr, 3),
+        "basis": "personalised" if personal else "population",
+        "rationale": text + ".",
+    }
+
+
+def _status_reason(
+    st: str, base: str, c: dict, sugg: dict[str, np.ndarray], i: int, safety: dict, frac: float
+) -> str:
+    """One explanatory sentence (or two) for every status, with the measured numbers."""
+    if st == "urgent_review":
+        worst = [t for t in safety["triggered_by"] if t["level"] == safety["level"]]
+        pick = worst[-1] if worst else None
+        where = f": {pick['answer']} on {pick['date']}" if pick else ""
+        kind = "an urgent" if safety["level"] == URGENT else "a review"
+        more = len(safety["triggered_by"]) - 1
+        extra = f" ({more} further flagged answer(s) listed under safety)" if more > 0 else ""
+        return (
+            f"A safety rule raised {kind} flag since the last session{where}{extra}. Clinical "
+            "review of the suicidal-ideation answer comes before any maintenance planning."
+        )
+    if st == "no_treatment":
+        return "No ketamine session is on record by this date, so there is no benefit to forecast."
+    b = _int(c["baseline_phq9"])
+    cut = _int(np.floor(c["response_threshold"])) if pd.notna(c["response_threshold"]) else None
+    rule = f"response means a PHQ-9 at or below {cut} ({_pct(frac)} of the baseline {b})"
+    population = "the risks shown, if any, are a population estimate, not personalised."
+    if st == "insufficient_data":
+        if pd.isna(c["baseline_phq9"]):
+            return (
+                "No baseline PHQ-9 (the last score on or before the first induction session, "
+                "within the baseline window), so response cannot be measured; " + population
+            )
+        if c["response_status"] == "pending":
+            return (
+                f"No PHQ-9 since the last session on {_d(c['last_session'])} yet, so the "
+                "response to it is not known; " + population
+            )
+        if c["response_status"] == "no_assessment":
+            return (
+                f"No PHQ-9 within the response window after the last session on "
+                f"{_d(c['last_session'])}, so its response was not measured; " + population
+            )
+        return (
+            f"Only {int(c['n_phq9'])} PHQ-9 score(s) on record; too few for a personalised "
+            "forecast; " + population
+        )
+    if st == "not_in_response":
+        if c["waned_seen"]:
+            return (
+                f"The benefit has visibly waned since the last session: PHQ-9 "
+                f"{_int(c['waned_phq9'])} on {_d(c['waned_date'])}; {rule}. Review the "
+                "treatment plan."
+            )
+        if c["response_status"] == "not_responded":
+            return (
+                f"The last session ({_d(c['last_session'])}) did not lead to response: PHQ-9 "
+                f"{_int(c['response_phq9'])} on {_d(c['response_date'])}; {rule}. Review the "
+                "treatment plan."
+            )
+        return (
+            f"Not in response since the last session ({_d(c['last_session'])}): PHQ-9 "
+            f"{_int(c['latest_phq9'])} on {_d(c['latest_phq9_date'])}; {rule}. Review the "
+            "treatment plan."
+        )
+    if st == "session_due":
+        if sugg["raw"][i] == 0:
+            why = "the forecast risk that the benefit has waned exceeds the threshold already"
+        else:
+            why = "the longest interval after the last session has been reached"
+        return (
+            f"In response after the last session (PHQ-9 {_int(c['latest_phq9'])}, {rule}), "
+            f"but {why}: a session is due now."
+        )
+    return (
+        f"In response after the last session (PHQ-9 {_int(c['latest_phq9'])} on "
+        f"{_d(c['latest_phq9_date'])}; {rule}); the suggestion follows the personalised "
+        "forecast."
+    )
+
+
+def forecast_cohort(
+    cohort: Cohort,
+    model: Any,
+    as_of: str | pd.Timestamp,
+    settings: PolicySettings | None = None,
+) -> list[dict]:
+    """Forecast answers for every patient of ``cohort`` at one date.
+
+    Parameters
+    ----------
+    cohort : Cohort
+        A clinic's data.
+    model : LoadedModel
+        A registry version.
+    as_of : str or Timestamp
+        Date of the forecast (rows after it are ignored).
+    settings : PolicySettings, optional
+        Rules and defaults.
+
+    Returns
+    -------
+    list of dict
+        One answer per patient, in the order of ``cohort.patients``.
+    """
+    q = pd.DataFrame(
+        {"patient_id": cohort.patients["patient_id"].astype(str).to_numpy(), "as_of": as_of}
+    )
+    return forecast_queries(cohort, model, q, settings)
+
+
+def forecast_rows(answers: list[dict]) -> pd.DataFrame:
+    """Flatten answers into the ``forecast predict`` table (contract.PREDICT_COLUMNS).
+
+    ``risk_Hd`` and ``median_days`` are blank unless the answer carries a
+    personalised forecast; ``safety`` is "urgent", "review" or blank;
+    ``suggested_date`` is the session-by date of a personalised suggestion.
+    """
+    rows = []
+    for a in answers:
+        risk = a.get("risk") or {}
+        personal = risk.get("kind") == "personalised"
+        by_h = {h["days"]: h["risk"] for h in risk.get("horizons", [])} if personal else {}
+        sugg = a.get("suggestion") or {}
+        row = {
+            "patient_id": a["patient_id"],
+            "as_of": a["as_of"],
+            "status": a["status"],
+            "safety": (a.get("safety") or {}).get("level"),
+            "days_since_session": a.get("days_since_session"),
+            **{f"risk_{h}d": by_h.get(h) for h in HORIZONS},
+            "median_days": a.get("median_remaining_days") if personal else None,
+            "suggested_date": (
+                sugg.get("session_by") if sugg.get("basis") == "personalised" else None
+            ),
+        }
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=list(PREDICT_COLUMNS))
+    df["days_since_session"] = df["days_since_session"].astype("Int64")
+    df["median_days"] = df["median_days"].astype("Int64")
+    for h in HORIZONS:
+        df[f"risk_{h}d"] = pd.to_numeric(df[f"risk_{h}d"], errors="coerce").astype(float)
+    return df

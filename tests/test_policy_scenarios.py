@@ -1,0 +1,365 @@
+"""Hand-written patient histories with the status and date bounds a clinician expects.
+
+Every scenario is a small canonical cohort built by hand (days relative to
+``AS_OF``); the model is the session's small landmark model (tests/fixtures/policy.py).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from forecast.policy import PolicySettings, forecast_queries
+from tests.fixtures.policy import AS_OF, all_strings, build_history, responder, risks_monotone
+
+FORBIDDEN = re.compile(
+    r"\b(no|low|minimal|negligible) (suicide |suicidal )?risk\b|\bsafe\b|\bcleared\b|"
+    r"\bnot at risk\b|\bno danger\b",
+    re.IGNORECASE,
+)
+
+
+def _patient(pid: str) -> dict:
+    return {"pid": pid}
+
+
+def _answer(model, cohort, pid: str, as_of=AS_OF, threshold=None, settings=None) -> dict:
+    q = pd.DataFrame({"patient_id": [pid], "as_of": [as_of]})
+    if threshold is not None:
+        q["threshold"] = threshold
+    return forecast_queries(cohort, model, q, settings or PolicySettings())[0]
+
+
+def _date(s: str | None) -> pd.Timestamp:
+    assert s is not None
+    return pd.Timestamp(s)
+
+
+def _check_common(a: dict) -> None:
+    """Invariants every answer must satisfy."""
+    assert a["decision_support"] is True
+    assert a["status_reason"]
+    assert a["status_reason"].endswith(".")
+    assert a["safety"]["statement"]
+    assert "not a suicide-risk assessment" in a["safety"]["statement"]
+    assert any("not a suicide-risk assessment" in c for c in a["caveats"])
+    for text in all_strings(a):
+        assert not FORBIDDEN.search(text), text
+    assert risks_monotone(a)
+    sugg = a["suggestion"]
+    if sugg["session_by"] is not None:
+        by = _date(sugg["session_by"])
+        last = _date(a["last_session"]["date"])
+        as_of = _date(a["as_of"])
+        s = PolicySettings()
+        lo = max(as_of, last + pd.Timedelta(days=s.min_interval_days))
+        hi = max(as_of, last + pd.Timedelta(days=s.max_interval_days))
+        assert lo <= by <= hi
+        assert as_of <= _date(sugg["window_start"]) <= by == _date(sugg["window_end"])
+        assert sugg["rationale"]
+
+
+@pytest.fixture(scope="module")
+def flat_and_rising(policy_model):
+    s1, a1 = responder("FLAT", after=((-7, 6), (0, 6)))
+    s2, a2 = responder("RISE", after=((-7, 4), (0, 9)))
+    cohort = build_history([_patient("FLAT"), _patient("RISE")], s1 + s2, a1 + a2)
+    return cohort
+
+
+def test_flat_responder_is_routine_within_bounds(policy_model, flat_and_rising):
+    a = _answer(policy_model, flat_and_rising, "FLAT")
+    _check_common(a)
+    assert a["status"] in ("routine", "session_due")
+    assert a["safety"]["level"] is None
+    assert a["current"]["response_state"] in ("in_response", "in_remission")
+    assert a["risk"]["kind"] == "personalised"
+    assert a["days_since_session"] == 14
+    assert a["model_version"] == policy_model.version
+    # Horizons of the contract, with a band around the point risk.
+    assert [h["days"] for h in a["risk"]["horizons"]] == [7, 14, 28, 56, 84]
+    for h in a["risk"]["horizons"]:
+        assert h["lower"] <= h["risk"] <= h["upper"]
+    assert 1 <= len(a["drivers"]) <= 5
+    for d in a["drivers"]:
+        assert d["direction"] in ("shortens", "lengthens")
+        assert d["size"] > 0
+        assert (d["size"] > 1) == (d["direction"] == "lengthens")
+
+
+def test_rising_phq9_gets_an_earlier_date_than_flat(policy_model, flat_and_rising):
+    flat = _answer(policy_model, flat_and_rising, "FLAT")
+    rise = _answer(policy_model, flat_and_rising, "RISE")
+    _check_common(rise)
+    assert rise["risk"]["horizons"][2]["risk"] > flat["risk"]["horizons"][2]["risk"]
+    assert _date(rise["suggestion"]["session_by"]) < _date(flat["suggestion"]["session_by"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "level", "needle"),
+    [
+        ({"phq9": 6, "item9": 1}, "review", "item 9"),
+        ({"phq9": 6, "item9": 0, "cssrs": 2}, "review", "ideation level 2"),
+        ({"phq9": 6, "item9": 0, "cssrs": 4}, "urgent", "ideation level 4"),
+        ({"phq9": 6, "item9": 0, "cssrs": 0, "behavior": 1}, "urgent", "behaviour"),
+        # A C-SSRS-only screener (no PHQ-9 that day) since the session.
+        ({"cssrs": 2}, "review", "ideation level 2"),
+    ],
+)
+def test_suicidal_ideation_overrides_with_the_triggering_answer(policy_model, extra, level, needle):
+    sessions, assessments = responder("SI", after=((-7, 6),))
+    assessments.append({"pid": "SI", "day": -2, **extra})
+    cohort = build_history([_patient("SI")], sessions, assessments)
+    a = _answer(policy_model, cohort, "SI")
+    _check_common(a)
+    assert a["status"] == "urgent_review"
+    assert a["safety"]["level"] == level
+    day = (AS_OF - pd.Timedelta(days=2)).strftime("%Y-%m-%d")
+    assert needle in a["status_reason"]
+    assert day in a["status_reason"]
+    assert {"date": day}.items() <= a["safety"]["triggered_by"][-1].items()
+    assert any(needle in r for r in a["safety"]["reasons"])
+    # The forecast is still shown to the clinician, but the timing waits for the review.
+    assert a["suggestion"]["rationale"].startswith("Review the suicidal-ideation answer")
+
+
+def test_flag_before_the_last_session_does_not_trigger(policy_model):
+    sessions, assessments = responder("OLD", after=((-7, 6), (0, 6)))
+    assessments.append({"pid": "OLD", "day": -20, "phq9": 8, "item9": 2, "cssrs": 3})
+    cohort = build_history([_patient("OLD")], sessions, assessments)
+    a = _answer(policy_model, cohort, "OLD")
+    _check_common(a)
+    assert a["safety"]["level"] is None
+    assert a["safety"]["triggered_by"] == []
+    assert a["status"] in ("routine", "session_due")
+    # ... but the same answer on the session day itself counts (no time of day in the data).
+    assessments[-1]["day"] = -14
+    assessments = [x for x in assessments if not (x["day"] == -14 and "cssrs" not in x)]
+    cohort = build_history([_patient("OLD")], sessions, assessments)
+    b = _answer(policy_model, cohort, "OLD")
+    assert b["status"] == "urgent_review"
+
+
+def test_relapse_after_response_is_not_in_response_with_numbers(policy_model):
+    sessions, assessments = responder("REL", after=((-7, 6), (-1, 16)))
+    cohort = build_history([_patient("REL")], sessions, assessments)
+    a = _answer(policy_model, cohort, "REL")
+    _check_common(a)
+    assert a["status"] in ("not_in_response", "session_due")
+    assert a["status"] == "not_in_response"
+    assert "waned" in a["status_reason"]
+    assert "16" in a["status_reason"]
+    assert "20" in a["status_reason"]
+    assert "10" in a["status_reason"]  # 50 % of the baseline
+    assert a["risk"] is None
+    assert a["current"]["phq9"] == 16
+    assert a["current"]["change_from_baseline"] == -4
+
+
+def test_never_responded_patient(policy_model):
+    sessions = [("NR", -40 + k, "induction") for k in (0, 3, 6, 9)]
+    assessments = [
+        {"pid": "NR", "day": -40, "phq9": 22},
+        {"pid": "NR", "day": -25, "phq9": 18},
+        {"pid": "NR", "day": -10, "phq9": 19},
+    ]
+    cohort = build_history([_patient("NR")], sessions, assessments)
+    a = _answer(policy_model, cohort, "NR")
+    _check_common(a)
+    assert a["status"] == "not_in_response"
+    assert "did not lead to response" in a["status_reason"]
+    for number in ("18", "22", "11", "50 %"):
+        assert number in a["status_reason"]
+    assert a["suggestion"]["session_by"] is None
+    assert a["risk"] is None
+
+
+def test_no_sessions_is_no_treatment_but_safety_still_applies(policy_model):
+    assessments = [
+        {"pid": "NS", "day": -10, "phq9": 18},
+        {"pid": "NS2", "day": -3, "phq9": 18, "item9": 2},
+    ]
+    cohort = build_history([_patient("NS"), _patient("NS2")], [], assessments)
+    a = _answer(policy_model, cohort, "NS")
+    _check_common(a)
+    assert a["status"] == "no_treatment"
+    assert a["last_session"] is None
+    assert a["days_since_session"] is None
+    assert a["risk"] is None
+    assert a["suggestion"]["session_by"] is None
+    b = _answer(policy_model, cohort, "NS2")
+    _check_common(b)
+    assert b["status"] == "urgent_review"
+    assert "item 9" in b["status_reason"]
+
+
+def test_no_baseline_is_insufficient_data_with_population_estimate(policy_model):
+    sessions = [("NB", -60 + k, "induction") for k in (0, 3, 6)]
+    assessments = [
+        {"pid": "NB", "day": -45, "phq9": 6},  # first PHQ-9 only after the induction
+        {"pid": "NB", "day": -5, "phq9": 7},
+    ]
+    cohort = build_history([_patient("NB")], sessions, assessments)
+    a = _answer(policy_model, cohort, "NB")
+    _check_common(a)
+    assert a["status"] == "insufficient_data"
+    assert "baseline" in a["status_reason"]
+    assert a["risk"]["kind"] == "population"
+    assert a["risk"]["label"] == "population estimate, not personalised"
+    assert a["suggestion"]["basis"] == "population"
+    assert "population estimate" in a["suggestion"]["rationale"]
+    assert a["drivers"] == []
+
+
+def test_as_of_before_any_assessment_after_the_session(policy_model):
+    sessions, assessments = responder("PEND", last_session=-3, after=())
+    cohort = build_history([_patient("PEND")], sessions, assessments)
+    a = _answer(policy_model, cohort, "PEND")
+    _check_common(a)
+    assert a["status"] == "insufficient_data"
+    assert "not known" in a["status_reason"]
+    assert a["risk"]["kind"] == "population"
+    # A population suggestion still respects the minimum interval after the session.
+    assert _date(a["suggestion"]["session_by"]) >= AS_OF + pd.Timedelta(days=4)
+
+
+def test_booster_yesterday_respects_the_minimum_interval(policy_model):
+    # Response measured today, the day after the booster.
+    sessions, assessments = responder("YEST", last_session=-1, after=((0, 6),))
+    cohort = build_history([_patient("YEST")], sessions, assessments)
+    a = _answer(policy_model, cohort, "YEST", threshold=0.01)
+    _check_common(a)
+    assert a["status"] in ("routine", "session_due")
+    assert a["days_since_session"] == 1
+    assert _date(a["suggestion"]["session_by"]) == AS_OF + pd.Timedelta(days=6)
+    assert "not sooner than 7 days" in a["suggestion"]["rationale"]
+
+
+def test_long_after_the_session_is_due_today(policy_model):
+    # Induction ended 81 days before AS_OF; asked 10 days later, 91 days have passed.
+    sessions, assessments = responder("LONG", last_session=-200, after=((-40, 5), (5, 6)))
+    cohort = build_history([_patient("LONG")], sessions, assessments)
+    as_of = AS_OF + pd.Timedelta(days=10)
+    a = _answer(policy_model, cohort, "LONG", as_of=as_of)
+    _check_common(a)
+    assert a["days_since_session"] == 91
+    assert a["status"] == "session_due"
+    assert a["suggestion"]["session_by"] == as_of.strftime("%Y-%m-%d")
+    assert "longest interval" in a["status_reason"]
+
+
+def test_item9_zero_everywhere_never_reads_as_a_clearance(policy_model):
+    pids = ["Z1", "Z2", "Z3", "Z4"]
+    s1, a1 = responder("Z1", after=((-7, 3), (0, 2)))  # remission
+    s2, a2 = responder("Z2", after=((-7, 6), (-1, 15)))  # relapse
+    s3, a3 = responder("Z3", last_session=-2, after=())  # pending
+    a4 = [{"pid": "Z4", "day": -3, "phq9": 12}]  # untreated
+    for x in a1 + a2 + a3 + a4:
+        if x.get("phq9") is not None:
+            x["item9"] = 0
+            x["cssrs"] = 0
+    cohort = build_history([_patient(p) for p in pids], s1 + s2 + s3, a1 + a2 + a3 + a4)
+    q = pd.DataFrame({"patient_id": pids, "as_of": AS_OF})
+    answers = forecast_queries(cohort, policy_model, q)
+    assert {a["status"] for a in answers} >= {
+        "not_in_response",
+        "insufficient_data",
+        "no_treatment",
+    }
+    for a in answers:
+        _check_common(a)
+        assert a["safety"]["level"] is None
+        assert "not a suicide-risk assessment" in a["safety"]["statement"]
+
+
+def test_lower_threshold_never_gives_a_later_date(policy_model, flat_and_rising):
+    thresholds = [0.05, 0.1, 0.15, 0.2, 0.3, 0.45]
+    q = pd.DataFrame(
+        {
+            "patient_id": ["FLAT"] * len(thresholds) + ["RISE"] * len(thresholds),
+            "as_of": AS_OF,
+            "threshold": thresholds * 2,
+        }
+    )
+    answers = forecast_queries(flat_and_rising, policy_model, q)
+    for pid in ("FLAT", "RISE"):
+        dates = [_date(a["suggestion"]["session_by"]) for a in answers if a["patient_id"] == pid]
+        assert all(x <= y for x, y in zip(dates, dates[1:], strict=False))
+        assert dates[0] < dates[-1]
+        used = [a["suggestion"]["threshold"] for a in answers if a["patient_id"] == pid]
+        assert used == thresholds
+
+
+def test_history_after_as_of_is_ignored(policy_model):
+    sessions, assessments = responder("FUT", after=((-7, 6), (0, 6)))
+    base = build_history([_patient("FUT")], sessions, assessments)
+    later = build_history(
+        [_patient("FUT")],
+        [*sessions, ("FUT", 3, "maintenance")],
+        [*assessments, {"pid": "FUT", "day": 2, "phq9": 20, "item9": 3, "cssrs": 5}],
+    )
+    a, b = _answer(policy_model, base, "FUT"), _answer(policy_model, later, "FUT")
+    assert a == b
+
+
+def test_no_induction_on_record_is_insufficient_data(policy_model):
+    sessions = [("MAINT", -10, "maintenance")]
+    assessments = [{"pid": "MAINT", "day": -10, "phq9": 15}, {"pid": "MAINT", "day": -3, "phq9": 5}]
+    cohort = build_history([_patient("MAINT")], sessions, assessments)
+    a = _answer(policy_model, cohort, "MAINT")
+    _check_common(a)
+    assert a["status"] == "insufficient_data"
+    assert "baseline" in a["status_reason"]
+
+
+def test_median_is_reported_or_explained(policy_model, flat_and_rising):
+    for pid in ("FLAT", "RISE"):
+        a = _answer(policy_model, flat_and_rising, pid)
+        if a["median_remaining_days"] is None:
+            assert "50 %" in a["median_reason"]
+        else:
+            daily = np.array(a["risk"]["daily"]["risk"])
+            assert daily[a["median_remaining_days"] - 1] >= 0.5
+
+
+def test_missing_category_is_named_in_the_caveats(policy_model):
+    sessions, assessments = responder("NODX", after=((-7, 6), (0, 6)))
+    cohort = build_history([{"pid": "NODX", "diagnosis": None}], sessions, assessments)
+    a = _answer(policy_model, cohort, "NODX")
+    _check_common(a)
+    assert any("diagnosis" in c and "average effect" in c for c in a["caveats"])
+    s2, a2 = responder("DX", after=((-7, 6), (0, 6)))
+    b = _answer(policy_model, build_history([_patient("DX")], s2, a2), "DX")
+    assert not any("average effect" in c for c in b["caveats"])
+
+
+@pytest.mark.parametrize(
+    ("history", "underlying"),
+    [
+        ("never_responded", "not_in_response"),
+        ("pending", "insufficient_data"),
+        ("no_baseline", "insufficient_data"),
+    ],
+)
+def test_safety_is_evaluated_when_no_forecast_applies(policy_model, history, underlying):
+    if history == "never_responded":
+        sessions = [("S", -40 + k, "induction") for k in (0, 3, 6, 9)]
+        assessments = [{"pid": "S", "day": -40, "phq9": 22}, {"pid": "S", "day": -25, "phq9": 18}]
+    elif history == "pending":
+        sessions, assessments = responder("S", last_session=-3, after=())
+    else:
+        sessions = [("S", -60 + k, "induction") for k in (0, 3, 6)]
+        assessments = [{"pid": "S", "day": -45, "phq9": 6}]
+    flagged = [*assessments, {"pid": "S", "day": -1, "cssrs": 4, "behavior": 0}]
+    plain = _answer(policy_model, build_history([_patient("S")], sessions, assessments), "S")
+    assert plain["status"] == underlying
+    a = _answer(policy_model, build_history([_patient("S")], sessions, flagged), "S")
+    _check_common(a)
+    assert a["status"] == "urgent_review"
+    assert a["safety"]["level"] == "urgent"
+    assert "intent or plan" in a["status_reason"]
+    # The rest of the answer is the one of the underlying status.
+    assert (a["risk"] is None) == (plain["risk"] is None)
