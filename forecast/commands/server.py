@@ -1,7 +1,134 @@
-"""CLI commands (registered by forecast.cli)."""
+"""``forecast serve`` and ``forecast tokens create|list|revoke``.
+
+``serve`` runs the service for one user with werkzeug's threaded server
+(production: gunicorn, see the README). The token commands open the same
+store as the service (``FORECAST_DATABASE_URL``, else the SQLite file in the
+instance folder) without loading a model.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import click
 
-COMMANDS: list[click.Command] = []
+if TYPE_CHECKING:
+    from service.store import Store
+
+ROLE_CHOICE = click.Choice(["clinician", "researcher", "admin"])
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="TCP port.")
+@click.option(
+    "--models",
+    "models",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Model registry folder (default: FORECAST_MODELS, else ./models).",
+)
+def serve(host: str, port: int, models: Path | None) -> None:
+    """Serve the JSON API, FHIR, CDS Hooks and pages for a single user.
+
+    Uses werkzeug's threaded server: fine on a laptop or for one clinician;
+    run gunicorn for several users (README). SIGHUP reloads the model;
+    Ctrl-C or SIGTERM stops the server.
+    """
+    import signal
+
+    from werkzeug.serving import WSGIRequestHandler, make_server
+
+    from service.app import create_app
+    from service.modelstate import install_sighup
+
+    config = {"KAP_MODELS_DIR": str(models)} if models else None
+    app = create_app(config)
+    install_sighup(app)
+
+    class QuietHandler(WSGIRequestHandler):
+        # werkzeug logs every request line (path and query: patient ids, dates);
+        # the service's own access log names the URL rule instead.
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            return None
+
+    server = make_server(host, port, app, threaded=True, request_handler=QuietHandler)
+
+    def _stop(_signum: int, _frame: object) -> None:
+        # shutdown() waits for serve_forever to return: call it off the main thread.
+        import threading
+
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    state = app.extensions["kap_model"]
+    version = state.version or "none (forecast routes answer 503 until a model is trained)"
+    click.echo(f"kap-forecast serving on http://{host}:{server.port}  model: {version}", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        app.extensions["kap_store"].dispose()
+
+
+@click.group("tokens")
+def tokens() -> None:
+    """Create, list and revoke API bearer tokens."""
+
+
+def _store() -> Store:
+    # Imported here so that `forecast --help` does not load Flask and SQLAlchemy.
+    from service.app import open_store
+
+    return open_store()
+
+
+@tokens.command("create")
+@click.option("--role", required=True, type=ROLE_CHOICE, help="What the token may do.")
+@click.option("--name", required=True, help="Unique name (shown in the audit trail).")
+def tokens_create(role: str, name: str) -> None:
+    """Create a token and print ONLY the token on stdout (it is not shown again)."""
+    from service.store import StoreError
+
+    store = _store()
+    try:
+        token = store.create_token(name, role)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.dispose()
+    click.echo(token)
+
+
+@tokens.command("list")
+def tokens_list() -> None:
+    """List tokens (name, role, created, revoked); secrets are never shown."""
+    store = _store()
+    try:
+        rows = store.list_tokens()
+    finally:
+        store.dispose()
+    click.echo("name\trole\tcreated_at\trevoked_at")
+    for r in rows:
+        revoked = r["revoked_at"].isoformat() if r["revoked_at"] else ""
+        click.echo(f"{r['name']}\t{r['role']}\t{r['created_at'].isoformat()}\t{revoked}")
+
+
+@tokens.command("revoke")
+@click.argument("name")
+def tokens_revoke(name: str) -> None:
+    """Revoke the token called NAME (it stops working at once)."""
+    store = _store()
+    try:
+        ok = store.revoke_token(name)
+    finally:
+        store.dispose()
+    if not ok:
+        raise click.ClickException(f"no live token named {name!r}")
+    click.echo(f"revoked {name}", err=True)
+
+
+COMMANDS: list[click.Command] = [serve, tokens]

@@ -1,0 +1,153 @@
+"""Service configuration: environment variables, defaults and the instance folder.
+
+Environment variables (all optional):
+
+``FORECAST_DATABASE_URL``
+    SQLAlchemy URL of the store; default ``sqlite:///<instance>/forecast.sqlite``.
+``FORECAST_MODELS``
+    Model registry folder; default ``./models`` (as the command line).
+``FORECAST_THRESHOLD``
+    Default risk threshold of the suggestion (0.20).
+``FORECAST_MIN_INTERVAL_DAYS`` / ``FORECAST_MAX_INTERVAL_DAYS``
+    Bounds of the suggested interval; default: the policy's own defaults.
+``FORECAST_MAX_BODY_BYTES``
+    Largest accepted request body (default 10 MiB); larger bodies get 413.
+``FORECAST_SECRET_KEY``
+    Key signing the page session cookie; if unset one is generated once and
+    kept in ``<instance>/secret_key`` (mode 0600) so every worker shares it.
+``FORECAST_INSTANCE_PATH``
+    The instance folder (default: Flask's, ``./instance`` in a checkout).
+
+Values given to ``create_app(config)`` override the environment. The keys in
+``app.config`` are the ``KAP_*`` names below plus Flask's ``SECRET_KEY`` and
+``MAX_CONTENT_LENGTH``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+DEFAULT_THRESHOLD = 0.20
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+def _env_float(environ: Mapping[str, str], name: str, default: float | None) -> float | None:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a number") from exc
+
+
+def _env_int(environ: Mapping[str, str], name: str, default: int | None) -> int | None:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from exc
+
+
+def instance_secret(instance_path: str | os.PathLike[str]) -> str:
+    """Return the secret key kept in the instance folder, creating it once.
+
+    Several workers may start at the same moment: the key is written to a
+    private temporary file and hard-linked into place, so exactly one key wins
+    and nobody reads a half-written file.
+    """
+    folder = Path(instance_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "secret_key"
+    if not target.exists():
+        tmp = folder / f".secret_key.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(48))
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            pass  # another worker was first; use its key
+        finally:
+            tmp.unlink()
+    key = target.read_text().strip()
+    if not key:
+        raise ConfigError(f"{target} is empty; delete it to generate a new key")
+    return key
+
+
+def load_config(
+    instance_path: str | os.PathLike[str],
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Build the service configuration.
+
+    Parameters
+    ----------
+    instance_path : path
+        The app's instance folder (default database and secret key live there).
+    overrides : mapping, optional
+        Values that win over the environment (``create_app(config)``).
+    environ : mapping, optional
+        Environment to read (``os.environ`` by default; tests pass their own).
+
+    Returns
+    -------
+    dict
+        Configuration keys for ``app.config``.
+
+    Raises
+    ------
+    ConfigError
+        When a variable cannot be parsed or is out of range.
+    """
+    env = os.environ if environ is None else environ
+    overrides = dict(overrides or {})
+    folder = Path(instance_path)
+    cfg: dict[str, Any] = {
+        "KAP_DATABASE_URL": env.get("FORECAST_DATABASE_URL")
+        or f"sqlite:///{(folder / 'forecast.sqlite').as_posix()}",
+        "KAP_MODELS_DIR": env.get("FORECAST_MODELS") or None,
+        "KAP_THRESHOLD": _env_float(env, "FORECAST_THRESHOLD", DEFAULT_THRESHOLD),
+        "KAP_MIN_INTERVAL_DAYS": _env_int(env, "FORECAST_MIN_INTERVAL_DAYS", None),
+        "KAP_MAX_INTERVAL_DAYS": _env_int(env, "FORECAST_MAX_INTERVAL_DAYS", None),
+        "MAX_CONTENT_LENGTH": _env_int(env, "FORECAST_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+        # Load the live model when the app starts (tests of other parts may skip it).
+        "KAP_LOAD_MODEL": True,
+        # Apply Alembic migrations when the app starts.
+        "KAP_MIGRATE": True,
+        # Largest number of patients in one POST /api/v1/forecast/batch.
+        "KAP_MAX_BATCH": 5000,
+        # How often (seconds, at most) a worker checks the live model version shared
+        # through the store, so a reload reaches every gunicorn worker.
+        "KAP_MODEL_SYNC_SECONDS": 2.0,
+    }
+    secret = overrides.pop("SECRET_KEY", None) or env.get("FORECAST_SECRET_KEY")
+    cfg.update(overrides)
+    cfg["SECRET_KEY"] = secret or instance_secret(folder)
+    threshold = cfg["KAP_THRESHOLD"]
+    if threshold is None or not 0.0 < float(threshold) < 1.0:
+        raise ConfigError(f"FORECAST_THRESHOLD={threshold!r}: allowed: a number between 0 and 1")
+    max_body = cfg["MAX_CONTENT_LENGTH"]
+    if max_body is None or int(max_body) < 1024:
+        raise ConfigError(f"FORECAST_MAX_BODY_BYTES={max_body!r}: allowed: at least 1024")
+    lo, hi = cfg["KAP_MIN_INTERVAL_DAYS"], cfg["KAP_MAX_INTERVAL_DAYS"]
+    for name, value in (("FORECAST_MIN_INTERVAL_DAYS", lo), ("FORECAST_MAX_INTERVAL_DAYS", hi)):
+        if value is not None and int(value) < 1:
+            raise ConfigError(f"{name}={value!r}: allowed: a whole number of days >= 1")
+    if lo is not None and hi is not None and int(lo) > int(hi):
+        raise ConfigError("FORECAST_MIN_INTERVAL_DAYS is larger than FORECAST_MAX_INTERVAL_DAYS")
+    return cfg

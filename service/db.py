@@ -1,0 +1,132 @@
+"""Tables of the store (SQLAlchemy Core), derived from :mod:`forecast.contract`.
+
+The Alembic migrations in ``service/migrations/versions`` create exactly these
+tables; ``tests/test_service_store.py`` compares the migrated database with
+this metadata so the two cannot drift apart.
+
+Every ingested row keeps the client's ``client_id`` (unique per patient and
+table, NULL allowed) and a ``content_hash`` of its canonical values, which is
+what makes a retried POST idempotent and a changed retry a 409.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from forecast.contract import TABLES, Column
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+#: Longest accepted identifiers (patient ids, client ids, token names).
+ID_LENGTH = 128
+#: Longest client row id (forecast.data.MAX_CLIENT_ID_LENGTH).
+CLIENT_ID_LENGTH = 200
+
+
+def _sql_type(column: Column) -> sa.types.TypeEngine:
+    if column.kind == "date":
+        return sa.Date()
+    if column.kind == "int":
+        return sa.Integer()
+    if column.kind == "float":
+        return sa.Float()
+    if column.kind == "bool":
+        return sa.Boolean(create_constraint=False)
+    if column.kind == "category":
+        return sa.String(32)
+    return sa.String(ID_LENGTH)
+
+
+def _contract_columns(table: str) -> list[sa.Column]:
+    return [
+        sa.Column(c.name, _sql_type(c), nullable=c.nullable)
+        for c in TABLES[table]
+        if c.name != "patient_id"
+    ]
+
+
+patients = sa.Table(
+    "patients",
+    metadata,
+    sa.Column("patient_id", sa.String(ID_LENGTH), primary_key=True),
+    *_contract_columns("patients"),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def _history_table(name: str) -> sa.Table:
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("row_id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column(
+            "patient_id",
+            sa.String(ID_LENGTH),
+            sa.ForeignKey("patients.patient_id", ondelete="CASCADE"),
+            nullable=False,
+        ),
+        sa.Column("client_id", sa.String(CLIENT_ID_LENGTH), nullable=True),
+        *list(_contract_columns(name)),
+        sa.Column("content_hash", sa.String(64), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.UniqueConstraint("patient_id", "client_id"),
+        sa.UniqueConstraint("patient_id", "date"),
+    )
+
+
+sessions = _history_table("sessions")
+assessments = _history_table("assessments")
+
+#: The history tables by contract table name.
+HISTORY = {"sessions": sessions, "assessments": assessments}
+
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("token_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(ID_LENGTH), nullable=False, unique=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    # sha256 hex of the token; the token itself is never stored.
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+audit = sa.Table(
+    "audit",
+    metadata,
+    sa.Column("audit_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("token_name", sa.String(ID_LENGTH), nullable=False),
+    sa.Column("patient_id", sa.String(ID_LENGTH), nullable=False),
+    sa.Column("as_of", sa.Date, nullable=False),
+    sa.Column("model_version", sa.String(ID_LENGTH), nullable=True),
+    # sha256 of the canonical inputs (history up to as_of, threshold, model version).
+    sa.Column("inputs_hash", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("suggested_date", sa.Date, nullable=True),
+    sa.Column("request_id", sa.String(64), nullable=False),
+    sa.Column("endpoint", sa.String(64), nullable=False),
+    sa.Index(None, "patient_id"),
+    sa.Index(None, "time"),
+)
+
+#: Small shared settings of the running service (one row per key), e.g. the
+#: live model version that every worker follows after a reload.
+service_state = sa.Table(
+    "service_state",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(256), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)

@@ -1,0 +1,386 @@
+"""Idempotent, all-or-nothing ingestion of patients, sessions and assessments.
+
+:func:`ingest_many` is the one write path of the JSON API and the FHIR
+importer. Within ONE write transaction it
+
+1. upserts the given patients (validated by ``forecast.data.validate_patient``);
+2. locks the patients touched (PostgreSQL; SQLite holds its write lock) and
+   checks that their stored rows are still those the plan was made against;
+3. inserts the planned rows, or nothing at all if any item failed.
+
+The plan is made *before* the write transaction (validation is the slow part
+and must not hold the database's write lock): every item is validated with
+``forecast.data.validate_records`` against the stored rows (``existing``), so
+a new row dated like a stored one is an error, and client ids are matched: a
+stored id with the same content is *unchanged*, with other content a
+*conflict* (409 naming the item). If another writer changed the patients'
+rows in between, the plan is made again inside the write transaction.
+
+Validation problems (422) take precedence over conflicts (409); both are one
+:class:`service.errors.ApiProblem` listing every failing field. A concurrent
+writer inserting the same key first makes the transaction run again (it then
+finds the row stored and reports it unchanged).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy.engine import Connection
+
+from service.errors import ApiProblem, field_errors, pointer
+from service.store import Store, row_hash
+
+TABLES_WRITABLE = ("sessions", "assessments")
+PATIENT_ID_MAX = 128
+
+
+@dataclass(frozen=True)
+class IngestItem:
+    """Rows of one table for one patient.
+
+    Attributes
+    ----------
+    patient_id : str
+    table : {"sessions", "assessments"}
+    records : list of dict
+        JSON objects: contract columns minus ``patient_id``, optional ``id``.
+    pointer : str
+        JSON pointer of the list in the request, used in error ``field``s
+        (e.g. ``/assessments``; the FHIR importer may name bundle entries).
+    """
+
+    patient_id: str
+    table: str
+    records: Sequence[Any]
+    pointer: str
+
+
+def check_patient_id(patient_id: Any, field: str = "/patient_id") -> str:
+    """A usable patient id (non-empty text, at most 128 characters, printable).
+
+    Raises
+    ------
+    ApiProblem
+        422 naming ``field``.
+    """
+    ok = (
+        isinstance(patient_id, str)
+        and 0 < len(patient_id) <= PATIENT_ID_MAX
+        and patient_id.strip() == patient_id
+        and patient_id.isprintable()
+    )
+    if not ok:
+        raise ApiProblem(
+            422,
+            "Invalid patient id",
+            errors=[
+                {
+                    "field": field,
+                    "message": f"allowed: 1 to {PATIENT_ID_MAX} printable characters "
+                    "without surrounding spaces",
+                }
+            ],
+        )
+    return patient_id
+
+
+def _items(raw: Sequence[Any]) -> list[IngestItem]:
+    out: list[IngestItem] = []
+    for k, entry in enumerate(raw):
+        if isinstance(entry, IngestItem):
+            item = entry
+        elif isinstance(entry, Mapping):
+            item = IngestItem(
+                entry["patient_id"],
+                entry["table"],
+                entry["records"],
+                entry.get("pointer") or "",
+            )
+        else:
+            parts = tuple(entry)
+            item = IngestItem(parts[0], parts[1], parts[2], parts[3] if len(parts) > 3 else "")
+        if item.table not in TABLES_WRITABLE:
+            raise ValueError(
+                f"item {k}: table must be one of {TABLES_WRITABLE}, got {item.table!r}"
+            )
+        if not item.pointer:
+            single = len(raw) == 1
+            item = IngestItem(
+                item.patient_id,
+                item.table,
+                item.records,
+                pointer(item.table) if single else pointer("items", k, "records"),
+            )
+        out.append(item)
+    return out
+
+
+def _unwrap(rec: Any) -> Any:
+    """The patient record of a ``{"record": ..., "pointer": ...}`` wrapper (else itself)."""
+    if isinstance(rec, Mapping) and "pointer" in rec and "record" in rec:
+        return rec["record"]
+    return rec
+
+
+def _patient_records(
+    patients: Sequence[Any] | None,
+) -> tuple[list[tuple[dict[str, Any], str]], list[dict[str, str]]]:
+    """Validate patient records: (canonical record, pointer) pairs and field errors."""
+    from forecast.data import validate_patient
+
+    out: list[tuple[dict[str, Any], str]] = []
+    errors: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for j, rec in enumerate(patients or ()):
+        where = pointer("patients", j)
+        if isinstance(rec, Mapping) and "pointer" in rec and "record" in rec:
+            where = str(rec["pointer"])
+        rec = _unwrap(rec)
+        pid = rec.get("patient_id") if isinstance(rec, Mapping) else None
+        try:
+            check_patient_id(pid, where + "/patient_id")
+        except ApiProblem as exc:
+            errors += exc.errors
+            continue
+        if pid in seen:
+            errors.append(
+                {"field": where + "/patient_id", "message": "duplicate patient in the request"}
+            )
+            continue
+        seen.add(pid)
+        frame, problems = validate_patient(rec, patient_id=pid)
+        if problems:
+            errors += field_errors(problems, where)
+            continue
+        out.append((frame.iloc[0].to_dict(), where))
+    return out, errors
+
+
+def _item_dates(records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    return pd.to_datetime([r["date"] for r in records]).to_numpy(dtype="datetime64[ns]")
+
+
+@dataclass
+class _Plan:
+    """What one ingest will write, computed against a snapshot of the stored rows."""
+
+    plans: list[tuple[IngestItem, list[dict[str, Any]], list[dict[str, Any]]]]
+    snapshot: dict[str, dict[str, tuple[int, int]]]
+
+
+def _plan(
+    store: Store,
+    conn: Connection,
+    items: list[IngestItem],
+    new_patients: set[str],
+    today: dt.date | None,
+    prior_errors: Sequence[dict[str, str]] = (),
+) -> _Plan:
+    """Validate every item against the stored rows read through ``conn``.
+
+    Raises the 422 (validation) or 409 (conflicting retry) problem; otherwise
+    returns the rows to insert, the per-item results and the snapshot of the
+    stored rows the decision was based on.
+    """
+    from forecast.data import validate_records
+
+    ids = sorted({it.patient_id for it in items})
+    known = store.known_patients(conn, ids) | new_patients
+    tables = sorted({it.table for it in items})
+    snapshot = {t: store.history_fingerprint(conn, t, ids) for t in tables}
+    stored: dict[tuple[str, str], pd.DataFrame] = {}
+    for table in tables:
+        frame = store.history(conn, table, ids, with_ids=True)
+        for pid, group in frame.groupby("patient_id", sort=False):
+            stored[(table, str(pid))] = group.reset_index(drop=True)
+    # Problems of the patients come first, then those of the rows: one 422 lists all.
+    errors: list[dict[str, str]] = list(prior_errors)
+    conflicts: list[dict[str, str]] = []
+    plans: list[tuple[IngestItem, list[dict[str, Any]], list[dict[str, Any]]]] = []
+    for it in items:
+        existing = stored.get((it.table, it.patient_id))
+        if existing is None:
+            existing = store.history(conn, it.table, [], with_ids=True)
+        batch_ids = {
+            r.get("id")
+            for r in it.records
+            if isinstance(r, Mapping) and isinstance(r.get("id"), str)
+        }
+        # Rows retried in this batch must not count as duplicates of themselves.
+        others = existing[~existing["client_id"].isin(batch_ids)].reset_index(drop=True)
+        frame, problems = validate_records(
+            it.table,
+            list(it.records),
+            patient_id=it.patient_id,
+            known_patient=it.patient_id in known,
+            existing=others,
+            today=today,
+        )
+        if problems:
+            errors += field_errors(problems, it.pointer)
+            continue
+        if not len(frame):
+            plans.append((it, [], []))
+            continue
+        # validate_records sorts by date (stable); rebuild the item index of each row.
+        order = np.argsort(_item_dates(it.records), kind="stable")
+        with_id = existing["client_id"].notna()
+        stored_hash = dict(
+            zip(
+                existing.loc[with_id, "client_id"].astype(str),
+                existing.loc[with_id, "content_hash"],
+                strict=True,
+            )
+        )
+        rows = frame.to_dict("records")
+        inserts: list[dict[str, Any]] = []
+        results: list[dict[str, Any]] = [{} for _ in rows]
+        for k, row in enumerate(rows):
+            index = int(order[k])
+            digest = row_hash(it.table, row)
+            cid = row.get("client_id")
+            entry = {
+                "index": index,
+                "id": cid,
+                "date": pd.Timestamp(row["date"]).strftime("%Y-%m-%d"),
+            }
+            if cid is not None and cid in stored_hash:
+                if stored_hash[cid] != digest:
+                    conflicts.append(
+                        {
+                            "field": f"{it.pointer}/{index}/id",
+                            "message": f"id {cid!r} is already stored with different content; "
+                            "a stored row is never changed by a retry: send a new id",
+                        }
+                    )
+                entry["result"] = "unchanged"
+            else:
+                entry["result"] = "created"
+                inserts.append({**row, "content_hash": digest})
+            results[index] = entry
+        plans.append((it, inserts, results))
+    if errors:
+        raise ApiProblem(
+            422, "Invalid data", f"{len(errors)} problem(s) in the submitted rows", errors
+        )
+    if conflicts:
+        raise ApiProblem(
+            409,
+            "Conflicting retry",
+            f"{len(conflicts)} item(s) reuse a stored id with other content; nothing was stored",
+            conflicts,
+        )
+    return _Plan(plans, snapshot)
+
+
+def _apply(
+    store: Store,
+    conn: Connection,
+    items: list[IngestItem],
+    patients: list[tuple[dict[str, Any], str]],
+    plan: _Plan | None,
+    today: dt.date | None,
+) -> dict[str, Any]:
+    """Write the plan in the open write transaction, re-planning if the rows changed."""
+    patient_results = [
+        {"patient_id": rec["patient_id"], "result": store.upsert_patient(conn, rec)}
+        for rec, _ in patients
+    ]
+    ids = sorted({it.patient_id for it in items})
+    store.lock_patients(conn, ids)
+    if plan is None or any(
+        store.history_fingerprint(conn, table, ids) != before
+        for table, before in plan.snapshot.items()
+    ):
+        # Another writer stored rows of these patients since the plan was made:
+        # decide again, now under the lock, so the answer reflects what is stored.
+        plan = _plan(store, conn, items, set(), today)
+    out_items = []
+    created = unchanged = 0
+    for it, inserts, results in plan.plans:
+        store.insert_history(conn, it.table, inserts)
+        n_new = sum(r["result"] == "created" for r in results)
+        created += n_new
+        unchanged += len(results) - n_new
+        out_items.append(
+            {
+                "patient_id": it.patient_id,
+                "table": it.table,
+                "pointer": it.pointer,
+                "results": results,
+            }
+        )
+    return {
+        "created": created,
+        "unchanged": unchanged,
+        "patients": patient_results,
+        "items": out_items,
+    }
+
+
+def ingest_many(
+    store: Store,
+    items: Sequence[Any],
+    *,
+    patients: Sequence[Any] | None = None,
+    today: dt.date | None = None,
+) -> dict[str, Any]:
+    """Validate and store rows of several patients and tables atomically.
+
+    Parameters
+    ----------
+    store : Store
+        The service store (``app.extensions["kap_store"]``).
+    items : sequence
+        Each an :class:`IngestItem`, a mapping with keys ``patient_id``,
+        ``table``, ``records`` (and optional ``pointer``), or a tuple
+        ``(patient_id, table, records[, pointer])``. Without a pointer, error
+        fields read ``/<table>/<i>/<column>`` for a single item and
+        ``/items/<k>/records/<i>/<column>`` otherwise.
+    patients : sequence of dict, optional
+        Patient records (``patient_id`` plus covariates) to create or update
+        in the same transaction; error fields ``/patients/<j>/<column>`` (or
+        pass ``{"record": ..., "pointer": ...}`` to name your own).
+    today : datetime.date, optional
+        Dates after it are rejected (default: today).
+
+    Returns
+    -------
+    dict
+        ``created`` and ``unchanged`` counts, ``patients`` (``patient_id``,
+        ``result`` = created/updated/unchanged) and ``items`` (per item:
+        ``patient_id``, ``table``, ``pointer`` and ``results``, one per
+        record in posted order with ``index``, ``id``, ``date``, ``result``).
+
+    Raises
+    ------
+    ApiProblem
+        422 with field-level ``errors`` when any record or patient is
+        invalid (including rows of unknown patients); 409 when a client id
+        is reused with other content. Nothing is written in either case.
+    """
+    parsed_items = _items(items)
+    for it in parsed_items:
+        # The id's own location is the caller's (URL path, bundle entry): name the list.
+        check_patient_id(it.patient_id, it.pointer or "/patient_id")
+    parsed_patients, patient_errors = _patient_records(patients)
+    # Patients given in this request count as known even if their own record is
+    # invalid: its errors are reported already, "unknown patient" would be noise.
+    new_patients = {rec["patient_id"] for rec, _ in parsed_patients} | {
+        str(_unwrap(r).get("patient_id"))
+        for r in (patients or ())
+        if isinstance(_unwrap(r), Mapping)
+    }
+    # Validate outside the write lock (validation is the slow part), against a
+    # snapshot of the stored rows; the write transaction re-checks the snapshot.
+    with store.read() as conn:
+        plan = _plan(store, conn, parsed_items, new_patients, today, patient_errors)
+    return store.run_write(
+        lambda conn: _apply(store, conn, parsed_items, parsed_patients, plan, today)
+    )

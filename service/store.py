@@ -1,0 +1,566 @@
+"""The persistent store: SQLAlchemy 2 engine, migrations, and typed queries.
+
+One :class:`Store` per app lives in ``app.extensions["kap_store"]``. Writes go
+through :meth:`Store.write`, a transaction that
+
+- on SQLite starts with ``BEGIN IMMEDIATE`` (the database write lock is taken
+  before anything is read, so read-validate-insert cannot interleave with
+  another writer) and runs in WAL mode with ``synchronous=FULL`` and foreign
+  keys on;
+- on PostgreSQL runs at READ COMMITTED and locks the patient rows it touches
+  (``SELECT ... FOR UPDATE`` in key order, so two writers never deadlock).
+
+A write is acknowledged to a client only after :meth:`Store.write` has
+committed. Migrations run on start under a lock (PostgreSQL advisory lock,
+SQLite ``BEGIN IMMEDIATE``) so two workers starting together are safe.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import math
+import os
+import secrets
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+from forecast.cohort import Cohort, canonicalize, empty_frame
+from forecast.contract import TABLES
+from service import db
+
+log = logging.getLogger("service.store")
+
+ROLES: tuple[str, ...] = ("clinician", "researcher", "admin")
+#: Arbitrary constant key of the PostgreSQL advisory lock guarding migrations.
+_MIGRATION_LOCK_KEY = 0x6B6170  # "kap"
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+T = TypeVar("T")
+
+
+class StoreError(RuntimeError):
+    """The store cannot do what was asked (unknown token name, duplicate name, ...)."""
+
+
+def utcnow() -> dt.datetime:
+    """Timezone-aware current time (UTC)."""
+    return dt.datetime.now(dt.UTC)
+
+
+def hash_token(token: str) -> str:
+    """sha256 hex digest of a bearer token (the only form ever stored)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------- hashing
+def _canonical_value(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, pd.Timestamp | dt.datetime):
+        return pd.Timestamp(value).strftime("%Y-%m-%d")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, bool | np.bool_):
+        return 1.0 if value else 0.0
+    if isinstance(value, int | float | np.integer | np.floating):
+        f = float(value)
+        return None if math.isnan(f) else f
+    if value is pd.NaT:
+        return None
+    return str(value)
+
+
+def row_hash(table: str, row: dict[str, Any]) -> str:
+    """sha256 of one canonical row's contract values (patient_id excluded).
+
+    Numbers are compared as floats and booleans as 1.0/0.0, so ``3`` and
+    ``3.0`` (or ``true`` and the stored boolean) hash alike.
+    """
+    payload = {
+        c.name: _canonical_value(row.get(c.name)) for c in TABLES[table] if c.name != "patient_id"
+    }
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def frame_records(table: str, frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows of a canonical frame as plain Python values keyed by contract column."""
+    cols = [c for c in TABLES[table] if c.name in frame.columns]
+    out: list[dict[str, Any]] = [{} for _ in range(len(frame))]
+    for c in cols:
+        values = frame[c.name].to_numpy()
+        for i, v in enumerate(values):
+            out[i][c.name] = _db_value(c.kind, v)
+    return out
+
+
+def _db_value(kind: str, v: Any) -> Any:
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NaT:
+        return None
+    if kind == "date":
+        if isinstance(v, np.datetime64):
+            if np.isnat(v):
+                return None
+            return pd.Timestamp(v).date()
+        return pd.Timestamp(v).date()
+    if kind == "int":
+        return int(v)
+    if kind == "float":
+        return float(v)
+    if kind == "bool":
+        return bool(v)
+    return str(v)
+
+
+# --------------------------------------------------------------------------- engine
+def _is_sqlite(url: sa.URL) -> bool:
+    return url.get_backend_name() == "sqlite"
+
+
+def make_engine(url: str | sa.URL, **kwargs: Any) -> Engine:
+    """Create the engine with the durability settings of the store.
+
+    SQLite: WAL journal, ``synchronous=FULL`` (a commit survives power loss),
+    foreign keys on, a 30 s busy timeout, and transactions started by us so
+    that writes can use ``BEGIN IMMEDIATE``. PostgreSQL: pre-ping pooled
+    connections (a restarted server does not fail the first request).
+    """
+    url = sa.make_url(url)
+    if _is_sqlite(url):
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        connect_args = {"timeout": 30, "check_same_thread": False}
+        connect_args.update(kwargs.pop("connect_args", {}))
+        engine = sa.create_engine(url, connect_args=connect_args, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Let SQLAlchemy's "begin" event emit BEGIN (pysqlite's own is deferred-only).
+            dbapi_connection.isolation_level = None
+            cur = dbapi_connection.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            if conn.get_execution_options().get("kap_write"):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                conn.exec_driver_sql("BEGIN")
+
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    if url.get_backend_name() == "postgresql":
+        # Fail a request (503) in seconds, not after the OS's TCP timeout.
+        connect_args = {"connect_timeout": 10, **kwargs.pop("connect_args", {})}
+        kwargs["connect_args"] = connect_args
+    return sa.create_engine(url, **kwargs)
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Whether a failed write transaction may succeed when run again."""
+    if isinstance(exc, sa.exc.IntegrityError):
+        return True  # a concurrent writer inserted the same key first; re-read and decide
+    if isinstance(exc, sa.exc.OperationalError):
+        text = str(exc.orig).lower() if exc.orig is not None else ""
+        return any(
+            word in text
+            for word in ("locked", "busy", "deadlock", "could not serialize", "serialization")
+        )
+    return False
+
+
+class Store:
+    """Typed access to the service database.
+
+    Parameters
+    ----------
+    url : str or sqlalchemy.URL
+        Database URL (``sqlite:///path`` or ``postgresql+psycopg://...``).
+    **engine_kwargs
+        Passed to :func:`sqlalchemy.create_engine` (tests pass ``connect_args``).
+    """
+
+    def __init__(self, url: str | sa.URL, **engine_kwargs: Any) -> None:
+        self.engine = make_engine(url, **engine_kwargs)
+        self.dialect = self.engine.dialect.name
+        # gunicorn --preload forks workers after create_app: a child must not reuse
+        # the parent's pooled connections (SQLAlchemy's documented recipe).
+        ref = weakref.ref(self)
+
+        def _after_fork() -> None:
+            store = ref()
+            if store is not None:
+                store.engine.dispose(close=False)
+
+        os.register_at_fork(after_in_child=_after_fork)
+
+    # ------------------------------------------------------------------ lifecycle
+    def migrate(self) -> str | None:
+        """Apply the packaged Alembic migrations up to head (under a lock).
+
+        Returns
+        -------
+        str or None
+            The schema revision after the upgrade.
+        """
+        from alembic import command
+        from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with self.engine.connect() as conn:
+            if self.dialect == "sqlite":
+                conn.execution_options(kap_write=True)
+            conn.begin()
+            if self.dialect == "postgresql":
+                # Held until commit: a second worker waits, then finds head applied.
+                conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY}
+                )
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            revision = MigrationContext.configure(conn).get_current_revision()
+            conn.commit()
+        return revision
+
+    def dispose(self) -> None:
+        """Close pooled connections (call when the app or test is done)."""
+        self.engine.dispose()
+
+    def ping(self) -> bool:
+        """Whether the database answers a trivial query."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            return True
+        except sa.exc.SQLAlchemyError:
+            return False
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read transaction (snapshot on SQLite WAL, READ COMMITTED on PostgreSQL)."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction; committed on normal exit, rolled back on error."""
+        with self.engine.connect() as conn:
+            if self.dialect == "sqlite":
+                conn.execution_options(kap_write=True)
+            with conn.begin():
+                yield conn
+
+    def run_write(
+        self, work: Callable[[Connection], T], *, attempts: int = 6, base_delay: float = 0.02
+    ) -> T:
+        """Run ``work(conn)`` in a write transaction, retrying on write conflicts.
+
+        ``work`` must be safe to repeat: it re-reads what it depends on inside
+        the transaction. Retries cover a concurrent insert of the same unique
+        key, a busy SQLite file and PostgreSQL deadlock/serialization errors.
+        """
+        for attempt in range(attempts):
+            try:
+                with self.write() as conn:
+                    return work(conn)
+            except sa.exc.DBAPIError as exc:
+                if attempt == attempts - 1 or not _retryable(exc):
+                    raise
+                # Jittered backoff so two retrying writers do not collide again.
+                time.sleep(base_delay * (2**attempt) * (0.5 + secrets.randbelow(1000) / 1000))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ------------------------------------------------------------------ patients
+    def lock_patients(self, conn: Connection, patient_ids: Iterable[str]) -> None:
+        """Lock the patients' rows until commit (PostgreSQL; SQLite is already serialised)."""
+        if self.dialect != "postgresql":
+            return
+        ids = sorted(set(patient_ids))
+        if ids:
+            conn.execute(
+                sa.select(db.patients.c.patient_id)
+                .where(db.patients.c.patient_id.in_(ids))
+                .order_by(db.patients.c.patient_id)
+                .with_for_update()
+            ).all()
+
+    def known_patients(self, conn: Connection, patient_ids: Iterable[str]) -> set[str]:
+        """The subset of ``patient_ids`` that exist in the store."""
+        ids = list(set(patient_ids))
+        found: set[str] = set()
+        for chunk in _chunks(ids, 900):
+            found.update(
+                conn.execute(
+                    sa.select(db.patients.c.patient_id).where(db.patients.c.patient_id.in_(chunk))
+                ).scalars()
+            )
+        return found
+
+    def upsert_patient(self, conn: Connection, record: dict[str, Any]) -> str:
+        """Insert or update one patient's covariates.
+
+        Parameters
+        ----------
+        conn : Connection
+            An open write transaction.
+        record : dict
+            ``patient_id`` plus canonical covariate values (contract columns).
+
+        Returns
+        -------
+        str
+            ``"created"``, ``"updated"`` or ``"unchanged"``.
+        """
+        pid = str(record["patient_id"])
+        values = {
+            c.name: _db_value(c.kind, record.get(c.name))
+            for c in TABLES["patients"]
+            if c.name != "patient_id"
+        }
+        digest = row_hash("patients", record)
+        now = utcnow()
+        current = conn.execute(
+            sa.select(db.patients.c.content_hash).where(db.patients.c.patient_id == pid)
+        ).scalar_one_or_none()
+        if current is None:
+            conn.execute(
+                sa.insert(db.patients).values(
+                    patient_id=pid, **values, content_hash=digest, created_at=now, updated_at=now
+                )
+            )
+            return "created"
+        if current == digest:
+            return "unchanged"
+        conn.execute(
+            sa.update(db.patients)
+            .where(db.patients.c.patient_id == pid)
+            .values(**values, content_hash=digest, updated_at=now)
+        )
+        return "updated"
+
+    def history(
+        self, conn: Connection, table: str, patient_ids: Sequence[str], *, with_ids: bool = False
+    ) -> pd.DataFrame:
+        """Stored rows of ``table`` for the patients, as a canonical frame.
+
+        With ``with_ids`` the frame also has ``client_id`` and ``content_hash``
+        columns (aligned with the canonical sort order).
+        """
+        t = db.patients if table == "patients" else db.HISTORY[table]
+        names = [c.name for c in TABLES[table]]
+        extra = ["client_id", "content_hash"] if with_ids and table != "patients" else []
+        rows: list[Any] = []
+        for chunk in _chunks(sorted(set(patient_ids)), 900):
+            rows.extend(
+                conn.execute(
+                    sa.select(*(t.c[n] for n in names + extra)).where(t.c.patient_id.in_(chunk))
+                ).all()
+            )
+        if not rows:
+            frame = empty_frame(table)
+            for name in extra:
+                frame[name] = pd.Series([], dtype=object)
+            return frame
+        raw = pd.DataFrame.from_records(rows, columns=names + extra)
+        frame = canonicalize(table, raw[names])
+        if extra:
+            # canonicalize sorts stably by (patient_id, date): apply the same order.
+            keys = ["patient_id", "date"]
+            order = (
+                raw.assign(date=pd.to_datetime(raw["date"])).sort_values(keys, kind="stable").index
+            )
+            for name in extra:
+                frame[name] = raw[name].to_numpy(dtype=object)[order]
+        return frame
+
+    def history_fingerprint(
+        self, conn: Connection, table: str, patient_ids: Sequence[str]
+    ) -> dict[str, tuple[int, int]]:
+        """``{patient_id: (row count, highest row id)}`` of a history table.
+
+        Rows are only ever inserted, so an unchanged fingerprint means the
+        patients' stored rows are exactly those seen before.
+        """
+        t = db.HISTORY[table]
+        out: dict[str, tuple[int, int]] = {}
+        for chunk in _chunks(sorted(set(patient_ids)), 900):
+            rows = conn.execute(
+                sa.select(t.c.patient_id, sa.func.count(), sa.func.max(t.c.row_id))
+                .where(t.c.patient_id.in_(chunk))
+                .group_by(t.c.patient_id)
+            ).all()
+            out.update({str(r[0]): (int(r[1]), int(r[2])) for r in rows})
+        return out
+
+    def cohort(self, patient_ids: Sequence[str], conn: Connection | None = None) -> Cohort:
+        """The stored history of the patients as one canonical :class:`Cohort`."""
+        if conn is None:
+            with self.read() as c:
+                return self.cohort(patient_ids, c)
+        return Cohort(
+            self.history(conn, "patients", patient_ids),
+            self.history(conn, "sessions", patient_ids),
+            self.history(conn, "assessments", patient_ids),
+        )
+
+    def insert_history(self, conn: Connection, table: str, rows: list[dict[str, Any]]) -> None:
+        """Insert already validated rows (``patient_id``, ``client_id``, contract values)."""
+        if not rows:
+            return
+        now = utcnow()
+        t = db.HISTORY[table]
+        payload = []
+        for row in rows:
+            item = {c.name: _db_value(c.kind, row.get(c.name)) for c in TABLES[table]}
+            item["client_id"] = row.get("client_id")
+            item["content_hash"] = row["content_hash"]
+            item["created_at"] = now
+            payload.append(item)
+        conn.execute(sa.insert(t), payload)
+
+    def count(self, table: str, patient_id: str | None = None) -> int:
+        """Number of rows of a table (optionally of one patient)."""
+        t = db.metadata.tables[table]
+        query = sa.select(sa.func.count()).select_from(t)
+        if patient_id is not None:
+            query = query.where(t.c.patient_id == patient_id)
+        with self.read() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    # ------------------------------------------------------------------ tokens
+    def create_token(self, name: str, role: str) -> str:
+        """Create a bearer token and return it (only its sha256 is stored).
+
+        Raises
+        ------
+        StoreError
+            If ``role`` is unknown or ``name`` is already used (revoked names
+            stay taken so audit rows keep naming one token).
+        """
+        if role not in ROLES:
+            raise StoreError(f"role {role!r}: allowed: {', '.join(ROLES)}")
+        name = name.strip()
+        if not name or len(name) > db.ID_LENGTH:
+            raise StoreError(f"token name: allowed: 1 to {db.ID_LENGTH} characters")
+        token = secrets.token_urlsafe(32)
+        try:
+            with self.write() as conn:
+                conn.execute(
+                    sa.insert(db.tokens).values(
+                        name=name, role=role, token_hash=hash_token(token), created_at=utcnow()
+                    )
+                )
+        except sa.exc.IntegrityError as exc:
+            raise StoreError(f"a token named {name!r} already exists") from exc
+        return token
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        """All tokens without secrets: name, role, created_at, revoked_at."""
+        t = db.tokens
+        with self.read() as conn:
+            rows = conn.execute(
+                sa.select(t.c.name, t.c.role, t.c.created_at, t.c.revoked_at).order_by(t.c.name)
+            ).all()
+        return [_aware_times(dict(r._mapping)) for r in rows]
+
+    def revoke_token(self, name: str) -> bool:
+        """Revoke the token called ``name``; False if there is none (or already revoked)."""
+        t = db.tokens
+        with self.write() as conn:
+            result = conn.execute(
+                sa.update(t)
+                .where(t.c.name == name, t.c.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            )
+        return result.rowcount == 1
+
+    def token_principal(self, token: str) -> tuple[str, str] | None:
+        """``(name, role)`` of a live token, or None (unknown or revoked)."""
+        digest = hash_token(token)
+        t = db.tokens
+        with self.read() as conn:
+            row = conn.execute(
+                sa.select(t.c.name, t.c.role, t.c.token_hash).where(
+                    t.c.token_hash == digest, t.c.revoked_at.is_(None)
+                )
+            ).first()
+        # The lookup is by hash (no timing signal about the token itself); compare
+        # again in constant time so a collation quirk can never match a near miss.
+        if row is None or not hmac.compare_digest(row.token_hash, digest):
+            return None
+        return row.name, row.role
+
+    # ------------------------------------------------------------------ audit
+    def add_audit(self, rows: list[dict[str, Any]], conn: Connection | None = None) -> None:
+        """Append audit rows (one per forecast served)."""
+        if not rows:
+            return
+        if conn is None:
+            with self.write() as c:
+                self.add_audit(rows, c)
+            return
+        now = utcnow()
+        conn.execute(sa.insert(db.audit), [{"time": now, **r} for r in rows])
+
+    def audit_rows(self, patient_id: str | None = None) -> list[dict[str, Any]]:
+        """Audit rows, oldest first (optionally of one patient)."""
+        t = db.audit
+        query = sa.select(t).order_by(t.c.audit_id)
+        if patient_id is not None:
+            query = query.where(t.c.patient_id == patient_id)
+        with self.read() as conn:
+            return [_aware_times(dict(r._mapping)) for r in conn.execute(query).all()]
+
+    # ------------------------------------------------------------------ shared state
+    def get_state(self, key: str) -> str | None:
+        """A shared setting (e.g. ``live_model_version``), or None."""
+        t = db.service_state
+        with self.read() as conn:
+            return conn.execute(sa.select(t.c.value).where(t.c.key == key)).scalar_one_or_none()
+
+    def set_state(self, key: str, value: str) -> None:
+        """Set a shared setting (insert or update, atomically)."""
+        t = db.service_state
+
+        def work(conn: Connection) -> None:
+            now = utcnow()
+            done = conn.execute(
+                sa.update(t).where(t.c.key == key).values(value=value, updated_at=now)
+            )
+            if done.rowcount == 0:
+                conn.execute(sa.insert(t).values(key=key, value=value, updated_at=now))
+
+        self.run_write(work)
+
+
+def _aware_times(row: dict[str, Any]) -> dict[str, Any]:
+    """Mark stored times as UTC (SQLite returns them without a zone)."""
+    for key, value in row.items():
+        if isinstance(value, dt.datetime) and value.tzinfo is None:
+            row[key] = value.replace(tzinfo=dt.UTC)
+    return row
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
