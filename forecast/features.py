@@ -19,8 +19,11 @@ Context columns (not features) serve the policy and the explanations: the
 episode, the last session, whether the response is known yet, whether waning
 has been seen, the latest PHQ-9 / severity / response state with the baseline
 and the response threshold, and the safety flag (the most severe flag among
-the assessments dated on or after the last session's day, and always the
-latest assessment; all history when there is no session yet).
+the assessments dated on or after the last session's day, the data having
+no time of day; all history when there is no session yet). An assessment
+dated before the last session's day never counts, not even the latest one:
+that is the rule of :mod:`forecast.policy`, whose safety override must agree
+with this column).
 """
 
 from __future__ import annotations
@@ -377,17 +380,15 @@ def _compute(ctx: _Context, q_pc: np.ndarray, q_day: np.ndarray, *, full: bool) 
     with np.errstate(invalid="ignore", divide="ignore"):
         slope = np.where((n_w >= 2) & (den > 1e-9), 7.0 * (n_w * sxy - sx * sy) / den, np.nan)
 
-    # --- safety: worst flag since the last session's day, and the latest row ----
+    # --- safety: worst flag among rows dated on or after the last session's day ----
+    # (the policy's window). When the latest assessment predates the last
+    # session there is no row in the window: no flag, even if that row had one.
     na = max(len(a), 1)
     code_latest = _take(ctx.safety_code, ai, -1).astype(np.int64)
     same_grp = (ai >= 0) & (
         _take(ctx.a_owner2, ai, 0).astype(np.int64) == np.where(has_s, si, -1 - q_pc)
     )
-    raw = prep.a_rank
-    own_code = np.where(
-        (ai >= 0) & (_take(raw, ai, 0) > 0), _take(raw, ai, 0).astype(np.int64) * na + ai, -1
-    )
-    code = np.where(same_grp, code_latest, own_code)
+    code = np.where(same_grp, code_latest, -1)
     s_pos = np.where(code >= 0, code % na, -1)
 
     # --- assemble ---------------------------------------------------------------

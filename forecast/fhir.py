@@ -28,13 +28,27 @@ same in R4). What is accepted (see docs/readme/clinic.md for the full table):
 All resources of one patient dated the same day become one assessment row;
 answers given twice must agree. An Observation ``derivedFrom`` a
 QuestionnaireResponse in the same Bundle joins that response's row.
+
+Refused (an error naming the element; nothing is imported): a code outside
+the required value set of ``Patient.gender``, ``Observation.status``,
+``QuestionnaireResponse.status`` or ``Procedure.status`` (fhir.resources does
+not check these bindings); a Patient without an ``id`` (a ``urn:uuid``
+fullUrl is a placeholder, not an identity); a score with a
+``valueQuantity.comparator``; and, when the caller knows the stored patients,
+a ``subject`` that is neither a Patient of the Bundle nor stored.
+
+Not imported, and listed as such in the answer (a warning on the entry), never
+silently: resources with a valid status outside the imported ones, e.g.
+``entered-in-error`` or ``cancelled`` Observations, ``entered-in-error``,
+``in-progress`` or ``stopped`` QuestionnaireResponses. ``preliminary``
+Observations are imported (see :data:`OBSERVATION_STATUSES`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -151,9 +165,48 @@ PHQ9_ANSWER_TEXT: dict[str, int] = {
 YES_CODES: frozenset[str] = frozenset({"la33-6", "y", "yes", "true", "1"})
 NO_CODES: frozenset[str] = frozenset({"la32-8", "n", "no", "false", "0"})
 
+#: Statuses whose resources are imported. ``preliminary`` Observations are
+#: imported too: a questionnaire score is complete when the patient submits
+#: it, and EHRs often leave it preliminary until a clinician signs it off.
 QR_STATUSES: frozenset[str] = frozenset({"completed", "amended"})
 OBSERVATION_STATUSES: frozenset[str] = frozenset({"final", "amended", "corrected", "preliminary"})
 PROCEDURE_STATUSES: frozenset[str] = frozenset({"completed"})
+
+# Required bindings of the elements read here. fhir.resources checks the
+# structure but not these value sets, so a code outside them ("F", "done")
+# would otherwise pass silently; it is an error that names the element.
+#: Patient.gender (AdministrativeGender).
+PATIENT_GENDER_CODES: frozenset[str] = frozenset({"male", "female", "other", "unknown"})
+#: Observation.status (ObservationStatus).
+OBSERVATION_STATUS_CODES: frozenset[str] = frozenset(
+    {
+        "registered",
+        "preliminary",
+        "final",
+        "amended",
+        "corrected",
+        "cancelled",
+        "entered-in-error",
+        "unknown",
+    }
+)
+#: QuestionnaireResponse.status (QuestionnaireResponseStatus).
+QR_STATUS_CODES: frozenset[str] = frozenset(
+    {"in-progress", "completed", "amended", "entered-in-error", "stopped"}
+)
+#: Procedure.status (EventStatus).
+PROCEDURE_STATUS_CODES: frozenset[str] = frozenset(
+    {
+        "preparation",
+        "in-progress",
+        "not-done",
+        "on-hold",
+        "stopped",
+        "completed",
+        "entered-in-error",
+        "unknown",
+    }
+)
 BUNDLE_TYPES: frozenset[str] = frozenset({"transaction", "batch", "collection"})
 
 _ROUTE_WORDS: tuple[tuple[str, str], ...] = (
@@ -358,6 +411,13 @@ def _reference_id(ref: str | None, resource_type: str, full_urls: Mapping[str, s
     return m.group(1) if m else None
 
 
+def _restful_id(full_url: str | None, resource_type: str) -> str | None:
+    """The logical id in a RESTful fullUrl ``[base]/<type>/<id>`` (None for urn:uuid etc.)."""
+    if not full_url or full_url.startswith("urn:"):
+        return None
+    return _reference_id(full_url, resource_type, {})
+
+
 def _as_date(value: Any) -> dt.date | None:
     """The calendar date as written (local time of the source, not converted to UTC)."""
     if value is None:
@@ -446,11 +506,22 @@ def _item_score(holder: Any, prefix: str, *, codeable: str) -> float | None:
             return x
     q = getattr(holder, "valueQuantity", None)
     if q is not None and q.value is not None:
+        _exact(q, prefix)
         x = float(q.value)
         if not x.is_integer() or not 0 <= x <= 3:
             raise _Bad(f"got {x:g}; allowed: a whole number from 0 to 3", f"{prefix}.valueQuantity")
         return x
     return None
+
+
+def _exact(quantity: Any, prefix: str) -> None:
+    """Refuse a score given with a comparator ("< 10" is not a score)."""
+    if quantity.comparator is not None:
+        raise _Bad(
+            f"got comparator {quantity.comparator!r}; a questionnaire score is an exact "
+            "number, send it without a comparator",
+            f"{prefix}.valueQuantity.comparator",
+        )
 
 
 def _total_score(holder: Any, prefix: str) -> float | None:
@@ -464,6 +535,7 @@ def _total_score(holder: Any, prefix: str) -> float | None:
             return x
     q = getattr(holder, "valueQuantity", None)
     if q is not None and q.value is not None:
+        _exact(q, prefix)
         x = float(q.value)
         if not x.is_integer() or not 0 <= x <= 27:
             raise _Bad(
@@ -527,8 +599,15 @@ class _Row:
 
 
 class _Mapper:
-    def __init__(self, known_first_session: Mapping[str, Any] | None):
+    def __init__(
+        self,
+        known_first_session: Mapping[str, Any] | None,
+        known_patients: Collection[str] | None = None,
+    ):
         self.out = MappedRecords()
+        # None: no store to ask (the command line), every referenced patient is new.
+        self.known_patients = None if known_patients is None else frozenset(known_patients)
+        self.bundle_patients: set[str] = set()
         self.errors: list[FhirIssue] = []
         self.rows: dict[tuple[str, dt.date], _Row] = {}
         self.by_resource: dict[str, tuple[str, dt.date]] = {}  # "QuestionnaireResponse/x" -> key
@@ -546,6 +625,21 @@ class _Mapper:
 
     def warn(self, code: str, message: str, expr: str) -> None:
         self.out.issues.append(FhirIssue("warning", code, message, expr))
+
+    def bound(self, value: str | None, allowed: frozenset[str], expr: str) -> bool:
+        """Whether a code of a required binding is allowed (an error names it if not)."""
+        if value is None or value in allowed:
+            return True
+        self.error(
+            "code-invalid",
+            f"got {value!r}; allowed (required value set): " + ", ".join(sorted(allowed)),
+            expr,
+        )
+        return False
+
+    def skip(self, rtype: str, status: str | None, expr: str, why: str) -> None:
+        """Say that a valid resource is not imported because of its status (never silently)."""
+        self.warn("business-rule", f"not imported: {rtype} with status {status!r}; {why}", expr)
 
     def client_id(self, rtype: str, res: Any, full_url: str | None, expr: str) -> str | None:
         if res.id:
@@ -570,6 +664,18 @@ class _Mapper:
                 "required",
                 f"{element} must reference the patient (Patient/<id> or the fullUrl of a Patient "
                 f"entry); {shown}",
+                f"{expr}.{element}",
+            )
+            return None
+        if (
+            self.known_patients is not None
+            and pid not in self.bundle_patients
+            and pid not in self.known_patients
+        ):
+            self.error(
+                "not-found",
+                f"{element} {reference!r}: no Patient {pid!r} is in this Bundle or already "
+                "stored; send the Patient resource in the same Bundle (or import it first)",
                 f"{expr}.{element}",
             )
             return None
@@ -622,15 +728,24 @@ class _Mapper:
 
     # -- resources ----------------------------------------------------------------
     def patient(self, res: Any, expr: str, full_url: str | None) -> tuple[str, str | None]:
-        # A Patient created in a transaction may have no id, only a urn:uuid fullUrl.
-        pid = res.id or (self.patient_full_urls.get(full_url) if full_url else None)
+        # The id becomes patient_id, the key of the patient's whole history, so
+        # it must be stable: an id, or a RESTful fullUrl ".../Patient/<id>". A
+        # urn:uuid fullUrl is a placeholder that changes with every transaction:
+        # a retried import would create a second patient.
+        pid = res.id or _restful_id(full_url, "Patient")
         if pid is None:
             self.error(
                 "required",
-                "Patient needs an id or a fullUrl (it becomes patient_id)",
+                "Patient needs an id (it becomes patient_id); a urn:uuid fullUrl is only a "
+                "placeholder and cannot identify the patient across imports"
+                if full_url
+                else "Patient needs an id (it becomes patient_id)",
                 f"{expr}.id",
             )
             return "Patient", None
+        if not self.bound(res.gender, PATIENT_GENDER_CODES, f"{expr}.gender"):
+            return "Patient", None
+        self.bundle_patients.add(pid)
         rec = self.out.patients.setdefault(pid, {"patient_id": pid})
         self.out.patient_sources[pid] = expr
         if res.gender:
@@ -647,12 +762,19 @@ class _Mapper:
         self, res: Any, expr: str, full_url: str | None
     ) -> tuple[str, str | None]:
         cid = self.client_id("QuestionnaireResponse", res, full_url, expr)
+        if not self.bound(res.status, QR_STATUS_CODES, f"{expr}.status"):
+            return "QuestionnaireResponse", None
         if res.status not in QR_STATUSES:
-            self.warn(
-                "business-rule",
-                f"QuestionnaireResponse with status {res.status!r} ignored; only completed or "
-                "amended responses are imported",
+            self.skip(
+                "QuestionnaireResponse",
+                res.status,
                 f"{expr}.status",
+                "only completed or amended responses are imported"
+                + (
+                    " (a response entered in error is not data about the patient)"
+                    if res.status == "entered-in-error"
+                    else ""
+                ),
             )
             return "QuestionnaireResponse", None
         pid = self.patient_of(res, expr)
@@ -737,12 +859,14 @@ class _Mapper:
         self, res: Any, expr: str, full_url: str | None, derived: Mapping[str, tuple[str, dt.date]]
     ) -> tuple[str, str | None]:
         cid = self.client_id("Observation", res, full_url, expr)
+        if not self.bound(res.status, OBSERVATION_STATUS_CODES, f"{expr}.status"):
+            return "Observation", None
         if res.status not in OBSERVATION_STATUSES:
-            self.warn(
-                "business-rule",
-                f"Observation with status {res.status!r} ignored; imported statuses: "
-                + ", ".join(sorted(OBSERVATION_STATUSES)),
+            self.skip(
+                "Observation",
+                res.status,
                 f"{expr}.status",
+                "imported statuses: " + ", ".join(sorted(OBSERVATION_STATUSES)),
             )
             return "Observation", None
         codes = _codes(res.code)
@@ -836,6 +960,8 @@ class _Mapper:
 
     def procedure(self, res: Any, expr: str, full_url: str | None) -> tuple[str, str | None]:
         cid = self.client_id("Procedure", res, full_url, expr)
+        if not self.bound(res.status, PROCEDURE_STATUS_CODES, f"{expr}.status"):
+            return "Procedure", None
         if not is_ketamine_procedure(res):
             self.warn(
                 "not-supported",
@@ -845,11 +971,7 @@ class _Mapper:
             )
             return "Procedure", None
         if res.status not in PROCEDURE_STATUSES:
-            self.warn(
-                "business-rule",
-                f"Procedure with status {res.status!r} ignored; only completed sessions count",
-                f"{expr}.status",
-            )
+            self.skip("Procedure", res.status, f"{expr}.status", "only completed sessions count")
             return "Procedure", None
         pid = self.patient_of(res, expr)
         when = res.performedDateTime or (
@@ -1051,6 +1173,7 @@ def map_resources(
     expressions: Sequence[str] | None = None,
     full_urls: Sequence[str | None] | None = None,
     known_first_session: Mapping[str, Any] | None = None,
+    known_patients: Collection[str] | None = None,
 ) -> MappedRecords:
     """Validate FHIR resources with fhir.resources and map them to contract records.
 
@@ -1066,6 +1189,10 @@ def map_resources(
     known_first_session : mapping, optional
         ``patient_id`` -> date of the first session already on record, so a
         session of unstated kind is an induction only if it is the first ever.
+    known_patients : collection of str, optional
+        Patients already on record. When given, a resource whose subject is
+        neither a Patient of ``resources`` nor one of these is an error naming
+        its ``subject``; when None (no store to ask) such a patient is new.
 
     Returns
     -------
@@ -1074,14 +1201,15 @@ def map_resources(
     Raises
     ------
     FhirError
-        With every error found (structure, codes, values, disagreements).
+        With every error found (structure, codes of required bindings, values,
+        unknown patients, disagreements).
     """
     from fhir.resources.R4B import get_fhir_model_class
 
     n = len(resources)
     exprs = list(expressions or [f"Bundle.entry[{i}].resource" for i in range(n)])
     urls = list(full_urls or [None] * n)
-    m = _Mapper(known_first_session)
+    m = _Mapper(known_first_session, known_patients)
     parsed: list[Any] = [None] * n
     for i, raw in enumerate(resources):
         rtype = raw.get("resourceType") if isinstance(raw, Mapping) else None
@@ -1105,7 +1233,9 @@ def map_resources(
         if urls[i]:
             m.full_urls[urls[i]] = f"{rtype}/{parsed[i].id or urls[i]}"
             if rtype == "Patient":
-                m.patient_full_urls[urls[i]] = parsed[i].id or urls[i].rsplit(":", 1)[-1]
+                pid = parsed[i].id or _restful_id(urls[i], "Patient")
+                if pid is not None:
+                    m.patient_full_urls[urls[i]] = pid
     # Patients first, so references through fullUrl resolve and covariates attach.
     results: list[tuple[str, str | None]] = [("", None)] * n
     for i, res in enumerate(parsed):
@@ -1159,9 +1289,13 @@ def map_bundle(
     bundle: Any,
     *,
     known_first_session: Mapping[str, Any] | None = None,
+    known_patients: Collection[str] | None = None,
     types: Iterable[str] = BUNDLE_TYPES,
 ) -> MappedRecords:
     """Validate a Bundle (transaction, batch or collection) and map its entries.
+
+    ``known_first_session`` and ``known_patients`` are passed to
+    :func:`map_resources`.
 
     Raises
     ------
@@ -1228,6 +1362,7 @@ def map_bundle(
         resources,
         full_urls=[e.get("fullUrl") for e in entries],
         known_first_session=known_first_session,
+        known_patients=known_patients,
     )
 
 
@@ -1236,6 +1371,18 @@ DECISION_SUPPORT_NOTE = (
     "Decision support for timing maintenance sessions, not a suicide-risk assessment and not "
     "a clearance; clinical judgement decides."
 )
+#: Label of a risk that describes the model's training episodes, not this patient.
+POPULATION_NOTE = "population estimate, not personalised"
+
+
+def is_population(answer: Mapping[str, Any]) -> bool:
+    """Whether the answer's risks are the population estimate (``risk.kind == "population"``).
+
+    The policy gives such risks when a personalised forecast does not apply
+    (status insufficient_data): they describe the model's training episodes,
+    so every output must say so and none may present them as the patient's own.
+    """
+    return str((answer.get("risk") or {}).get("kind")) == "population"
 
 
 def risk_assessment(
@@ -1263,11 +1410,17 @@ def risk_assessment(
         The resource; each risk horizon is one ``prediction`` with
         ``probabilityDecimal`` (risk that the benefit has waned by then) and
         ``whenRange`` from 0 to the horizon in days after ``occurrenceDateTime``.
+        A population estimate (``risk.kind == "population"``) gives no
+        ``prediction``: a RiskAssessment's predictions are read as the
+        subject's own, and these numbers are not. A note says why and shows
+        them labelled "population estimate, not personalised"; ``method``
+        says so too.
     """
     as_of = str(answer["as_of"])[:10]
     risk = answer.get("risk") or {}
+    population = is_population(answer)
     predictions = []
-    for h in risk.get("horizons") or []:
+    for h in [] if population else risk.get("horizons") or []:
         if h.get("risk") is None:
             continue
         pred: dict[str, Any] = {
@@ -1299,11 +1452,23 @@ def risk_assessment(
                 + (f" Reasons: {reasons}." if reasons else "")
             },
         )
+    if population:
+        shown = horizons_text(answer)
+        notes.append(
+            {
+                "text": "No personalised prediction for this patient (status "
+                f"{answer.get('status')}), so this RiskAssessment has no prediction. "
+                f"Risk that the benefit has waned, {POPULATION_NOTE} (the model's training "
+                "episodes still without waning this long after their session)"
+                + (f": {shown}." if shown else ".")
+            }
+        )
     sug = answer.get("suggestion") or {}
     if sug.get("session_by"):
         notes.append(
             {
                 "text": f"Suggested next maintenance session by {sug['session_by']}"
+                + (f" ({POPULATION_NOTE})" if sug.get("basis") == "population" else "")
                 + (
                     f" (window {sug.get('window_start')} to {sug.get('window_end')})"
                     if sug.get("window_start")
@@ -1328,7 +1493,10 @@ def risk_assessment(
         "subject": {"reference": f"Patient/{answer['patient_id']}"},
         "occurrenceDateTime": as_of,
         "method": {
-            "text": f"kap-forecast survival model, version {answer.get('model_version')}",
+            "text": (
+                f"kap-forecast survival model, version {answer.get('model_version')}"
+                + (f"; {POPULATION_NOTE}: no prediction for this patient" if population else "")
+            ),
         },
         "code": {"text": "Forecast of when the benefit of ketamine treatment wanes"},
         "note": notes,

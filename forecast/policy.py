@@ -272,6 +272,46 @@ def _context(
         how="left",
     )
     ctx["waned_phq9"] = w["phq9"].to_numpy(dtype=float)
+    # Which waning criterion the waning assessment met, so that the texts say
+    # what happened: suicidal ideation can end the benefit while the PHQ-9
+    # total is still in response, and "not in response" would then be false.
+    # Same criteria and order as forecast.episodes (C-SSRS, item 9, symptoms).
+    ws = ctx[["patient_id", "waned_date"]].merge(
+        scored[["patient_id", "date", "item9", "cssrs_ideation"]].drop_duplicates(
+            ["patient_id", "date"]
+        ),
+        left_on=["patient_id", "waned_date"],
+        right_on=["patient_id", "date"],
+        how="left",
+    )
+    # The item-9 criterion applies only when item 9 was exactly 0 at the
+    # episode's start (its response assessment), as in forecast.episodes.
+    start9 = (
+        ctx[["patient_id", "response_date"]]
+        .merge(
+            scored[["patient_id", "date", "item9"]].drop_duplicates(["patient_id", "date"]),
+            left_on=["patient_id", "response_date"],
+            right_on=["patient_id", "date"],
+            how="left",
+        )["item9"]
+        .to_numpy(dtype=float)
+    )
+    seen = ctx["waned_seen"].to_numpy(dtype=bool)
+    item9 = np.where(start9 == 0, ws["item9"].to_numpy(dtype=float), np.nan)
+    cssrs = ws["cssrs_ideation"].to_numpy(dtype=float)
+    wphq = ctx["waned_phq9"].to_numpy(dtype=float)
+    with np.errstate(invalid="ignore"):
+        ctx["waned_symptoms"] = (
+            seen
+            & (wphq > _def(definition, "response_fraction", 0.5) * ctx["baseline_phq9"].to_numpy())
+            & (wphq >= _def(definition, "waned_phq9_min", 10.0))
+        )
+        ctx["waned_cssrs"] = np.where(
+            seen & (cssrs >= _def(definition, "si_cssrs_min", 2)), cssrs, np.nan
+        )
+        ctx["waned_item9"] = np.where(
+            seen & (item9 >= _def(definition, "si_item9_min", 1)), item9, np.nan
+        )
 
     # Every flagged answer on or after the last session's day (the data carry
     # no time of day, so an answer from the session day counts: the cautious
@@ -922,8 +962,8 @@ def _suggestion_block(
         reasons = {
             "no_treatment": "No maintenance date is suggested: there is no session on record.",
             "not_in_response": (
-                "No maintenance date is suggested: the latest scores are not in response; "
-                "review the treatment plan."
+                f"No maintenance date is suggested: {_not_in_response_why(c)}; review the "
+                "treatment plan."
             ),
             "insufficient_data": (
                 "No maintenance date is suggested: the data are insufficient and the model "
@@ -970,6 +1010,53 @@ def _suggestion_block(
     }
 
 
+def _si_waning(c: dict) -> str | None:
+    """``"C-SSRS ... level 4 on <date>"`` when suicidal ideation ended the benefit, else None."""
+    parts = []
+    if pd.notna(c.get("waned_cssrs")):
+        parts.append(f"C-SSRS screener ideation level {_int(c['waned_cssrs'])}")
+    if pd.notna(c.get("waned_item9")):
+        parts.append(f"PHQ-9 item 9 answered {_int(c['waned_item9'])}")
+    if not c.get("waned_seen") or not parts:
+        return None
+    return " and ".join(parts) + f" on {_d(c['waned_date'])}"
+
+
+def _not_in_response_why(c: dict) -> str:
+    """Why status not_in_response applies, as a clause that agrees with ``current``.
+
+    The status comes from the last session's episode (no response, or waning
+    seen since); ``current.response_state`` describes the latest PHQ-9 only.
+    The clause names the measured cause so that the two never read as a
+    contradiction (e.g. waning by suicidal ideation while the PHQ-9 is still
+    in response, or a later score back in response after a non-response).
+    """
+    si = _si_waning(c)
+    if si is not None:
+        out = f"suicidal ideation re-emerged since the last session ({si})"
+        if c.get("waned_symptoms"):
+            out += f" and PHQ-9 {_int(c['waned_phq9'])} is no longer in response"
+        return out
+    if c["waned_seen"]:
+        return (
+            f"the benefit has waned since the last session (PHQ-9 {_int(c['waned_phq9'])} "
+            f"on {_d(c['waned_date'])}, no longer in response)"
+        )
+    if c["response_status"] == "not_responded":
+        return (
+            f"the last session ({_d(c['last_session'])}) did not lead to response (PHQ-9 "
+            f"{_int(c['response_phq9'])} on {_d(c['response_date'])})"
+        )
+    return (
+        f"the latest PHQ-9 since the last session ({_int(c['latest_phq9'])} on "
+        f"{_d(c['latest_phq9_date'])}) is not in response"
+    )
+
+
+def _in_response_now(c: dict) -> bool:
+    return c["response_state"] in ("in_response", "in_remission")
+
+
 def _status_reason(
     st: str, base: str, c: dict, sugg: dict[str, np.ndarray], i: int, safety: dict, frac: float
 ) -> str:
@@ -981,8 +1068,10 @@ def _status_reason(
         kind = "an urgent" if safety["level"] == URGENT else "a review"
         more = len(safety["triggered_by"]) - 1
         extra = f" ({more} further flagged answer(s) listed under safety)" if more > 0 else ""
+        # With no session on record the safety window is the whole history.
+        since = "since the last session" if c["has_session"] else "on record"
         return (
-            f"A safety rule raised {kind} flag since the last session{where}{extra}. Clinical "
+            f"A safety rule raised {kind} flag {since}{where}{extra}. Clinical "
             "review of the suicidal-ideation answer comes before any maintenance planning."
         )
     if st == "no_treatment":
@@ -1012,6 +1101,19 @@ def _status_reason(
             "forecast; " + population
         )
     if st == "not_in_response":
+        si = _si_waning(c)
+        if si is not None:
+            phq = (
+                f"; the PHQ-9 ({_int(c['latest_phq9'])} on {_d(c['latest_phq9_date'])}) is "
+                "still in response"
+                if _in_response_now(c)
+                else ""
+            )
+            return (
+                f"Suicidal ideation re-emerged since the last session ({si}), which counts as "
+                f"the benefit having waned{phq}. Review the suicidal-ideation answer and the "
+                "treatment plan."
+            )
         if c["waned_seen"]:
             return (
                 f"The benefit has visibly waned since the last session: PHQ-9 "
@@ -1019,10 +1121,16 @@ def _status_reason(
                 "treatment plan."
             )
         if c["response_status"] == "not_responded":
+            later = (
+                f" The latest PHQ-9 ({_int(c['latest_phq9'])} on {_d(c['latest_phq9_date'])}) "
+                "is in response, but the response to a session is measured at its first PHQ-9."
+                if _in_response_now(c)
+                else ""
+            )
             return (
                 f"The last session ({_d(c['last_session'])}) did not lead to response: PHQ-9 "
-                f"{_int(c['response_phq9'])} on {_d(c['response_date'])}; {rule}. Review the "
-                "treatment plan."
+                f"{_int(c['response_phq9'])} on {_d(c['response_date'])}; {rule}.{later} Review "
+                "the treatment plan."
             )
         return (
             f"Not in response since the last session ({_d(c['last_session'])}): PHQ-9 "
@@ -1034,14 +1142,24 @@ def _status_reason(
             why = "the forecast risk that the benefit has waned exceeds the threshold already"
         else:
             why = "the longest interval after the last session has been reached"
-        return (
-            f"In response after the last session (PHQ-9 {_int(c['latest_phq9'])}, {rule}), "
-            f"but {why}: a session is due now."
-        )
+        return f"{_responded_text(c, rule)}, but {why}: a session is due now."
+    return f"{_responded_text(c, rule)}; the suggestion follows the personalised forecast."
+
+
+def _responded_text(c: dict, rule: str) -> str:
+    """The first clause of routine / session_due, true to ``current.response_state``.
+
+    The forecast applies from the session's response until waning is seen;
+    a latest score above the response threshold but below the waning
+    cut-off is neither "in response" nor "waned", and is said as such.
+    """
+    latest = f"PHQ-9 {_int(c['latest_phq9'])} on {_d(c['latest_phq9_date'])}"
+    if _in_response_now(c):
+        return f"In response after the last session ({latest}; {rule})"
     return (
-        f"In response after the last session (PHQ-9 {_int(c['latest_phq9'])} on "
-        f"{_d(c['latest_phq9_date'])}; {rule}); the suggestion follows the personalised "
-        "forecast."
+        f"Responded after the last session (PHQ-9 {_int(c['response_phq9'])} on "
+        f"{_d(c['response_date'])}); the latest score ({latest}) is above the response "
+        f"threshold but not counted as waned ({rule})"
     )
 
 

@@ -14,7 +14,12 @@ Cards (they carry the same date and risks as the JSON forecast):
   ``urgent_review``): review before any maintenance planning;
 - otherwise "Next maintenance session by <date>" (indicator ``info``, or
   ``warning`` when the session is due now or the patient is not in response),
-  with the risks at the horizons and a link to the clinician page.
+  with the risks at the horizons and a link to the clinician page. When the
+  risks are the population estimate (``risk.kind == "population"``, status
+  insufficient_data), the summary and the risk line say "population
+  estimate, not personalised" and ``extension.kap-forecast.risk_kind`` is
+  ``population``: the numbers describe the model's training episodes, not the
+  patient.
 
 Prefetched Observations / QuestionnaireResponses / Procedures of the patient
 are mapped by :mod:`forecast.fhir` and combined with the stored history for
@@ -37,7 +42,13 @@ import jwt
 import pandas as pd
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from forecast.fhir import FhirError, horizons_text, map_resources
+from forecast.fhir import (
+    POPULATION_NOTE,
+    FhirError,
+    horizons_text,
+    is_population,
+    map_resources,
+)
 from forecast.instruments import (
     LOINC_CSSRS_BEHAVIOR,
     LOINC_CSSRS_IDEATION,
@@ -389,6 +400,14 @@ def _combined_cohort(pid: str, prefetch: Mapping[str, Any]) -> tuple[Any, list[s
     except FhirError:
         notes.append("Some prefetched EHR data could not be read and were not used.")
         return (cohort if known else None), notes
+    # Resources skipped for their status (entered-in-error, cancelled, ...) are
+    # said, never dropped silently.
+    skipped = sum(i.diagnostics.startswith("not imported:") for i in mapped.issues)
+    if skipped:
+        notes.append(
+            f"{skipped} prefetched resource(s) were not used because of their status "
+            "(e.g. entered-in-error, cancelled, in-progress)."
+        )
     frames = {"sessions": cohort.sessions, "assessments": cohort.assessments}
     added = 0
     for table in ("sessions", "assessments"):
@@ -446,6 +465,7 @@ def cards_for(answer: Mapping[str, Any], link: str, notes: list[str]) -> list[di
     safety = answer.get("safety") or {}
     sug = answer.get("suggestion") or {}
     status = answer.get("status")
+    population = is_population(answer)
     data = {
         "patient_id": answer["patient_id"],
         "as_of": answer["as_of"],
@@ -457,6 +477,7 @@ def cards_for(answer: Mapping[str, Any], link: str, notes: list[str]) -> list[di
         "risks": {
             str(h["days"]): h["risk"] for h in (answer.get("risk") or {}).get("horizons") or []
         },
+        "risk_kind": (answer.get("risk") or {}).get("kind"),
         "safety_level": safety.get("level"),
     }
     tail = (
@@ -486,10 +507,15 @@ def cards_for(answer: Mapping[str, Any], link: str, notes: list[str]) -> list[di
             f"Maintenance session due now (by {_human(sug['session_by'])})"
             if due
             else f"Next maintenance session by {_human(sug['session_by'])}"
+        ) + (f" ({POPULATION_NOTE})" if population else "")
+        label = (
+            f", {POPULATION_NOTE} (the model's training episodes, not this patient)"
+            if population
+            else ""
         )
         detail = (
             f"{sug.get('rationale') or ''}\n\n"
-            f"Risk that the benefit has waned (after {answer['as_of']}): {risks}."
+            f"Risk that the benefit has waned (after {answer['as_of']}){label}: {risks}."
             + (
                 f" Suggested window {sug['window_start']} to {sug['window_end']};"
                 f" threshold {float(sug['threshold']):.0%}."
@@ -501,7 +527,8 @@ def cards_for(answer: Mapping[str, Any], link: str, notes: list[str]) -> list[di
         indicator = "warning" if due else "info"
     else:
         summary = {
-            "not_in_response": "Not in response since the last session: review the treatment plan",
+            "not_in_response": "Response not reached or benefit waned since the last session: "
+            "review the treatment plan",
             "no_treatment": "No ketamine session on record: no maintenance forecast",
             "insufficient_data": "Not enough PHQ-9 data for a maintenance forecast",
         }.get(str(status), "No maintenance date suggested")

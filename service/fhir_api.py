@@ -9,7 +9,13 @@
   error answers an OperationOutcome naming ``Bundle.entry[i].resource`` and
   the element, and nothing is written. A batch is processed all-or-nothing
   too (stricter than FHIR's batch semantics, on purpose: a half-imported
-  questionnaire history would give wrong forecasts).
+  questionnaire history would give wrong forecasts). Refused with 422: codes
+  outside a required value set (``Patient.gender``, the ``status`` of
+  Observation / QuestionnaireResponse / Procedure), a Patient without an id,
+  a ``subject`` that is neither a Patient of the Bundle nor stored. Resources
+  whose status is valid but not imported (``entered-in-error``, ``cancelled``,
+  ``in-progress``, ...) are listed in the response: their entry has no
+  ``location`` and an ``outcome`` warning that starts "not imported".
 - ``GET /fhir/r4/RiskAssessment?subject=Patient/{id}`` [clinician]: a
   searchset Bundle with the patient's current forecast as a RiskAssessment
   (audited like every forecast served).
@@ -121,8 +127,9 @@ def _patients_to_write(mapped: MappedRecords, bundle_patients: set[str]) -> list
 
     A patient with a Patient resource in the Bundle is created or updated
     (covariates the resource does not carry keep their stored value); a
-    patient only referenced is created bare if unknown and left alone if
-    stored (its covariates must not be blanked by a Bundle that lacks them).
+    patient only referenced is stored already (the mapping refused unknown
+    ones) and left alone (its covariates must not be blanked by a Bundle that
+    lacks them).
     """
     from forecast.contract import TABLES
 
@@ -201,11 +208,15 @@ def ingest_bundle() -> Response:
     doc = _body()
     try:
         mapped = map_bundle(doc)
-        # Map again knowing each patient's first stored session: a session of
-        # unstated kind is an induction only when it is the patient's first ever.
-        first = _first_sessions(list(mapped.patients))
-        if first:
-            mapped = map_bundle(doc, known_first_session=first)
+        # Map again knowing what is stored: a subject that is neither a Patient
+        # of the Bundle nor a stored patient is refused (as the JSON API refuses
+        # records of an unknown patient), and a session of unstated kind is an
+        # induction only when it is the patient's first ever.
+        ids = list(mapped.patients)
+        if ids:
+            with _store().read() as conn:
+                known = _store().known_patients(conn, ids)
+            mapped = map_bundle(doc, known_first_session=_first_sessions(ids), known_patients=known)
     except FhirError as err:
         raise FhirProblem(_status_of(err), err.issues) from None
     bundle_patients = {

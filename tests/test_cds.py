@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from forecast.instruments import LOINC_PHQ9_TOTAL
-from service.cds import CdsConfigError, load_clients
+from service.cds import CdsConfigError, cards_for, load_clients
 from tests.fixtures.clinic import (
     CDS_AUDIENCE,
     CDS_ISS,
@@ -132,10 +132,14 @@ def test_prefetch_is_used_for_the_request_and_never_stored(clinic_client):
         return (today - dt.timedelta(days=n)).isoformat()
 
     pid = "ehr-only"
+    # A score the EHR marked entered-in-error is not used, and the card says so.
+    wrong = observation("o3", pid, day(10), LOINC_PHQ9_TOTAL, {"valueInteger": 27})
+    wrong["status"] = "entered-in-error"
     obs = bundle(
         [
             observation("o1", pid, day(40), LOINC_PHQ9_TOTAL, {"valueInteger": 19}),
             observation("o2", pid, day(20), LOINC_PHQ9_TOTAL, {"valueString": "6"}),
+            wrong,
         ],
         "searchset",
     )
@@ -147,6 +151,7 @@ def test_prefetch_is_used_for_the_request_and_never_stored(clinic_client):
     (card,) = r.get_json()["cards"]
     assert card["extension"]["kap-forecast"]["patient_id"] == pid
     assert "used and not stored" in card["detail"]
+    assert "1 prefetched resource(s) were not used because of their status" in card["detail"]
     assert c.get(f"/api/v1/patients/{pid}").status_code == 404
 
 
@@ -279,3 +284,40 @@ def test_without_model_the_safety_card_still_comes(cds_client):
     assert card["indicator"] == "info"
     assert "not available" in card["summary"]
     assert "not a suicide-risk assessment" in card["detail"]
+
+
+def _answer(kind: str) -> dict:
+    return {
+        "patient_id": "p1",
+        "as_of": "2026-11-27",
+        "model_version": "v1",
+        "status": "insufficient_data" if kind == "population" else "routine",
+        "status_reason": "Why.",
+        "safety": {"level": None, "reasons": []},
+        "risk": {
+            "kind": kind,
+            "horizons": [{"days": 7, "risk": 0.1}, {"days": 28, "risk": 0.3}],
+        },
+        "suggestion": {
+            "session_by": "2026-12-10",
+            "window_start": "2026-12-03",
+            "window_end": "2026-12-10",
+            "threshold": 0.2,
+            "rationale": "Book the next session by 10 Dec 2026.",
+            "basis": kind,
+        },
+    }
+
+
+def test_population_numbers_are_labelled_in_the_card():
+    (card,) = cards_for(_answer("population"), "http://x/patients/p1", [])
+    assert card["summary"].endswith("(population estimate, not personalised)")
+    assert len(card["summary"]) <= 140
+    assert (
+        "Risk that the benefit has waned (after 2026-11-27), population estimate, not "
+        "personalised (the model's training episodes, not this patient): 7 d 10%, 28 d 30%."
+    ) in card["detail"]
+    assert card["extension"]["kap-forecast"]["risk_kind"] == "population"
+    (mine,) = cards_for(_answer("personalised"), "http://x/patients/p1", [])
+    assert "population" not in mine["summary"] + mine["detail"]
+    assert mine["extension"]["kap-forecast"]["risk_kind"] == "personalised"

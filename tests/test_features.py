@@ -117,8 +117,15 @@ def test_states_before_and_around_treatment():
     assert pending["response_status"] == "pending"
     assert pending["response_known"] == 0.0
     assert not pending["in_episode"]
-    # The day -2 item 9 = 1 is the latest assessment, so it is flagged.
-    assert pending["safety"] == "review"
+    # The day -2 item 9 = 1 is the latest assessment but predates the session
+    # of day 0: it is outside the safety window (on or after the last session's
+    # day), as in forecast.policy, whose override this column must agree with.
+    # (This asserted "review" while the latest row always counted.)
+    assert pending["safety"] is None
+    assert pending["safety_reason"] is None
+    # An answer from the session day itself counts (the data have no time of day).
+    same_day = make_cohort([("s", 0, "induction")], [("s", 0, 20, 1)])
+    assert at(same_day, "s", 3)["safety"] == "review"
     nores = make_cohort([("x", 0, "induction")], [("x", -1, 20), ("x", 20, 18)])
     assert at(nores, "x", 15)["response_status"] == "no_assessment"
     assert at(nores, "x", 21)["response_status"] == "no_assessment"
@@ -276,9 +283,9 @@ def reference_features(cohort: Cohort, pid: str, as_of: pd.Timestamp) -> dict:
         y = np.array([r["phq9"] for r in window], dtype=float)
         if np.ptp(x) > 0:
             slope = 7 * np.polyfit(x, y, 1)[0]
+    # The policy's window: rows on or after the last session's day (all rows
+    # before any session); the latest row gets no exception.
     flagged = [r for r in a if last is None or r["date"] >= last]
-    if a:
-        flagged.append(a[-1])
     rank = {"urgent": 2, "review": 1}
     worst = max((rank.get(r["safety"], 0) for r in flagged), default=0)
     return {

@@ -329,6 +329,43 @@ def test_risk_assessment_is_valid_r4_and_carries_the_forecast():
     assert parsed.basis[0].reference == "Observation/o1"
 
 
+POPULATION_ANSWER = {
+    **ANSWER,
+    "status": "insufficient_data",
+    "status_reason": "Only 1 PHQ-9 score(s) on record; too few for a personalised forecast.",
+    "safety": {"level": None, "reasons": [], "statement": "No flag."},
+    "risk": {
+        "kind": "population",
+        "horizons": [
+            {"days": 7, "risk": 0.08, "lower": None, "upper": None},
+            {"days": 28, "risk": 0.27, "lower": None, "upper": None},
+        ],
+    },
+    "median_remaining_days": None,
+    "suggestion": {**ANSWER["suggestion"], "basis": "population"},
+}
+
+
+def test_population_estimate_is_not_presented_as_the_patients_prediction():
+    parsed = RiskAssessment.model_validate(risk_assessment(POPULATION_ANSWER))
+    # Predictions of a RiskAssessment are read as the subject's own: none here.
+    assert not parsed.prediction
+    assert "population estimate, not personalised" in parsed.method.text
+    notes = [n.text for n in parsed.note]
+    (why,) = [n for n in notes if "No personalised prediction" in n]
+    assert "insufficient_data" in why
+    assert "population estimate, not personalised" in why
+    assert "7 d 8%" in why
+    assert "28 d 27%" in why
+    (when,) = [n for n in notes if n.startswith("Suggested next maintenance session")]
+    assert "(population estimate, not personalised)" in when
+    # A personalised answer keeps its predictions and says nothing of the kind.
+    personal = risk_assessment({**ANSWER, "risk": {**ANSWER["risk"], "kind": "personalised"}})
+    assert len(personal["prediction"]) == 2
+    assert "population" not in personal["method"]["text"]
+    assert not [n for n in personal["note"] if "No personalised prediction" in n["text"]]
+
+
 def test_nested_groups_and_cssrs_short_link_ids():
     items = (1, 2, 0, 1, 1, 0, 2, 1, 0)
     qr = phq9_qr("n1", "p7", "2025-05-05", items, style="sdc")
@@ -351,12 +388,11 @@ def test_nested_groups_and_cssrs_short_link_ids():
     assert rec["cssrs_behavior"] == 0
 
 
-def test_transaction_with_urn_uuid_references():
-    pat = {"resourceType": "Patient", "gender": "male", "birthDate": "1970-01-01"}
+def _urn_transaction(pat: dict) -> dict:
     qr = phq9_qr("x", "ignored", "2025-06-01", (0,) * 9)
     qr.pop("id")
     qr["subject"] = {"reference": "urn:uuid:5e1f8f0e-0000-4000-8000-000000000001"}
-    doc = {
+    return {
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [
@@ -372,12 +408,119 @@ def test_transaction_with_urn_uuid_references():
             },
         ],
     }
-    m = map_bundle(doc)
-    pid = "5e1f8f0e-0000-4000-8000-000000000001"
-    assert m.patients == {pid: {"patient_id": pid, "sex": "male"}}
+
+
+def test_transaction_with_urn_uuid_references():
+    # References through the Patient entry's urn:uuid fullUrl resolve to its id.
+    pat = {"resourceType": "Patient", "id": "pu1", "gender": "male", "birthDate": "1970-01-01"}
+    m = map_bundle(_urn_transaction(pat))
+    assert m.patients == {"pu1": {"patient_id": "pu1", "sex": "male"}}
     (rec,) = m.assessments
-    assert rec["patient_id"] == pid
+    assert rec["patient_id"] == "pu1"
     assert rec["id"] == "QuestionnaireResponse/5e1f8f0e-0000-4000-8000-000000000002"
+
+
+def test_patient_identity_must_be_stable():
+    # A urn:uuid changes with every transaction: taking it as patient_id would make
+    # a retried import a second patient, so a Patient without id is refused.
+    pat = {"resourceType": "Patient", "gender": "male", "birthDate": "1970-01-01"}
+    with pytest.raises(FhirError) as err:
+        map_bundle(_urn_transaction(pat))
+    assert "Bundle.entry[0].resource.id" in _error_exprs(err.value)
+    assert "placeholder" in str(err.value)
+    # A RESTful fullUrl carries the logical id.
+    doc = _urn_transaction(pat)
+    doc["entry"][0]["fullUrl"] = "https://ehr.example/fhir/Patient/rest-7"
+    doc["entry"][1]["resource"]["subject"] = {"reference": "Patient/rest-7"}
+    m = map_bundle(doc)
+    assert list(m.patients) == ["rest-7"]
+    assert m.assessments[0]["patient_id"] == "rest-7"
+
+
+@pytest.mark.parametrize(
+    ("index", "element", "value"),
+    [
+        (0, "gender", "F"),
+        (1, "status", "done"),
+        (2, "status", "finished"),
+        (3, "status", "complete"),
+    ],
+    ids=["patient-gender", "observation-status", "procedure-status", "response-status"],
+)
+def test_codes_outside_required_value_sets_are_errors(index, element, value):
+    res = [
+        patient("pb"),
+        observation("ob", "pb", "2025-01-05", LOINC_PHQ9_TOTAL, {"valueInteger": 18}),
+        ketamine_procedure("sb", "pb", "2025-01-06"),
+        phq9_qr("qb", "pb", "2025-01-15", (1,) * 9),
+    ]
+    res[index][element] = value
+    with pytest.raises(FhirError) as err:
+        map_bundle(bundle(res))
+    issues = [i for i in err.value.issues if i.severity == "error"]
+    assert [i.expression for i in issues] == [f"Bundle.entry[{index}].resource.{element}"]
+    assert repr(value) in issues[0].diagnostics
+    assert issues[0].code == "code-invalid"
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "imported"),
+    [
+        ("obs", "entered-in-error", False),
+        ("obs", "cancelled", False),
+        ("obs", "registered", False),
+        ("obs", "preliminary", True),
+        ("qr", "entered-in-error", False),
+        ("qr", "in-progress", False),
+        ("qr", "amended", True),
+    ],
+)
+def test_valid_statuses_not_imported_are_listed(kind, status, imported):
+    res = (
+        observation("os", "ps", "2025-01-05", LOINC_PHQ9_TOTAL, {"valueInteger": 18})
+        if kind == "obs"
+        else phq9_qr("qs", "ps", "2025-01-05", (2,) * 9)
+    )
+    res["status"] = status
+    m = map_bundle(bundle([patient("ps"), res]))
+    assert len(m.assessments) == int(imported)
+    notes = [i for i in m.issues if i.expression.startswith("Bundle.entry[1]")]
+    if imported:
+        assert m.assessments[0]["phq9_total" if kind == "obs" else "phq9_1"] in (18, 2)
+        assert not [i for i in notes if "not imported" in i.diagnostics]
+    else:
+        (note,) = notes
+        assert note.severity == "warning"
+        assert note.expression == "Bundle.entry[1].resource.status"
+        assert note.diagnostics.startswith("not imported:")
+        assert repr(status) in note.diagnostics
+        assert m.entries[1][1] is None
+
+
+def test_subject_must_be_in_the_bundle_or_stored():
+    obs = observation("ou", "nobody", "2025-01-05", LOINC_PHQ9_TOTAL, {"valueInteger": 18})
+    res = [patient("pk"), ketamine_procedure("su", "nobody", "2025-01-06"), obs]
+    # Without a store to ask (the command line) a referenced patient is new.
+    assert "nobody" in map_bundle(bundle(res)).patients
+    with pytest.raises(FhirError) as err:
+        map_bundle(bundle(res), known_patients=set())
+    assert _error_exprs(err.value) == [
+        "Bundle.entry[1].resource.subject",
+        "Bundle.entry[2].resource.subject",
+    ]
+    assert "'nobody'" in str(err.value)
+    # Stored patients and Patients of the same Bundle are fine.
+    m = map_bundle(bundle(res), known_patients={"nobody"})
+    assert {r["patient_id"] for r in m.sessions} == {"nobody"}
+    assert map_bundle(bundle([patient("nobody"), *res[1:]]), known_patients=set()).assessments
+
+
+def test_score_with_comparator_is_refused():
+    value = {"valueQuantity": {"value": 10, "comparator": "<"}}
+    obs = observation("oc", "pc", "2025-01-05", LOINC_PHQ9_TOTAL, value)
+    with pytest.raises(FhirError) as err:
+        map_bundle(bundle([obs]))
+    assert _error_exprs(err.value) == ["Bundle.entry[0].resource.valueQuantity.comparator"]
 
 
 def test_cssrs_observations_by_loinc_code():

@@ -46,13 +46,13 @@ def fhir_client(make_app):
 
 def test_real_mii_resources_become_one_phq9_row(fhir_client, mii_resources):
     qr, obs = mii_resources
-    resp = post_bundle(fhir_client, bundle([qr, obs]))
+    resp = post_bundle(fhir_client, bundle([patient(MII_PATIENT), qr, obs]))
     assert resp.status_code == 200, resp.get_data(as_text=True)
     doc = resp.get_json()
     Bundle.model_validate(doc)
     assert doc["type"] == "transaction-response"
-    assert [e["response"]["status"] for e in doc["entry"]] == ["201 Created", "201 Created"]
-    assert doc["entry"][1]["response"]["location"] == f"Observation/{obs['id']}"
+    assert [e["response"]["status"] for e in doc["entry"]] == ["201 Created"] * 3
+    assert doc["entry"][2]["response"]["location"] == f"Observation/{obs['id']}"
 
     hist = stored(fhir_client, MII_PATIENT)
     (row,) = hist["assessments"]
@@ -62,7 +62,8 @@ def test_real_mii_resources_become_one_phq9_row(fhir_client, mii_resources):
     assert row["phq9"] == 8
     assert row["id"] == f"QuestionnaireResponse/{qr['id']}"
 
-    # A retry of the same Bundle (any type) changes nothing and says so.
+    # A retry of the same Bundle (any type) changes nothing and says so; the
+    # patient is stored now, so the Bundle need not carry the Patient again.
     again = post_bundle(fhir_client, bundle([obs, qr], "batch"))
     assert again.status_code == 200
     assert again.get_json()["type"] == "batch-response"
@@ -88,16 +89,16 @@ def test_contract_validation_error_names_the_resource(fhir_client):
     # A future date passes the FHIR mapping but not forecast.data's rules.
     future = phq9_qr("r-future", "p1", "2999-01-01", (1,) * 9)
     ok = phq9_qr("r-ok", "p1", "2025-01-01", (1,) * 9)
-    doc = outcome(post_bundle(fhir_client, bundle([ok, future])), 422)
+    doc = outcome(post_bundle(fhir_client, bundle([patient("p1"), ok, future])), 422)
     (issue,) = doc["issue"]
-    assert issue["expression"] == ["Bundle.entry[1].resource"]
+    assert issue["expression"] == ["Bundle.entry[2].resource"]
     assert issue["diagnostics"].startswith("date:")
     assert fhir_client.get("/api/v1/patients/p1").status_code == 404
 
 
 def test_retry_with_changed_content_is_a_conflict(fhir_client):
     first = phq9_qr("r1", "p2", "2025-01-01", (1,) * 9)
-    assert post_bundle(fhir_client, bundle([first])).status_code == 200
+    assert post_bundle(fhir_client, bundle([patient("p2"), first])).status_code == 200
     changed = phq9_qr("r1", "p2", "2025-01-01", (2,) * 9)
     doc = outcome(post_bundle(fhir_client, bundle([changed])), 409)
     assert doc["issue"][0]["expression"] == ["Bundle.entry[0].resource"]
@@ -153,7 +154,8 @@ def test_risk_assessment_search_without_model_and_for_unknown_patient(fhir_clien
     assert empty.status_code == 200
     assert empty.get_json()["total"] == 0
     outcome(c.get("/fhir/r4/RiskAssessment"), 400)
-    assert post_bundle(c, bundle([phq9_qr("r9", "p9", "2025-01-01", (1,) * 9)])).status_code == 200
+    scores = phq9_qr("r9", "p9", "2025-01-01", (1,) * 9)
+    assert post_bundle(c, bundle([patient("p9"), scores])).status_code == 200
     doc = outcome(c.get("/fhir/r4/RiskAssessment?subject=Patient/p9"), 503)
     assert doc["issue"][0]["code"] == "transient"
 
@@ -196,3 +198,55 @@ def test_risk_assessment_matches_the_json_forecast_and_is_audited(clinic_client)
     urgent = c.get(f"/fhir/r4/RiskAssessment?subject=Patient/{URGENT}").get_json()
     first_note = urgent["entry"][0]["resource"]["note"][0]["text"]
     assert first_note.startswith("SAFETY (urgent)")
+
+
+def test_bundle_refused_for_required_bindings_and_unknown_subjects(fhir_client):
+    c = fhir_client
+    good = [
+        patient("pr"),
+        ketamine_procedure("sr", "pr", "2025-01-06"),
+        phq9_qr("qr-pr", "pr", "2025-01-15", (1,) * 9),
+    ]
+    cases = [
+        (0, "gender", "F", "Bundle.entry[0].resource.gender"),
+        (2, "status", "done", "Bundle.entry[2].resource.status"),
+        (1, "subject", {"reference": "Patient/nobody"}, "Bundle.entry[1].resource.subject"),
+    ]
+    for index, element, value, expression in cases:
+        res = [dict(r) for r in good]
+        res[index][element] = value
+        doc = outcome(post_bundle(c, bundle(res)), 422)
+        errors = [i for i in doc["issue"] if i["severity"] == "error"]
+        assert [i["expression"] for i in errors] == [[expression]], (element, errors)
+        # All or nothing: the valid Patient of the same Bundle is not stored either.
+        assert c.get("/api/v1/patients/pr").status_code == 404
+    # Once the patient is stored, a later Bundle may reference it without the Patient.
+    assert post_bundle(c, bundle(good)).status_code == 200
+    later = phq9_qr("qr-pr-2", "pr", "2025-01-29", (2,) * 9)
+    assert post_bundle(c, bundle([later])).status_code == 200
+    assert len(stored(c, "pr")["assessments"]) == 2
+
+
+def test_statuses_not_imported_are_listed_in_the_response(fhir_client):
+    c = fhir_client
+    wrong = observation("o-err", "pe", "2025-01-05", LOINC_PHQ9_TOTAL, {"valueInteger": 25})
+    wrong["status"] = "entered-in-error"
+    draft = phq9_qr("q-draft", "pe", "2025-01-06", (3,) * 9)
+    draft["status"] = "in-progress"
+    prelim = observation("o-pre", "pe", "2025-01-07", LOINC_PHQ9_TOTAL, {"valueInteger": 12})
+    prelim["status"] = "preliminary"
+    resp = post_bundle(c, bundle([patient("pe"), wrong, draft, prelim]))
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    doc = resp.get_json()
+    Bundle.model_validate(doc)
+    entries = [e["response"] for e in doc["entry"]]
+    for k, status in ((1, "entered-in-error"), (2, "in-progress")):
+        assert "location" not in entries[k]
+        (issue,) = entries[k]["outcome"]["issue"]
+        assert issue["severity"] == "warning"
+        assert issue["diagnostics"].startswith("not imported:")
+        assert repr(status) in issue["diagnostics"]
+        assert issue["expression"] == [f"Bundle.entry[{k}].resource.status"]
+    assert entries[3]["location"] == "Observation/o-pre"
+    rows = stored(c, "pe")["assessments"]
+    assert [(r["date"], r["phq9"]) for r in rows] == [("2025-01-07", 12)]

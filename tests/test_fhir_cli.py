@@ -77,9 +77,10 @@ def test_bad_bundle_writes_nothing_and_names_the_resource(tmp_path, mii_resource
     qr, obs = mii_resources
     out = tmp_path / "clinic"
     obs["valueQuantity"]["value"] = 11
-    r = run("import-fhir", write(tmp_path / "b.json", bundle([qr, obs])), "--out", out)
+    doc = bundle([patient(MII_PATIENT), qr, obs])
+    r = run("import-fhir", write(tmp_path / "b.json", doc), "--out", out)
     assert r.exit_code == 1
-    assert "Bundle.entry[1].resource.valueQuantity" in r.output
+    assert "Bundle.entry[2].resource.valueQuantity" in r.output
     assert "nothing imported" in r.output
     assert not out.exists() or not any(out.iterdir())
 
@@ -87,15 +88,17 @@ def test_bad_bundle_writes_nothing_and_names_the_resource(tmp_path, mii_resource
 def test_contract_problems_name_the_resource(tmp_path):
     out = tmp_path / "clinic"
     future = phq9_qr("f", "p1", "2999-01-01", (1,) * 9)
-    r = run("import-fhir", write(tmp_path / "b.json", bundle([future])), "--out", out)
+    doc = bundle([patient("p1"), future])
+    r = run("import-fhir", write(tmp_path / "b.json", doc), "--out", out)
     assert r.exit_code == 1
-    assert "Bundle.entry[0].resource: " in r.output
+    assert "Bundle.entry[1].resource: " in r.output
     assert "column date" in r.output
 
 
 def test_conflicting_row_in_the_folder_is_refused(tmp_path):
     out = tmp_path / "clinic"
-    one = write(tmp_path / "a.json", bundle([phq9_qr("r1", "p1", "2025-01-01", (1,) * 9)]))
+    first = bundle([patient("p1"), phq9_qr("r1", "p1", "2025-01-01", (1,) * 9)])
+    one = write(tmp_path / "a.json", first)
     other = write(tmp_path / "b.json", bundle([phq9_qr("r2", "p1", "2025-01-01", (2,) * 9)]))
     assert run("import-fhir", one, "--out", out).exit_code == 0
     before = (out / "assessments.csv").read_text()

@@ -363,3 +363,91 @@ def test_safety_is_evaluated_when_no_forecast_applies(policy_model, history, und
     assert "intent or plan" in a["status_reason"]
     # The rest of the answer is the one of the underlying status.
     assert (a["risk"] is None) == (plain["risk"] is None)
+
+
+def test_waning_by_suicidal_ideation_is_said_as_such(policy_model):
+    # C-SSRS intent two days ago while the PHQ-9 total stays in response: the
+    # benefit counts as waned (DESIGN.md), but "not in response" would be false.
+    sessions, assessments = responder("SIW", after=((-7, 6),))
+    assessments.append({"pid": "SIW", "day": -2, "phq9": 6, "item9": 0, "cssrs": 4})
+    cohort = build_history([_patient("SIW")], sessions, assessments)
+    day = (AS_OF - pd.Timedelta(days=2)).strftime("%Y-%m-%d")
+    a = _answer(policy_model, cohort, "SIW")
+    _check_common(a)
+    assert a["status"] == "urgent_review"
+    assert a["current"]["response_state"] in ("in_response", "in_remission")
+    why = (
+        "suicidal ideation re-emerged since the last session "
+        f"(C-SSRS screener ideation level 4 on {day})"
+    )
+    assert why in a["suggestion"]["rationale"]
+    for text in (a["status_reason"], a["suggestion"]["rationale"]):
+        assert "not in response" not in text
+    # Safety rules set so that level 2 raises no flag (a clinic's choice): the
+    # underlying status is then shown, and it says the same.
+    from forecast.instruments import SafetyRules
+
+    assessments[-1]["cssrs"] = 2
+    cohort = build_history([_patient("SIW")], sessions, assessments)
+    settings = PolicySettings(safety_rules=SafetyRules(review_cssrs_ideation=3))
+    b = _answer(policy_model, cohort, "SIW", settings=settings)
+    _check_common(b)
+    assert b["status"] == "not_in_response"
+    assert b["safety"]["level"] is None
+    assert b["status_reason"].startswith(
+        "Suicidal ideation re-emerged since the last session "
+        f"(C-SSRS screener ideation level 2 on {day})"
+    )
+    assert "is still in response" in b["status_reason"]
+    assert "not in response" not in b["status_reason"] + b["suggestion"]["rationale"]
+
+
+def test_symptom_texts_agree_with_the_current_response_state(policy_model):
+    # Never responded at the first PHQ-9 after the session, in response later.
+    sessions = [("LATE", -40 + k, "induction") for k in (0, 3, 6, 9)]
+    assessments = [
+        {"pid": "LATE", "day": -40, "phq9": 22},
+        {"pid": "LATE", "day": -25, "phq9": 18},
+        {"pid": "LATE", "day": -5, "phq9": 8},
+    ]
+    cohort = build_history([_patient("LATE")], sessions, assessments)
+    a = _answer(policy_model, cohort, "LATE")
+    _check_common(a)
+    assert a["status"] == "not_in_response"
+    assert a["current"]["response_state"] == "in_response"
+    assert "did not lead to response" in a["status_reason"]
+    assert "The latest PHQ-9 (8 on" in a["status_reason"]
+    assert "the latest scores are not in response" not in a["suggestion"]["rationale"]
+    assert "did not lead to response" in a["suggestion"]["rationale"]
+    # In an episode, a latest score above the response cut but below 10 is not "in response".
+    s2, a2 = responder("DRIFT", baseline=12, after=((-7, 5), (0, 8)))
+    b = _answer(policy_model, build_history([_patient("DRIFT")], s2, a2), "DRIFT")
+    _check_common(b)
+    assert b["status"] in ("routine", "session_due")
+    assert b["current"]["response_state"] == "not_in_response"
+    assert not b["status_reason"].startswith("In response")
+    assert "not counted as waned" in b["status_reason"]
+
+
+@pytest.mark.parametrize(
+    ("item9_start", "later", "needle"),
+    [
+        # Item 9 0 at the response, 1 later, PHQ-9 still in response: SI re-emerged.
+        (
+            0,
+            {"phq9": 6, "item9": 1},
+            "suicidal ideation re-emerged since the last session (PHQ-9 item 9 answered 1 on",
+        ),
+        # Item 9 already 1 at the response: the item-9 criterion does not apply, the
+        # PHQ-9 of 16 is what ended the benefit.
+        (1, {"phq9": 16, "item9": 1}, "the benefit has waned since the last session (PHQ-9 16"),
+    ],
+)
+def test_waning_cause_follows_the_outcome_definition(policy_model, item9_start, later, needle):
+    sessions, assessments = responder("I9", after=((-7, 6),), item9_after=item9_start)
+    assessments.append({"pid": "I9", "day": -2, **later})
+    a = _answer(policy_model, build_history([_patient("I9")], sessions, assessments), "I9")
+    _check_common(a)
+    assert a["status"] == "urgent_review"  # item 9 >= 1 raises a review flag either way
+    assert needle in a["suggestion"]["rationale"]
+    assert ("suicidal ideation re-emerged" in a["suggestion"]["rationale"]) == (item9_start == 0)

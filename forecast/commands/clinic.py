@@ -255,7 +255,8 @@ def import_fhir(
         else None
     )
     try:
-        mapped = map_bundle(doc, known_first_session=first)
+        known = set(existing.patients["patient_id"]) if existing is not None else set()
+        mapped = map_bundle(doc, known_first_session=first, known_patients=known)
     except FhirError as err:
         for issue in err.issues:
             click.echo(f"{issue.severity}: {issue}", err=True)
