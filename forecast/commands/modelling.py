@@ -1,7 +1,194 @@
-"""CLI commands (registered by forecast.cli)."""
+"""``forecast train`` and ``forecast evaluate`` (registered by forecast.cli)."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import click
 
+from forecast.bundle import KINDS
+
 COMMANDS: list[click.Command] = []
+
+_DATA_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+def _progress(total: int, desc: str):  # noqa: ANN202 - tqdm type is private
+    from tqdm import tqdm
+
+    # stderr only: stdout of `train` is the version id and nothing else.
+    return tqdm(total=total, desc=desc, file=sys.stderr, disable=None, leave=False)
+
+
+def _penalizer(ctx: click.Context, param: click.Parameter, value: str) -> float | str:
+    if value == "auto":
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not number >= 0:
+        raise click.BadParameter(f"got {value!r}; expected 'auto' or a number >= 0")
+    return number
+
+
+def _load(data_dir: Path, covariates: tuple[str, ...]):  # noqa: ANN202
+    from forecast.data import ContractError, load_cohort
+
+    try:
+        return load_cohort(data_dir, covariates=covariates)
+    except ContractError as exc:
+        lines = [str(p) for p in exc.problems[:20]]
+        more = len(exc.problems) - len(lines)
+        raise click.ClickException(
+            f"{data_dir} does not follow the data contract:\n  " + "\n  ".join(lines)
+            + (f"\n  ... and {more} more (run `forecast validate {data_dir}`)" if more else "")
+        ) from exc
+
+
+@click.command("train")
+@click.argument("data_dir", type=_DATA_DIR)
+@click.option("--models", "models_opt", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Registry folder (default: $FORECAST_MODELS, else ./models).")
+@click.option("--kind", type=click.Choice(KINDS), default="landmark", show_default=True,
+              help="Model kind: landmark (dynamic AFT, default), static weibull/lognormal/"
+                   "loglogistic AFT, cox, or km (population baseline).")
+@click.option("--bootstrap", "n_bootstrap", type=click.IntRange(min=0), default=30,
+              show_default=True, help="Patient-level bootstrap refits stored for risk bands.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the bootstrap and of any subsampling.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Parallel bootstrap refits.")
+@click.option("--penalizer", default="auto", show_default=True, callback=_penalizer,
+              help="L2 penalty on standardised coefficients: a number >= 0, or 'auto' "
+                   "(landmark: chosen by held-out Brier score; other kinds: 0.01).")
+@click.option("--covariate", "covariates", multiple=True,
+              help="Extra numeric column of patients.csv to use as a covariate (repeatable).")
+def train_command(data_dir: Path, models_opt: Path | None, kind: str, n_bootstrap: int,
+                  seed: int, jobs: int, penalizer: float, covariates: tuple[str, ...]) -> None:
+    """Train a model on the cohort in DATA_DIR and save it as a new registry version.
+
+    Prints only the new version id on stdout (progress goes to stderr).
+    """
+    from forecast.models import ModelFitError
+    from forecast.training import train_and_save
+
+    with _progress(4, "train") as bar:
+        bar.set_postfix_str("load")
+        cohort = _load(data_dir, covariates)
+
+        def step(stage: str) -> None:
+            bar.update()
+            bar.set_postfix_str(stage)
+
+        try:
+            version = train_and_save(
+                cohort, models_opt, kind=kind, n_bootstrap=n_bootstrap, seed=seed, jobs=jobs,
+                penalizer=penalizer, simulated=(data_dir / "truth.csv").is_file(), progress=step,
+            )
+        except (ModelFitError, ValueError) as exc:
+            raise click.ClickException(f"training failed: {exc}") from exc
+        bar.update()
+    click.echo(version)
+
+
+COMMANDS.append(train_command)
+
+
+@click.command("evaluate")
+@click.argument("data_dir", type=_DATA_DIR)
+@click.option("--model", "ref", default="latest", show_default=True,
+              help="Version to evaluate: a version id, 'latest', or a version folder path.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Report folder: metrics.json, report.html, model_card.md.")
+@click.option("--models", "models_opt", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Registry folder (default: $FORECAST_MODELS, else ./models).")
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
+              help="Patient-grouped cross-validation folds.")
+@click.option("--holdout", "holdout_dir", type=_DATA_DIR, default=None,
+              help="Another cohort folder: apply the version itself to it.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Folds fitted in parallel.")
+@click.option("--kind", type=click.Choice(KINDS), default=None,
+              help="Cross-validate this kind instead of the version's own kind.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fold split.")
+@click.option("--policy", "with_policy", is_flag=True,
+              help="Also replay maintenance policies against the simulator's truth "
+                   "(needs truth.csv; uses the holdout cohort when given).")
+@click.option("--covariate", "covariates", multiple=True,
+              help="Extra numeric column of patients.csv to use as a covariate (repeatable).")
+def evaluate_command(data_dir: Path, ref: str, out_dir: Path, models_opt: Path | None,
+                     folds: int, holdout_dir: Path | None, jobs: int, kind: str | None,
+                     seed: int, with_policy: bool, covariates: tuple[str, ...]) -> None:
+    """Cross-validate a model version's spec on DATA_DIR against the baselines (KM, Cox).
+
+    Writes REPORT/metrics.json, REPORT/report.html and REPORT/model_card.md.
+    On simulated data (truth.csv present) the oracle's metrics are reported too.
+    """
+    from forecast import evaluation, registry
+    from forecast.evaluation_report import render
+    from forecast.model_card import render_markdown
+    from forecast.simulation import read_truth
+
+    try:
+        model = registry.load(ref, registry.models_dir(models_opt))
+    except registry.RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    cohort = _load(data_dir, covariates)
+    truth = read_truth(data_dir / "truth.csv") if (data_dir / "truth.csv").is_file() else None
+    est_params = dict(model.bundle.meta.get("estimator", {}))
+    spec_kind = kind or model.bundle.kind
+    from forecast.models import ESTIMATORS
+
+    allowed = set(ESTIMATORS[spec_kind]().get_params()) - {"features", "n_jobs", "n_bootstrap"}
+    params = {k: v for k, v in est_params.items() if k in allowed}
+    params["random_state"] = seed
+    metrics: dict = {
+        "model_version": model.version,
+        "model_kind": spec_kind,
+        "horizons": list(model.bundle.horizons),
+        "conversion": evaluation.CONVERSION_TEXT,
+        "data_fingerprint": registry.fingerprint_cohort(cohort)["sha256"],
+    }
+    with _progress(folds, "cross-validation") as bar:
+        try:
+            metrics["cv"] = evaluation.evaluate_cohort(
+                cohort, evaluation.ModelSpec(spec_kind, params), definition=model.definition,
+                truth=truth, n_folds=folds, seed=seed, jobs=jobs,
+                horizons=model.bundle.horizons, progress=bar.update,
+            )
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+    metrics["targets"] = evaluation.targets(metrics["cv"])
+    policy_cohort, policy_truth = cohort, truth
+    if holdout_dir is not None:
+        click.echo(f"applying {model.version} to {holdout_dir}...", err=True)
+        hcohort = _load(holdout_dir, covariates)
+        htruth = (read_truth(holdout_dir / "truth.csv")
+                  if (holdout_dir / "truth.csv").is_file() else None)
+        metrics["holdout"] = evaluation.evaluate_bundle(
+            hcohort, model.bundle, definition=model.definition, truth=htruth,
+            horizons=model.bundle.horizons)
+        policy_cohort, policy_truth = hcohort, htruth
+    policy_html = None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if with_policy:
+        click.echo("replaying maintenance policies...", err=True)
+        from forecast.policy_eval import evaluate_policy  # lazy: the policy area's module
+
+        try:
+            result = dict(evaluate_policy(policy_cohort, model, policy_truth, out_dir))
+        except Exception as exc:  # noqa: BLE001 - the report says why the replay failed
+            metrics["policy"] = {"error": f"{type(exc).__name__}: {exc}"}
+        else:
+            policy_html = result.pop("html", None)
+            metrics["policy"] = result
+    (out_dir / "metrics.json").write_text(registry.dumps(metrics))
+    (out_dir / "report.html").write_text(render(metrics, policy_html=policy_html))
+    card = {**model.card, "metrics": metrics, "metrics_note": None}
+    (out_dir / "model_card.md").write_text(render_markdown(card))
+    click.echo(f"wrote {out_dir}/metrics.json, report.html, model_card.md", err=True)
+
+
+COMMANDS.append(evaluate_command)

@@ -1,0 +1,542 @@
+"""The numpy-only serving form of a fitted survival model.
+
+A :class:`Bundle` holds exactly what prediction needs and nothing else:
+coefficients, ancillary (shape/scale) parameters, a baseline on a grid for the
+Cox and Kaplan-Meier kinds, the feature means/scales, the category levels, the
+feature order, the kind and the horizons, plus a bootstrap ensemble of
+parameter sets for uncertainty bands. It is saved as ``bundle.json`` (small
+metadata) and ``bundle.npz`` (arrays, loaded with ``allow_pickle=False``); no
+pickle, no lifelines object, no training rows (STYLE.md rule 4).
+
+The survival functions reproduce lifelines' parametrisations exactly so that a
+bundle predicts the same numbers as the lifelines fitter it came from (tested
+to 1e-9 in ``tests/test_bundle.py``):
+
+- Weibull AFT: ``S(t) = exp(-(t / exp(eta)) ** exp(g))``
+- log-normal AFT: ``S(t) = 1 - Phi((log t - eta) / exp(g))``
+- log-logistic AFT: ``S(t) = 1 / (1 + (t / exp(eta)) ** exp(g))``
+- Cox PH: ``S(t) = exp(-H0(t) * exp((z - m) . beta))`` with ``H0`` linearly
+  interpolated between its knots (lifelines' ``interpolate_at_times``)
+- Kaplan-Meier / Turnbull: a step function (value at the last knot <= t)
+
+where ``eta = intercept + z . beta``, ``g = ancillary + z[anc_index] . anc_coef``
+(the shape may depend on a few covariates; a constant when ``anc_coef`` is
+absent) and ``z`` is the encoded feature row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.special import log_ndtr
+
+from forecast.contract import HORIZONS
+
+FORMAT = "kap-forecast-bundle"
+FORMAT_VERSION = 1
+AFT_FAMILIES: tuple[str, ...] = ("weibull", "lognormal", "loglogistic")
+KINDS: tuple[str, ...] = ("km", "cox", "weibull", "lognormal", "loglogistic", "landmark")
+JSON_NAME = "bundle.json"
+NPZ_NAME = "bundle.npz"
+
+#: Variance below which an encoded column carries no information and is left out of the fit.
+_MIN_VARIANCE = 1e-12
+
+
+class BundleError(ValueError):
+    """A bundle file is missing, malformed or of an unknown format."""
+
+
+# --------------------------------------------------------------------------- encoder
+@dataclass
+class Encoder:
+    """Turn a feature frame into the standardised design matrix of the model.
+
+    Numeric features are centred on their training mean and divided by their
+    training standard deviation; a missing value (NaN) is imputed with the
+    training mean, i.e. encodes to 0. Each categorical feature is one-hot
+    encoded over its fixed levels (``FEATURES``) minus a reference level (the
+    most frequent level in training), and each indicator is centred on its
+    training frequency. An unseen or missing category therefore encodes to
+    all-zeros for that feature, which is the training-frequency-weighted
+    average effect of the feature ("unknown" handling without a reference
+    bias); :meth:`unknown_counts` reports how many rows were affected so that
+    callers can add a caveat. Columns with (near) zero training variance are
+    marked inactive: they are left out of the fit and get coefficient 0.
+    """
+
+    numeric: tuple[str, ...]
+    means: np.ndarray
+    scales: np.ndarray
+    categorical: dict[str, tuple[str, ...]]
+    references: dict[str, str | None]
+    level_means: dict[str, np.ndarray]
+    active: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    @classmethod
+    def fit(
+        cls, frame: pd.DataFrame, numeric: Sequence[str], categorical: Mapping[str, Sequence[str]]
+    ) -> Encoder:
+        """Learn means, scales, reference levels and level frequencies from ``frame``."""
+        _require_columns(frame, [*numeric, *categorical])
+        num = _numeric_block(frame, numeric)
+        with np.errstate(invalid="ignore"):
+            means = np.nanmean(num, axis=0) if num.size else np.zeros(len(numeric))
+        means = np.where(np.isfinite(means), means, 0.0)
+        filled = np.where(np.isnan(num), means, num)
+        scales = filled.std(axis=0) if len(filled) else np.ones(len(numeric))
+        scales = np.where(scales > np.sqrt(_MIN_VARIANCE), scales, 1.0)
+        references: dict[str, str | None] = {}
+        level_means: dict[str, np.ndarray] = {}
+        cats = {name: tuple(levels) for name, levels in categorical.items()}
+        for name, levels in cats.items():
+            values = frame[name].to_numpy(dtype=object)
+            onehot = values[:, None] == np.asarray(levels, dtype=object)[None, :]
+            counts = onehot.sum(axis=0)
+            ref = levels[int(np.argmax(counts))] if counts.sum() > 0 else None
+            references[name] = ref
+            kept = [lv for lv in levels if lv != ref]
+            keep_idx = [levels.index(lv) for lv in kept]
+            level_means[name] = (
+                onehot[:, keep_idx].mean(axis=0) if len(values) else np.zeros(len(kept))
+            )
+        enc = cls(tuple(numeric), means, scales, cats, references, level_means)
+        design = enc.transform(frame)
+        var = design.var(axis=0) if len(design) else np.zeros(design.shape[1])
+        enc.active = var > _MIN_VARIANCE
+        return enc
+
+    @property
+    def columns(self) -> list[str]:
+        """Names of the design columns, in order (``feature`` or ``feature=level``)."""
+        cols = list(self.numeric)
+        for name, levels in self.categorical.items():
+            cols += [f"{name}={lv}" for lv in levels if lv != self.references[name]]
+        return cols
+
+    @property
+    def column_features(self) -> list[str]:
+        """The source feature of each design column (for grouping contributions)."""
+        out = list(self.numeric)
+        for name, levels in self.categorical.items():
+            out += [name] * sum(lv != self.references[name] for lv in levels)
+        return out
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        """Return the (n, p) design matrix of ``frame`` (see the class notes)."""
+        _require_columns(frame, [*self.numeric, *self.categorical])
+        n = len(frame)
+        out = np.empty((n, len(self.columns)))
+        k = len(self.numeric)
+        if k:
+            num = _numeric_block(frame, self.numeric)
+            num = np.where(np.isnan(num), self.means, num)
+            out[:, :k] = (num - self.means) / self.scales
+        for name, levels in self.categorical.items():
+            table = self._table(name)
+            codes = _codes(frame[name], levels)
+            # Unknown or missing (code -1 -> last row of zeros) = frequency-weighted average.
+            out[:, k : k + table.shape[1]] = table[codes]
+            k += table.shape[1]
+        return out
+
+    def _table(self, name: str) -> np.ndarray:
+        """(levels + 1, kept levels) centred one-hot rows per level code; last row = unknown."""
+        cache = self.__dict__.setdefault("_tables", {})
+        if name not in cache:
+            levels = self.categorical[name]
+            kept = [i for i, lv in enumerate(levels) if lv != self.references[name]]
+            eye = np.eye(len(levels))[:, kept]
+            table = np.vstack([eye - self.level_means[name], np.zeros((1, len(kept)))])
+            cache[name] = table
+        return cache[name]
+
+    def unknown_counts(self, frame: pd.DataFrame) -> dict[str, int]:
+        """Count rows whose category is missing or not one of the fixed levels, per feature."""
+        return {
+            name: int((_codes(frame[name], levels) == -1).sum())
+            for name, levels in self.categorical.items()
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (arrays as lists)."""
+        return {
+            "numeric": list(self.numeric),
+            "means": self.means.tolist(),
+            "scales": self.scales.tolist(),
+            "categorical": {k: list(v) for k, v in self.categorical.items()},
+            "references": dict(self.references),
+            "level_means": {k: v.tolist() for k, v in self.level_means.items()},
+            "active": self.active.astype(bool).tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Encoder:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            tuple(d["numeric"]),
+            np.asarray(d["means"], dtype=float),
+            np.asarray(d["scales"], dtype=float),
+            {k: tuple(v) for k, v in d["categorical"].items()},
+            dict(d["references"]),
+            {k: np.asarray(v, dtype=float) for k, v in d["level_means"].items()},
+            np.asarray(d["active"], dtype=bool),
+        )
+
+
+def _require_columns(frame: pd.DataFrame, names: Sequence[str]) -> None:
+    missing = [c for c in names if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"feature columns missing from the input frame: {', '.join(missing)}; "
+            "build it with forecast.features (features_at / landmark_dataset)"
+        )
+
+
+def _numeric_block(frame: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
+    if not names:
+        return np.zeros((len(frame), 0))
+    block = frame[list(names)]
+    try:
+        return block.to_numpy(dtype=float)
+    except (TypeError, ValueError):  # text cells: coerce (unparseable -> NaN -> mean)
+        return block.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+
+
+def _codes(values: pd.Series, levels: Sequence[str]) -> np.ndarray:
+    """Level index of each value; -1 for missing or unseen values."""
+    if len(values) <= 64:  # a few patients (serving): a dict lookup beats building a Categorical
+        index = {lv: i for i, lv in enumerate(levels)}
+        return np.fromiter((index.get(v, -1) if isinstance(v, str) else -1
+                            for v in values.to_numpy(dtype=object)), dtype=np.intp,
+                           count=len(values))
+    return np.asarray(pd.Categorical(values, categories=list(levels)).codes, dtype=np.intp)
+
+
+# --------------------------------------------------------------------------- survival kernels
+def aft_log_survival(family: str, log_t: np.ndarray, eta: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """log S(t) of an AFT family in lifelines' parametrisation (arrays broadcast).
+
+    ``eta`` is the log-scale location (intercept + z . beta), ``g`` the log of
+    the ancillary parameter (rho, sigma or beta of lifelines).
+    """
+    if family == "weibull":
+        return -np.exp(np.exp(g) * (log_t - eta))
+    if family == "lognormal":
+        return log_ndtr(-(log_t - eta) / np.exp(g))
+    if family == "loglogistic":
+        return -np.logaddexp(np.exp(g) * (log_t - eta), 0.0)
+    raise BundleError(f"unknown AFT family {family!r}; expected one of {AFT_FAMILIES}")
+
+
+def _safe_log(t: np.ndarray) -> np.ndarray:
+    # lifelines clips t to a tiny positive value before taking logs; S(0) = 1 either way.
+    return np.log(np.clip(t, 1e-100, np.inf))
+
+
+def _step(knots: np.ndarray, values: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Right-continuous step function: value at the last knot <= t (1 before the first)."""
+    idx = np.searchsorted(knots, t, side="right") - 1
+    return np.where(idx >= 0, values[np.clip(idx, 0, None)], 1.0)
+
+
+# --------------------------------------------------------------------------- bundle
+@dataclass
+class Bundle:
+    """Numpy-only serving form of a fitted model (see the module notes).
+
+    Attributes
+    ----------
+    kind : str
+        One of ``KINDS`` (the ``--kind`` the model was trained with).
+    family : str
+        ``"weibull"``, ``"lognormal"``, ``"loglogistic"``, ``"cox"`` or ``"km"``.
+    time_origin : {"landmark", "episode_start"}
+        ``"landmark"``: times count from the as-of date (features at as-of);
+        ``"episode_start"``: times count from the episode's start, so risks at
+        an as-of date must be conditioned on the time already survived.
+    horizons : tuple of int
+        Default horizons (days) of :meth:`predict_risk`.
+    encoder : Encoder or None
+        Feature encoding (None for ``km``).
+    arrays : dict of str to ndarray
+        Parameters: ``coef``, ``intercept``, ``ancillary`` and optionally
+        ``anc_index``/``anc_coef`` (AFT); ``coef``,
+        ``norm_mean``, ``base_times``, ``base_cumhaz`` (Cox); ``km_times``,
+        ``km_surv`` (KM); bootstrap sets ``boot_coef``, ``boot_intercept``,
+        ``boot_ancillary``, ``boot_anc_coef`` (AFT), ``boot_coef``, ``boot_grid``,
+        ``boot_cumhaz`` (Cox), ``boot_grid``, ``boot_surv`` (KM).
+    meta : dict
+        JSON-able settings (penalizer, distribution selection, bootstrap size, seed).
+    """
+
+    kind: str
+    family: str
+    time_origin: str
+    horizons: tuple[int, ...]
+    encoder: Encoder | None
+    arrays: dict[str, np.ndarray]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def features(self) -> list[str]:
+        """Input feature columns the bundle needs (empty for ``km``)."""
+        if self.encoder is None:
+            return []
+        return [*self.encoder.numeric, *self.encoder.categorical]
+
+    @property
+    def n_bootstrap(self) -> int:
+        """Number of bootstrap parameter sets stored."""
+        key = "boot_surv" if self.family == "km" else "boot_coef"
+        return int(self.arrays[key].shape[0]) if key in self.arrays else 0
+
+    def design(self, X_frame: pd.DataFrame) -> np.ndarray:
+        """Encoded design matrix of ``X_frame`` (n, p)."""
+        if self.encoder is None:
+            return np.zeros((len(X_frame), 0))
+        return self.encoder.transform(X_frame)
+
+    def unknown_categories(self, X_frame: pd.DataFrame) -> dict[str, int]:
+        """Rows per categorical feature whose value was missing or unseen (encoded as average)."""
+        return {} if self.encoder is None else self.encoder.unknown_counts(X_frame)
+
+    def _since(self, X_frame: pd.DataFrame, since: Any) -> np.ndarray:
+        n = len(X_frame)
+        if since is None:
+            return np.zeros(n)
+        arr = np.broadcast_to(np.asarray(since, dtype=float), (n,)).copy()
+        if np.any(~np.isfinite(arr)) or np.any(arr < 0):
+            raise ValueError("since must be finite and >= 0 (days already survived)")
+        return arr
+
+    def _log_surv(self, z: np.ndarray, t: np.ndarray, which: int | None = None) -> np.ndarray:
+        """log S(t) for rows of ``z`` at times ``t`` (n, k); ``which`` = bootstrap index."""
+        a = self.arrays
+        if self.family in AFT_FAMILIES:
+            if which is None:
+                coef, b0, g = a["coef"], float(a["intercept"]), float(a["ancillary"])
+                gamma = a.get("anc_coef")
+            else:
+                coef = a["boot_coef"][which]
+                b0, g = float(a["boot_intercept"][which]), float(a["boot_ancillary"][which])
+                gamma = a["boot_anc_coef"][which] if "boot_anc_coef" in a else None
+            eta = b0 + z @ coef
+            if gamma is not None and gamma.size:
+                # the shape parameter depends on a few covariates (e.g. time since the start)
+                g = (g + z[:, a["anc_index"].astype(np.intp)] @ gamma)[:, None]
+            return aft_log_survival(self.family, _safe_log(t), eta[:, None], g)
+        if self.family == "cox":
+            if which is None:
+                lp = (z - a["norm_mean"]) @ a["coef"]
+                h0 = np.interp(t, a["base_times"], a["base_cumhaz"])
+            else:
+                lp = z @ a["boot_coef"][which]
+                h0 = np.interp(t, a["boot_grid"], a["boot_cumhaz"][which])
+            return -h0 * np.exp(lp)[:, None]
+        if self.family == "km":
+            if which is None:
+                s = _step(a["km_times"], a["km_surv"], t)
+            else:
+                s = _step(a["boot_grid"], a["boot_surv"][which], t)
+            with np.errstate(divide="ignore"):
+                return np.log(s)
+        raise BundleError(f"unknown model family {self.family!r}")
+
+    def _conditional_survival(
+        self, z: np.ndarray, times: np.ndarray, since: np.ndarray, which: int | None = None
+    ) -> np.ndarray:
+        n = len(z)
+        if not np.any(since > 0):
+            # Same times for every row: evaluate logs/baselines once, broadcast over rows.
+            log_s = self._log_surv(z, times[None, :], which)
+        else:
+            t = since[:, None] + times[None, :]
+            log_s = self._log_surv(z, t, which)
+            log_s0 = self._log_surv(z, since[:, None], which)
+            with np.errstate(invalid="ignore"):
+                log_s = log_s - log_s0
+            # S(since) = 0 (KM tail): nothing left to lose; report the limit S = 0.
+            log_s = np.where(np.isfinite(log_s0), log_s, -np.inf)
+        out = np.exp(np.minimum(log_s, 0.0))
+        if out.shape != (n, times.size):
+            out = np.array(np.broadcast_to(out, (n, times.size)))
+        return out
+
+    # ------------------------------------------------------------------ prediction
+    def predict_survival(
+        self, X_frame: pd.DataFrame, times: Sequence[float] | np.ndarray, since: Any = None
+    ) -> np.ndarray:
+        """Survival probabilities, shape (n, len(times)).
+
+        Parameters
+        ----------
+        X_frame : DataFrame
+            One row per prediction with the feature columns (:attr:`features`).
+        times : array-like of float
+            Days after the time origin (after ``since`` when given).
+        since : float or array-like, optional
+            Days already survived; returns ``S(since + t) / S(since)``.
+        """
+        times = np.asarray(times, dtype=float).ravel()
+        z = self.design(X_frame)
+        return self._conditional_survival(z, times, self._since(X_frame, since))
+
+    def predict_survival_design(
+        self, z: np.ndarray, times: Sequence[float] | np.ndarray, since: Any = None
+    ) -> np.ndarray:
+        """As :meth:`predict_survival` on an already encoded design (:meth:`design`)."""
+        times = np.asarray(times, dtype=float).ravel()
+        s0 = np.zeros(len(z)) if since is None else np.broadcast_to(
+            np.asarray(since, dtype=float), (len(z),))
+        return self._conditional_survival(np.asarray(z, dtype=float), times, s0)
+
+    def predict_risk(
+        self,
+        X_frame: pd.DataFrame,
+        horizons: Sequence[float] | np.ndarray | None = None,
+        since: Any = None,
+    ) -> np.ndarray:
+        """Risk that the benefit wanes within each horizon, shape (n, len(horizons)).
+
+        ``1 - S(since + h) / S(since)``. For the default landmark model
+        (``time_origin == "landmark"``) the features are taken at the as-of
+        date and ``since`` stays None; for static models pass the days since
+        the episode's start as ``since``.
+        """
+        h = np.asarray(self.horizons if horizons is None else horizons, dtype=float)
+        return 1.0 - self.predict_survival(X_frame, h, since)
+
+    def predict_risk_band(
+        self,
+        X_frame: pd.DataFrame,
+        horizons: Sequence[float] | np.ndarray | None = None,
+        level: float = 0.9,
+        since: Any = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Percentile band of the risk over the bootstrap ensemble.
+
+        Returns ``(lo, hi)``, each (n, len(horizons)), the ``(1 - level) / 2``
+        and ``(1 + level) / 2`` quantiles of the risks predicted by the stored
+        bootstrap parameter sets (refitted on patient-resampled data at train
+        time), widened where needed so that the band contains the point risk.
+        """
+        if not 0.0 < level < 1.0:
+            raise ValueError("level must be between 0 and 1")
+        if self.n_bootstrap == 0:
+            raise BundleError("this bundle has no bootstrap ensemble (trained with --bootstrap 0)")
+        h = np.asarray(self.horizons if horizons is None else horizons, dtype=float)
+        z = self.design(X_frame)
+        s0 = self._since(X_frame, since)
+        risks = np.stack(
+            [1.0 - self._conditional_survival(z, h, s0, b) for b in range(self.n_bootstrap)]
+        )
+        lo = np.quantile(risks, (1.0 - level) / 2.0, axis=0)
+        hi = np.quantile(risks, (1.0 + level) / 2.0, axis=0)
+        point = 1.0 - self._conditional_survival(z, h, s0)
+        return np.minimum(lo, point), np.maximum(hi, point)
+
+    def predict_median(self, X_frame: pd.DataFrame, since: Any = None) -> np.ndarray:
+        """Median remaining time (days after ``since``); ``inf`` when never reached.
+
+        Found on a 0.25-day grid up to 5 years, which is finer than any visit
+        schedule. Callers must turn ``inf`` into "not reached" (STYLE.md).
+        """
+        grid = np.arange(0.0, 5 * 365.25, 0.25)
+        surv = self.predict_survival(X_frame, grid, since)
+        below = surv <= 0.5
+        idx = np.argmax(below, axis=1)
+        return np.where(below.any(axis=1), grid[idx], np.inf)
+
+    def drivers(self, X_frame: pd.DataFrame) -> pd.DataFrame:
+        """Contribution of each feature to the linear predictor, one column per feature.
+
+        For AFT kinds positive values mean a longer expected benefit (the
+        log-time scale); for Cox positive values mean a higher hazard (shorter
+        benefit). Zero for ``km``.
+        """
+        if self.encoder is None:
+            return pd.DataFrame(index=range(len(X_frame)))
+        z = self.design(X_frame)
+        coef = self.arrays["coef"]
+        contrib = z * coef[None, :]
+        cols = self.encoder.column_features
+        names = list(dict.fromkeys(cols))
+        idx = np.asarray([names.index(c) for c in cols], dtype=int)
+        out = np.zeros((len(z), len(names)))
+        np.add.at(out.T, idx, contrib.T)
+        return pd.DataFrame(out, columns=names)
+
+    # ------------------------------------------------------------------ persistence
+    def to_json_dict(self) -> dict[str, Any]:
+        """The JSON part of the bundle (everything except the arrays)."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "kind": self.kind,
+            "family": self.family,
+            "time_origin": self.time_origin,
+            "horizons": [int(h) for h in self.horizons],
+            "encoder": None if self.encoder is None else self.encoder.to_dict(),
+            "design_columns": [] if self.encoder is None else self.encoder.columns,
+            "arrays": sorted(self.arrays),
+            "meta": self.meta,
+        }
+
+    def save(self, directory: str | Path) -> list[Path]:
+        """Write ``bundle.json`` and ``bundle.npz`` into ``directory``; return the paths."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        jpath, npath = directory / JSON_NAME, directory / NPZ_NAME
+        jpath.write_text(json.dumps(self.to_json_dict(), indent=2, sort_keys=True) + "\n")
+        with npath.open("wb") as fh:
+            np.savez(fh, **{k: np.asarray(v, dtype=float) for k, v in self.arrays.items()})
+        return [jpath, npath]
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Bundle:
+        """Read a bundle written by :meth:`save` (no pickle; unknown formats refused)."""
+        directory = Path(directory)
+        jpath, npath = directory / JSON_NAME, directory / NPZ_NAME
+        try:
+            d = json.loads(jpath.read_text())
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{jpath.name}: cannot read bundle metadata ({exc})") from exc
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise BundleError(f"{jpath.name}: not a {FORMAT} file")
+        if d.get("format_version") != FORMAT_VERSION:
+            raise BundleError(
+                f"{jpath.name}: format_version {d.get('format_version')!r} is not supported "
+                f"(this code reads version {FORMAT_VERSION})"
+            )
+        try:
+            with np.load(npath, allow_pickle=False) as npz:
+                arrays = {k: np.asarray(npz[k]) for k in npz.files}
+        except (OSError, ValueError, KeyError) as exc:
+            raise BundleError(f"{npath.name}: cannot read bundle arrays ({exc})") from exc
+        if sorted(arrays) != sorted(d.get("arrays", [])):
+            raise BundleError(f"{npath.name}: arrays do not match {jpath.name}")
+        if d.get("kind") not in KINDS:
+            raise BundleError(f"{jpath.name}: unknown kind {d.get('kind')!r}")
+        enc = None if d["encoder"] is None else Encoder.from_dict(d["encoder"])
+        return cls(
+            kind=d["kind"],
+            family=d["family"],
+            time_origin=d["time_origin"],
+            horizons=tuple(int(h) for h in d["horizons"]),
+            encoder=enc,
+            arrays=arrays,
+            meta=d.get("meta", {}),
+        )
+
+
+def default_horizons() -> tuple[int, ...]:
+    """The contract horizons (days)."""
+    return tuple(HORIZONS)

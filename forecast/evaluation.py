@@ -1,0 +1,665 @@
+"""Evaluation of waning-risk models: grouped cross-validation, metrics, fairness, oracle.
+
+What is evaluated
+-----------------
+- **At episode start** (landmark 0): every model predicts the risk that the
+  benefit has waned within h days of the episode's start, for h in the
+  contract horizons. This is comparable across the dynamic model (features
+  at the start), the static models and the simulator's oracle (truth.csv
+  gives the true risk at the start of each episode).
+- **Landmark-conditional** (dynamic model only): every landmark row of the
+  test patients, risk of waning within h days after the landmark given the
+  features at the landmark. Rows of one episode are correlated; the metrics
+  are pooled point estimates.
+
+Cross-validation is patient-grouped K-fold (seeded shuffle of patients, never
+one patient on both sides); each fold refits the model spec of the evaluated
+version with the same settings and the baselines (KM, static Cox), and
+out-of-fold predictions of all folds are pooled before computing metrics.
+
+Interval-censored outcomes and right-censored metric functions
+--------------------------------------------------------------
+The metric functions of scikit-survival and lifelines want one time and an
+event flag. An event known to lie in ``(lower, upper]`` is placed at the
+**midpoint** (unbiased for an event uniform within the visit gap); a
+right-censored episode is censored at ``lower`` (its last event-free
+assessment). As a cross-check each horizon also reports the
+*interval-aware* status: waned by h is known when ``upper <= h``, not waned
+when ``lower >= h``, unknown otherwise; ``share_known`` and the AUC on the
+rows with a known status (``auc_known``) are reported next to the IPCW AUC,
+and calibration-in-the-large uses the Turnbull estimate, which needs no
+imputation.
+
+Metrics
+-------
+Harrell's C (lifelines ``concordance_index`` on the risk at 28 days, negated
+because it wants higher = longer survival), Uno's C (scikit-survival
+``concordance_index_ipcw``, tau = the longest horizon), time-dependent AUC
+(``cumulative_dynamic_auc``) and Brier score (``brier_score``) at each
+horizon, the integrated Brier score over the horizons (``integrated_brier_score``,
+trapezoid over 7..84 days), and per horizon calibration: ICI, E50 and E90
+(Austin, Harrell & van Klaveren 2020: a Cox model of the outcome on a
+restricted cubic spline of ``log(-log(1 - predicted risk))`` gives the
+smoothed observed risk; ICI is the mean absolute difference between predicted
+and smoothed observed risk), calibration-in-the-large (Turnbull observed risk
+minus mean predicted risk) and a decile calibration plot (Kaplan-Meier
+observed risk per decile of predicted risk). The same metrics are reported by
+sex, age band and diagnosis (fairness).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+from threadpoolctl import threadpool_limits
+
+from forecast.contract import HORIZONS
+from forecast.models import DEFAULT_KIND, make_estimator
+from forecast.training import STATIC_KINDS, FeatureSet, rows_for_kind, spec_of
+
+#: Horizon whose risk ranks patients for the global C-indices.
+RANK_HORIZON = 28
+#: Smallest subgroup (episodes / events) for which fairness metrics are computed.
+MIN_GROUP_N = 50
+MIN_GROUP_EVENTS = 10
+AGE_BANDS: tuple[tuple[str, float, float], ...] = (
+    ("<30", 0, 30), ("30-44", 30, 45), ("45-59", 45, 60), ("60+", 60, 200),
+)
+CONVERSION_TEXT = (
+    "Interval-censored events are placed at the midpoint of (lower, upper] for the "
+    "right-censored metric functions; right-censored rows are censored at lower. Cross-check: "
+    "interval-aware status at h (waned if upper <= h, not waned if lower >= h, else unknown) "
+    "with auc_known on rows of known status; calibration-in-the-large uses the Turnbull "
+    "estimate (no imputation)."
+)
+
+
+# --------------------------------------------------------------------------- outcomes
+def impute_times(lower: Any, upper: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(time, event) for right-censored metric functions: midpoint of events, lower if censored."""
+    lo = np.asarray(lower, dtype=float)
+    up = np.asarray(upper, dtype=float)
+    event = np.isfinite(up)
+    time = np.where(event, 0.5 * (lo + np.where(event, up, 0.0)), lo)
+    return np.maximum(time, 1e-3), event
+
+
+def status_at(lower: Any, upper: Any, h: float) -> np.ndarray:
+    """Interval-aware status at ``h``: 1 waned, 0 not waned, NaN unknown."""
+    lo = np.asarray(lower, dtype=float)
+    up = np.asarray(upper, dtype=float)
+    return np.where(up <= h, 1.0, np.where(lo >= h, 0.0, np.nan))
+
+
+def km_risk(time: np.ndarray, event: np.ndarray, h: float) -> float:
+    """Kaplan-Meier risk 1 - S(h) (vectorised product-limit)."""
+    if len(time) == 0:
+        return float("nan")
+    order = np.argsort(time, kind="stable")
+    t, e = time[order], event[order].astype(float)
+    uniq, first = np.unique(t, return_index=True)
+    d = np.add.reduceat(e, first)
+    at_risk = len(t) - first
+    s = np.cumprod(1.0 - d / at_risk)
+    k = np.searchsorted(uniq, h, side="right") - 1
+    return float(1.0 - (s[k] if k >= 0 else 1.0))
+
+
+#: Rows above which the Turnbull estimate and the calibration smoother use a seeded subsample
+#: (the NPMLE's EM and the Cox smoother grow with n; 200k and 50k rows estimate a risk to
+#: well under +-0.01).
+MAX_TURNBULL_ROWS = 200_000
+MAX_SMOOTHER_ROWS = 50_000
+
+
+def _subsample(n: int, cap: int, seed: int = 0) -> np.ndarray:
+    if n <= cap:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
+
+
+def turnbull_survival(lower: Any, upper: Any, times: Sequence[float], *, tol: float = 1e-6,
+                      max_iter: int = 10_000) -> np.ndarray:
+    """Turnbull's self-consistent (EM) NPMLE of S(t) for interval-censored data.
+
+    Vectorised for evaluation at scale (lifelines' implementation takes
+    seconds per call). The support is the set of elementary intervals between
+    consecutive distinct bounds; each row's event lies in ``(lower, upper]``
+    (``upper = inf`` right-censored). Mass is read at the right end of its
+    elementary interval. Iterates until no mass moves by more than ``tol``
+    (survival values then stable to about 1e-4; the test suite checks that the
+    result is self-consistent and at least as likely as lifelines' estimate).
+    """
+    lo = np.asarray(lower, dtype=float)
+    up = np.asarray(upper, dtype=float)
+    pts = np.unique(np.r_[0.0, lo, up[np.isfinite(up)]])
+    k = len(pts)  # elementary intervals 1..k-1 = (pts[j-1], pts[j]], and k = (pts[-1], inf)
+    a = np.searchsorted(pts, lo)  # row covers intervals a+1 .. b
+    b = np.where(np.isfinite(up), np.searchsorted(pts, np.where(np.isfinite(up), up, 0.0)), k)
+    p = np.full(k + 1, 1.0 / k)
+    p[0] = 0.0
+    n = len(lo)
+    for _ in range(max_iter):
+        c = np.cumsum(p)
+        d = c[b] - c[a]
+        inv = np.where(d > 0, 1.0 / np.where(d > 0, d, 1.0), 0.0)
+        acc = (np.bincount(a + 1, weights=inv, minlength=k + 2)
+               - np.bincount(b + 1, weights=inv, minlength=k + 2))
+        new = p * np.cumsum(acc)[: k + 1] / n
+        new /= new.sum()
+        done = np.max(np.abs(new - p)) < tol
+        p = new
+        if done:
+            break
+    right = np.r_[0.0, pts[1:], np.inf]  # right end of interval j (j = 0 holds no mass)
+    cdf = np.cumsum(p)
+    t = np.asarray(times, dtype=float)
+    idx = np.searchsorted(right, t, side="right") - 1
+    return 1.0 - cdf[np.clip(idx, 0, None)]
+
+
+def turnbull_risk(lower: np.ndarray, upper: np.ndarray, horizons: Sequence[float]) -> np.ndarray:
+    """Turnbull (interval-aware) risk 1 - S(h) at each horizon (subsampled above 200k rows)."""
+    idx = _subsample(len(lower), MAX_TURNBULL_ROWS)
+    return 1.0 - turnbull_survival(np.asarray(lower, float)[idx], np.asarray(upper, float)[idx],
+                                   horizons)
+
+
+# --------------------------------------------------------------------------- metric wrappers
+def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
+    """Harrell's C of a risk score (higher = earlier waning) via lifelines."""
+    from lifelines.utils import concordance_index
+
+    if event.sum() == 0 or len(time) < 2:
+        return float("nan")
+    return float(concordance_index(time, -np.asarray(risk, float), event))
+
+
+def _surv(time: np.ndarray, event: np.ndarray) -> np.ndarray:
+    from sksurv.util import Surv
+
+    return Surv.from_arrays(event.astype(bool), time)
+
+
+def uno_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray, tau: float) -> float:
+    """Uno's IPCW C (scikit-survival) truncated at ``tau``; censoring estimated on the same rows."""
+    from sksurv.metrics import concordance_index_ipcw
+
+    y = _surv(time, event)
+    try:
+        return float(concordance_index_ipcw(y, y, np.asarray(risk, float), tau=tau)[0])
+    except ValueError:
+        return float("nan")
+
+
+def _valid_horizons(time: np.ndarray, event: np.ndarray, horizons: Sequence[float]) -> np.ndarray:
+    # sksurv needs each time inside the follow-up of the data and some event before it
+    t_max = time.max() if len(time) else 0.0
+    t_ev = time[event].min() if event.any() else np.inf
+    return np.asarray([(h < t_max) and (h >= t_ev) for h in horizons])
+
+
+def td_auc(time: np.ndarray, event: np.ndarray, risk: np.ndarray,
+           horizons: Sequence[float]) -> np.ndarray:
+    """Cumulative/dynamic AUC per horizon (NaN where it cannot be computed)."""
+    from sksurv.metrics import cumulative_dynamic_auc
+
+    out = np.full(len(horizons), np.nan)
+    ok = _valid_horizons(time, event, horizons)
+    if ok.any():
+        y = _surv(time, event)
+        h = np.asarray(horizons, float)[ok]
+        try:
+            out[ok] = cumulative_dynamic_auc(y, y, np.asarray(risk, float)[:, ok], h)[0]
+        except ValueError:
+            pass
+    return out
+
+
+def brier(time: np.ndarray, event: np.ndarray, risk: np.ndarray,
+          horizons: Sequence[float]) -> tuple[np.ndarray, float]:
+    """IPCW Brier score per horizon and the integrated Brier score over the horizons."""
+    from sksurv.metrics import brier_score, integrated_brier_score
+
+    out = np.full(len(horizons), np.nan)
+    ok = _valid_horizons(time, event, horizons)
+    ibs = float("nan")
+    if ok.any():
+        y = _surv(time, event)
+        h = np.asarray(horizons, float)[ok]
+        surv = 1.0 - np.asarray(risk, float)[:, ok]
+        try:
+            out[ok] = brier_score(y, y, surv, h)[1]
+            if ok.sum() >= 2:
+                ibs = float(integrated_brier_score(y, y, surv, h))
+        except ValueError:
+            pass
+    return out, ibs
+
+
+def _rcs_basis(x: np.ndarray, knots: np.ndarray) -> np.ndarray:
+    """Restricted cubic spline basis (Harrell), linear term first."""
+    k = len(knots)
+    scale = (knots[-1] - knots[0]) ** 2
+    cols = [x]
+    for j in range(k - 2):
+        term = (np.maximum(x - knots[j], 0) ** 3
+                - np.maximum(x - knots[-2], 0) ** 3 * (knots[-1] - knots[j])
+                / (knots[-1] - knots[-2])
+                + np.maximum(x - knots[-1], 0) ** 3 * (knots[-2] - knots[j])
+                / (knots[-1] - knots[-2]))
+        cols.append(term / scale)
+    return np.column_stack(cols)
+
+
+def smoothed_observed(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: float
+                      ) -> np.ndarray | None:
+    """Austin et al. (2020) smoothed observed risk at ``h`` for each row (None if not estimable)."""
+    from lifelines import CoxPHFitter
+
+    risk_h = np.clip(np.asarray(risk_h, float), 1e-6, 1 - 1e-6)
+    if event.sum() < 10 or len(time) < 30:
+        return None
+    cll = np.log(-np.log(1.0 - risk_h))
+    n_knots = 4 if len(np.unique(np.round(cll, 6))) >= 8 else 0
+    if n_knots:
+        knots = np.quantile(cll, [0.05, 0.35, 0.65, 0.95])
+        basis = _rcs_basis(cll, knots) if np.all(np.diff(knots) > 1e-9) else cll[:, None]
+    else:
+        basis = cll[:, None]
+    if np.ptp(basis[:, 0]) < 1e-9:
+        return None
+    df = pd.DataFrame(basis, columns=[f"s{j}" for j in range(basis.shape[1])])
+    df["T"], df["E"] = time, event.astype(float)
+    fit_rows = _subsample(len(df), MAX_SMOOTHER_ROWS)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        try:
+            cph = CoxPHFitter(penalizer=1e-4).fit(df.iloc[fit_rows], "T", "E")
+            obs = 1.0 - cph.predict_survival_function(df.drop(columns=["T", "E"]),
+                                                      times=[h]).to_numpy()[0]
+        except Exception:  # noqa: BLE001 - any fit failure means "not estimable"
+            return None
+    return obs if np.all(np.isfinite(obs)) else None
+
+
+def calibration(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: float,
+                observed_risk: float | None = None, n_bins: int = 10) -> dict[str, Any]:
+    """ICI/E50/E90 (Austin 2020), calibration-in-the-large and decile points.
+
+    ``observed_risk`` is the interval-aware (Turnbull) observed risk at ``h``
+    of the same rows, used for calibration-in-the-large.
+    """
+    risk_h = np.asarray(risk_h, float)
+    out: dict[str, Any] = {"mean_predicted": float(risk_h.mean()) if len(risk_h) else None}
+    obs = smoothed_observed(time, event, risk_h, h)
+    if obs is not None:
+        diff = np.abs(risk_h - obs)
+        out.update(ici=float(diff.mean()), e50=float(np.median(diff)),
+                   e90=float(np.quantile(diff, 0.9)))
+        order = np.argsort(risk_h)
+        idx = order[np.linspace(0, len(order) - 1, min(50, len(order))).astype(int)]
+        out["curve"] = {"predicted": risk_h[idx].round(5).tolist(),
+                        "observed": obs[idx].round(5).tolist()}
+    else:
+        out.update(ici=None, e50=None, e90=None)
+    if observed_risk is not None and out["mean_predicted"] is not None:
+        out["observed_turnbull"] = float(observed_risk)
+        out["citl"] = float(observed_risk) - out["mean_predicted"]
+    edges = np.unique(np.quantile(risk_h, np.linspace(0, 1, n_bins + 1))) if len(risk_h) else []
+    if len(edges) >= 2:
+        b = np.clip(np.searchsorted(edges, risk_h, side="right") - 1, 0, len(edges) - 2)
+        pts = []
+        for k in range(len(edges) - 1):
+            m = b == k
+            if m.sum() >= 5:
+                pts.append([float(risk_h[m].mean()), km_risk(time[m], event[m], h), int(m.sum())])
+        out["deciles"] = pts
+    return out
+
+
+def survival_metrics(lower: np.ndarray, upper: np.ndarray, risk: np.ndarray,
+                     horizons: Sequence[int] = HORIZONS, *, uno: bool = True,
+                     calibrate: bool = True) -> dict[str, Any]:
+    """All metrics of one set of predictions (risk shape (n, len(horizons)))."""
+    lower = np.asarray(lower, float)
+    upper = np.asarray(upper, float)
+    risk = np.asarray(risk, float)
+    time, event = impute_times(lower, upper)
+    horizons = [int(h) for h in horizons]
+    rank_col = horizons.index(RANK_HORIZON) if RANK_HORIZON in horizons else len(horizons) - 1
+    with threadpool_limits(limits=1, user_api="blas"):
+        observed = turnbull_risk(lower, upper, horizons) if calibrate and len(lower) else None
+        auc = td_auc(time, event, risk, horizons)
+        bs, ibs = brier(time, event, risk, horizons)
+        res: dict[str, Any] = {
+            "n": int(len(time)),
+            "events": int(event.sum()),
+            "harrell_c": harrell_c(time, event, risk[:, rank_col]),
+            "uno_c": uno_c(time, event, risk[:, rank_col], float(max(horizons)))
+            if uno else None,
+            "ibs": ibs,
+            "by_horizon": {},
+        }
+        for j, h in enumerate(horizons):
+            st = status_at(lower, upper, h)
+            known = ~np.isnan(st)
+            auc_known = None
+            if known.any() and 0 < st[known].sum() < known.sum():
+                from sklearn.metrics import roc_auc_score
+
+                auc_known = float(roc_auc_score(st[known], risk[known, j]))
+            entry: dict[str, Any] = {
+                "auc": _num(auc[j]),
+                "brier": _num(bs[j]),
+                "share_known": float(known.mean()) if len(known) else None,
+                "auc_known": auc_known,
+            }
+            if calibrate:
+                entry.update(calibration(time, event, risk[:, j], h,
+                                         None if observed is None else observed[j]))
+            res["by_horizon"][str(h)] = entry
+    return res
+
+
+def _num(x: float) -> float | None:
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+# --------------------------------------------------------------------------- subgroups
+def subgroups(rows: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Fairness attributes per row: sex, age band and diagnosis (``unknown`` when missing)."""
+    out: dict[str, np.ndarray] = {}
+    n = len(rows)
+    for col in ("sex", "diagnosis"):
+        if col in rows.columns:
+            v = rows[col].astype(object).where(rows[col].notna(), "unknown")
+            out[col] = v.astype(str).to_numpy()
+    if "age" in rows.columns:
+        age = pd.to_numeric(rows["age"], errors="coerce").to_numpy(float)
+        if "age_missing" in rows.columns:
+            age = np.where(rows["age_missing"].to_numpy(float) > 0, np.nan, age)
+        band = np.full(n, "unknown", dtype=object)
+        for name, a, b in AGE_BANDS:
+            band[(age >= a) & (age < b)] = name
+        out["age_band"] = band.astype(str)
+    return out
+
+
+def fairness(lower: np.ndarray, upper: np.ndarray, risk: np.ndarray, groups: dict[str, np.ndarray],
+             horizons: Sequence[int] = HORIZONS) -> dict[str, Any]:
+    """Metrics per subgroup (counts only below MIN_GROUP_N episodes or MIN_GROUP_EVENTS events)."""
+    out: dict[str, Any] = {}
+    for attr, values in groups.items():
+        out[attr] = {}
+        for level in sorted(set(values.tolist())):
+            m = values == level
+            n_ev = int(np.isfinite(upper[m]).sum())
+            if m.sum() >= MIN_GROUP_N and n_ev >= MIN_GROUP_EVENTS:
+                out[attr][level] = survival_metrics(lower[m], upper[m], risk[m], horizons,
+                                                    uno=False)
+                for hh in out[attr][level]["by_horizon"].values():
+                    hh.pop("curve", None)
+                    hh.pop("deciles", None)
+            else:
+                out[attr][level] = {"n": int(m.sum()), "events": n_ev,
+                                    "note": "too few episodes or events for metrics"}
+    return out
+
+
+# --------------------------------------------------------------------------- folds / CV
+def grouped_folds(groups: Any, n_folds: int, seed: int) -> np.ndarray:
+    """Fold number per row; all rows of a patient share one fold (seeded shuffle)."""
+    codes, uniques = pd.factorize(np.asarray(groups))
+    if n_folds < 2:
+        raise ValueError("--folds must be at least 2")
+    if len(uniques) < n_folds:
+        raise ValueError(f"{len(uniques)} patients cannot fill {n_folds} folds")
+    rng = np.random.default_rng(seed)
+    fold_of_group = np.empty(len(uniques), dtype=int)
+    fold_of_group[rng.permutation(len(uniques))] = np.arange(len(uniques)) % n_folds
+    return fold_of_group[codes]
+
+
+@dataclass
+class ModelSpec:
+    """What a fold refits: the kind and the estimator settings of the evaluated version."""
+
+    kind: str = DEFAULT_KIND
+    params: dict[str, Any] | None = None
+
+
+def _fold_job(ld: pd.DataFrame, spec: FeatureSet, fold: np.ndarray, k: int,
+              models: dict[str, ModelSpec], horizons: Sequence[int]) -> dict[str, Any]:
+    train = ld[fold != k].reset_index(drop=True)
+    test = ld[fold == k].reset_index(drop=True)
+    test0 = test[test["landmark"] == 0].reset_index(drop=True)
+    out: dict[str, Any] = {"test0_index": np.flatnonzero((fold == k) & (ld["landmark"] == 0)),
+                           "test_index": np.flatnonzero(fold == k), "pred0": {}, "pred_lm": {},
+                           "errors": {}}
+    h = np.asarray(horizons, float)
+    with threadpool_limits(limits=1, user_api="blas"):
+        for name, ms in models.items():
+            X, lo, up, groups, feats = rows_for_kind(train, spec, ms.kind)
+            params = dict(ms.params or {})
+            params.update(n_bootstrap=0, n_jobs=1)
+            try:
+                est = make_estimator(ms.kind, features=feats, **params).fit(X, lo, up, groups)
+            except Exception as exc:  # noqa: BLE001 - recorded in the report, other models go on
+                out["errors"][name] = f"{type(exc).__name__}: {exc}"[:300]
+                continue
+            bundle = est.to_bundle()
+            out["pred0"][name] = bundle.predict_risk(test0, h)
+            if ms.kind not in STATIC_KINDS:
+                out["pred_lm"][name] = bundle.predict_risk(test, h)
+    return out
+
+
+def cross_validate(ld: pd.DataFrame, spec: FeatureSet, models: dict[str, ModelSpec], *,
+                   n_folds: int = 5, seed: int = 0, jobs: int = 1,
+                   horizons: Sequence[int] = HORIZONS, progress: Any = None) -> dict[str, Any]:
+    """Out-of-fold predictions of each model (patient-grouped K-fold on the landmark dataset)."""
+    fold = grouped_folds(ld["patient_id"].to_numpy(), n_folds, seed)
+    jobs_out = Parallel(n_jobs=jobs)(
+        delayed(_fold_job)(ld, spec, fold, k, models, horizons) for k in range(n_folds)
+    )
+    n0 = int((ld["landmark"] == 0).sum())
+    start_pos = np.full(len(ld), -1)
+    start_pos[np.flatnonzero(ld["landmark"].to_numpy() == 0)] = np.arange(n0)
+    pred0 = {name: np.full((n0, len(horizons)), np.nan) for name in models}
+    pred_lm = {name: np.full((len(ld), len(horizons)), np.nan) for name in models
+               if models[name].kind not in STATIC_KINDS}
+    errors: dict[str, list[str]] = {}
+    for res in jobs_out:
+        for name, p in res["pred0"].items():
+            pred0[name][start_pos[res["test0_index"]]] = p
+        for name, p in res["pred_lm"].items():
+            pred_lm[name][res["test_index"]] = p
+        for name, e in res["errors"].items():
+            errors.setdefault(name, []).append(e)
+        if progress is not None:
+            progress()
+    return {"fold": fold, "pred0": pred0, "pred_lm": pred_lm, "errors": errors}
+
+
+# --------------------------------------------------------------------------- oracle
+def oracle_risks(start_rows: pd.DataFrame, truth: pd.DataFrame,
+                 horizons: Sequence[int] = HORIZONS) -> np.ndarray:
+    """Oracle risk per episode-start row from truth.csv (NaN rows where no truth matches)."""
+    t = truth.copy()
+    t["_key_date"] = pd.to_datetime(t["episode_start"]).dt.normalize()
+    t["patient_id"] = t["patient_id"].astype(str)
+    t = t.drop_duplicates(["patient_id", "_key_date"])
+    q = pd.DataFrame({"patient_id": start_rows["patient_id"].astype(str).to_numpy(),
+                      "_key_date": pd.to_datetime(start_rows["as_of"]).dt.normalize().to_numpy()})
+    cols = [f"risk_{h}d" for h in horizons]
+    merged = q.merge(t[["patient_id", "_key_date", *cols]], how="left",
+                     on=["patient_id", "_key_date"])
+    return merged[cols].to_numpy(dtype=float)
+
+
+# --------------------------------------------------------------------------- top level
+def _model_block(lower: np.ndarray, upper: np.ndarray, risk: np.ndarray,
+                 groups: dict[str, np.ndarray] | None, horizons: Sequence[int]) -> dict[str, Any]:
+    ok = np.all(np.isfinite(risk), axis=1)
+    if not ok.any():
+        return {"overall": None, "note": "no predictions (every fold failed, see errors)"}
+    block = {"overall": survival_metrics(lower[ok], upper[ok], risk[ok], horizons)}
+    if groups is not None:
+        block["fairness"] = fairness(lower[ok], upper[ok], risk[ok],
+                                     {k: v[ok] for k, v in groups.items()}, horizons)
+    return block
+
+
+def evaluate_cohort(
+    cohort: Any,
+    spec_model: ModelSpec,
+    *,
+    definition: Any = None,
+    truth: pd.DataFrame | None = None,
+    n_folds: int = 5,
+    seed: int = 0,
+    jobs: int = 1,
+    baselines: Sequence[str] = ("cox", "km"),
+    horizons: Sequence[int] = HORIZONS,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Cross-validated metrics of a model spec and the baselines (and the oracle if ``truth``).
+
+    Returns a JSON-able dict (see the module notes); the main model is
+    reported under ``"model"``, baselines under their kind, the oracle under
+    ``"oracle"``.
+    """
+    from forecast.features import landmark_dataset
+
+    ld = landmark_dataset(cohort, definition)
+    if len(ld) == 0:
+        raise ValueError("no response episodes in the data: nothing to evaluate")
+    spec = spec_of(cohort)
+    models = {"model": spec_model}
+    for b in baselines:
+        models[b] = ModelSpec(b, {"penalizer": (spec_model.params or {}).get("penalizer", 0.01)}
+                              if b != "km" else {})
+    cv = cross_validate(ld, spec, models, n_folds=n_folds, seed=seed, jobs=jobs,
+                        horizons=horizons, progress=progress)
+    start = ld[ld["landmark"] == 0].reset_index(drop=True)
+    lo0 = start["lower"].to_numpy(float)
+    up0 = start["upper"].to_numpy(float)
+    groups = subgroups(start)
+    out: dict[str, Any] = {
+        "folds": n_folds,
+        "seed": seed,
+        "n_patients": int(start["patient_id"].nunique()),
+        "n_episodes": int(len(start)),
+        "n_events": int(np.isfinite(up0).sum()),
+        "model_kind": spec_model.kind,
+        "models": {},
+        "errors": cv["errors"],
+    }
+    for name in models:
+        out["models"][name] = _model_block(lo0, up0, cv["pred0"][name],
+                                           groups if name == "model" else None, horizons)
+    if truth is not None:
+        orc = oracle_risks(start, truth, horizons)
+        matched = np.all(np.isfinite(orc), axis=1)
+        out["oracle_matched_episodes"] = int(matched.sum())
+        if matched.any():
+            out["models"]["oracle"] = _model_block(lo0[matched], up0[matched], orc[matched],
+                                                   {k: v[matched] for k, v in groups.items()},
+                                                   horizons)
+            # The oracle exists only for the simulator's episodes: compare on those.
+            out["on_oracle_episodes"] = {
+                name: _model_block(lo0[matched], up0[matched], cv["pred0"][name][matched], None,
+                                   horizons)
+                for name in models
+            }
+    if cv["pred_lm"].get("model") is not None:
+        p = cv["pred_lm"]["model"]
+        ok = np.all(np.isfinite(p), axis=1)  # rows of a failed fold have no prediction
+        if ok.any():
+            out["landmark_conditional"] = {
+                "n_rows": int(ok.sum()),
+                "note": "all landmark rows of the test patients; rows of one episode are "
+                        "correlated, metrics are pooled point estimates (Uno's C skipped)",
+                **survival_metrics(ld["lower"].to_numpy(float)[ok],
+                                   ld["upper"].to_numpy(float)[ok], p[ok], horizons, uno=False),
+            }
+    return out
+
+
+def evaluate_bundle(cohort: Any, bundle: Any, *, definition: Any = None,
+                    truth: pd.DataFrame | None = None,
+                    horizons: Sequence[int] = HORIZONS) -> dict[str, Any]:
+    """Metrics of a fitted bundle applied to another cohort (``--holdout``)."""
+    from forecast.features import landmark_dataset
+
+    ld = landmark_dataset(cohort, definition)
+    if len(ld) == 0:
+        raise ValueError("no response episodes in the holdout data")
+    start = ld[ld["landmark"] == 0].reset_index(drop=True)
+    lo0, up0 = start["lower"].to_numpy(float), start["upper"].to_numpy(float)
+    h = np.asarray(horizons, float)
+    groups = subgroups(start)
+    out: dict[str, Any] = {
+        "n_patients": int(start["patient_id"].nunique()),
+        "n_episodes": int(len(start)),
+        "n_events": int(np.isfinite(up0).sum()),
+        "models": {"model": _model_block(lo0, up0, bundle.predict_risk(start, h), groups,
+                                         horizons)},
+    }
+    if truth is not None:
+        orc = oracle_risks(start, truth, horizons)
+        matched = np.all(np.isfinite(orc), axis=1)
+        if matched.any():
+            out["models"]["oracle"] = _model_block(lo0[matched], up0[matched], orc[matched],
+                                                   {k: v[matched] for k, v in groups.items()},
+                                                   horizons)
+    if bundle.time_origin == "landmark":
+        out["landmark_conditional"] = {
+            "n_rows": int(len(ld)),
+            **survival_metrics(ld["lower"].to_numpy(float), ld["upper"].to_numpy(float),
+                               bundle.predict_risk(ld, h), horizons, uno=False),
+        }
+    return out
+
+
+def targets(cv: dict[str, Any]) -> dict[str, Any]:
+    """The done-when figures: AUC(28) gap to the oracle, ICI at 28/56, beats Cox and KM."""
+    models = dict(cv.get("models", {}))
+    if "on_oracle_episodes" in cv:  # the oracle comparison on the episodes the oracle covers
+        models.update(cv["on_oracle_episodes"])
+
+    def get(name: str, h: int, key: str) -> float | None:
+        return models.get(name, {}).get("overall", {}).get("by_horizon", {}).get(str(h), {}).get(
+            key)
+
+    out: dict[str, Any] = {
+        "auc28_model": get("model", 28, "auc"),
+        "auc28_oracle": get("oracle", 28, "auc"),
+        "ici28_model": get("model", 28, "ici"),
+        "ici56_model": get("model", 56, "ici"),
+    }
+    if out["auc28_model"] is not None and out["auc28_oracle"] is not None:
+        out["auc28_gap_to_oracle"] = out["auc28_oracle"] - out["auc28_model"]
+    for base in ("cox", "km"):
+        if base in models:
+            mb = models["model"]["overall"]
+            bb = models[base]["overall"]
+            out[f"beats_{base}"] = {
+                "auc28": _better(get("model", 28, "auc"), get(base, 28, "auc"), True),
+                "ibs": _better(mb.get("ibs"), bb.get("ibs"), False),
+                "harrell_c": _better(mb.get("harrell_c"), bb.get("harrell_c"), True),
+            }
+    return out
+
+
+def _better(a: float | None, b: float | None, higher: bool) -> bool | None:
+    if a is None or b is None or not np.isfinite(a) or not np.isfinite(b):
+        return None
+    return bool(a > b) if higher else bool(a < b)

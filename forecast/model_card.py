@@ -1,0 +1,244 @@
+"""TRIPOD+AI-style model cards (JSON and Markdown) for registry versions.
+
+A card states the intended users and population, the outcome and its
+horizons, how censoring was handled, the full model specification, a training
+data summary (counts only, never patient rows), the metrics if the model was
+evaluated, and the limitations (DOMAIN.md, "Reporting a clinical prediction
+model").
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from forecast.bundle import AFT_FAMILIES, Bundle
+
+_ORIGIN_TEXT = {
+    "landmark": (
+        "Dynamic landmark model: features are computed at the as-of date and the model "
+        "predicts the residual time from that date (super-landmark stacking of training "
+        "episodes at several landmarks after each episode's start)."
+    ),
+    "episode_start": (
+        "Static model from the episode's start: features at the start of the episode; risks "
+        "at a later as-of date are conditioned on the time already survived, "
+        "1 - S(s + h) / S(s)."
+    ),
+}
+
+_CENSORING = {
+    "km": "Turnbull non-parametric maximum likelihood estimator for interval-censored data "
+          "(lifelines KaplanMeierFitter.fit_interval_censoring).",
+    "cox": "Interval-censored events placed at the midpoint of their interval (lifelines' "
+           "semi-parametric Cox does not handle interval censoring); right-censored episodes "
+           "at their last event-free assessment.",
+    "aft": "True interval-censored likelihood: the event lies between the last event-free "
+           "assessment and the first assessment showing waning, log(S(lower) - S(upper)); "
+           "right-censored rows contribute log S(lower). Lower bounds of 0 (landmark rows "
+           "whose event may already have happened unseen) are set to 0.001 days.",
+}
+
+_FAMILY_TEXT = {
+    "weibull": "Weibull AFT: S(t) = exp(-(t / exp(eta)) ** rho), rho = exp(g)",
+    "lognormal": "log-normal AFT: S(t) = 1 - Phi((log t - eta) / sigma), sigma = exp(g)",
+    "loglogistic": "log-logistic AFT: S(t) = 1 / (1 + (t / exp(eta)) ** beta), beta = exp(g)",
+    "cox": "Cox proportional hazards: S(t) = exp(-H0(t) exp((z - m) . beta)), Breslow H0 "
+           "interpolated linearly between event times",
+    "km": "Population survival curve without covariates (step function)",
+}
+
+
+def _coefficients(bundle: Bundle) -> list[dict[str, Any]]:
+    if bundle.encoder is None:
+        return []
+    coef = bundle.arrays["coef"]
+    boot = bundle.arrays.get("boot_coef")
+    rows = []
+    for j, (col, feat) in enumerate(
+        zip(bundle.encoder.columns, bundle.encoder.column_features, strict=True)
+    ):
+        row: dict[str, Any] = {"column": col, "feature": feat, "coef": float(coef[j]),
+                               "active": bool(bundle.encoder.active[j])}
+        if boot is not None and len(boot) > 1:
+            row["bootstrap_sd"] = float(np.std(boot[:, j], ddof=1))
+        rows.append(row)
+    return rows
+
+
+def build_card(
+    bundle: Bundle,
+    *,
+    version: str,
+    definition: Any,
+    training: dict[str, Any],
+    fingerprint: dict[str, Any],
+    metrics: dict[str, Any] | None,
+    environment: dict[str, Any],
+) -> dict[str, Any]:
+    """Assemble the model card of a version (a JSON-able dict)."""
+    enc = bundle.encoder
+    spec: dict[str, Any] = {
+        "kind": bundle.kind,
+        "family": bundle.family,
+        "formula": _FAMILY_TEXT.get(bundle.family, bundle.family),
+        "time_origin": bundle.time_origin,
+        "time_origin_text": _ORIGIN_TEXT.get(bundle.time_origin, ""),
+        "features": None if enc is None else {
+            "numeric": list(enc.numeric),
+            "numeric_means": enc.means.tolist(),
+            "numeric_scales": enc.scales.tolist(),
+            "categorical": {k: list(v) for k, v in enc.categorical.items()},
+            "reference_levels": dict(enc.references),
+        },
+        "preprocessing": (
+            "numeric features standardised with the training mean and SD, missing values "
+            "imputed by the training mean; categorical features one-hot over fixed levels "
+            "minus the most frequent (reference) level and centred on the training "
+            "frequencies, so that a missing or unseen category gets the average effect"
+        ) if enc is not None else "none (no covariates)",
+        "coefficients": _coefficients(bundle),
+        "penalizer": bundle.meta.get("penalizer"),
+        "bootstrap": {
+            "replicates": bundle.n_bootstrap,
+            "resampling": "patients (cluster bootstrap), refitted at train time",
+            "seed": bundle.meta.get("random_state"),
+        },
+    }
+    if bundle.family in AFT_FAMILIES:
+        spec["intercept"] = float(bundle.arrays["intercept"])
+        spec["log_ancillary"] = float(bundle.arrays["ancillary"])
+    if "family_selection" in bundle.meta:
+        spec["family_selection"] = bundle.meta["family_selection"]
+    if "ancillary_covariates" in bundle.meta:
+        spec["ancillary_covariates"] = bundle.meta["ancillary_covariates"]
+        spec["ancillary_coef"] = bundle.arrays["anc_coef"].tolist()
+    censoring = _CENSORING["aft" if bundle.family in AFT_FAMILIES else bundle.family]
+    return {
+        "title": "kap-forecast: time until the benefit of a ketamine session wanes",
+        "version": version,
+        "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "intended_use": {
+            "users": "clinicians of ketamine / ketamine-assisted psychotherapy clinics "
+                     "(decision support for timing maintenance sessions) and researchers",
+            "population": "adults treated with ketamine for depression (and the other listed "
+                          "indications) who responded to a session (PHQ-9 response)",
+            "not_for": [
+                "suicide-risk assessment: suicidal-ideation answers are handled by fixed "
+                "safety rules that override any forecast",
+                "patients not in response or without a baseline PHQ-9",
+                "populations unlike the training data (see training_data)",
+            ],
+        },
+        "outcome": {
+            "event": "benefit waned: first assessment after the episode start no longer in "
+                     "response with PHQ-9 >= threshold, or re-emerging suicidal ideation",
+            "definition": definition.to_dict() if hasattr(definition, "to_dict") else {},
+            "horizons_days": [int(h) for h in bundle.horizons],
+            "time_origin": bundle.time_origin,
+        },
+        "censoring": censoring,
+        "model": spec,
+        "training_data": {k: v for k, v in training.items() if k != "patient_ids"},
+        "data_fingerprint": fingerprint,
+        "metrics": metrics,
+        "metrics_note": None if metrics else
+        "not evaluated at train time; run `forecast evaluate DIR --model REF --out REPORT`",
+        "limitations": [
+            "landmark rows of one episode are correlated: uncertainty comes from a "
+            "patient-level bootstrap, not from model standard errors",
+            "the event is only seen at assessments; its time is known to lie between visits",
+            "drop-out may be informative (heavy in ketamine clinics); censoring is assumed "
+            "non-informative given the features",
+            "forecasts are decision support for a clinician, never a clearance",
+        ],
+        "software": environment,
+    }
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def render_markdown(card: dict[str, Any]) -> str:
+    """Human-readable Markdown rendering of a card."""
+    m = card.get("model", {})
+    out = [f"# Model card: {card.get('title', '')}", ""]
+    out += [f"- Version: `{card.get('version')}`", f"- Created (UTC): {card.get('created_utc')}",
+            f"- Kind: `{m.get('kind')}` ({m.get('formula')})",
+            f"- Time origin: {m.get('time_origin_text')}", ""]
+    iu = card.get("intended_use", {})
+    out += ["## Intended use", f"- Users: {iu.get('users')}",
+            f"- Population: {iu.get('population')}"]
+    out += [f"- Not for: {x}" for x in iu.get("not_for", [])]
+    oc = card.get("outcome", {})
+    out += ["", "## Outcome", f"- Event: {oc.get('event')}",
+            f"- Horizons (days): {', '.join(str(h) for h in oc.get('horizons_days', []))}",
+            "- Definition: " + ", ".join(f"{k}={v}" for k, v in oc.get("definition", {}).items()),
+            "", "## Censoring", card.get("censoring", ""), "",
+            "## Model specification", f"- Preprocessing: {m.get('preprocessing')}",
+            f"- L2 penalizer: {_fmt(m.get('penalizer'))}"]
+    if "family_selection" in m:
+        sel = m["family_selection"]
+        aic = ", ".join(f"{k} {v:.1f}" for k, v in sel.get("aic", {}).items())
+        cvb = ", ".join(f"{k} {v:.5f}" for k, v in sel.get("cv_brier", {}).items())
+        out.append(f"- Family: {sel.get('family')} (chosen by {sel.get('method')}; AIC {aic}"
+                   + (f"; held-out Brier {cvb}" if cvb else "") + ")")
+    if m.get("ancillary_covariates"):
+        out.append("- Shape (ancillary) parameter depends on: "
+                   + ", ".join(m["ancillary_covariates"]))
+    if "intercept" in m:
+        out.append(f"- Intercept (log days): {_fmt(m['intercept'])}; log ancillary: "
+                   f"{_fmt(m['log_ancillary'])}")
+    b = m.get("bootstrap", {})
+    out.append(f"- Bootstrap: {b.get('replicates')} patient-resampled refits (seed "
+               f"{b.get('seed')})")
+    if m.get("coefficients"):
+        out += ["", "| design column | coefficient | bootstrap SD |", "|---|---|---|"]
+        out += [f"| {r['column']} | {_fmt(r['coef'])} | {_fmt(r.get('bootstrap_sd'))} |"
+                for r in m["coefficients"]]
+    out += ["", "## Training data (counts only)"]
+    out += [f"- {k}: {_fmt(v)}" for k, v in card.get("training_data", {}).items()
+            if not isinstance(v, dict | list)]
+    fp = card.get("data_fingerprint") or {}
+    if fp.get("sha256"):
+        out.append(f"- Data fingerprint (sha256): `{fp['sha256']}`")
+    out += ["", "## Metrics"]
+    metrics = card.get("metrics")
+    if metrics:
+        out += _metrics_md(metrics)
+    else:
+        out.append(card.get("metrics_note") or "not evaluated")
+    out += ["", "## Limitations"] + [f"- {x}" for x in card.get("limitations", [])]
+    sw = card.get("software", {})
+    out += ["", "## Software", f"- Python {sw.get('python')}"]
+    out += [f"- {k} {v}" for k, v in sw.get("packages", {}).items()]
+    return "\n".join(out) + "\n"
+
+
+def _metrics_md(metrics: dict[str, Any]) -> list[str]:
+    """Summary table of the headline metrics per model (cross-validation at episode start)."""
+    cv = metrics.get("cv", {})
+    models = cv.get("models", {})
+    if not models:
+        return [f"- {k}: {_fmt(v)}" for k, v in metrics.items() if not isinstance(v, dict)]
+    horizons = metrics.get("horizons", [])
+    head = "| model | Harrell C | Uno C | IBS | " + " | ".join(
+        f"AUC {h}d | Brier {h}d | ICI {h}d" for h in horizons) + " |"
+    lines = [f"Patient-grouped {cv.get('folds')}-fold cross-validation at episode start "
+             f"({cv.get('n_episodes')} episodes):", "", head,
+             "|" + "---|" * (4 + 3 * len(horizons))]
+    for name, res in models.items():
+        o = res.get("overall", {})
+        cells = [name, _fmt(o.get("harrell_c")), _fmt(o.get("uno_c")), _fmt(o.get("ibs"))]
+        for h in horizons:
+            hh = o.get("by_horizon", {}).get(str(h), {})
+            cells += [_fmt(hh.get("auc")), _fmt(hh.get("brier")), _fmt(hh.get("ici"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines

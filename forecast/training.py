@@ -1,0 +1,199 @@
+"""From a cohort to a fitted estimator: the training data of each kind.
+
+- ``landmark`` (dynamic) trains on the stacked super-landmark dataset
+  (``forecast.features.landmark_dataset``) with every feature.
+- The static kinds (``cox``, ``weibull``, ``lognormal``, ``loglogistic``,
+  ``km``) train on the landmark-0 rows (one per episode, features at the
+  episode's start, outcome from the start) and use only the *static*
+  features: those that never change within an episode across its landmark
+  rows. A static model is served at a later as-of date with the features of
+  that date and ``since`` = days since the episode start, so a feature that
+  moves within the episode would be read at a time the model never saw. The
+  static set is found from the data (works for any generator), not from a
+  list of names.
+
+Nothing here assumes the project's simulator: any cohort that follows the data
+contract works.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from forecast.models import DEFAULT_KIND, FeatureSet, SurvivalEstimator, make_estimator
+
+STATIC_KINDS: tuple[str, ...] = ("km", "cox", "weibull", "lognormal", "loglogistic")
+
+
+@dataclass
+class TrainingData:
+    """Rows, outcomes and features a kind is fitted on."""
+
+    X: pd.DataFrame
+    lower: np.ndarray
+    upper: np.ndarray
+    groups: np.ndarray
+    features: FeatureSet
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def spec_of(cohort: Any) -> FeatureSet:
+    """The feature specification of ``cohort`` (with its declared covariates)."""
+    from forecast.features import feature_spec
+
+    spec = feature_spec(tuple(getattr(cohort, "covariates", ()) or ()))
+    return FeatureSet(tuple(spec.numeric), {k: tuple(v) for k, v in spec.categorical.items()})
+
+
+def static_features(landmarks: pd.DataFrame, spec: FeatureSet) -> FeatureSet:
+    """The features of ``spec`` that are constant within every episode of ``landmarks``."""
+    if len(landmarks) == 0:
+        return spec
+    codes = pd.factorize(landmarks["episode_id"])[0]
+    order = np.argsort(codes, kind="stable")
+    c = codes[order]
+    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+    numeric = []
+    for name in spec.numeric:
+        v = pd.to_numeric(landmarks[name], errors="coerce").to_numpy(dtype=float)[order]
+        v = np.where(np.isnan(v), -np.inf, v)  # NaN == NaN for this purpose
+        if np.array_equal(np.maximum.reduceat(v, starts), np.minimum.reduceat(v, starts)):
+            numeric.append(name)
+    categorical = {}
+    for name, levels in spec.categorical.items():
+        codes_v = pd.factorize(landmarks[name].astype(object).where(landmarks[name].notna(),
+                                                                     "\0none"))[0][order]
+        if np.array_equal(np.maximum.reduceat(codes_v, starts),
+                          np.minimum.reduceat(codes_v, starts)):
+            categorical[name] = levels
+    return FeatureSet(tuple(numeric), categorical)
+
+
+def rows_for_kind(
+    ld: pd.DataFrame, spec: FeatureSet, kind: str
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray, FeatureSet]:
+    """Training rows of ``kind`` from a landmark dataset: (X, lower, upper, groups, features).
+
+    Static kinds get the landmark-0 rows and the static features, ``km`` no
+    features, the landmark kind every row and every feature.
+    """
+    if kind in STATIC_KINDS:
+        rows = ld[ld["landmark"] == 0].reset_index(drop=True)
+        feats = FeatureSet((), {}) if kind == "km" else static_features(ld, spec)
+    else:
+        rows = ld.reset_index(drop=True)
+        feats = spec
+    return (
+        rows,
+        rows["lower"].to_numpy(dtype=float),
+        rows["upper"].to_numpy(dtype=float),
+        rows["patient_id"].to_numpy(dtype=object),
+        feats,
+    )
+
+
+def training_data(cohort: Any, kind: str = DEFAULT_KIND, definition: Any = None,
+                  landmarks: pd.DataFrame | None = None) -> TrainingData:
+    """Build the training rows of ``kind`` from ``cohort``.
+
+    Parameters
+    ----------
+    cohort : Cohort
+    kind : str
+        Model kind (``forecast.models.ESTIMATORS``).
+    definition : OutcomeDefinition, optional
+    landmarks : DataFrame, optional
+        A precomputed ``landmark_dataset`` of the cohort (saves recomputing it).
+    """
+    from forecast.features import landmark_dataset
+
+    ld = landmark_dataset(cohort, definition) if landmarks is None else landmarks
+    start = ld[ld["landmark"] == 0]
+    summary = {
+        "patients": int(len(cohort.patients)),
+        "patients_with_episodes": int(ld["patient_id"].nunique()),
+        "episodes": int(len(start)),
+        "episodes_with_observed_waning": int(np.isfinite(start["upper"].to_numpy(float)).sum()),
+        "landmark_rows": int(len(ld)),
+        "landmarks_days": sorted(int(x) for x in np.unique(ld["landmark"])),
+    }
+    X, lo, up, groups, feats = rows_for_kind(ld, spec_of(cohort), kind)
+    summary["training_rows"] = int(len(X))
+    return TrainingData(X, lo, up, groups, feats, summary)
+
+
+def fit_kind(data: TrainingData, kind: str = DEFAULT_KIND, **params: Any) -> SurvivalEstimator:
+    """Fit the estimator of ``kind`` on ``data`` (``params`` go to the estimator)."""
+    est = make_estimator(kind, features=data.features, **params)
+    return est.fit(data.X, data.lower, data.upper, groups=data.groups)
+
+
+def population_curve(lower: np.ndarray, upper: np.ndarray, max_days: int = 365
+                     ) -> dict[str, list[float]]:
+    """Turnbull survival of the episodes on a daily grid ``0..max_days`` (stored in the card)."""
+    from forecast.evaluation import turnbull_survival
+
+    days = np.arange(0, max_days + 1, dtype=float)
+    surv = turnbull_survival(lower, upper, days)
+    return {"days": days.astype(int).tolist(), "survival": np.round(surv, 6).tolist()}
+
+
+def train_and_save(
+    cohort: Any,
+    models_dir: Any = None,
+    *,
+    kind: str = DEFAULT_KIND,
+    n_bootstrap: int = 30,
+    seed: int = 0,
+    jobs: int = 1,
+    penalizer: float | str = "auto",
+    definition: Any = None,
+    simulated: bool = False,
+    progress: Any = None,
+) -> str:
+    """Train ``kind`` on ``cohort`` and save a new registry version; return its id.
+
+    ``progress`` (optional) is called with a stage name before each stage.
+    Raises :class:`forecast.models.ModelFitError` when the fit fails and
+    ``ValueError`` when the cohort has no response episode.
+    """
+    from forecast import registry
+    from forecast.features import landmark_dataset
+    from forecast.outcomes import OutcomeDefinition
+
+    step = progress or (lambda stage: None)
+    definition = definition if definition is not None else OutcomeDefinition()
+    step("features")
+    ld = landmark_dataset(cohort, definition)
+    data = training_data(cohort, kind, definition, landmarks=ld)
+    if data.summary["episodes"] == 0:
+        raise ValueError("no response episodes in the data: nothing to train on")
+    step(f"fit {kind} (+{n_bootstrap} bootstrap)")
+    est = fit_kind(data, kind, n_bootstrap=n_bootstrap, random_state=seed, n_jobs=jobs,
+                   penalizer=penalizer)
+    bundle = est.to_bundle()
+    bundle.meta["estimator"] = {
+        k: v for k, v in est.get_params().items() if k not in ("features", "n_jobs")
+    }
+    step("save")
+    start = ld[ld["landmark"] == 0]
+    training = {
+        **data.summary,
+        "kind": kind,
+        "bootstrap": int(n_bootstrap),
+        "seed": int(seed),
+        "simulated_data": bool(simulated),
+        "fit_warnings": len(est.fit_warnings_),
+    }
+    fp = registry.fingerprint_cohort(
+        cohort, episodes=data.summary["episodes"], landmark_rows=data.summary["landmark_rows"]
+    )
+    curve = population_curve(start["lower"].to_numpy(float), start["upper"].to_numpy(float))
+    return registry.save_version(
+        bundle, models_dir=registry.models_dir(models_dir), definition=definition,
+        fingerprint=fp, training=training, card={"population_curve": curve},
+    )

@@ -1,0 +1,175 @@
+"""Evaluation: metric wrappers against independent computations, grouped CV, the CLI report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from sklearn.metrics import roc_auc_score
+
+from forecast import evaluation as ev
+from forecast.cli import main
+
+
+def _exp_data(n: int, seed: int, censor: bool = False):
+    rng = np.random.default_rng(seed)
+    rate = np.exp(rng.normal(-3.5, 0.6, size=n))
+    t = rng.exponential(1 / rate)
+    event = np.ones(n, dtype=bool)
+    if censor:
+        c = rng.uniform(5, 150, size=n)
+        event = t <= c
+        t = np.minimum(t, c)
+    return t, event, rate
+
+
+def test_grouped_folds_never_split_a_patient() -> None:
+    groups = np.repeat([f"p{i}" for i in range(37)], np.arange(37) % 4 + 1)
+    fold = ev.grouped_folds(groups, 5, seed=3)
+    per_patient = pd.Series(fold).groupby(groups).nunique()
+    assert per_patient.max() == 1
+    assert set(fold) == set(range(5))
+    assert np.array_equal(fold, ev.grouped_folds(groups, 5, seed=3))
+    assert not np.array_equal(fold, ev.grouped_folds(groups, 5, seed=4))
+    with pytest.raises(ValueError, match="cannot fill"):
+        ev.grouped_folds(groups[:3], 5, 0)
+
+
+def test_harrell_c_matches_sksurv_without_ties() -> None:
+    from sksurv.metrics import concordance_index_censored
+
+    t, e, rate = _exp_data(400, 1, censor=True)
+    risk = rate * np.exp(np.random.default_rng(2).normal(0, 0.5, size=400))
+    ours = ev.harrell_c(t, e, risk)
+    theirs = concordance_index_censored(e, t, risk)[0]
+    assert ours == pytest.approx(theirs, abs=1e-12)
+    assert ours > 0.6
+
+
+def test_uno_equals_harrell_without_censoring() -> None:
+    t, e, rate = _exp_data(300, 3)
+    risk = rate * np.exp(np.random.default_rng(4).normal(0, 0.5, size=300))
+    assert ev.uno_c(t, e, risk, tau=t.max() + 1) == pytest.approx(ev.harrell_c(t, e, risk),
+                                                                   abs=1e-9)
+
+
+def test_auc_and_brier_match_direct_computation_without_censoring() -> None:
+    t, e, rate = _exp_data(500, 5)
+    h = [7, 28, 56]
+    risk = 1 - np.exp(-np.outer(rate, h))
+    auc = ev.td_auc(t, e, risk, h)
+    bs, _ = ev.brier(t, e, risk, h)
+    for j, hh in enumerate(h):
+        assert auc[j] == pytest.approx(roc_auc_score(t <= hh, risk[:, j]), abs=1e-9)
+        assert bs[j] == pytest.approx(np.mean(((t > hh).astype(float) - (1 - risk[:, j])) ** 2),
+                                      abs=1e-9)
+
+
+def test_ici_small_when_calibrated_large_when_not() -> None:
+    t, e, rate = _exp_data(3000, 7, censor=True)
+    h = 28.0
+    risk = 1 - np.exp(-rate * h)
+    good = ev.calibration(t, e, risk, h, observed_risk=None)
+    bad = ev.calibration(t, e, 0.5 * risk, h, observed_risk=None)
+    assert good["ici"] < 0.015
+    assert bad["ici"] > 0.05
+    # calibration-in-the-large uses the given (Turnbull) observed risk
+    obs = ev.km_risk(t, e, h)
+    assert ev.calibration(t, e, 0.5 * risk, h, observed_risk=obs)["citl"] > 0.05
+
+
+def test_km_risk_matches_lifelines() -> None:
+    from lifelines import KaplanMeierFitter
+
+    t, e, _ = _exp_data(300, 8, censor=True)
+    t = np.round(t)  # ties
+    km = KaplanMeierFitter().fit(t, e)
+    for h in (7, 28, 56):
+        assert ev.km_risk(t, e, h) == pytest.approx(1 - km.predict(h), abs=1e-12)
+
+
+def test_interval_conversion() -> None:
+    lo = np.array([7.0, 14.0, 28.0, 0.0])
+    up = np.array([14.0, np.inf, 35.0, 7.0])
+    time, event = ev.impute_times(lo, up)
+    assert np.allclose(time, [10.5, 14.0, 31.5, 3.5])
+    assert event.tolist() == [True, False, True, True]
+    st = ev.status_at(lo, up, 14)
+    assert st[0] == 1
+    assert st[1] == 0
+    assert st[2] == 0  # lower 28 >= 14: not waned by 14
+    assert st[3] == 1
+
+
+def test_subgroups_bands() -> None:
+    rows = pd.DataFrame({"sex": ["female", None], "diagnosis": ["trd", "mdd"],
+                         "age": [25.0, 0.0], "age_missing": [0.0, 1.0]})
+    g = ev.subgroups(rows)
+    assert g["sex"].tolist() == ["female", "unknown"]
+    assert g["age_band"].tolist() == ["<30", "unknown"]
+
+
+@pytest.fixture(scope="module")
+def report(trained_registry, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    import forecast.policy_eval as pe
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(pe, "evaluate_policy", lambda cohort, model, truth, out_dir: {
+        "table": [{"schedule": "fixed 28d", "waned_days": 1.0}], "html": "<p id='pol'>replay</p>"})
+    result = CliRunner().invoke(main, [
+        "evaluate", str(trained_registry.data_dir), "--models", str(trained_registry.models_dir),
+        "--model", "latest", "--out", str(out), "--folds", "2", "--policy",
+        "--holdout", str(trained_registry.data_dir)])
+    mp.undo()
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_evaluate_writes_report(report, trained_registry) -> None:
+    assert {p.name for p in report.iterdir()} >= {"metrics.json", "report.html", "model_card.md"}
+    m = json.loads((report / "metrics.json").read_text())
+    assert m["model_version"] == trained_registry.version
+    assert set(m["cv"]["models"]) == {"model", "cox", "km", "oracle"}
+    o = m["cv"]["models"]["model"]["overall"]
+    assert set(o) >= {"harrell_c", "uno_c", "ibs", "by_horizon"}
+    assert set(o["by_horizon"]) == {"7", "14", "28", "56", "84"}
+    assert set(o["by_horizon"]["28"]) >= {"auc", "brier", "ici", "citl", "auc_known"}
+    assert set(m["cv"]["models"]["model"]["fairness"]) == {"sex", "diagnosis", "age_band"}
+    assert "landmark_conditional" in m["cv"]
+    assert "auc28_gap_to_oracle" in m["targets"]
+    assert m["holdout"]["models"]["model"]["overall"]["n"] > 0
+    assert m["policy"] == {"table": [{"schedule": "fixed 28d", "waned_days": 1.0}]}
+    html = (report / "report.html").read_text()
+    assert "data:image/png;base64," in html
+    assert "<p id='pol'>replay</p>" in html
+    card = (report / "model_card.md").read_text()
+    assert "cross-validation" in card
+    assert "| model | Harrell C |" in card
+
+
+def test_evaluate_refuses_foreign_model(trained_registry, tmp_path) -> None:
+    result = CliRunner().invoke(main, [
+        "evaluate", str(trained_registry.data_dir), "--models", str(trained_registry.models_dir),
+        "--model", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1
+    assert "only from the registry folder" in result.output
+
+
+def test_turnbull_equals_kaplan_meier_on_day_intervals() -> None:
+    """Events known to a day, (t-1, t], censored at c (T > c): Turnbull = KM at integer days."""
+    from lifelines import KaplanMeierFitter
+
+    rng = np.random.default_rng(9)
+    t = np.ceil(rng.exponential(30, size=600))
+    c = np.ceil(rng.uniform(5, 90, size=600))
+    event = t <= c
+    lower = np.where(event, t - 1, c)
+    upper = np.where(event, t, np.inf)
+    km = KaplanMeierFitter().fit(np.where(event, t, c), event)
+    days = np.array([1, 7, 14, 28, 56, 84], dtype=float)
+    ours = ev.turnbull_survival(lower, upper, days, tol=1e-10)
+    assert np.allclose(ours, km.predict(days).to_numpy(), atol=1e-4)
