@@ -15,6 +15,11 @@ Mechanism (all figures are defaults of :class:`SimulationParams`; sources in
   half of the relapses seen before it, or a booster after an observed relapse)
   and a per-patient lognormal frailty shared by all episodes; every booster
   restores the benefit (a simplification);
+- the frailty is correlated (0.6) with a depth factor that sets the
+  responder's end-of-induction PHQ-9 ratio to baseline, and so the in-benefit
+  level of every episode: deeper response, longer benefit (SUSTAIN-1:
+  remitters relapse less than responders; early and deep response predicts
+  durability), which leaves an observable trace of the durability;
 - an induction of up to six sessions every 2-4 days (Murrough et al. 2013);
   about half do not complete it and about 20 % stop after the first (Osmind
   ORKA-2); drop-out is informative (more likely in non-responders);
@@ -44,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.special import ndtr
 
 from forecast.cohort import Cohort, canonicalize
 from forecast.contract import HORIZONS, PHQ9_ITEMS, TABLES
@@ -193,13 +199,17 @@ class SimulationParams:
     #: responders still responding at 4 / 8 weeks).
     wane_intercept: float = 4.20
     wane_scale: float = 0.62
-    frailty_sd: float = 0.45
-    wane_psychotherapy: float = 0.30
-    wane_prior_per_treatment: float = -0.06
-    wane_baseline_per_point: float = -0.03
+    frailty_sd: float = 0.40
+    #: Correlation between the frailty and the depth factor that sets the
+    #: end-of-induction ratio to baseline (and so the in-benefit PHQ-9 level of
+    #: every episode): deeper response, longer benefit.
+    depth_frailty_corr: float = 0.6
+    wane_psychotherapy: float = 0.35
+    wane_prior_per_treatment: float = -0.08
+    wane_baseline_per_point: float = -0.04
     wane_age_per_year: float = -0.004
     #: Per unit of dose relative to the route's range (-0.5 .. 0.5).
-    wane_relative_dose: float = 0.30
+    wane_relative_dose: float = 0.40
     wane_route: dict[str, float] = field(
         default_factory=lambda: _dict(
             iv=0.0, im=0.0, intranasal=-0.10, sublingual=-0.15, oral=-0.20
@@ -244,7 +254,7 @@ class SimulationParams:
     # --- PHQ-9 dynamics ---------------------------------------------------------
     #: In-response level as a share of baseline (responders) and the level of
     #: non-responders.
-    response_ratio: tuple[float, float] = (0.10, 0.38)
+    response_ratio: tuple[float, float] = (0.12, 0.38)
     nonresponse_ratio: tuple[float, float] = (0.62, 1.0)
     #: Each induction session moves the score this share of the remaining way.
     induction_step: float = 0.55
@@ -374,7 +384,11 @@ def _draw_patients(rng: np.random.Generator, n: int, p: SimulationParams) -> _Pa
     kap = rng.random(n) < _lookup(p.kap_probs, route)
     fixed = rng.random(n) < p.fixed_interval_share
     interval = rng.integers(p.fixed_interval_days[0], p.fixed_interval_days[1] + 1, n)
-    frailty = rng.normal(0.0, p.frailty_sd, n)
+    # Latent durability: a standard-normal depth factor shared with the depth
+    # of response, plus an independent part nothing observable reveals.
+    depth = rng.standard_normal(n)
+    rho = p.depth_frailty_corr
+    frailty = p.frailty_sd * (rho * depth + np.sqrt(1.0 - rho**2) * rng.standard_normal(n))
     logit = (
         p.response_intercept
         + p.response_prior_per_treatment * (prior - 3.0)
@@ -384,11 +398,15 @@ def _draw_patients(rng: np.random.Generator, n: int, p: SimulationParams) -> _Pa
         + _lookup(p.response_diagnosis, diagnosis)
     )
     responder = rng.random(n) < _expit(logit)
-    ratio = np.where(
-        responder,
-        rng.uniform(*p.response_ratio, n),
-        rng.uniform(*p.nonresponse_ratio, n),
+    # The depth factor sets the quantile of the end-of-induction ratio within
+    # its range (a Gaussian copula: the ratio stays uniform on the range), so
+    # deeper responders (lower ratio) keep their benefit longer.
+    q = ndtr(-depth)
+    lo_r, hi_r = (
+        np.where(responder, p.response_ratio[0], p.nonresponse_ratio[0]),
+        np.where(responder, p.response_ratio[1], p.nonresponse_ratio[1]),
     )
+    ratio = lo_r + q * (hi_r - lo_r)
     level_end = ratio * baseline
     resp_thr = np.floor(baseline / 2.0)
     event_thr = np.maximum(10.0, resp_thr + 1.0)
@@ -551,6 +569,10 @@ def _check_params(p: SimulationParams) -> None:
         raise ValueError("gap_days plus the lowest gap_jitter must be at least 1 day")
     if p.wane_scale <= 0 or p.frailty_sd < 0:
         raise ValueError("wane_scale must be positive and frailty_sd non-negative")
+    if not -1.0 <= p.depth_frailty_corr <= 1.0:
+        raise ValueError(
+            f"depth_frailty_corr is a correlation in [-1, 1], got {p.depth_frailty_corr}"
+        )
 
 
 def _segmented_cumsum(values: np.ndarray, counts: np.ndarray) -> np.ndarray:

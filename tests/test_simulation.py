@@ -192,6 +192,8 @@ def test_rejects_an_empty_cohort_and_inconsistent_parameters() -> None:
         simulate(0, 1)
     with pytest.raises(ValueError, match="completed_probs_responder must give 4"):
         simulate(10, 1, params=SimulationParams(induction_sessions=4))
+    with pytest.raises(ValueError, match="depth_frailty_corr"):
+        simulate(10, 1, params=SimulationParams(depth_frailty_corr=1.5))
 
 
 # --- truth ---------------------------------------------------------------------------------
@@ -259,6 +261,35 @@ def test_frailty_links_episodes_of_a_patient() -> None:
     pairs = following.notna()
     assert pairs.sum() > 1000
     assert np.corrcoef(log_t[pairs], following[pairs])[0, 1] > 0.12
+
+
+def test_deeper_response_goes_with_longer_latent_benefit() -> None:
+    # The depth of response is an observable trace of the latent durability:
+    # the response-assessment PHQ-9 relative to baseline (from the episode
+    # builder, as a model would see it) falls as the latent wane time grows.
+    from scipy.stats import spearmanr
+
+    from forecast.episodes import build_episodes
+
+    r = simulate(3000, 31)
+    ep = build_episodes(r.cohort)
+    first = r.truth[r.truth["episode_index"] == 0]
+    m = ep.merge(first, left_on=["patient_id", "start"], right_on=["patient_id", "episode_start"])
+    m = m.dropna(subset=["response_phq9", "baseline_phq9"])
+    assert len(m) > 500
+    depth = m["response_phq9"].astype(float) / m["baseline_phq9"].astype(float)
+    rho, pvalue = spearmanr(depth, m["latent_wane_days"])
+    assert rho < -0.12
+    assert pvalue < 1e-4
+    # Without the link (depth_frailty_corr 0) the association is much weaker.
+    r0 = simulate(3000, 31, params=SimulationParams(depth_frailty_corr=0.0))
+    ep0 = build_episodes(r0.cohort)
+    first0 = r0.truth[r0.truth["episode_index"] == 0]
+    m0 = ep0.merge(
+        first0, left_on=["patient_id", "start"], right_on=["patient_id", "episode_start"]
+    ).dropna(subset=["response_phq9", "baseline_phq9"])
+    depth0 = m0["response_phq9"].astype(float) / m0["baseline_phq9"].astype(float)
+    assert spearmanr(depth0, m0["latent_wane_days"])[0] > rho + 0.05
 
 
 # --- scores follow the latent truth -----------------------------------------------------------
