@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export FORECAST_MODELS ?= $(CURDIR)/models
 
-.PHONY: install serve test lint demo-data model bench clean
+.PHONY: install serve test lint demo-data demo-store model bench clean
 
 $(BIN)/forecast: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,7 +18,7 @@ install: $(BIN)/forecast
 
 # The demo cohort is committed; regenerate it only if someone deleted it.
 data/demo/patients.csv: | install
-	$(BIN)/forecast simulate --patients 300 --seed 20261127 --out data/demo
+	$(BIN)/forecast simulate --patients 300 --seed 20261133 --out data/demo
 
 demo-data: data/demo/patients.csv
 
@@ -26,7 +26,18 @@ model: demo-data
 	@if [ -z "$$(ls -A $(FORECAST_MODELS) 2>/dev/null | grep -v '^\.')" ]; then \
 		$(BIN)/forecast train data/demo --models $(FORECAST_MODELS); fi
 
-serve: model
+# The demo store: the demo cohort loaded through the API's idempotent ingestion
+# (a rerun stores nothing new) and one clinician token kept in instance/.
+demo-store: demo-data install
+	$(BIN)/forecast load data/demo
+	@mkdir -p instance
+	@if ! $(BIN)/forecast tokens list | grep -q '^demo-clinician	'; then \
+		(umask 077; $(BIN)/forecast tokens create --role clinician --name demo-clinician \
+			> instance/demo-clinician.token); fi
+
+serve: model demo-store
+	@echo "Clinician token (demo): $$(cat instance/demo-clinician.token)"
+	@echo "Clinician page: http://$(HOST):$(PORT)/login  API: http://$(HOST):$(PORT)/api/v1/health"
 	$(BIN)/forecast serve --host $(HOST) --port $(PORT)
 
 lint: install
@@ -34,7 +45,7 @@ lint: install
 
 test: install
 	$(BIN)/ruff check forecast service tests bench
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python bench/run.py
