@@ -61,7 +61,14 @@ from threadpoolctl import threadpool_limits
 
 from forecast.contract import HORIZONS
 from forecast.models import DEFAULT_KIND, make_estimator
-from forecast.training import STATIC_KINDS, FeatureSet, rows_for_kind, spec_of
+from forecast.training import (
+    STATIC_KINDS,
+    FeatureSet,
+    forecast_point_dataset,
+    rows_for_kind,
+    spec_of,
+    training_landmarks,
+)
 
 #: Horizon whose risk ranks patients for the global C-indices.
 RANK_HORIZON = 28
@@ -436,13 +443,19 @@ class ModelSpec:
 
 
 def _fold_job(ld: pd.DataFrame, spec: FeatureSet, fold: np.ndarray, k: int,
-              models: dict[str, ModelSpec], horizons: Sequence[int]) -> dict[str, Any]:
+              models: dict[str, ModelSpec], horizons: Sequence[int],
+              fp: pd.DataFrame | None = None, fp_fold: np.ndarray | None = None
+              ) -> dict[str, Any]:
     train = ld[fold != k].reset_index(drop=True)
     test = ld[fold == k].reset_index(drop=True)
     test0 = test[test["landmark"] == 0].reset_index(drop=True)
     out: dict[str, Any] = {"test0_index": np.flatnonzero((fold == k) & (ld["landmark"] == 0)),
                            "test_index": np.flatnonzero(fold == k), "pred0": {}, "pred_lm": {},
-                           "errors": {}}
+                           "pred_fp": {}, "errors": {}}
+    test_fp = None
+    if fp is not None and fp_fold is not None:
+        out["fp_index"] = np.flatnonzero(fp_fold == k)
+        test_fp = fp.iloc[out["fp_index"]].reset_index(drop=True)
     h = np.asarray(horizons, float)
     with threadpool_limits(limits=1, user_api="blas"):
         for name, ms in models.items():
@@ -458,16 +471,43 @@ def _fold_job(ld: pd.DataFrame, spec: FeatureSet, fold: np.ndarray, k: int,
             out["pred0"][name] = bundle.predict_risk(test0, h)
             if ms.kind not in STATIC_KINDS:
                 out["pred_lm"][name] = bundle.predict_risk(test, h)
+            if test_fp is not None:
+                out["pred_fp"][name] = forecast_point_risk(bundle, test_fp, h)
     return out
+
+
+def forecast_point_risk(bundle: Any, rows: pd.DataFrame, horizons: Sequence[float]) -> np.ndarray:
+    """Risk within each horizon after as-of, as the service would compute it.
+
+    A landmark bundle reads the features at as-of; a static bundle (time
+    origin = the episode start) is conditioned on survival to the days
+    already elapsed, ``since = rows["landmark"]``.
+    """
+    h = np.asarray(horizons, float)
+    if bundle.time_origin == "landmark":
+        return bundle.predict_risk(rows, h)
+    return bundle.predict_risk(rows, h, since=rows["landmark"].to_numpy(float))
 
 
 def cross_validate(ld: pd.DataFrame, spec: FeatureSet, models: dict[str, ModelSpec], *,
                    n_folds: int = 5, seed: int = 0, jobs: int = 1,
-                   horizons: Sequence[int] = HORIZONS, progress: Any = None) -> dict[str, Any]:
-    """Out-of-fold predictions of each model (patient-grouped K-fold on the landmark dataset)."""
+                   horizons: Sequence[int] = HORIZONS, progress: Any = None,
+                   fp: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Out-of-fold predictions of each model (patient-grouped K-fold on the landmark dataset).
+
+    ``fp`` (optional, :func:`forecast.training.forecast_point_dataset`) gets
+    out-of-fold predictions too; its rows go to the fold of their patient.
+    """
     fold = grouped_folds(ld["patient_id"].to_numpy(), n_folds, seed)
+    fp_fold = None
+    if fp is not None:
+        fold_of = pd.Series(fold, index=ld["patient_id"].astype(str).to_numpy())
+        fold_of = fold_of[~fold_of.index.duplicated()]
+        fp_fold = (fold_of.reindex(fp["patient_id"].astype(str).to_numpy())
+                   .fillna(-1).to_numpy(dtype=int))
     jobs_out = Parallel(n_jobs=jobs)(
-        delayed(_fold_job)(ld, spec, fold, k, models, horizons) for k in range(n_folds)
+        delayed(_fold_job)(ld, spec, fold, k, models, horizons, fp, fp_fold)
+        for k in range(n_folds)
     )
     n0 = int((ld["landmark"] == 0).sum())
     start_pos = np.full(len(ld), -1)
@@ -475,33 +515,94 @@ def cross_validate(ld: pd.DataFrame, spec: FeatureSet, models: dict[str, ModelSp
     pred0 = {name: np.full((n0, len(horizons)), np.nan) for name in models}
     pred_lm = {name: np.full((len(ld), len(horizons)), np.nan) for name in models
                if models[name].kind not in STATIC_KINDS}
+    n_fp = 0 if fp is None else len(fp)
+    pred_fp = {name: np.full((n_fp, len(horizons)), np.nan) for name in models}
     errors: dict[str, list[str]] = {}
     for res in jobs_out:
         for name, p in res["pred0"].items():
             pred0[name][start_pos[res["test0_index"]]] = p
         for name, p in res["pred_lm"].items():
             pred_lm[name][res["test_index"]] = p
+        for name, p in res["pred_fp"].items():
+            pred_fp[name][res["fp_index"]] = p
         for name, e in res["errors"].items():
             errors.setdefault(name, []).append(e)
         if progress is not None:
             progress()
-    return {"fold": fold, "pred0": pred0, "pred_lm": pred_lm, "errors": errors}
+    return {"fold": fold, "pred0": pred0, "pred_lm": pred_lm, "pred_fp": pred_fp,
+            "fp_fold": fp_fold, "errors": errors}
 
 
 # --------------------------------------------------------------------------- oracle
+def _truth_rows(rows: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
+    """Index into ``truth`` of each row's episode (matched on patient and start date), -1 if none.
+
+    ``rows`` needs ``patient_id`` and ``episode_start`` (or ``as_of`` for
+    landmark-0 rows, where it is the start).
+    """
+    t = pd.DataFrame({"patient_id": truth["patient_id"].astype(str).to_numpy(),
+                      "_key_date": pd.to_datetime(truth["episode_start"]).dt.normalize()
+                      .to_numpy(),
+                      "_truth_row": np.arange(len(truth))})
+    t = t.drop_duplicates(["patient_id", "_key_date"])
+    start = rows["episode_start"] if "episode_start" in rows.columns else rows["as_of"]
+    q = pd.DataFrame({"patient_id": rows["patient_id"].astype(str).to_numpy(),
+                      "_key_date": pd.to_datetime(start).dt.normalize().to_numpy()})
+    merged = q.merge(t, how="left", on=["patient_id", "_key_date"])
+    return merged["_truth_row"].fillna(-1).to_numpy(dtype=int)
+
+
 def oracle_risks(start_rows: pd.DataFrame, truth: pd.DataFrame,
                  horizons: Sequence[int] = HORIZONS) -> np.ndarray:
     """Oracle risk per episode-start row from truth.csv (NaN rows where no truth matches)."""
-    t = truth.copy()
-    t["_key_date"] = pd.to_datetime(t["episode_start"]).dt.normalize()
-    t["patient_id"] = t["patient_id"].astype(str)
-    t = t.drop_duplicates(["patient_id", "_key_date"])
-    q = pd.DataFrame({"patient_id": start_rows["patient_id"].astype(str).to_numpy(),
-                      "_key_date": pd.to_datetime(start_rows["as_of"]).dt.normalize().to_numpy()})
+    idx = _truth_rows(start_rows.drop(columns=["episode_start"], errors="ignore"), truth)
     cols = [f"risk_{h}d" for h in horizons]
-    merged = q.merge(t[["patient_id", "_key_date", *cols]], how="left",
-                     on=["patient_id", "_key_date"])
-    return merged[cols].to_numpy(dtype=float)
+    vals = truth[cols].to_numpy(dtype=float)
+    out = np.full((len(idx), len(cols)), np.nan)
+    out[idx >= 0] = vals[idx[idx >= 0]]
+    return out
+
+
+def truth_scale(truth: pd.DataFrame) -> float:
+    """The log-logistic scale of the simulator run that wrote ``truth``.
+
+    Read from the file itself: with ``logit(risk_h) = (log h - location) /
+    scale`` two horizons give ``scale = log(28 / 7) / (logit r28 - logit
+    r7)`` (median over the rows; the risks are rounded to 6 decimals). Falls
+    back to the simulator's default when the file has too few usable rows.
+    """
+    from forecast.simulation import SimulationParams
+
+    if {"risk_7d", "risk_28d"} <= set(truth.columns):
+        r7 = truth["risk_7d"].to_numpy(dtype=float)
+        r28 = truth["risk_28d"].to_numpy(dtype=float)
+        ok = (r7 > 1e-3) & (r7 < 0.999) & (r28 > 1e-3) & (r28 < 0.999) & (r28 > r7)
+        if ok.sum() >= 10:
+            with np.errstate(divide="ignore"):
+                d = np.log(r28[ok] / (1 - r28[ok])) - np.log(r7[ok] / (1 - r7[ok]))
+            return float(np.median(np.log(4.0) / d))
+    return float(SimulationParams().wane_scale)
+
+
+def oracle_conditional_risks(rows: pd.DataFrame, truth: pd.DataFrame,
+                             horizons: Sequence[int] = HORIZONS) -> np.ndarray:
+    """Oracle risk within h days after as-of, given survival to ``s = rows["landmark"]``.
+
+    ``P(T <= s + h | T > s)`` from the episode's true location (recovered
+    from truth.csv by :func:`forecast.simulation.truth_location`) and
+    :func:`forecast.simulation.true_risk`; NaN rows where no truth matches.
+    """
+    from forecast.simulation import true_risk, truth_location
+
+    idx = _truth_rows(rows, truth)
+    out = np.full((len(rows), len(horizons)), np.nan)
+    m = idx >= 0
+    if m.any():
+        scale = truth_scale(truth)
+        loc = truth_location(truth.iloc[idx[m]].reset_index(drop=True), scale)
+        out[m] = true_risk(loc, scale, tuple(int(h) for h in horizons),
+                           since=rows["landmark"].to_numpy(float)[m])
+    return out
 
 
 # --------------------------------------------------------------------------- top level
@@ -541,13 +642,16 @@ def evaluate_cohort(
     ld = landmark_dataset(cohort, definition)
     if len(ld) == 0:
         raise ValueError("no response episodes in the data: nothing to evaluate")
+    if spec_model.kind not in STATIC_KINDS:  # the rows the dynamic kind trains on
+        ld = training_landmarks(cohort, definition, ld)
     spec = spec_of(cohort)
     models = {"model": spec_model}
     for b in baselines:
         models[b] = ModelSpec(b, {"penalizer": (spec_model.params or {}).get("penalizer", 0.01)}
                               if b != "km" else {})
+    fp = forecast_point_dataset(cohort, definition)
     cv = cross_validate(ld, spec, models, n_folds=n_folds, seed=seed, jobs=jobs,
-                        horizons=horizons, progress=progress)
+                        horizons=horizons, progress=progress, fp=fp)
     start = ld[ld["landmark"] == 0].reset_index(drop=True)
     lo0 = start["lower"].to_numpy(float)
     up0 = start["upper"].to_numpy(float)
@@ -579,9 +683,13 @@ def evaluate_cohort(
                                    horizons)
                 for name in models
             }
+    out["forecast_point"] = _forecast_point_block(fp, cv["pred_fp"], cv["fp_fold"], truth,
+                                                  horizons)
     if cv["pred_lm"].get("model") is not None:
         p = cv["pred_lm"]["model"]
         ok = np.all(np.isfinite(p), axis=1)  # rows of a failed fold have no prediction
+        if "grid_landmark" in ld.columns:  # the grid rows only; the forecast point is above
+            ok &= ld["grid_landmark"].to_numpy(dtype=bool)
         if ok.any():
             out["landmark_conditional"] = {
                 "n_rows": int(ok.sum()),
@@ -591,6 +699,58 @@ def evaluate_cohort(
                                    ld["upper"].to_numpy(float)[ok], p[ok], horizons, uno=False),
             }
     return out
+
+
+FORECAST_POINT_NOTE = (
+    "First forecast point: one row per episode at its response assessment (the first "
+    "PHQ-9 after the session that shows the response, when the service starts to "
+    "forecast), risk of waning within h days after that date given everything known "
+    "then; outcome = the residual interval (lower - s, upper - s] with s the response "
+    "day. Landmark model: features at that date; static Cox/AFT and KM: conditional on "
+    "survival to s, 1 - S(s + h) / S(s); oracle: the simulator's true P(T <= s + h | "
+    "T > s). Episodes right-censored at the response assessment carry no information "
+    "after it and are left out."
+)
+
+
+def _forecast_point_block(fp: pd.DataFrame, preds: dict[str, np.ndarray],
+                          fp_fold: np.ndarray | None, truth: pd.DataFrame | None,
+                          horizons: Sequence[int]) -> dict[str, Any]:
+    """Metrics at the first forecast point (the headline; see :data:`FORECAST_POINT_NOTE`)."""
+    ok_rows = np.ones(len(fp), dtype=bool) if fp_fold is None else fp_fold >= 0
+    lo = fp["lower"].to_numpy(float)[ok_rows]
+    up = fp["upper"].to_numpy(float)[ok_rows]
+    rows = fp.loc[ok_rows].reset_index(drop=True)
+    groups = subgroups(rows)
+    s = rows["landmark"].to_numpy(float)
+    block: dict[str, Any] = {
+        "note": FORECAST_POINT_NOTE,
+        "n_patients": int(rows["patient_id"].nunique()),
+        "n_episodes": int(len(rows)),
+        "n_events": int(np.isfinite(up).sum()),
+        "response_day": {"median": float(np.median(s)) if len(s) else None,
+                         "min": float(s.min()) if len(s) else None,
+                         "max": float(s.max()) if len(s) else None},
+        "models": {},
+    }
+    if len(rows) == 0:
+        return block
+    for name, p in preds.items():
+        block["models"][name] = _model_block(lo, up, p[ok_rows],
+                                             groups if name == "model" else None, horizons)
+    if truth is not None:
+        orc = oracle_conditional_risks(rows, truth, horizons)
+        matched = np.all(np.isfinite(orc), axis=1)
+        block["oracle_matched_episodes"] = int(matched.sum())
+        if matched.any():
+            block["models"]["oracle"] = _model_block(lo[matched], up[matched], orc[matched],
+                                                     None, horizons)
+            block["on_oracle_episodes"] = {
+                name: _model_block(lo[matched], up[matched], p[ok_rows][matched], None,
+                                   horizons)
+                for name, p in preds.items()
+            }
+    return block
 
 
 def evaluate_bundle(cohort: Any, bundle: Any, *, definition: Any = None,
@@ -620,6 +780,10 @@ def evaluate_bundle(cohort: Any, bundle: Any, *, definition: Any = None,
             out["models"]["oracle"] = _model_block(lo0[matched], up0[matched], orc[matched],
                                                    {k: v[matched] for k, v in groups.items()},
                                                    horizons)
+    fp = forecast_point_dataset(cohort, definition)
+    out["forecast_point"] = _forecast_point_block(
+        fp, {"model": forecast_point_risk(bundle, fp, h)} if len(fp) else {}, None, truth,
+        horizons)
     if bundle.time_origin == "landmark":
         out["landmark_conditional"] = {
             "n_rows": int(len(ld)),
@@ -630,14 +794,28 @@ def evaluate_bundle(cohort: Any, bundle: Any, *, definition: Any = None,
 
 
 def targets(cv: dict[str, Any]) -> dict[str, Any]:
-    """The done-when figures: AUC(28) gap to the oracle, ICI at 28/56, beats Cox and KM."""
-    models = dict(cv.get("models", {}))
-    if "on_oracle_episodes" in cv:  # the oracle comparison on the episodes the oracle covers
-        models.update(cv["on_oracle_episodes"])
+    """The done-when figures at the FIRST FORECAST POINT (the response assessment).
+
+    AUC(28) gap to the oracle, ICI at 28/56, and whether the model beats the
+    static Cox model and KM (each conditional on survival to the response
+    day). The oracle comparison uses the episodes the oracle covers. The same
+    figures at the episode start are kept under ``episode_start``.
+    """
+    fp = cv.get("forecast_point") or {}
+    out = _targets_of(fp.get("models", {}), fp.get("on_oracle_episodes"))
+    out["evaluated_at"] = "first forecast point (response assessment)"
+    out["episode_start"] = _targets_of(cv.get("models", {}), cv.get("on_oracle_episodes"))
+    return out
+
+
+def _targets_of(all_models: dict[str, Any], on_oracle: dict[str, Any] | None) -> dict[str, Any]:
+    models = dict(all_models)
+    if on_oracle:  # the oracle comparison on the episodes the oracle covers
+        models.update(on_oracle)
 
     def get(name: str, h: int, key: str) -> float | None:
-        return models.get(name, {}).get("overall", {}).get("by_horizon", {}).get(str(h), {}).get(
-            key)
+        o = (models.get(name) or {}).get("overall") or {}
+        return o.get("by_horizon", {}).get(str(h), {}).get(key)
 
     out: dict[str, Any] = {
         "auc28_model": get("model", 28, "auc"),
@@ -648,9 +826,9 @@ def targets(cv: dict[str, Any]) -> dict[str, Any]:
     if out["auc28_model"] is not None and out["auc28_oracle"] is not None:
         out["auc28_gap_to_oracle"] = out["auc28_oracle"] - out["auc28_model"]
     for base in ("cox", "km"):
-        if base in models:
+        if base in models and (models.get("model") or {}).get("overall"):
             mb = models["model"]["overall"]
-            bb = models[base]["overall"]
+            bb = models[base].get("overall") or {}
             out[f"beats_{base}"] = {
                 "auc28": _better(get("model", 28, "auc"), get(base, 28, "auc"), True),
                 "ibs": _better(mb.get("ibs"), bb.get("ibs"), False),

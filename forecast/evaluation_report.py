@@ -134,9 +134,42 @@ def render(metrics: dict[str, Any], *, policy_html: str | None = None) -> str:
         "<p class='note'>Decision support only; forecasts never assess suicide risk.</p>",
     ]
     cv = metrics.get("cv")
+    fp = (cv or {}).get("forecast_point") or {}
+    if fp.get("models"):
+        rd = fp.get("response_day") or {}
+        parts += [
+            f"<h2>Headline: cross-validation at the first forecast point ({cv['folds']} "
+            "patient-grouped folds)</h2>",
+            f"<p>{fp['n_patients']} patients, {fp['n_episodes']} episodes, {fp['n_events']} "
+            f"with observed waning; the response assessment fell {_fmt(rd.get('median'), 0)} "
+            f"days (median; {_fmt(rd.get('min'), 0)}-{_fmt(rd.get('max'), 0)}) after the "
+            "session.</p>",
+            f"<p class='note'>{html.escape(str(fp.get('note', '')))}</p>",
+            metrics_table(fp["models"], horizons),
+        ]
+        if "on_oracle_episodes" in fp:
+            parts += [f"<h3>On the {fp.get('oracle_matched_episodes')} episodes covered by the "
+                      "oracle</h3>",
+                      metrics_table({**fp["on_oracle_episodes"],
+                                     "oracle": fp["models"]["oracle"]}, horizons)]
+        parts += ["<h3>Calibration at the first forecast point</h3>",
+                  calibration_plot(fp["models"], horizons),
+                  horizon_plot(fp["models"], horizons, "auc", "time-dependent AUC")]
+        if "targets" in metrics:
+            t = metrics["targets"]
+            parts += ["<h3>Targets (first forecast point)</h3>", _table(["figure", "value"], [
+                [k, str(v) if isinstance(v, dict) else v] for k, v in t.items()
+                if k != "episode_start"])]
+        fair = fp["models"].get("model", {}).get("fairness")
+        if fair:
+            parts += ["<h3>Fairness at the first forecast point (main model, 28 days)</h3>",
+                      fairness_table(fair)]
     if cv:
         parts += [
-            f"<h2>Cross-validation at episode start ({cv['folds']} patient-grouped folds)</h2>",
+            f"<h2>Secondary: cross-validation at episode start ({cv['folds']} patient-grouped "
+            "folds)</h2>",
+            "<p class='note'>Landmark 0, before the response is known: the service never "
+            "forecasts there, but every model and the oracle can be compared on it.</p>",
             f"<p>{cv['n_patients']} patients, {cv['n_episodes']} episodes, {cv['n_events']} "
             "with observed waning. 'model' is the evaluated version's spec refitted per fold; "
             "cox and km are the baselines; oracle is the simulator's true risk.</p>",
@@ -150,13 +183,14 @@ def render(metrics: dict[str, Any], *, policy_html: str | None = None) -> str:
         parts += ["<h3>Calibration</h3>", calibration_plot(cv["models"], horizons),
                   horizon_plot(cv["models"], horizons, "auc", "time-dependent AUC"),
                   horizon_plot(cv["models"], horizons, "brier", "Brier score")]
-        if "targets" in metrics:
-            t = metrics["targets"]
-            parts += ["<h3>Targets</h3>", _table(["figure", "value"], [
+        if "targets" in metrics and "episode_start" in metrics["targets"]:
+            t = metrics["targets"]["episode_start"]
+            parts += ["<h3>Target figures at episode start</h3>", _table(["figure", "value"], [
                 [k, str(v) if isinstance(v, dict) else v] for k, v in t.items()])]
         fair = cv["models"].get("model", {}).get("fairness")
         if fair:
-            parts += ["<h3>Fairness (main model, 28 days)</h3>", fairness_table(fair)]
+            parts += ["<h3>Fairness at episode start (main model, 28 days)</h3>",
+                      fairness_table(fair)]
         if cv.get("errors"):
             parts += ["<h3>Fold errors</h3>", _table(["model", "errors"], [
                 [k, "; ".join(v)] for k, v in cv["errors"].items()])]
@@ -167,8 +201,12 @@ def render(metrics: dict[str, Any], *, policy_html: str | None = None) -> str:
                       metrics_table({"model": {"overall": lc}}, horizons)]
     ho = metrics.get("holdout")
     if ho:
-        parts += [f"<h2>Holdout: the version applied to {ho['n_patients']} other patients</h2>",
-                  metrics_table(ho["models"], horizons),
+        parts += [f"<h2>Holdout: the version applied to {ho['n_patients']} other patients</h2>"]
+        hfp = ho.get("forecast_point") or {}
+        if hfp.get("models"):
+            parts += ["<h3>Holdout, first forecast point</h3>",
+                      metrics_table(hfp["models"], horizons)]
+        parts += ["<h3>Holdout, episode start</h3>", metrics_table(ho["models"], horizons),
                   calibration_plot(ho["models"], horizons)]
         if ho.get("landmark_conditional"):
             parts += ["<h3>Holdout, landmark-conditional</h3>",

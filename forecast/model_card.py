@@ -112,6 +112,17 @@ def build_card(
         spec["log_ancillary"] = float(bundle.arrays["ancillary"])
     if "family_selection" in bundle.meta:
         spec["family_selection"] = bundle.meta["family_selection"]
+    if enc is not None and enc.time_interactions:
+        spec["time_interactions"] = {
+            "features": list(enc.time_interactions),
+            "form": f"feature * log(1 + {enc.time_feature}): the effect of each feature that "
+                    "changes within an episode may change with the time since its start",
+        }
+    if bundle.time_origin == "landmark":
+        spec["training_rows"] = (
+            "super-landmark rows at fixed days after each episode start plus one row per "
+            "episode at its first forecast point (the response assessment), each with the "
+            "features known on that date and the residual time from it")
     if "ancillary_covariates" in bundle.meta:
         spec["ancillary_covariates"] = bundle.meta["ancillary_covariates"]
         spec["ancillary_coef"] = bundle.arrays["anc_coef"].tolist()
@@ -190,6 +201,12 @@ def render_markdown(card: dict[str, Any]) -> str:
         cvb = ", ".join(f"{k} {v:.5f}" for k, v in sel.get("cv_brier", {}).items())
         out.append(f"- Family: {sel.get('family')} (chosen by {sel.get('method')}; AIC {aic}"
                    + (f"; held-out Brier {cvb}" if cvb else "") + ")")
+    if m.get("training_rows"):
+        out.append(f"- Training rows: {m['training_rows']}")
+    if m.get("time_interactions"):
+        ti = m["time_interactions"]
+        out.append(f"- Time interactions ({ti.get('form')}): "
+                   + ", ".join(ti.get("features", [])))
     if m.get("ancillary_covariates"):
         out.append("- Shape (ancillary) parameter depends on: "
                    + ", ".join(m["ancillary_covariates"]))
@@ -223,19 +240,33 @@ def render_markdown(card: dict[str, Any]) -> str:
 
 
 def _metrics_md(metrics: dict[str, Any]) -> list[str]:
-    """Summary table of the headline metrics per model (cross-validation at episode start)."""
+    """Headline table at the first forecast point, then the episode-start table."""
     cv = metrics.get("cv", {})
     models = cv.get("models", {})
     if not models:
         return [f"- {k}: {_fmt(v)}" for k, v in metrics.items() if not isinstance(v, dict)]
     horizons = metrics.get("horizons", [])
+    lines: list[str] = []
+    fp = cv.get("forecast_point") or {}
+    if fp.get("models"):
+        lines += [f"Headline: patient-grouped {cv.get('folds')}-fold cross-validation at the "
+                  f"first forecast point, the response assessment ({fp.get('n_episodes')} "
+                  "episodes; risk within h days after that date, static models conditioned on "
+                  "survival to it):", ""]
+        lines += _model_rows(fp["models"], horizons)
+        lines += [""]
+    lines += [f"Patient-grouped {cv.get('folds')}-fold cross-validation at episode start "
+              f"({cv.get('n_episodes')} episodes; before the response is known):", ""]
+    lines += _model_rows(models, horizons)
+    return lines
+
+
+def _model_rows(models: dict[str, Any], horizons: list[Any]) -> list[str]:
     head = "| model | Harrell C | Uno C | IBS | " + " | ".join(
         f"AUC {h}d | Brier {h}d | ICI {h}d" for h in horizons) + " |"
-    lines = [f"Patient-grouped {cv.get('folds')}-fold cross-validation at episode start "
-             f"({cv.get('n_episodes')} episodes):", "", head,
-             "|" + "---|" * (4 + 3 * len(horizons))]
+    lines = [head, "|" + "---|" * (4 + 3 * len(horizons))]
     for name, res in models.items():
-        o = res.get("overall", {})
+        o = res.get("overall") or {}
         cells = [name, _fmt(o.get("harrell_c")), _fmt(o.get("uno_c")), _fmt(o.get("ibs"))]
         for h in horizons:
             hh = o.get("by_horizon", {}).get(str(h), {})

@@ -73,6 +73,72 @@ def static_features(landmarks: pd.DataFrame, spec: FeatureSet) -> FeatureSet:
     return FeatureSet(tuple(numeric), categorical)
 
 
+def forecast_point_dataset(cohort: Any, definition: Any = None) -> pd.DataFrame:
+    """One row per episode at its FIRST FORECAST POINT: the response assessment.
+
+    The service forecasts for a patient once the episode is known, i.e. from
+    the first PHQ-9 after the session that shows the response. This returns,
+    for every episode still event-free-observed after that date, the features
+    of :func:`forecast.features.features_at` at ``as_of = response_date``
+    (history up to that date only) and the residual outcome in the layout of
+    :func:`forecast.features.landmark_dataset`: ``landmark`` = the response
+    day ``s`` (days after the episode start), ``lower = max(lower - s, 0)``,
+    ``upper = upper - s``. An episode right-censored at its response
+    assessment carries no information after it and has no row.
+    """
+    from forecast.episodes import build_episodes
+    from forecast.features import features_at
+
+    ep = build_episodes(cohort, definition)
+    s = ep["response_day"].to_numpy(dtype=float)
+    lo = ep["lower"].to_numpy(dtype=float)
+    up = ep["upper"].to_numpy(dtype=float)
+    ev = ep["event"].to_numpy(dtype=bool)
+    keep = np.isfinite(s) & (s < np.where(ev, up, lo))
+    ep, s, lo, up, ev = ep[keep], s[keep], lo[keep], up[keep], ev[keep]
+    q = pd.DataFrame({"patient_id": ep["patient_id"].to_numpy(dtype=object),
+                      "as_of": pd.to_datetime(ep["response_date"]).to_numpy()})
+    frame = features_at(cohort, q, definition)
+    # A second session on the response day would start another episode: keep own rows only.
+    own = frame["episode_id"].astype(object).to_numpy() == ep["episode_id"].to_numpy(dtype=object)
+    frame = frame.loc[own].reset_index(drop=True)
+    s, lo, up, ev = s[own], lo[own], up[own], ev[own]
+    frame["episode_id"] = ep["episode_id"].to_numpy(dtype=object)[own]
+    frame["episode_start"] = ep["start"].to_numpy()[own]
+    frame["landmark"] = s.astype(np.int64)
+    frame["lower"] = np.maximum(lo - s, 0.0)
+    frame["upper"] = up - s
+    frame["event"] = ev
+    first = ["patient_id", "episode_id", "landmark", "as_of", "lower", "upper", "event"]
+    return frame[first + [c for c in frame.columns if c not in first]]
+
+
+def training_landmarks(cohort: Any, definition: Any = None,
+                       landmarks: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The stacked landmark rows plus each episode's first forecast point.
+
+    The landmark grid (0, 7, 14, ... days) rarely falls on the day the
+    service first forecasts, the response assessment (day 1-14), where the
+    response is already known but few days have elapsed: a grid-only model
+    extrapolates there. Adding the forecast-point row of every episode (see
+    :func:`forecast_point_dataset`) puts training rows where the product
+    forecasts. A forecast-point row on a grid day duplicates the grid row
+    and is dropped. Column ``grid_landmark`` marks the rows of the grid.
+    Static kinds are unaffected (they use the landmark-0 rows only).
+    """
+    from forecast.features import landmark_dataset
+
+    ld = landmark_dataset(cohort, definition) if landmarks is None else landmarks
+    fp = forecast_point_dataset(cohort, definition)
+    ld = ld.assign(grid_landmark=True)
+    if len(fp) == 0:
+        return ld.reset_index(drop=True)
+    fp = fp[[c for c in ld.columns if c != "grid_landmark"]].assign(grid_landmark=False)
+    both = pd.concat([ld, fp], ignore_index=True)
+    both = both.drop_duplicates(["episode_id", "landmark"], keep="first")
+    return both.sort_values(["episode_id", "landmark"], kind="stable").reset_index(drop=True)
+
+
 def rows_for_kind(
     ld: pd.DataFrame, spec: FeatureSet, kind: str
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray, FeatureSet]:
@@ -112,6 +178,8 @@ def training_data(cohort: Any, kind: str = DEFAULT_KIND, definition: Any = None,
     from forecast.features import landmark_dataset
 
     ld = landmark_dataset(cohort, definition) if landmarks is None else landmarks
+    if kind not in STATIC_KINDS and "grid_landmark" not in ld.columns:
+        ld = training_landmarks(cohort, definition, ld)
     start = ld[ld["landmark"] == 0]
     summary = {
         "patients": int(len(cohort.patients)),
@@ -119,7 +187,9 @@ def training_data(cohort: Any, kind: str = DEFAULT_KIND, definition: Any = None,
         "episodes": int(len(start)),
         "episodes_with_observed_waning": int(np.isfinite(start["upper"].to_numpy(float)).sum()),
         "landmark_rows": int(len(ld)),
-        "landmarks_days": sorted(int(x) for x in np.unique(ld["landmark"])),
+        "forecast_point_rows": int((~ld["grid_landmark"]).sum()) if "grid_landmark" in ld else 0,
+        "landmarks_days": sorted(int(x) for x in np.unique(
+            ld.loc[ld["grid_landmark"], "landmark"] if "grid_landmark" in ld else ld["landmark"])),
     }
     X, lo, up, groups, feats = rows_for_kind(ld, spec_of(cohort), kind)
     summary["training_rows"] = int(len(X))

@@ -6,6 +6,7 @@ import json
 import zipfile
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from forecast.bundle import KINDS, Bundle, BundleError
@@ -102,3 +103,67 @@ def test_median_matches_lifelines(fitted) -> None:
     ours = est.to_bundle().predict_median(X)
     theirs = est.fitter_.predict_median(est._design(X)).to_numpy()
     assert np.all(np.abs(ours - theirs) <= 0.25)
+
+
+def _with_time(n: int, seed: int):
+    """Synthetic rows with a time feature, an episode column and a feature moving in time."""
+    X, lo, up = synthetic(n, seed)
+    rng = np.random.default_rng(seed)
+    X = X.reset_index(drop=True)
+    X["elapsed_days"] = rng.choice([0.0, 3.0, 7.0, 14.0, 28.0], size=n)
+    X["episode_id"] = np.repeat(np.arange(n // 3 + 1), 3)[:n].astype(str)
+    X["a"] = X["a"] + 0.01 * X["elapsed_days"]  # moves within an episode
+    X["b"] = X.groupby("episode_id")["b"].transform("first")  # constant within one
+    return X, lo, up
+
+
+def test_time_interactions_bundle_equals_lifelines() -> None:
+    from forecast.models import FeatureSet
+
+    X, lo, up = _with_time(900, 5)
+    feats = FeatureSet(("a", "b", "elapsed_days"), {"sex": ("female", "male", "other")})
+    est = make_estimator("landmark", features=feats, random_state=1, n_bootstrap=2,
+                         ancillary_features=("elapsed_days",)).fit(X, lo, up, X["episode_id"])
+    bundle = est.to_bundle()
+    # "a" changes within an episode and gets an interaction; the static "b" does not
+    assert bundle.encoder.time_interactions == ("a",)
+    assert "a*log1p(elapsed_days)" in bundle.encoder.columns
+    assert np.abs(bundle.predict_survival(X, TIMES) - est.predict_survival(X, TIMES)).max() < 1e-9
+    z = bundle.design(X)
+    col = bundle.encoder.columns.index("a*log1p(elapsed_days)")
+    raw = X["a"].to_numpy() * np.log1p(X["elapsed_days"].to_numpy())
+    enc = bundle.encoder
+    assert np.allclose(z[:, col], (raw - enc.means[3]) / enc.scales[3])
+
+
+def test_encoding_small_and_large_frames_agree(fitted) -> None:
+    """The one-to_numpy path (<= 64 rows) and the per-column path give the same design."""
+    X = fitted["X"].reset_index(drop=True)
+    X = X.assign(sex=X["sex"].where(np.arange(len(X)) % 7 != 0, None),
+                 extra=pd.Timestamp("2026-01-01"))
+    X.loc[3, "sex"] = "not-a-level"
+    X.loc[5, "a"] = np.nan
+    bundle = fitted["est"]["landmark"].to_bundle()
+    big = bundle.design(X)
+    small = np.vstack([bundle.design(X.iloc[i : i + 40]) for i in range(0, len(X), 40)])
+    assert np.array_equal(big, small)
+    # a categorical dtype column and text cells encode the same
+    Xc = X.assign(sex=X["sex"].astype("category"))
+    assert np.array_equal(bundle.design(Xc), big)
+    Xt = X.assign(a=X["a"].astype(object).where(X["a"].notna(), "n/a").astype(str))
+    assert np.allclose(bundle.design(Xt.iloc[:10]), big[:10])
+    assert np.allclose(bundle.design(Xt), big)
+
+
+@pytest.mark.parametrize("family", ["weibull", "lognormal", "loglogistic"])
+def test_direct_survival_equals_log_form(family: str) -> None:
+    from forecast.bundle import aft_log_survival, aft_survival
+
+    rng = np.random.default_rng(0)
+    eta = rng.normal(3, 1.5, size=(200, 1))
+    g = rng.normal(0, 0.5, size=(200, 1))
+    log_t = np.log(np.array([1e-100, 0.5, 7, 28, 84, 1e5]))[None, :]
+    direct = aft_survival(family, log_t, eta, g)
+    assert np.abs(direct - np.exp(aft_log_survival(family, log_t, eta, g))).max() < 1e-12
+    assert (direct >= 0).all()
+    assert (direct <= 1).all()

@@ -140,14 +140,24 @@ def test_evaluate_writes_report(report, trained_registry) -> None:
     assert set(o["by_horizon"]["28"]) >= {"auc", "brier", "ici", "citl", "auc_known"}
     assert set(m["cv"]["models"]["model"]["fairness"]) == {"sex", "diagnosis", "age_band"}
     assert "landmark_conditional" in m["cv"]
+    fp = m["cv"]["forecast_point"]
+    assert set(fp["models"]) == {"model", "cox", "km", "oracle"}
+    assert 0 < fp["n_episodes"] <= m["cv"]["n_episodes"]
+    assert set(fp["models"]["model"]["overall"]["by_horizon"]["28"]) >= {"auc", "ici", "citl"}
+    assert set(fp["on_oracle_episodes"]) == {"model", "cox", "km"}
+    assert m["targets"]["evaluated_at"].startswith("first forecast point")
     assert "auc28_gap_to_oracle" in m["targets"]
+    assert "auc28_model" in m["targets"]["episode_start"]
+    assert m["holdout"]["forecast_point"]["models"]["model"]["overall"]["n"] > 0
     assert m["holdout"]["models"]["model"]["overall"]["n"] > 0
     assert m["policy"] == {"table": [{"schedule": "fixed 28d", "waned_days": 1.0}]}
     html = (report / "report.html").read_text()
     assert "data:image/png;base64," in html
     assert "<p id='pol'>replay</p>" in html
+    assert "first forecast point" in html
     card = (report / "model_card.md").read_text()
     assert "cross-validation" in card
+    assert card.index("first forecast point") < card.index("at episode start")
     assert "| model | Harrell C |" in card
 
 
@@ -173,3 +183,54 @@ def test_turnbull_equals_kaplan_meier_on_day_intervals() -> None:
     days = np.array([1, 7, 14, 28, 56, 84], dtype=float)
     ours = ev.turnbull_survival(lower, upper, days, tol=1e-10)
     assert np.allclose(ours, km.predict(days).to_numpy(), atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def small_sim():
+    from forecast.simulation import simulate
+
+    return simulate(150, 31)
+
+
+def test_forecast_point_rows_sit_at_the_response_assessment(small_sim) -> None:
+    from forecast.episodes import build_episodes
+    from forecast.training import forecast_point_dataset, training_landmarks
+
+    cohort = small_sim.cohort
+    fp = forecast_point_dataset(cohort)
+    ep = build_episodes(cohort).set_index("episode_id").loc[fp["episode_id"]]
+    assert len(fp) > 20
+    assert fp["episode_id"].is_unique
+    assert (pd.to_datetime(fp["as_of"]).to_numpy() == ep["response_date"].to_numpy()).all()
+    s = ep["response_day"].to_numpy(float)
+    assert np.array_equal(fp["landmark"].to_numpy(float), s)
+    assert np.allclose(fp["lower"], np.maximum(ep["lower"].to_numpy(float) - s, 0))
+    assert np.array_equal(fp["upper"].to_numpy(float), ep["upper"].to_numpy(float) - s)
+    assert (fp["response_known"] == 1).all()  # known on that date, from history up to it
+    # each row still carries information: not right-censored at the forecast point
+    assert ((fp["upper"] > 0) & ((fp["lower"] > 0) | np.isfinite(fp["upper"]))).all()
+    both = training_landmarks(cohort)
+    assert not both.duplicated(["episode_id", "landmark"]).any()
+    on_grid = fp.merge(both.loc[both["grid_landmark"], ["episode_id", "landmark"]],
+                       on=["episode_id", "landmark"]).shape[0]
+    assert (~both["grid_landmark"]).sum() == len(fp) - on_grid  # one row per (episode, day)
+
+
+def test_oracle_conditional_risk_is_the_true_residual_risk(small_sim) -> None:
+    from forecast.simulation import SimulationParams, true_risk
+
+    truth = small_sim.truth.copy()
+    scale = SimulationParams().wane_scale
+    assert ev.truth_scale(truth) == pytest.approx(scale, rel=1e-3)
+    rows = pd.DataFrame({"patient_id": truth["patient_id"], "episode_start":
+                         truth["episode_start"], "landmark": np.arange(len(truth)) % 9})
+    got = ev.oracle_conditional_risks(rows, truth, (7, 28))
+    loc = np.log(28.0) - scale * np.log(truth["risk_28d"] / (1 - truth["risk_28d"]))
+    want = true_risk(loc.to_numpy(), scale, (7, 28), since=rows["landmark"].to_numpy(float))
+    ok = ~truth.duplicated(["patient_id", "episode_start"]).to_numpy()
+    assert np.allclose(got[ok], want[ok], atol=1e-6)
+    # at landmark 0 it is the risk column of truth.csv itself
+    assert np.allclose(got[(rows["landmark"] == 0).to_numpy() & ok, 1],
+                       truth.loc[(rows["landmark"] == 0).to_numpy() & ok, "risk_28d"], atol=1e-6)
+    unknown = rows.assign(patient_id="nobody")
+    assert np.isnan(ev.oracle_conditional_risks(unknown.iloc[:3], truth, (7,))).all()

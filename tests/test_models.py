@@ -256,3 +256,33 @@ def test_static_features_are_detected_from_data() -> None:
     out = static_features(lm, spec)
     assert out.numeric == ("age", "x_nan")
     assert list(out.categorical) == ["sex"]
+
+
+def test_varying_within_finds_the_features_that_move_in_an_episode() -> None:
+    from forecast.models import varying_within
+
+    X = pd.DataFrame({"episode_id": ["e1", "e1", "e2", "e2", "e3"],
+                      "static": [1.0, 1.0, 2.0, 2.0, 3.0],
+                      "moves": [1.0, 1.0, 2.0, 5.0, 3.0],
+                      "nan_static": [np.nan, np.nan, 1.0, 1.0, np.nan],
+                      "nan_moves": [np.nan, 1.0, 1.0, 1.0, 1.0]})
+    names = ("static", "moves", "nan_static", "nan_moves")
+    assert varying_within(X, names) == ("moves", "nan_moves")
+    # without episode ids every feature may move
+    assert varying_within(X.drop(columns="episode_id"), names) == names
+
+
+def test_time_interactions_off_and_explicit(data) -> None:
+    X, lo, up = data
+    X = X.reset_index(drop=True).assign(elapsed_days=np.arange(len(X)) % 30 * 1.0)
+    feats = FeatureSet(("a", "b", "elapsed_days"), {"sex": ("female", "male", "other")})
+    off = make_estimator("landmark", features=feats, time_interactions=None,
+                         distribution="weibull").fit(X, lo, up)
+    assert off.encoder_.time_interactions == ()
+    named = make_estimator("landmark", features=feats, time_interactions=("b", "nope"),
+                           distribution="weibull").fit(X, lo, up)
+    assert named.encoder_.time_interactions == ("b",)
+    assert named.encoder_.columns[3] == "b*log1p(elapsed_days)"
+    with pytest.raises(ValueError, match="time_interactions"):
+        make_estimator("landmark", features=feats, time_interactions="all",
+                       distribution="weibull").fit(X, lo, up)
