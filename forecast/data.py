@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from forecast.cohort import Cohort, canonicalize
+from forecast.cohort import Cohort
 from forecast.contract import FALSE_STRINGS, PHQ9_ITEMS, TABLES, TRUE_STRINGS, Column
 from forecast.instruments import MAX_MISSING_ITEMS, phq9_from_items
 
@@ -42,6 +42,7 @@ __all__ = [
     "TABLE_NAMES",
     "ContractError",
     "Problem",
+    "RecordsOf",
     "check_any_instrument",
     "check_cells",
     "check_client_ids",
@@ -58,6 +59,7 @@ __all__ = [
     "read_folder",
     "validate_patient",
     "validate_records",
+    "validate_records_many",
     "validate_tables",
     "write_cohort",
 ]
@@ -296,12 +298,54 @@ class _Unhashable:
         self.what = "an array" if isinstance(value, list) else "an object"
 
 
-def _factorize_objects(s: pd.Series) -> tuple[np.ndarray, list[Any]]:
+#: Up to this many cells a dict loop factorises faster than pandas (JSON items).
+_SMALL = 512
+#: Cell types the small-column factoriser handles; anything else goes to pandas.
+_PLAIN = (str, int, float, bool, type(None), list, dict)
+
+
+def _factorize_small(arr: np.ndarray) -> tuple[np.ndarray, list[Any]] | None:
+    """:func:`_factorize_objects` for a short column of plain JSON values, else None.
+
+    Same codes as pandas' factorisation with booleans apart: null and NaN are
+    -1, ``3`` and ``3.0`` share a code, ``True`` and ``1`` do not, and every
+    JSON array or object is a distinct value.
+    """
+    codes = np.empty(len(arr), dtype=np.int64)
+    uniques: list[Any] = []
+    seen: dict[tuple[bool, Any], int] = {}
+    for i, v in enumerate(arr):
+        t = type(v)
+        if t not in _PLAIN:
+            return None
+        if v is None or (t is float and v != v):
+            codes[i] = -1
+            continue
+        if t is list or t is dict:
+            codes[i] = len(uniques)
+            uniques.append(_Unhashable(v))
+            continue
+        key = (t is bool, v)
+        code = seen.get(key)
+        if code is None:
+            code = seen[key] = len(uniques)
+            uniques.append(v)
+        codes[i] = code
+    return codes, uniques
+
+
+def _factorize_objects(s: pd.Series | np.ndarray) -> tuple[np.ndarray, list[Any]]:
     """Codes and distinct values of an object column; -1 marks null cells.
 
     Booleans are factorised apart from numbers because ``True == 1`` would
     otherwise merge them into one distinct value.
     """
+    if len(s) <= _SMALL:
+        small = _factorize_small(np.asarray(s, dtype=object))
+        if small is not None:
+            return small
+    if isinstance(s, np.ndarray):
+        s = pd.Series(s, dtype=object)
     try:
         codes, uniques = pd.factorize(s, use_na_sentinel=True)
     except TypeError:
@@ -328,9 +372,18 @@ def _factorize_objects(s: pd.Series) -> tuple[np.ndarray, list[Any]]:
     return codes, uniques
 
 
-def _parse_series(col: Column, s: pd.Series, mode: _Mode) -> _Parsed:
-    """Turn raw cells into typed values plus blank/bad masks (format stage)."""
+def _parse_series(col: Column, s: pd.Series | np.ndarray, mode: _Mode) -> _Parsed:
+    """Turn raw cells into typed values plus blank/bad masks (format stage).
+
+    ``s`` is a Series, or an object array of JSON values (no pandas overhead
+    for the API's short lists).
+    """
     n = len(s)
+    if isinstance(s, np.ndarray):
+        if s.dtype != object:
+            s = pd.Series(s)
+        else:
+            return _parse_objects(col, s, mode)
     dtype = s.dtype
     if isinstance(dtype, pd.CategoricalDtype):
         s = s.astype(object)
@@ -384,7 +437,14 @@ def _parse_series(col: Column, s: pd.Series, mode: _Mode) -> _Parsed:
             p.set_note(~blank, " (a date object)")
         return p
 
-    codes, uniques = _factorize_objects(s.astype(object, copy=False))
+    plain = isinstance(dtype, np.dtype) and dtype.kind == "O"
+    return _parse_objects(col, s if plain else s.astype(object), mode)
+
+
+def _parse_objects(col: Column, s: pd.Series | np.ndarray, mode: _Mode) -> _Parsed:
+    """:func:`_parse_series` of an object column (text or JSON values)."""
+    n = len(s)
+    codes, uniques = _factorize_objects(s)
     m = len(uniques)
     # One extra slot at the end describes null cells: code -1 indexes it.
     u_values = _empty_values(col, m + 1)
@@ -407,7 +467,7 @@ def _parse_series(col: Column, s: pd.Series, mode: _Mode) -> _Parsed:
         p.set_note(p.bad, u_note[codes[p.bad]])
     if mode is _JSON and p.blank.any():
         # Python's JSON reader accepts NaN, which factorising would take for null.
-        arr = s.to_numpy(dtype=object)
+        arr = np.asarray(s, dtype=object)
         nan = np.fromiter((isinstance(v, float) and v != v for v in arr), bool, n)
         p.blank &= ~nan
         p.reject(nan, " (NaN is not a JSON value)")
@@ -447,7 +507,7 @@ def _check_values(col: Column, p: _Parsed, today: date) -> None:
 
 def check_cells(
     col: Column,
-    cells: pd.Series,
+    cells: pd.Series | np.ndarray,
     *,
     source: str,
     rows: np.ndarray,
@@ -461,7 +521,7 @@ def check_cells(
     ----------
     col : Column
         Contract specification (kind, bounds, allowed values, nullable).
-    cells : pandas.Series
+    cells : pandas.Series or object ndarray
         Raw cells: text (CSV), typed values (Parquet) or JSON values.
     source : str
         File or table name used in problems.
@@ -490,7 +550,7 @@ def check_cells(
     idx = np.flatnonzero(bad)
     if idx.size == 0:
         return p, []
-    raw = cells.to_numpy(dtype=object)[idx]
+    raw = np.asarray(cells, dtype=object)[idx]
     allowed = _allowed(col, m)
     problems = [
         Problem(source, int(r), col.name, f"got {_show(v, m)}{why}; allowed: {allowed}")
@@ -751,7 +811,7 @@ def _fmt_num(x: float) -> str:
 # --- table validation shared by files and JSON --------------------------------------
 def _check_table(
     table: str,
-    frame: pd.DataFrame,
+    frame: pd.DataFrame | Mapping[str, np.ndarray],
     *,
     source: str,
     rows: np.ndarray,
@@ -764,17 +824,19 @@ def _check_table(
 ) -> tuple[dict[str, _Parsed], list[Problem]]:
     """Check every present column's cells and the row rules of one table.
 
-    ``skip`` masks cells already reported (per column); ``row_rules`` masks the
-    rows the row rules apply to (default all).
+    ``frame`` is a DataFrame or a mapping of column name to object array
+    (JSON items; all of length ``len(rows)``). ``skip`` masks cells already
+    reported (per column); ``row_rules`` masks the rows the row rules apply to
+    (default all).
     """
-    n = len(frame)
+    n = len(rows)
     specs: list[Column] = list(TABLES[table])
     if table == "patients":
         specs += [covariate_column(c) for c in covariates]
     parsed: dict[str, _Parsed] = {}
     problems: list[Problem] = []
     for col in specs:
-        if col.name not in frame.columns:
+        if col.name not in frame:
             continue
         p, probs = check_cells(
             col,
@@ -1419,7 +1481,7 @@ def check_stored_duplicates(
     dates: np.ndarray,
     client_ids: np.ndarray,
     usable: np.ndarray,
-    existing: pd.DataFrame | None,
+    existing: pd.DataFrame | Mapping[str, Any] | None,
     *,
     source: str,
     what: str,
@@ -1428,12 +1490,16 @@ def check_stored_duplicates(
 
     Rows whose client id matches a stored row's ``client_id`` are retries of
     that row; the caller (the service) decides on idempotency or conflict.
+    ``existing`` is a frame (or a mapping of arrays) with ``date`` and
+    optionally ``client_id``.
     """
-    if existing is None or len(existing) == 0:
+    if existing is None or len(existing["date"]) == 0:
         return []
-    stored_dates = pd.to_datetime(existing["date"]).to_numpy(dtype="datetime64[ns]")
+    stored_dates = pd.to_datetime(np.asarray(existing["date"])).to_numpy(dtype="datetime64[ns]")
     stored_ids = (
-        set(existing["client_id"].dropna().astype(str)) if "client_id" in existing else set()
+        {str(c) for c in existing["client_id"] if c is not None and c == c}
+        if "client_id" in existing
+        else set()
     )
     retry = np.array([c is not None and c in stored_ids for c in client_ids], dtype=bool)
     clash = usable & ~retry & np.isin(dates, stored_dates)
@@ -1446,6 +1512,20 @@ def check_stored_duplicates(
         )
         for i in np.flatnonzero(clash)
     ]
+
+
+@dataclass(frozen=True)
+class RecordsOf:
+    """JSON items of one table for one patient: one entry of :func:`validate_records_many`.
+
+    Attributes are the arguments of :func:`validate_records` of the same names;
+    ``existing`` may also be a mapping of arrays (``date``, ``client_id``).
+    """
+
+    patient_id: str
+    records: Any
+    known_patient: bool = True
+    existing: pd.DataFrame | Mapping[str, Any] | None = None
 
 
 def validate_records(
@@ -1493,30 +1573,91 @@ def validate_records(
     problems : list of Problem
         ``row`` is the 0-based item index, ``column`` the JSON key.
     """
+    entry = RecordsOf(patient_id, records, known_patient, existing)
+    frame, problems, _ = _validate_records_many(table, [entry], today=today, allow_id=allow_id)[0]
+    return frame, problems
+
+
+def validate_records_many(
+    table: str,
+    entries: Sequence[RecordsOf],
+    *,
+    today: date | None = None,
+    allow_id: bool = True,
+    as_rows: bool = False,
+) -> list[tuple[Any, list[Problem], np.ndarray]]:
+    """:func:`validate_records` of many patients' lists in one vectorised pass.
+
+    The cell and row rules run once over all items of all entries (the same
+    rule functions as files and single lists); rules about one list (its
+    client ids, its duplicate dates, its stored rows) then run per entry only
+    where they can apply. Each entry's result equals ``validate_records`` of
+    that entry alone.
+
+    Parameters
+    ----------
+    table : {"sessions", "assessments"}
+    entries : sequence of RecordsOf
+        One list of JSON items per entry, with its patient and stored rows.
+    today : datetime.date, optional
+        Dates after it are errors (default: today).
+    allow_id : bool
+        Whether items may carry a client ``id``.
+    as_rows : bool
+        Give each entry's rows as a list of dicts (the frame's
+        ``to_dict("records")``: dates as ``Timestamp``, numbers as floats)
+        instead of a frame; building thousands of small frames is what makes
+        a bulk load slow.
+
+    Returns
+    -------
+    list of (frame, problems, order)
+        Per entry, in the given order: the frame (or rows) and problems of
+        :func:`validate_records`, and ``order``, the item index of each
+        frame row (the frame is sorted by date).
+    """
+    return _validate_records_many(table, entries, today=today, allow_id=allow_id, as_rows=as_rows)
+
+
+def _validate_records_many(
+    table: str,
+    entries: Sequence[RecordsOf],
+    *,
+    today: date | None,
+    allow_id: bool,
+    as_rows: bool = False,
+) -> list[tuple[Any, list[Problem], np.ndarray]]:
     if table not in ("sessions", "assessments"):
         raise ValueError(f"table must be 'sessions' or 'assessments', got {table!r}")
     day = _today(today)
     source = table
     specs = [c for c in TABLES[table] if c.name != "patient_id"]
-    if not isinstance(records, list | tuple):
-        problems = [Problem(source, None, None, "must be a JSON list of objects")]
-        records = []
-    else:
-        problems = []
-    records = list(records)
-    n = len(records)
-    key_problems, missing, not_object = check_record_keys(
-        records, specs, source=source, allow_id=allow_id
-    )
-    problems += key_problems
-    objs = [r if isinstance(r, Mapping) else {} for r in records]
-    frame = pd.DataFrame(
-        {c.name: pd.Series([r.get(c.name) for r in objs], dtype=object) for c in specs}
-    )
+    k = len(entries)
+    problems_of: list[list[Problem]] = [[] for _ in range(k)]
+    lists: list[list[Any]] = []
+    for j, entry in enumerate(entries):
+        records = entry.records
+        if not isinstance(records, list | tuple):
+            problems_of[j].append(Problem(source, None, None, "must be a JSON list of objects"))
+            records = []
+        lists.append(list(records))
+    sizes = np.array([len(r) for r in lists], dtype=np.int64)
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    n = int(bounds[-1])
+    all_records = [r for records in lists for r in records]
+    owner = np.repeat(np.arange(k), sizes)
+    local = np.arange(n, dtype=np.int64) - bounds[owner]
+    # Rules run over all items at once with global rows; each problem is then
+    # handed to its entry with the item's index in that entry's list.
     rows = np.arange(n, dtype=np.int64)
+    found, missing, not_object = check_record_keys(
+        all_records, specs, source=source, allow_id=allow_id
+    )
+    objs = [r if isinstance(r, Mapping) else {} for r in all_records]
+    cells = {c.name: _object_array([r.get(c.name) for r in objs]) for c in specs}
     parsed, cell_problems = _check_table(
         table,
-        frame,
+        cells,
         source=source,
         rows=rows,
         today=day,
@@ -1525,48 +1666,83 @@ def validate_records(
         row_rules=~not_object,
         row_word="item",
     )
-    problems += cell_problems
-    parsed["patient_id"] = _Parsed(
-        np.full(n, patient_id, dtype=object),
-        np.zeros(n, bool),
-        np.zeros(n, bool),
-    )
-    client_ids, id_problems = check_client_ids(
-        [r.get("id") if allow_id else None for r in objs], source=source
-    )
-    problems += id_problems
+    for p in found + cell_problems:
+        g = int(p.row)  # type: ignore[arg-type]  # item-level rules always name a row
+        problems_of[owner[g]].append(Problem(p.source, int(local[g]), p.column, p.message))
     date_col = parsed["date"]
+    dates = date_col.values
+    date_ok = date_col.ok
+    ids = [r.get("id") if allow_id else None for r in objs]
     word = "a session" if table == "sessions" else "an assessment"
-    problems += check_unique(
-        [date_col.values.view(np.int64)],
-        date_col.ok,
-        source=source,
-        rows=rows,
-        column="date",
-        what=f"{word} of this patient on this date",
-        row_word="item",
-    )
-    problems += check_stored_duplicates(
-        date_col.values, client_ids, date_col.ok, existing, source=source, what=word
-    )
-    if not known_patient:
-        problems.insert(
-            0,
-            Problem(source, None, None, "unknown patient: create the patient before adding rows"),
+    # Entries with a repeated date: only those need the duplicate rule's messages.
+    ok_idx = np.flatnonzero(date_ok)
+    repeated = np.zeros(k, dtype=bool)
+    if ok_idx.size > 1:
+        keys = owner[ok_idx]
+        day_keys = dates[ok_idx].view(np.int64)
+        by = np.lexsort((day_keys, keys))
+        same = (np.diff(keys[by]) == 0) & (np.diff(day_keys[by]) == 0)
+        repeated[keys[by][1:][same]] = True
+    # Sort every entry's rows by date (stable; rejected dates last, as canonicalize).
+    sort_key = np.where(np.isnat(dates), np.iinfo(np.int64).max, dates.view(np.int64))
+    order_all = np.lexsort((sort_key, owner))
+    client_all = np.full(n, None, dtype=object)
+    out: list[tuple[Any, list[Problem], np.ndarray]] = []
+    for j, entry in enumerate(entries):
+        lo, hi = int(bounds[j]), int(bounds[j + 1])
+        problems = problems_of[j]
+        client_ids, id_problems = check_client_ids(ids[lo:hi], source=source)
+        client_all[lo:hi] = client_ids
+        problems += id_problems
+        if repeated[j]:
+            problems += check_unique(
+                [dates[lo:hi].view(np.int64)],
+                date_ok[lo:hi],
+                source=source,
+                rows=local[lo:hi],
+                column="date",
+                what=f"{word} of this patient on this date",
+                row_word="item",
+            )
+        problems += check_stored_duplicates(
+            dates[lo:hi], client_ids, date_ok[lo:hi], entry.existing, source=source, what=word
         )
-    data = {}
-    for col in TABLES[table]:
-        v = parsed[col.name].values
-        data[col.name] = pd.Series(v, dtype=object) if v.dtype == object else v
-    out = canonicalize(table, pd.DataFrame(data))
-    # canonicalize sorts stably by (patient_id, date); carry client ids along.
-    order = (
-        pd.DataFrame({"d": date_col.values, "i": np.arange(n)})
-        .sort_values("d", kind="stable")["i"]
-        .to_numpy()
-    )
-    out["client_id"] = pd.Series(client_ids[order], dtype=object).to_numpy()
-    return out, _sorted_json(problems)
+        if not entry.known_patient:
+            problems.insert(
+                0,
+                Problem(
+                    source, None, None, "unknown patient: create the patient before adding rows"
+                ),
+            )
+        out.append((None, _sorted_json(problems), order_all[lo:hi] - lo))
+    names = ["patient_id", *(c.name for c in specs), "client_id"]
+    values = {c.name: parsed[c.name].values[order_all] for c in specs}
+    values["client_id"] = client_all[order_all]
+    if as_rows:
+        # Plain Python values as DataFrame.to_dict("records") gives them.
+        listed = {
+            name: ([pd.Timestamp(x) for x in v] if v.dtype.kind == "M" else v.tolist())
+            for name, v in values.items()
+        }
+    for j, entry in enumerate(entries):
+        lo, hi = int(bounds[j]), int(bounds[j + 1])
+        if as_rows:
+            pid = entry.patient_id
+            rows = [
+                dict(zip(names, (pid, *cells), strict=True))
+                for cells in zip(*(listed[n][lo:hi] for n in names[1:]), strict=True)
+            ]
+            out[j] = (rows, out[j][1], out[j][2])
+        else:
+            data: dict[str, Any] = {"patient_id": np.full(hi - lo, entry.patient_id, dtype=object)}
+            data.update((name, v[lo:hi]) for name, v in values.items())
+            out[j] = (pd.DataFrame(data), out[j][1], out[j][2])
+    return out
+
+
+def _object_array(values: list[Any]) -> np.ndarray:
+    """A 1-d object array of ``values`` (lists and dicts stay cells, not dimensions)."""
+    return np.fromiter(values, dtype=object, count=len(values))
 
 
 def _sorted_json(problems: list[Problem]) -> list[Problem]:
@@ -1577,8 +1753,8 @@ def _sorted_json(problems: list[Problem]) -> list[Problem]:
 
 
 def validate_patient(
-    record: Any, *, patient_id: str, covariates: Sequence[str] = ()
-) -> tuple[pd.DataFrame, list[Problem]]:
+    record: Any, *, patient_id: str, covariates: Sequence[str] = (), as_record: bool = False
+) -> tuple[Any, list[Problem]]:
     """Validate one patient's covariates posted as a JSON object (PUT /patients/{id}).
 
     Keys are the patients columns (``age``, ``sex``, ``diagnosis``,
@@ -1586,9 +1762,12 @@ def validate_patient(
     may be given only if it equals the one of the URL. Unknown keys are
     rejected. Problems have ``row=None``.
 
+    With ``as_record`` the row is returned as a dict of plain Python values
+    (``frame.iloc[0].to_dict()`` without building the frame; for bulk loads).
+
     Returns
     -------
-    frame : DataFrame
+    frame : DataFrame or dict
         One canonical patients row (rejected cells blank).
     problems : list of Problem
     """
@@ -1623,10 +1802,10 @@ def validate_patient(
                     "unknown field; allowed fields: " + ", ".join(["patient_id", *names]),
                 )
             )
-    frame = pd.DataFrame({c.name: pd.Series([record.get(c.name)], dtype=object) for c in specs})
+    cells = {c.name: _object_array([record.get(c.name)]) for c in specs}
     parsed, cell_problems = _check_table(
         "patients",
-        frame,
+        cells,
         source=source,
         rows=np.zeros(1, dtype=np.int64),
         today=date.today(),
@@ -1639,6 +1818,9 @@ def validate_patient(
         np.zeros(1, bool),
         np.zeros(1, bool),
     )
+    if as_record:
+        names = [c.name for c in TABLES["patients"]] + list(covariates)
+        return {n: parsed[n].values[:1].tolist()[0] for n in names}, problems
     return _frame_of("patients", parsed, tuple(covariates)), problems
 
 

@@ -14,6 +14,7 @@ involved. Sources (see DOMAIN.md and the README):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -206,28 +207,27 @@ def score_assessments(
     from_items, answered = phq9_from_items(items)
     phq9 = np.where(np.isnan(from_items), column("phq9_total"), from_items)
     item9 = items[:, 8]
-    level, reason = safety_flags(
-        item9, column("cssrs_ideation"), column("cssrs_behavior"), rules
-    )
+    level, reason = safety_flags(item9, column("cssrs_ideation"), column("cssrs_behavior"), rules)
     # Build the new columns once and join them in one step: adding them one by
     # one costs milliseconds per call, which matters on the serving path.
-    scored = pd.DataFrame(
-        {
-            "phq9": phq9,
-            "phq9_answered": answered,
-            "phq9_prorated": (answered < 9) & ~np.isnan(from_items),
-            "severity": severity_band(phq9),
-            "item9": item9,
-            "safety": level,
-            "safety_reason": reason,
-        },
-        index=assessments.index,
-    )
-    base = assessments.drop(columns=[c for c in scored.columns if c in assessments.columns])
-    missing = [
-        c
-        for c in (*PHQ9_ITEMS, "phq9_total", "cssrs_ideation", "cssrs_behavior")
-        if c not in base.columns
-    ]
-    extra = pd.DataFrame(dict.fromkeys(missing, nan), index=assessments.index)
-    return pd.concat([base, extra, scored], axis=1)
+    scored = {
+        "phq9": phq9,
+        "phq9_answered": answered,
+        "phq9_prorated": (answered < 9) & ~np.isnan(from_items),
+        "severity": severity_band(phq9),
+        "item9": item9,
+        "safety": level,
+        "safety_reason": reason,
+    }
+    # One constructor call: the given columns (their arrays, dtypes kept),
+    # blank instrument columns that were absent, then the scored ones.
+    # Own copies of the given columns, so the result shares no memory with the
+    # input and the constructor need not copy (or consolidate) again.
+    columns: dict[Any, Any] = {
+        c: assessments[c].to_numpy(copy=True) for c in assessments.columns if c not in scored
+    }
+    for c in (*PHQ9_ITEMS, "phq9_total", "cssrs_ideation", "cssrs_behavior"):
+        if c not in columns:
+            columns[c] = nan.copy()
+    columns.update(scored)
+    return pd.DataFrame(columns, index=assessments.index, copy=False)

@@ -203,25 +203,25 @@ def _normalise_queries(queries: pd.DataFrame, settings: PolicySettings) -> pd.Da
     missing = {"patient_id", "as_of"} - set(queries.columns)
     if missing:
         raise ValueError(f"queries lacks column(s) {sorted(missing)}; need patient_id, as_of")
-    q = pd.DataFrame(
-        {
-            "patient_id": queries["patient_id"].astype(str).to_numpy(),
-            "as_of": pd.to_datetime(queries["as_of"].to_numpy()).normalize(),
-        }
-    )
-    if q["as_of"].isna().any():
+    as_of = pd.to_datetime(queries["as_of"].to_numpy()).normalize()
+    if as_of.isna().any():
         raise ValueError("queries has a blank as_of; give a date YYYY-MM-DD")
-    q["as_of"] = q["as_of"].astype("datetime64[ns]")
     if "threshold" in queries.columns:
         thr = pd.to_numeric(queries["threshold"], errors="coerce").to_numpy(dtype=float)
         thr = np.where(np.isnan(thr), settings.threshold, thr)
         for t in np.unique(thr):
             check_threshold(t)
-        q["threshold"] = thr
     else:
-        q["threshold"] = float(settings.threshold)
-    q["qi"] = np.arange(len(q))
-    return q
+        thr = np.full(len(queries), float(settings.threshold))
+    # One constructor call (adding columns one by one costs more than the rest).
+    return pd.DataFrame(
+        {
+            "patient_id": queries["patient_id"].astype(str).to_numpy(),
+            "as_of": as_of.astype("datetime64[ns]").to_numpy(),
+            "threshold": thr,
+            "qi": np.arange(len(queries)),
+        }
+    )
 
 
 def _asof_join(q: pd.DataFrame, rows: pd.DataFrame, cols: list[str], prefix: str) -> pd.DataFrame:
@@ -255,61 +255,64 @@ def _context(
 
     n = len(q)
     ctx = features_at(cohort, q[["patient_id", "as_of"]].reset_index(drop=True), definition)
-    ctx = ctx.reset_index(drop=True)
-    ctx["qi"] = q["qi"].to_numpy()
-    ctx["threshold"] = q["threshold"].to_numpy()
-    ctx["has_session"] = ctx["last_session"].notna().to_numpy()
+    if not isinstance(ctx.index, pd.RangeIndex) or ctx.index.start != 0:
+        ctx = ctx.reset_index(drop=True)
+    # New columns are collected and joined once at the end (each insertion
+    # into the wide context frame costs about as much as computing it).
+    new: dict[str, np.ndarray] = {
+        "qi": q["qi"].to_numpy(),
+        "threshold": q["threshold"].to_numpy(),
+        "has_session": ctx["last_session"].notna().to_numpy(),
+    }
 
     scored = score_assessments(cohort.assessments, settings.safety_rules)
     valid = scored[scored["phq9"].notna()]
-    ctx["n_phq9"] = _count_upto(q, valid)
+    new["n_phq9"] = _count_upto(q, valid)
 
     # PHQ-9 at the assessment where waning was seen (for the reason text).
-    w = ctx[["patient_id", "waned_date"]].merge(
-        valid[["patient_id", "date", "phq9"]].drop_duplicates(["patient_id", "date"]),
-        left_on=["patient_id", "waned_date"],
-        right_on=["patient_id", "date"],
-        how="left",
-    )
-    ctx["waned_phq9"] = w["phq9"].to_numpy(dtype=float)
+    pid_codes = _patient_codes(ctx["patient_id"], scored["patient_id"])
+    ctx_codes, scored_codes = pid_codes
+    phq9 = scored["phq9"].to_numpy(dtype=float)
+    has_phq9 = ~np.isnan(phq9)
+    scored_dates = scored["date"].to_numpy(dtype="datetime64[ns]")
+    waned_dates = ctx["waned_date"].to_numpy(dtype="datetime64[ns]")
+    # The first valid PHQ-9 of the patient on that day (as a left merge on
+    # patient and date after dropping repeated days would give).
+    at = _first_row_at(scored_codes[has_phq9], scored_dates[has_phq9], ctx_codes, waned_dates)
+    new["waned_phq9"] = _take(phq9[has_phq9], at)
     # Which waning criterion the waning assessment met, so that the texts say
     # what happened: suicidal ideation can end the benefit while the PHQ-9
     # total is still in response, and "not in response" would then be false.
     # Same criteria and order as forecast.episodes (C-SSRS, item 9, symptoms).
-    ws = ctx[["patient_id", "waned_date"]].merge(
-        scored[["patient_id", "date", "item9", "cssrs_ideation"]].drop_duplicates(
-            ["patient_id", "date"]
-        ),
-        left_on=["patient_id", "waned_date"],
-        right_on=["patient_id", "date"],
-        how="left",
-    )
+    at = _first_row_at(scored_codes, scored_dates, ctx_codes, waned_dates)
+    item9_all = scored["item9"].to_numpy(dtype=float)
+    ws_item9 = _take(item9_all, at)
+    ws_cssrs = _take(scored["cssrs_ideation"].to_numpy(dtype=float), at)
     # The item-9 criterion applies only when item 9 was exactly 0 at the
     # episode's start (its response assessment), as in forecast.episodes.
-    start9 = (
-        ctx[["patient_id", "response_date"]]
-        .merge(
-            scored[["patient_id", "date", "item9"]].drop_duplicates(["patient_id", "date"]),
-            left_on=["patient_id", "response_date"],
-            right_on=["patient_id", "date"],
-            how="left",
-        )["item9"]
-        .to_numpy(dtype=float)
+    start9 = _take(
+        item9_all,
+        _first_row_at(
+            scored_codes,
+            scored_dates,
+            ctx_codes,
+            ctx["response_date"].to_numpy(dtype="datetime64[ns]"),
+        ),
     )
     seen = ctx["waned_seen"].to_numpy(dtype=bool)
-    item9 = np.where(start9 == 0, ws["item9"].to_numpy(dtype=float), np.nan)
-    cssrs = ws["cssrs_ideation"].to_numpy(dtype=float)
-    wphq = ctx["waned_phq9"].to_numpy(dtype=float)
+    item9 = np.where(start9 == 0, ws_item9, np.nan)
+    cssrs = ws_cssrs
+    wphq = new["waned_phq9"]
     with np.errstate(invalid="ignore"):
-        ctx["waned_symptoms"] = (
+        new["waned_symptoms"] = (
             seen
             & (wphq > _def(definition, "response_fraction", 0.5) * ctx["baseline_phq9"].to_numpy())
             & (wphq >= _def(definition, "waned_phq9_min", 10.0))
         )
-        ctx["waned_cssrs"] = np.where(
+        new["waned_cssrs"] = np.where(
             seen & (cssrs >= _def(definition, "si_cssrs_min", 2)), cssrs, np.nan
         )
-        ctx["waned_item9"] = np.where(
+        new["waned_item9"] = np.where(
             seen & (item9 >= _def(definition, "si_item9_min", 1)), item9, np.nan
         )
 
@@ -327,16 +330,68 @@ def _context(
     worst = flagged.groupby("qi")["rank"].max()
     rank = np.zeros(n, dtype=int)
     rank[worst.index.to_numpy()] = worst.to_numpy()
+    ctx = pd.concat([ctx, pd.DataFrame(new, index=ctx.index)], axis=1)
     ctx["safety"] = np.where(rank == 2, URGENT, np.where(rank == 1, REVIEW, None))
     return ctx, flagged
 
 
 def _count_upto(q: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
     """Number of ``rows`` of the query's patient dated on or before as-of."""
-    r = rows[["patient_id", "date"]].copy()
-    r["k"] = r.groupby("patient_id").cumcount() + 1
-    j = _asof_join(q, r, ["k"], "c_")
-    return j["c_k"].fillna(0).to_numpy(dtype=int)
+    q_codes, r_codes = _patient_codes(q["patient_id"], rows["patient_id"])
+    r_keys = np.sort(_day_keys(r_codes, rows["date"].to_numpy(dtype="datetime64[ns]")))
+    q_keys = _day_keys(q_codes, q["as_of"].to_numpy(dtype="datetime64[ns]"))
+    # Rows of the patient sit between key(code, -inf) and key(code, as-of).
+    first = np.searchsorted(r_keys, _day_keys(q_codes, None), side="left")
+    upto = np.searchsorted(r_keys, q_keys, side="right")
+    return np.where(q_keys >= 0, upto - first, 0).astype(int)
+
+
+#: Days are offset so that every datetime64[ns] day is a positive number below this.
+_DAY_SPAN = 1_000_000
+_DAY_OFFSET = 500_000
+
+
+def _patient_codes(a: pd.Series, b: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes of patient ids, shared by two columns."""
+    left = a.to_numpy(dtype=object)
+    codes, _ = pd.factorize(np.concatenate([left, b.to_numpy(dtype=object)]))
+    return codes[: len(left)], codes[len(left) :]
+
+
+def _day_keys(codes: np.ndarray, dates: np.ndarray | None) -> np.ndarray:
+    """One sortable int64 per (patient code, day); -1 for a blank date.
+
+    ``dates=None`` gives each patient's smallest key (before any day).
+    """
+    base = codes.astype(np.int64) * _DAY_SPAN
+    if dates is None:
+        return base
+    days = dates.astype("datetime64[D]").astype(np.int64)
+    keys = base + days + _DAY_OFFSET
+    keys[np.isnat(dates) | (codes < 0)] = -1
+    return keys
+
+
+def _first_row_at(
+    r_codes: np.ndarray, r_dates: np.ndarray, q_codes: np.ndarray, q_dates: np.ndarray
+) -> np.ndarray:
+    """Per query, the first row (in row order) of its patient on its day, else -1."""
+    r_keys = _day_keys(r_codes, r_dates)
+    q_keys = _day_keys(q_codes, q_dates)
+    if not len(r_keys):
+        return np.full(len(q_keys), -1)
+    order = np.argsort(r_keys, kind="stable")
+    sorted_keys = r_keys[order]
+    pos = np.clip(np.searchsorted(sorted_keys, q_keys, side="left"), 0, len(order) - 1)
+    hit = (sorted_keys[pos] == q_keys) & (q_keys >= 0)
+    return np.where(hit, order[pos], -1)
+
+
+def _take(values: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """``values[at]`` with NaN where ``at`` is -1."""
+    if not len(values):
+        return np.full(len(at), np.nan)
+    return np.where(at >= 0, values[np.clip(at, 0, None)], np.nan)
 
 
 # ----------------------------------------------------------------------------
@@ -513,17 +568,17 @@ def _merge_missing(contrib: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]
     value the patient never had. Returns the merged contributions and a map
     feature -> indicator column.
     """
-    out = contrib.copy()
+    matrix = contrib.to_numpy()
+    values = {col: matrix[:, j] for j, col in enumerate(contrib.columns)}
     indicator: dict[str, str] = {}
     for col in list(contrib.columns):
         if not col.endswith("_missing"):
             continue
         target = _MISSING_OF.get(col, col[: -len("_missing")])
-        if target in out.columns:
-            out[target] = out[target] + out[col]
-            out = out.drop(columns=col)
+        if target in values:
+            values[target] = values[target] + values.pop(col)
             indicator[target] = col
-    return out, indicator
+    return pd.DataFrame(values, index=contrib.index), indicator
 
 
 def _drivers(model: Any, X: pd.DataFrame, k: int) -> list[list[dict]]:
@@ -756,7 +811,16 @@ def _answers(frame: dict[str, Any], model: Any, settings: PolicySettings) -> lis
         ):
             drivers[r] = items
     flagged = frame["flagged"].sort_values(["qi", "date"], kind="stable")
-    flag_groups = dict(list(flagged.groupby("qi", sort=False)))
+    # Each query's flagged answers as (date, answer, level), in date order.
+    flag_groups: dict[int, list[tuple[str | None, str, Any]]] = {}
+    for qi, day, reason, level in zip(
+        flagged["qi"].tolist(),
+        flagged["date"].tolist(),
+        flagged["safety_reason"].tolist(),
+        flagged["safety"].tolist(),
+        strict=True,
+    ):
+        flag_groups.setdefault(qi, []).append((_d(day), str(reason), level))
     population_text = _population_text(model)
     caveats_base = [
         DECISION_SUPPORT,
@@ -766,7 +830,7 @@ def _answers(frame: dict[str, Any], model: Any, settings: PolicySettings) -> lis
     ]
 
     answers = []
-    records = ctx.to_dict("records")
+    records = _records(ctx)
     for i, c in enumerate(records):
         st = str(status[i])
         base = str(pre[i])
@@ -851,6 +915,25 @@ def _answers(frame: dict[str, Any], model: Any, settings: PolicySettings) -> lis
     return answers
 
 
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """``frame.to_dict("records")``: the same Python values, at a fraction of the cost.
+
+    ``to_dict`` works column by column, which dominates on the wide context
+    frame of a one-patient forecast; one conversion of the whole frame to
+    objects gives the same values (Timestamps for dates, Python numbers and
+    booleans, object cells boxed as ``to_dict`` boxes them). A test checks
+    both agree.
+    """
+    from pandas.core.dtypes.cast import maybe_box_native
+
+    columns = frame.columns.tolist()
+    values = frame.to_numpy(dtype=object)
+    for j, dtype in enumerate(frame.dtypes):
+        if not isinstance(dtype, np.dtype) or dtype.kind == "O":
+            values[:, j] = [maybe_box_native(v) for v in values[:, j]]
+    return [dict(zip(columns, row, strict=True)) for row in values.tolist()]
+
+
 def _population_text(model: Any) -> str:
     card = getattr(model, "card", None)
     if isinstance(card, dict):
@@ -861,7 +944,7 @@ def _population_text(model: Any) -> str:
     return ""
 
 
-def _safety_block(c: dict, flags: pd.DataFrame | None) -> dict:
+def _safety_block(c: dict, flags: list[tuple[str | None, str, Any]] | None) -> dict:
     level = c["safety"]
     if level is None or flags is None or len(flags) == 0:
         return {
@@ -871,11 +954,9 @@ def _safety_block(c: dict, flags: pd.DataFrame | None) -> dict:
             "triggered_by": [],
         }
     reasons, triggered = [], []
-    for row in flags.itertuples(index=False):
-        answer = str(row.safety_reason)
-        day = _d(row.date)
+    for day, answer, flag in flags:
         reasons.append(f"{answer} on {day}")
-        triggered.append({"date": day, "answer": answer, "level": row.safety})
+        triggered.append({"date": day, "answer": answer, "level": flag})
     return {
         "level": level,
         "reasons": reasons,
@@ -894,7 +975,10 @@ def _risk_block(
     settings: PolicySettings,
 ) -> dict:
     def r(a: np.ndarray) -> list[float | None]:
-        return [None if not np.isfinite(x) else round(float(x), 4) for x in a]
+        # Python floats and one finiteness mask: the same values as rounding
+        # each numpy scalar, at a third of the cost on daily curves.
+        finite = np.isfinite(a).tolist()
+        return [round(x, 4) if f else None for x, f in zip(a.tolist(), finite, strict=True)]
 
     has_band = personal and np.isfinite(lower).any()
     horizons = []

@@ -9,8 +9,9 @@ importer. Within ONE write transaction it
 3. inserts the planned rows, or nothing at all if any item failed.
 
 The plan is made *before* the write transaction (validation is the slow part
-and must not hold the database's write lock): every item is validated with
-``forecast.data.validate_records`` against the stored rows (``existing``), so
+and must not hold the database's write lock): the items are validated with
+``forecast.data.validate_records_many`` (one vectorised pass per table, the
+same rules as ``validate_records``) against the stored rows, so
 a new row dated like a stored one is an error, and client ids are matched: a
 stored id with the same content is *unchanged*, with other content a
 *conflict* (409 naming the item). If another writer changed the patients'
@@ -30,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from sqlalchemy.engine import Connection
 
 from service.errors import ApiProblem, field_errors, pointer
@@ -154,16 +154,12 @@ def _patient_records(
             )
             continue
         seen.add(pid)
-        frame, problems = validate_patient(rec, patient_id=pid)
+        row, problems = validate_patient(rec, patient_id=pid, as_record=True)
         if problems:
             errors += field_errors(problems, where)
             continue
-        out.append((frame.iloc[0].to_dict(), where))
+        out.append((row, where))
     return out, errors
-
-
-def _item_dates(records: Sequence[Mapping[str, Any]]) -> np.ndarray:
-    return pd.to_datetime([r["date"] for r in records]).to_numpy(dtype="datetime64[ns]")
 
 
 @dataclass
@@ -188,67 +184,78 @@ def _plan(
     returns the rows to insert, the per-item results and the snapshot of the
     stored rows the decision was based on.
     """
-    from forecast.data import validate_records
+    from forecast.data import RecordsOf, validate_records_many
 
     ids = sorted({it.patient_id for it in items})
     known = store.known_patients(conn, ids) | new_patients
     tables = sorted({it.table for it in items})
     snapshot = {t: store.history_fingerprint(conn, t, ids) for t in tables}
-    stored: dict[tuple[str, str], pd.DataFrame] = {}
+    # Each patient's stored rows as arrays: dates, client ids, content hashes.
+    stored: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for table in tables:
         frame = store.history(conn, table, ids, with_ids=True)
-        for pid, group in frame.groupby("patient_id", sort=False):
-            stored[(table, str(pid))] = group.reset_index(drop=True)
+        if not len(frame):
+            continue
+        # Rows are sorted by patient: slice each patient's block instead of grouping.
+        pids = frame["patient_id"].to_numpy(dtype=object)
+        dates = frame["date"].to_numpy(dtype="datetime64[ns]")
+        cids = frame["client_id"].to_numpy(dtype=object)
+        hashes = frame["content_hash"].to_numpy(dtype=object)
+        starts = np.flatnonzero(np.r_[True, pids[1:] != pids[:-1]])
+        ends = np.r_[starts[1:], len(pids)]
+        for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
+            stored[(table, str(pids[lo]))] = (dates[lo:hi], cids[lo:hi], hashes[lo:hi])
     # Problems of the patients come first, then those of the rows: one 422 lists all.
     errors: list[dict[str, str]] = list(prior_errors)
     conflicts: list[dict[str, str]] = []
-    plans: list[tuple[IngestItem, list[dict[str, Any]], list[dict[str, Any]]]] = []
+    # Every item of a table is validated in one pass of the data contract's rules.
+    entries: dict[str, list[RecordsOf]] = {t: [] for t in tables}
+    position: list[tuple[str, int]] = []
     for it in items:
-        existing = stored.get((it.table, it.patient_id))
-        if existing is None:
-            existing = store.history(conn, it.table, [], with_ids=True)
-        batch_ids = {
-            r.get("id")
-            for r in it.records
-            if isinstance(r, Mapping) and isinstance(r.get("id"), str)
-        }
-        # Rows retried in this batch must not count as duplicates of themselves.
-        others = existing[~existing["client_id"].isin(batch_ids)].reset_index(drop=True)
-        frame, problems = validate_records(
-            it.table,
-            list(it.records),
-            patient_id=it.patient_id,
-            known_patient=it.patient_id in known,
-            existing=others,
-            today=today,
+        existing = None
+        found = stored.get((it.table, it.patient_id))
+        if found is not None:
+            batch_ids = {
+                r.get("id")
+                for r in it.records
+                if isinstance(r, Mapping) and isinstance(r.get("id"), str)
+            }
+            # Rows retried in this batch must not count as duplicates of themselves.
+            keep = np.array([c not in batch_ids for c in found[1]], dtype=bool)
+            existing = {"date": found[0][keep], "client_id": found[1][keep]}
+        position.append((it.table, len(entries[it.table])))
+        entries[it.table].append(
+            RecordsOf(it.patient_id, list(it.records), it.patient_id in known, existing)
         )
+    checked = {
+        t: validate_records_many(t, entries[t], today=today, as_rows=True) if entries[t] else []
+        for t in tables
+    }
+    plans: list[tuple[IngestItem, list[dict[str, Any]], list[dict[str, Any]]]] = []
+    for it, (table, k) in zip(items, position, strict=True):
+        rows, problems, order = checked[table][k]
         if problems:
             errors += field_errors(problems, it.pointer)
             continue
-        if not len(frame):
+        if not rows:
             plans.append((it, [], []))
             continue
-        # validate_records sorts by date (stable); rebuild the item index of each row.
-        order = np.argsort(_item_dates(it.records), kind="stable")
-        with_id = existing["client_id"].notna()
-        stored_hash = dict(
-            zip(
-                existing.loc[with_id, "client_id"].astype(str),
-                existing.loc[with_id, "content_hash"],
-                strict=True,
-            )
-        )
-        rows = frame.to_dict("records")
+        found = stored.get((it.table, it.patient_id))
+        stored_hash: dict[str, str] = {}
+        if found is not None:
+            stored_hash = {
+                str(c): h for c, h in zip(found[1], found[2], strict=True) if c is not None
+            }
         inserts: list[dict[str, Any]] = []
         results: list[dict[str, Any]] = [{} for _ in rows]
-        for k, row in enumerate(rows):
-            index = int(order[k])
+        for j, row in enumerate(rows):
+            index = int(order[j])
             digest = row_hash(it.table, row)
             cid = row.get("client_id")
             entry = {
                 "index": index,
                 "id": cid,
-                "date": pd.Timestamp(row["date"]).strftime("%Y-%m-%d"),
+                "date": row["date"].strftime("%Y-%m-%d"),
             }
             if cid is not None and cid in stored_hash:
                 if stored_hash[cid] != digest:
@@ -303,8 +310,13 @@ def _apply(
         plan = _plan(store, conn, items, set(), today)
     out_items = []
     created = unchanged = 0
-    for it, inserts, results in plan.plans:
-        store.insert_history(conn, it.table, inserts)
+    # One multi-row insert per table (rows in plan order, so row ids are as before).
+    by_table: dict[str, list[dict[str, Any]]] = {}
+    for it, inserts, _ in plan.plans:
+        by_table.setdefault(it.table, []).extend(inserts)
+    for table, inserts in by_table.items():
+        store.insert_history(conn, table, inserts)
+    for it, _, results in plan.plans:
         n_new = sum(r["result"] == "created" for r in results)
         created += n_new
         unchanged += len(results) - n_new

@@ -296,7 +296,10 @@ def test_batch_of_1000_stored_patients_in_one_call(model_client: Client) -> None
 
 
 def test_batch_histories_name_each_failing_field(model_client: Client, sim_cohort: Cohort) -> None:
-    ids = sim_cohort.patients["patient_id"].tolist()[:3]
+    # Three patients with a session and at least three assessments (the edits below need them).
+    n_assessments = sim_cohort.assessments.groupby("patient_id").size()
+    with_session = set(sim_cohort.sessions["patient_id"])
+    ids = [p for p, k in n_assessments.items() if k >= 3 and p in with_session][:3]
     histories = [stateless_body(sim_cohort, p) for p in ids]
     histories[1]["assessments"][2]["phq9_2"] = 7
     histories[2]["sessions"].append(dict(histories[2]["sessions"][0]))
