@@ -366,11 +366,14 @@ def health() -> tuple[Response, int]:
     """Liveness and readiness: database reachable, model loaded (no patient data)."""
     db_ok = store().ping()
     state = model_state()
+    # Health says which version this worker serves, so it follows a reload made
+    # by another worker the same way forecast routes do.
+    version = state.sync() if db_ok else state.version
     body = {
         "status": "ok" if db_ok else "degraded",
         "database": "reachable" if db_ok else "unreachable",
-        "model_loaded": state.current is not None,
-        "model_version": state.version,
+        "model_loaded": version is not None,
+        "model_version": version,
     }
     return jsonify(body), 200 if db_ok else 503
 

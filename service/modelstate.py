@@ -89,6 +89,11 @@ class ModelState:
         current = self._current
         return None if current is None else str(current.version)
 
+    def sync(self) -> str | None:
+        """Follow a reload made by another worker (throttled); return the live version."""
+        self._follow_shared()
+        return self.version
+
     def get(self) -> Any:
         """The live model for one request (after following a reload by another worker).
 
