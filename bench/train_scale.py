@@ -197,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "loadavg": list(os.getloadavg()),
         "python": platform.python_version(),
-        "command": "python bench/train_scale.py" + (" --quick" if args.quick else ""),
+        "command": "python bench/train_scale.py" + (" --quick" if args.quick else "")
+                   + (" --patients " + " ".join(map(str, args.patients)) if args.patients else "")
+                   + f" --bootstrap {args.bootstrap} --jobs {args.jobs} --seed {args.seed}",
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2) + "\n")
