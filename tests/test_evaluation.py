@@ -234,3 +234,21 @@ def test_oracle_conditional_risk_is_the_true_residual_risk(small_sim) -> None:
                        truth.loc[(rows["landmark"] == 0).to_numpy() & ok, "risk_28d"], atol=1e-6)
     unknown = rows.assign(patient_id="nobody")
     assert np.isnan(ev.oracle_conditional_risks(unknown.iloc[:3], truth, (7,))).all()
+
+
+def test_a_foreign_truth_file_is_treated_as_real_data(trained_registry, tmp_path) -> None:
+    """Another generator's truth.csv must not be read as ours (no crash, no oracle)."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(trained_registry.data_dir, data)
+    pd.DataFrame({"patient_id": ["S0001"], "true_weibull_scale": [40.0]}).to_csv(
+        data / "truth.csv", index=False)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, [
+        "evaluate", str(data), "--models", str(trained_registry.models_dir),
+        "--model", "latest", "--out", str(out), "--folds", "2"])
+    assert result.exit_code == 0, result.output
+    assert "is not a truth file of `forecast simulate`" in result.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["cv"]["models"]) == {"model", "cox", "km"}

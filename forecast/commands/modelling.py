@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import click
+import pandas as pd
 
 from forecast.bundle import KINDS
 
@@ -47,6 +48,31 @@ def _load(data_dir: Path, covariates: tuple[str, ...]):  # noqa: ANN202
         ) from exc
 
 
+def _truth(folder: Path) -> pd.DataFrame | None:
+    """The simulator's ``truth.csv`` of ``folder``, or None.
+
+    Oracle metrics and the policy replay need the latent truth written by
+    ``forecast simulate``. A folder without it, or with a ``truth.csv`` of
+    another format (a clinic's file, another generator's), is treated as real
+    data: the oracle is skipped with a note on stderr, never a crash.
+    """
+    from forecast.simulation import TRUTH_COLUMNS, read_truth
+
+    path = folder / "truth.csv"
+    if not path.is_file():
+        return None
+    header = pd.read_csv(path, nrows=0).columns
+    missing = [c for c in TRUTH_COLUMNS if c not in header]
+    if missing:
+        click.echo(
+            f"note: {path} is not a truth file of `forecast simulate` (missing "
+            f"{', '.join(missing)}); oracle metrics and the policy replay are skipped",
+            err=True,
+        )
+        return None
+    return read_truth(path)
+
+
 @click.command("train")
 @click.argument("data_dir", type=_DATA_DIR)
 @click.option("--models", "models_opt", type=click.Path(file_okay=False, path_type=Path),
@@ -85,7 +111,7 @@ def train_command(data_dir: Path, models_opt: Path | None, kind: str, n_bootstra
         try:
             version = train_and_save(
                 cohort, models_opt, kind=kind, n_bootstrap=n_bootstrap, seed=seed, jobs=jobs,
-                penalizer=penalizer, simulated=(data_dir / "truth.csv").is_file(), progress=step,
+                penalizer=penalizer, simulated=_truth(data_dir) is not None, progress=step,
             )
         except (ModelFitError, ValueError) as exc:
             raise click.ClickException(f"training failed: {exc}") from exc
@@ -129,14 +155,12 @@ def evaluate_command(data_dir: Path, ref: str, out_dir: Path, models_opt: Path |
     from forecast import evaluation, registry
     from forecast.evaluation_report import render
     from forecast.model_card import render_markdown
-    from forecast.simulation import read_truth
-
     try:
         model = registry.load(ref, registry.models_dir(models_opt))
     except registry.RegistryError as exc:
         raise click.ClickException(str(exc)) from exc
     cohort = _load(data_dir, covariates)
-    truth = read_truth(data_dir / "truth.csv") if (data_dir / "truth.csv").is_file() else None
+    truth = _truth(data_dir)
     est_params = dict(model.bundle.meta.get("estimator", {}))
     spec_kind = kind or model.bundle.kind
     from forecast.models import ESTIMATORS
@@ -165,8 +189,7 @@ def evaluate_command(data_dir: Path, ref: str, out_dir: Path, models_opt: Path |
     if holdout_dir is not None:
         click.echo(f"applying {model.version} to {holdout_dir}...", err=True)
         hcohort = _load(holdout_dir, covariates)
-        htruth = (read_truth(holdout_dir / "truth.csv")
-                  if (holdout_dir / "truth.csv").is_file() else None)
+        htruth = _truth(holdout_dir)
         metrics["holdout"] = evaluation.evaluate_bundle(
             hcohort, model.bundle, definition=model.definition, truth=htruth,
             horizons=model.bundle.horizons)
