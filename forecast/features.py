@@ -305,6 +305,13 @@ def _context(prep: Prepared) -> _Context:
 
 def _compute(ctx: _Context, q_pc: np.ndarray, q_day: np.ndarray, *, full: bool) -> pd.DataFrame:
     """Features (and, when ``full``, all context columns) for encoded queries."""
+    return pd.DataFrame(_compute_cols(ctx, q_pc, q_day, full=full), copy=False)
+
+
+def _compute_cols(
+    ctx: _Context, q_pc: np.ndarray, q_day: np.ndarray, *, full: bool
+) -> dict[str, np.ndarray]:
+    """The columns of :func:`_compute`, in its order, as arrays."""
     prep, ep, d = ctx.prep, ctx.ep, ctx.prep.definition
     a, s = prep.a, prep.s
     nq = len(q_pc)
@@ -516,7 +523,7 @@ def _compute(ctx: _Context, q_pc: np.ndarray, q_day: np.ndarray, *, full: bool) 
     # Feature names never repeat a context name (features are filled, context is raw).
     assert not set(spec.names) & set(ctx_cols)
     ctx_cols.update((k, out[k]) for k in spec.names)
-    return pd.DataFrame(ctx_cols, copy=False)
+    return ctx_cols
 
 
 def _encode_queries(prep: Prepared, queries: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -569,6 +576,26 @@ def features_at(
     prep = prepare(cohort, definition or OutcomeDefinition())
     q_pc, q_day = _encode_queries(prep, queries)
     return _compute(_context(prep), q_pc, q_day, full=True)
+
+
+def _features_at_days(
+    cohort: Cohort,
+    q_pids: np.ndarray,
+    q_as_of: np.ndarray,
+    definition: OutcomeDefinition,
+    scored: pd.DataFrame | None = None,
+) -> dict[str, np.ndarray]:
+    """The columns of :func:`features_at` (in its order, as arrays) for queries
+    given as arrays (string patient ids and datetime64[ns] dates at midnight,
+    none blank), optionally with the assessments already scored with the
+    default rules (see ``prepare``)."""
+    prep = prepare(cohort, definition, scored=scored)
+    q_pc = pd.Index(prep.ids).get_indexer(q_pids)
+    if (q_pc < 0).any():
+        raise ValueError(
+            f"{int((q_pc < 0).sum())} queries name a patient that is not in the cohort"
+        )
+    return _compute_cols(_context(prep), q_pc.astype(np.int64), day_numbers(q_as_of), full=True)
 
 
 def landmark_dataset(

@@ -217,8 +217,14 @@ def _sort_by_key(pc: np.ndarray, day: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def prepare(cohort: Cohort, definition: OutcomeDefinition) -> Prepared:
-    """Score assessments and index a cohort by patient and day (vectorised)."""
+def prepare(
+    cohort: Cohort, definition: OutcomeDefinition, scored: pd.DataFrame | None = None
+) -> Prepared:
+    """Score assessments and index a cohort by patient and day (vectorised).
+
+    ``scored``: ``score_assessments(cohort.assessments)`` when the caller has
+    it already (default rules, same rows and index); it is not modified.
+    """
     # Validated cohorts name every patient in ``patients``; others get the union.
     ids = np.unique(cohort.patients["patient_id"].to_numpy(dtype=object).astype(str))
     index = pd.Index(ids.astype(object))
@@ -233,7 +239,7 @@ def prepare(cohort: Cohort, definition: OutcomeDefinition) -> Prepared:
         s_pc = index.get_indexer(s_ids)
     ids = ids.astype(object)
 
-    a = score_assessments(cohort.assessments)
+    a = score_assessments(cohort.assessments) if scored is None else scored
     a_day = day_numbers(a["date"])
     order = _sort_by_key(a_pc, a_day)
     if order is not None:

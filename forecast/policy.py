@@ -242,7 +242,7 @@ def _asof_join(q: pd.DataFrame, rows: pd.DataFrame, cols: list[str], prefix: str
 
 def _context(
     cohort: Cohort, q: pd.DataFrame, settings: PolicySettings, definition: Any
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Per-query context and features (aligned with ``q``) and the flagged assessments.
 
     The context comes from :func:`forecast.features.features_at` (the same
@@ -251,31 +251,40 @@ def _context(
     safety block needs every flagged answer since the last session, not only
     the worst one, so those rows are collected here.
     """
-    from forecast.features import features_at
+    from forecast.features import _features_at_days
+    from forecast.outcomes import OutcomeDefinition
 
     n = len(q)
-    ctx = features_at(cohort, q[["patient_id", "as_of"]].reset_index(drop=True), definition)
-    if not isinstance(ctx.index, pd.RangeIndex) or ctx.index.start != 0:
-        ctx = ctx.reset_index(drop=True)
-    # New columns are collected and joined once at the end (each insertion
-    # into the wide context frame costs about as much as computing it).
+    # Assessments are scored once: the feature context scores them with the
+    # default rules, so the same frame serves both when the rules are those.
+    scored = score_assessments(cohort.assessments, settings.safety_rules)
+    shared = scored if settings.safety_rules == DEFAULT_SAFETY_RULES else None
+    q_pids = q["patient_id"].to_numpy(dtype=object)
+    q_as_of = q["as_of"].to_numpy(dtype="datetime64[ns]")
+    # The context's columns as arrays; the frame is built once at the end with
+    # the new columns appended (as a concat of both frames would give).
+    cols = _features_at_days(
+        cohort, q_pids, q_as_of, definition or OutcomeDefinition(), scored=shared
+    )
+    last_session = np.asarray(cols["last_session"], dtype="datetime64[ns]")
     new: dict[str, np.ndarray] = {
         "qi": q["qi"].to_numpy(),
         "threshold": q["threshold"].to_numpy(),
-        "has_session": ctx["last_session"].notna().to_numpy(),
+        "has_session": ~np.isnat(last_session),
     }
 
-    scored = score_assessments(cohort.assessments, settings.safety_rules)
-    valid = scored[scored["phq9"].notna()]
-    new["n_phq9"] = _count_upto(q, valid)
-
     # PHQ-9 at the assessment where waning was seen (for the reason text).
-    pid_codes = _patient_codes(ctx["patient_id"], scored["patient_id"])
-    ctx_codes, scored_codes = pid_codes
+    ctx_ids = np.asarray(cols["patient_id"], dtype=object)
+    codes, _ = pd.factorize(np.concatenate([ctx_ids, scored["patient_id"].to_numpy(dtype=object)]))
+    ctx_codes, scored_codes = codes[: len(ctx_ids)], codes[len(ctx_ids) :]
     phq9 = scored["phq9"].to_numpy(dtype=float)
     has_phq9 = ~np.isnan(phq9)
     scored_dates = scored["date"].to_numpy(dtype="datetime64[ns]")
-    waned_dates = ctx["waned_date"].to_numpy(dtype="datetime64[ns]")
+    # Queries and the context rows share patient codes (same order, same ids).
+    new["n_phq9"] = _count_upto_codes(
+        ctx_codes, q_as_of, scored_codes[has_phq9], scored_dates[has_phq9]
+    )
+    waned_dates = np.asarray(cols["waned_date"], dtype="datetime64[ns]")
     # The first valid PHQ-9 of the patient on that day (as a left merge on
     # patient and date after dropping repeated days would give).
     at = _first_row_at(scored_codes[has_phq9], scored_dates[has_phq9], ctx_codes, waned_dates)
@@ -296,17 +305,18 @@ def _context(
             scored_codes,
             scored_dates,
             ctx_codes,
-            ctx["response_date"].to_numpy(dtype="datetime64[ns]"),
+            np.asarray(cols["response_date"], dtype="datetime64[ns]"),
         ),
     )
-    seen = ctx["waned_seen"].to_numpy(dtype=bool)
+    seen = np.asarray(cols["waned_seen"], dtype=bool)
     item9 = np.where(start9 == 0, ws_item9, np.nan)
     cssrs = ws_cssrs
     wphq = new["waned_phq9"]
+    base = "baseline_phq9"
     with np.errstate(invalid="ignore"):
         new["waned_symptoms"] = (
             seen
-            & (wphq > _def(definition, "response_fraction", 0.5) * ctx["baseline_phq9"].to_numpy())
+            & (wphq > _def(definition, "response_fraction", 0.5) * np.asarray(cols[base]))
             & (wphq >= _def(definition, "waned_phq9_min", 10.0))
         )
         new["waned_cssrs"] = np.where(
@@ -319,20 +329,53 @@ def _context(
     # Every flagged answer on or after the last session's day (the data carry
     # no time of day, so an answer from the session day counts: the cautious
     # reading); with no session, every answer on record counts.
-    flags = scored.loc[scored["safety"].notna(), ["patient_id", "date", "safety", "safety_reason"]]
-    pairs = q[["qi", "patient_id", "as_of"]].merge(flags, on="patient_id", how="inner")
-    last = ctx["last_session"].to_numpy()[pairs["qi"].to_numpy()]
-    keep = (pairs["date"] <= pairs["as_of"]).to_numpy() & (
-        pd.isna(last) | (pairs["date"].to_numpy() >= last)
-    )
-    flagged = pairs[keep].copy()
-    flagged["rank"] = np.where(flagged["safety"] == URGENT, 2, 1)
-    worst = flagged.groupby("qi")["rank"].max()
+    # Arrays instead of a merge and a groupby (the same rows, in the order of
+    # an inner merge of the queries with the flagged rows on patient_id).
+    safety = scored["safety"].to_numpy(dtype=object)
+    f_rows = np.flatnonzero(pd.notna(safety))
+    qi_all = q["qi"].to_numpy()
+    if len(f_rows) and n:
+        f_codes = scored_codes[f_rows]
+        order = np.argsort(f_codes, kind="stable")
+        sorted_codes = f_codes[order]
+        lo = np.searchsorted(sorted_codes, ctx_codes, side="left")
+        hi = np.searchsorted(sorted_codes, ctx_codes, side="right")
+        counts = hi - lo
+        p_q = np.repeat(np.arange(n), counts)
+        starts = np.repeat(lo - np.cumsum(counts) + counts, counts)
+        p_r = f_rows[order[starts + np.arange(len(p_q))]] if len(p_q) else f_rows[:0]
+    else:
+        p_q = np.zeros(0, dtype=np.int64)
+        p_r = np.zeros(0, dtype=np.int64)
+    p_dates = scored_dates[p_r]
+    last = last_session[p_q]
+    keep = (p_dates <= q_as_of[p_q]) & (np.isnat(last) | (p_dates >= last))
+    p_q, p_r = p_q[keep], p_r[keep]
+    f_safety = safety[p_r]
+    f_rank = np.where(f_safety == URGENT, 2, 1)
+    flagged = {
+        "qi": qi_all[p_q],
+        "date": p_dates[keep],
+        "safety": f_safety,
+        "safety_reason": scored["safety_reason"].to_numpy(dtype=object)[p_r],
+    }
     rank = np.zeros(n, dtype=int)
-    rank[worst.index.to_numpy()] = worst.to_numpy()
-    ctx = pd.concat([ctx, pd.DataFrame(new, index=ctx.index)], axis=1)
-    ctx["safety"] = np.where(rank == 2, URGENT, np.where(rank == 1, REVIEW, None))
-    return ctx, flagged
+    np.maximum.at(rank, qi_all[p_q], f_rank)
+    cols["safety"] = np.where(rank == 2, URGENT, np.where(rank == 1, REVIEW, None))
+    assert not set(new) & set(cols)
+    cols.update(new)
+    return pd.DataFrame(cols, copy=False), flagged
+
+
+def _count_upto_codes(
+    q_codes: np.ndarray, q_dates: np.ndarray, r_codes: np.ndarray, r_dates: np.ndarray
+) -> np.ndarray:
+    """Per query, the number of rows of its patient (shared codes) dated on or before as-of."""
+    r_keys = np.sort(_day_keys(r_codes, r_dates))
+    q_keys = _day_keys(q_codes, q_dates)
+    first = np.searchsorted(r_keys, _day_keys(q_codes, None), side="left")
+    upto = np.searchsorted(r_keys, q_keys, side="right")
+    return np.where(q_keys >= 0, upto - first, 0).astype(int)
 
 
 def _count_upto(q: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
@@ -413,7 +456,9 @@ def _statuses(ctx: pd.DataFrame, settings: PolicySettings) -> np.ndarray:
     has_session = ctx["has_session"].to_numpy(dtype=bool)
     latest = ctx["latest_phq9"].to_numpy(dtype=float)
     cut = ctx["response_threshold"].to_numpy(dtype=float)
-    after = (ctx["latest_phq9_date"] > ctx["last_session"]).to_numpy(dtype=bool)
+    after = ctx["latest_phq9_date"].to_numpy(dtype="datetime64[ns]") > ctx[
+        "last_session"
+    ].to_numpy(dtype="datetime64[ns]")
     with np.errstate(invalid="ignore"):
         latest_out = after & (latest > cut)
     status = np.full(n, "insufficient_data", dtype=object)
@@ -568,6 +613,14 @@ def _merge_missing(contrib: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]
     value the patient never had. Returns the merged contributions and a map
     feature -> indicator column.
     """
+    values, indicator = _merge_missing_arrays(contrib)
+    return pd.DataFrame(values, index=contrib.index), indicator
+
+
+def _merge_missing_arrays(
+    contrib: pd.DataFrame,
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """:func:`_merge_missing` as a dict of column arrays (no frame built)."""
     matrix = contrib.to_numpy()
     values = {col: matrix[:, j] for j, col in enumerate(contrib.columns)}
     indicator: dict[str, str] = {}
@@ -578,7 +631,7 @@ def _merge_missing(contrib: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]
         if target in values:
             values[target] = values[target] + values.pop(col)
             indicator[target] = col
-    return pd.DataFrame(values, index=contrib.index), indicator
+    return values, indicator
 
 
 def _drivers(model: Any, X: pd.DataFrame, k: int) -> list[list[dict]]:
@@ -597,13 +650,16 @@ def _drivers(model: Any, X: pd.DataFrame, k: int) -> list[list[dict]]:
     out: list[list[dict]] = [[] for _ in range(len(X))]
     if k == 0 or len(X) == 0 or not hasattr(bundle, "drivers"):
         return out
-    values = X.reset_index(drop=True)
-    contrib, indicator = _merge_missing(bundle.drivers(values))
-    if contrib.shape[1] == 0:
+    idx = X.index
+    plain = isinstance(idx, pd.RangeIndex) and idx.start == 0 and idx.step == 1
+    # Read only: the frame as it is when its index is already 0..n-1.
+    values = X if plain else X.reset_index(drop=True)
+    merged, indicator = _merge_missing_arrays(bundle.drivers(values))
+    if not merged:
         return out
     aft = getattr(bundle, "family", "") != "cox"
-    c = contrib.to_numpy(dtype=float)
-    names = list(contrib.columns)
+    c = np.column_stack(list(merged.values())).astype(float, copy=False)
+    names = list(merged)
     order = np.argsort(-np.abs(c), axis=1, kind="stable")[:, :k]
     meaning = (
         "time ratio: the expected benefit duration is multiplied by this factor compared "
@@ -736,7 +792,8 @@ def forecast_frame(
     since = ctx["days_since_session"].to_numpy(dtype=float)
     X = None
     if len(rows):
-        X = ctx.iloc[rows].reset_index(drop=True)
+        # Every row (a one-patient forecast, usually): the frame as it is, not a copy.
+        X = ctx if len(rows) == n else ctx.iloc[rows].reset_index(drop=True)
         s0 = _since_origin(model, since[rows])
         daily[rows] = _risk_grid(model, X, days, s0)
         band = _band_grid(model, X, days, settings.band_level, s0)
@@ -810,14 +867,17 @@ def _answers(frame: dict[str, Any], model: Any, settings: PolicySettings) -> lis
             frame["forecast_rows"], _drivers(model, frame["X"], settings.n_drivers), strict=True
         ):
             drivers[r] = items
-    flagged = frame["flagged"].sort_values(["qi", "date"], kind="stable")
+    flagged = frame["flagged"]
+    # Stable order by (qi, date), as a stable sort of the rows by both.
+    f_order = np.lexsort((flagged["date"], flagged["qi"]))
+    f_dates = pd.DatetimeIndex(flagged["date"][f_order])
     # Each query's flagged answers as (date, answer, level), in date order.
     flag_groups: dict[int, list[tuple[str | None, str, Any]]] = {}
     for qi, day, reason, level in zip(
-        flagged["qi"].tolist(),
-        flagged["date"].tolist(),
-        flagged["safety_reason"].tolist(),
-        flagged["safety"].tolist(),
+        flagged["qi"][f_order].tolist(),
+        list(f_dates),
+        flagged["safety_reason"][f_order].tolist(),
+        flagged["safety"][f_order].tolist(),
         strict=True,
     ):
         flag_groups.setdefault(qi, []).append((_d(day), str(reason), level))
