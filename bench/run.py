@@ -1,7 +1,7 @@
 """The one benchmark command: ``make bench`` (``.venv/bin/python bench/run.py``).
 
 It measures four things and writes them to ``bench/results.json`` (gitignored) and
-``bench/out/bench.md`` (the Markdown table of docs/readme/bench.md), then prints one
+``bench/out/bench.md`` (the Markdown table of README.md (bench section)), then prints one
 table:
 
 1. serving bundle vs lifelines' ``predict_survival_function`` on the same model, for
@@ -811,7 +811,7 @@ def _md_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def markdown_report(results: dict[str, Any]) -> str:
-    """The results as Markdown, for docs/readme/bench.md."""
+    """The results as Markdown, for README.md (bench section)."""
     m = results["machine"]
     lines = [
         f"Measured {results['date']} on {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
@@ -896,7 +896,7 @@ def _summarise_external(section: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the selected sections, write bench/results.json, print the table."""
-    p = argparse.ArgumentParser(description="kap-forecast benchmarks (see docs/readme/bench.md)")
+    p = argparse.ArgumentParser(description="kap-forecast benchmarks (see the README)")
     p.add_argument(
         "--quick",
         action="store_true",

@@ -1,4 +1,4 @@
-"""Figures of the service README section (docs/readme/service.md, "Figures" and
+"""Figures of the service README section (README.md (service section), "Figures" and
 "Performance notes").
 
 1. In process (CPU time per call, so that other jobs on the machine matter

@@ -7,7 +7,7 @@ the JSON API.
 
 Resources are parsed and validated with ``fhir.resources`` (its ``R4B``
 package: R4B is R4 plus a few additions, and every element used here is the
-same in R4). What is accepted (see docs/readme/clinic.md for the full table):
+same in R4). What is accepted (see README.md (clinic section) for the full table):
 
 - ``Patient``: ``id`` becomes ``patient_id``; ``gender`` becomes ``sex``;
   ``birthDate`` gives ``age`` at the patient's first session in the Bundle.

@@ -9,7 +9,7 @@ is joined to the queries with sorted merges, the model is called once for all
 queries on a daily grid, and the suggestion rules are array operations. Only
 the final JSON-able dictionaries are built per query.
 
-Rules (see docs/readme/policy.md for the clinical reasons):
+Rules (see README.md (policy section) for the clinical reasons):
 
 - ``no_treatment``: no session on record by as-of.
 - ``insufficient_data``: no baseline PHQ-9, or no valid PHQ-9 after the last
@@ -760,7 +760,7 @@ def forecast_queries(
     -------
     list of dict
         One JSON-able answer per query, in query order (see module docstring
-        and docs/readme/policy.md for the keys).
+        and README.md (policy section) for the keys).
     """
     settings = settings or PolicySettings()
     q = _normalise_queries(queries, settings)

@@ -7,7 +7,7 @@ the forecast horizons. Models trained on the contract tables can therefore be
 checked against the mechanism that produced them.
 
 Mechanism (all figures are defaults of :class:`SimulationParams`; sources in
-``docs/readme/simulation.md`` and DOMAIN.md):
+``README.md (simulation section)`` and DOMAIN.md):
 
 - patients with age, sex, diagnosis, prior failed treatments and a baseline
   PHQ-9 severity; a clinic route/dose, a KAP (psychotherapy) propensity, a

@@ -124,7 +124,7 @@ def test_comparison_interpolates_the_model_curve():
 def test_model_schedule_beats_every_fixed_schedule(tmp_path: Path):
     """Done-when of the policy: fewer waned-before-session episodes at the same sessions/year.
 
-    The documented measurement (docs/readme/policy.md): the default model trained
+    The documented measurement (README.md (policy section)): the default model trained
     by ``forecast train`` on one 3,000-patient simulated cohort is replayed on
     another; at each fixed schedule's sessions per patient-year the interpolated
     model curve must lie strictly below the fixed schedule's share. The margin at
