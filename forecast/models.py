@@ -60,6 +60,7 @@ failure raises :class:`ModelFitError` instead of returning a silent bad fit.
 from __future__ import annotations
 
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -308,7 +309,7 @@ def _aft_refit(
 
 
 # --------------------------------------------------------------------------- base class
-class SurvivalEstimator(BaseEstimator):
+class SurvivalEstimator(BaseEstimator, ABC):
     """Common interface of the kinds (see the module notes).
 
     Parameters
@@ -399,8 +400,9 @@ class SurvivalEstimator(BaseEstimator):
                 self.bootstrap_ = self._bootstrap(X, lo, up, weights)
         return self
 
+    @abstractmethod
     def _fit(self, X: pd.DataFrame, lo: np.ndarray, up: np.ndarray) -> None:
-        raise NotImplementedError
+        """Implemented by each model kind."""
 
     def _penalty(self) -> float:
         """The L2 penalty in use: ``penalizer_`` once resolved ("auto" = 0.01 unless tuned)."""
@@ -408,10 +410,11 @@ class SurvivalEstimator(BaseEstimator):
             return float(self.penalizer_)
         return DEFAULT_PENALIZER if self.penalizer == "auto" else float(self.penalizer)
 
+    @abstractmethod
     def _bootstrap(
         self, X: pd.DataFrame, lo: np.ndarray, up: np.ndarray, weights: np.ndarray
     ) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """Implemented by each model kind."""
 
     def _spec(self) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
         spec = self.features if self.features is not None else default_features()
@@ -446,10 +449,11 @@ class SurvivalEstimator(BaseEstimator):
         ).copy()
         return self._predict_survival(X.reset_index(drop=True), times, since_arr)
 
+    @abstractmethod
     def _predict_survival(
         self, X: pd.DataFrame, times: np.ndarray, since: np.ndarray | None
     ) -> np.ndarray:
-        raise NotImplementedError
+        """Implemented by each model kind."""
 
     def predict_risk(
         self, X: pd.DataFrame, horizons: Sequence[float] | np.ndarray | None = None,
@@ -468,8 +472,9 @@ class SurvivalEstimator(BaseEstimator):
         check_is_fitted(self)
         return self._to_bundle()
 
+    @abstractmethod
     def _to_bundle(self) -> Bundle:
-        raise NotImplementedError
+        """Implemented by each model kind."""
 
     def _meta(self) -> dict[str, Any]:
         return {
