@@ -9,6 +9,7 @@ import click
 import pandas as pd
 
 from forecast.bundle import KINDS
+from forecast.commands import models_option
 
 COMMANDS: list[click.Command] = []
 
@@ -75,8 +76,7 @@ def _truth(folder: Path) -> pd.DataFrame | None:
 
 @click.command("train")
 @click.argument("data_dir", type=_DATA_DIR)
-@click.option("--models", "models_opt", type=click.Path(file_okay=False, path_type=Path),
-              default=None, help="Registry folder (default: $FORECAST_MODELS, else ./models).")
+@models_option("models_opt")
 @click.option("--kind", type=click.Choice(KINDS), default="landmark", show_default=True,
               help="Model kind: landmark (dynamic AFT, default), static weibull/lognormal/"
                    "loglogistic AFT, cox, or km (population baseline).")
@@ -128,8 +128,7 @@ COMMANDS.append(train_command)
               help="Version to evaluate: a version id, 'latest', or a version folder path.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Report folder: metrics.json, report.html, model_card.md.")
-@click.option("--models", "models_opt", type=click.Path(file_okay=False, path_type=Path),
-              default=None, help="Registry folder (default: $FORECAST_MODELS, else ./models).")
+@models_option("models_opt")
 @click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
               help="Patient-grouped cross-validation folds.")
 @click.option("--holdout", "holdout_dir", type=_DATA_DIR, default=None,

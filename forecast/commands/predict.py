@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from forecast.commands import models_option
+
 COMMANDS: list[click.Command] = []
 
 #: Patients per chunk: bounds memory (daily risk grids) and paces the progress bar.
@@ -50,13 +52,7 @@ def model_covariates(model: object) -> tuple[str, ...]:
     required=True,
     help="Output CSV, one row per patient (columns of the predict contract).",
 )
-@click.option(
-    "--models",
-    "models",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Model registry folder (default: $FORECAST_MODELS, else ./models).",
-)
+@models_option()
 @click.option(
     "--threshold",
     type=click.FloatRange(min=0.0, max=1.0, min_open=True, max_open=True),

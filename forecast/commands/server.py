@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import click
 import pandas as pd
 
+from forecast.commands import models_option
+
 if TYPE_CHECKING:
     from forecast.cohort import Cohort
     from service.store import Store
@@ -24,13 +26,7 @@ ROLE_CHOICE = click.Choice(["clinician", "researcher", "admin"])
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int, help="TCP port.")
-@click.option(
-    "--models",
-    "models",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Model registry folder (default: FORECAST_MODELS, else ./models).",
-)
+@models_option()
 def serve(host: str, port: int, models: Path | None) -> None:
     """Serve the JSON API, FHIR, CDS Hooks and pages for a single user.
 
