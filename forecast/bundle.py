@@ -40,7 +40,14 @@ from scipy.special import log_ndtr, ndtr
 from forecast.contract import HORIZONS
 
 FORMAT = "kap-forecast-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions :meth:`Bundle.load` reads. Version 1 wrote the categorical
+#: features as a JSON object, whose keys the sorted-key writer reordered, so a
+#: version-1 encoder read back as written put the categorical coefficients on
+#: the wrong one-hot columns; its order is restored from the stored
+#: ``design_columns`` (the fit order) on load. Version 2 writes a list of
+#: ``[name, levels]`` pairs.
+READABLE_VERSIONS = (1, 2)
 AFT_FAMILIES: tuple[str, ...] = ("weibull", "lognormal", "loglogistic")
 KINDS: tuple[str, ...] = ("km", "cox", "weibull", "lognormal", "loglogistic", "landmark")
 JSON_NAME = "bundle.json"
@@ -251,7 +258,9 @@ class Encoder:
             "numeric": list(self.numeric),
             "means": self.means.tolist(),
             "scales": self.scales.tolist(),
-            "categorical": {k: list(v) for k, v in self.categorical.items()},
+            # a list of pairs: the order of the categorical features is the order of
+            # the coefficients, and a JSON object's keys get sorted on writing
+            "categorical": [[k, list(v)] for k, v in self.categorical.items()],
             "references": dict(self.references),
             "level_means": {k: v.tolist() for k, v in self.level_means.items()},
             "active": self.active.astype(bool).tolist(),
@@ -260,19 +269,50 @@ class Encoder:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Encoder:
-        """Inverse of :meth:`to_dict`."""
+    def from_dict(cls, d: Mapping[str, Any], order: Sequence[str] | None = None) -> Encoder:
+        """Inverse of :meth:`to_dict`.
+
+        ``order`` names the categorical features in coefficient order; it is
+        needed only for the version-1 layout (a JSON object whose key order was
+        lost), see :data:`READABLE_VERSIONS`.
+        """
+        raw = d["categorical"]
+        if isinstance(raw, Mapping):
+            names = list(order) if order is not None else list(raw)
+            if sorted(names) != sorted(raw):
+                raise BundleError("encoder: the categorical features do not match their order")
+            pairs = [(k, raw[k]) for k in names]
+        else:
+            pairs = [(str(k), v) for k, v in raw]
         return cls(
             tuple(d["numeric"]),
             np.asarray(d["means"], dtype=float),
             np.asarray(d["scales"], dtype=float),
-            {k: tuple(v) for k, v in d["categorical"].items()},
+            {k: tuple(v) for k, v in pairs},
             dict(d["references"]),
             {k: np.asarray(v, dtype=float) for k, v in d["level_means"].items()},
             np.asarray(d["active"], dtype=bool),
             d.get("time_feature"),
             tuple(d.get("time_interactions", ())),
         )
+
+
+def _encoder_of(d: Mapping[str, Any], name: str) -> Encoder:
+    """The encoder of a bundle's JSON, checked against its stored design columns."""
+    stored = [str(c) for c in d.get("design_columns") or []]
+    raw = d["encoder"].get("categorical")
+    order = None
+    if isinstance(raw, Mapping):  # version 1: recover the fit order from the design columns
+        order = list(dict.fromkeys(c.split("=", 1)[0] for c in stored if "=" in c
+                                   and c.split("=", 1)[0] in raw))
+        order += [k for k in raw if k not in order]  # features without an active level
+    try:
+        enc = Encoder.from_dict(d["encoder"], order)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{name}: cannot read the encoder ({exc})") from exc
+    if stored and enc.columns != stored:
+        raise BundleError(f"{name}: the encoder's columns do not match design_columns")
+    return enc
 
 
 def _require_columns(frame: pd.DataFrame, names: Sequence[str]) -> None:
@@ -693,10 +733,10 @@ class Bundle:
             raise BundleError(f"{jpath.name}: cannot read bundle metadata ({exc})") from exc
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise BundleError(f"{jpath.name}: not a {FORMAT} file")
-        if d.get("format_version") != FORMAT_VERSION:
+        if d.get("format_version") not in READABLE_VERSIONS:
             raise BundleError(
                 f"{jpath.name}: format_version {d.get('format_version')!r} is not supported "
-                f"(this code reads version {FORMAT_VERSION})"
+                f"(this code reads versions {', '.join(map(str, READABLE_VERSIONS))})"
             )
         try:
             with np.load(npath, allow_pickle=False) as npz:
@@ -707,7 +747,7 @@ class Bundle:
             raise BundleError(f"{npath.name}: arrays do not match {jpath.name}")
         if d.get("kind") not in KINDS:
             raise BundleError(f"{jpath.name}: unknown kind {d.get('kind')!r}")
-        enc = None if d["encoder"] is None else Encoder.from_dict(d["encoder"])
+        enc = None if d["encoder"] is None else _encoder_of(d, jpath.name)
         return cls(
             kind=d["kind"],
             family=d["family"],

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from forecast.bundle import KINDS, Bundle, BundleError
-from forecast.models import make_estimator
+from forecast.models import FeatureSet, make_estimator
 from tests.test_models import FEATS, synthetic
 
 TIMES = np.array([0.0, 0.5, 3.0, 7.0, 13.7, 14.0, 28.0, 41.2, 56.0, 84.0, 200.0, 1000.0])
@@ -167,3 +167,53 @@ def test_direct_survival_equals_log_form(family: str) -> None:
     assert np.abs(direct - np.exp(aft_log_survival(family, log_t, eta, g))).max() < 1e-12
     assert (direct >= 0).all()
     assert (direct <= 1).all()
+
+
+@pytest.fixture(scope="module")
+def two_categoricals() -> tuple:
+    """A model whose categorical features are NOT in sorted order ("sex" before "diag")."""
+    X, lo, up = synthetic(600, 33)
+    rng = np.random.default_rng(4)
+    X["diag"] = rng.choice(["mdd", "trd", "ptsd"], size=len(X))
+    # a strong diagnosis effect, so that swapped coefficients change the answers
+    shift = X["diag"].map({"mdd": 0.0, "trd": -0.8, "ptsd": 0.6}).to_numpy()
+    lo, up = lo * np.exp(shift), up * np.exp(shift)
+    feats = FeatureSet(("a", "b"), {"sex": FEATS.categorical["sex"],
+                                    "diag": ("mdd", "trd", "ptsd")})
+    est = make_estimator("weibull", features=feats).fit(X, lo, up)
+    return est, X
+
+
+def test_round_trip_keeps_categorical_order(two_categoricals, tmp_path) -> None:
+    est, X = two_categoricals
+    bundle = est.to_bundle()
+    assert list(bundle.encoder.categorical) == ["sex", "diag"]
+    bundle.save(tmp_path)
+    loaded = Bundle.load(tmp_path)
+    assert loaded.encoder.columns == bundle.encoder.columns
+    # against lifelines (independent of our encoder) after the disk round trip
+    h = [7, 28, 56]
+    assert np.abs(loaded.predict_risk(X, h) - est.predict_risk(X, h)).max() < 1e-9
+
+
+def test_version_1_layout_is_read_in_fit_order(two_categoricals, tmp_path) -> None:
+    """Version 1 wrote the categorical features as a JSON object (keys sorted on writing)."""
+    est, X = two_categoricals
+    est.to_bundle().save(tmp_path)
+    d = json.loads((tmp_path / "bundle.json").read_text())
+    d["format_version"] = 1
+    d["encoder"]["categorical"] = dict(sorted(d["encoder"]["categorical"]))
+    (tmp_path / "bundle.json").write_text(json.dumps(d, sort_keys=True))
+    loaded = Bundle.load(tmp_path)
+    assert list(loaded.encoder.categorical) == ["sex", "diag"]
+    assert np.abs(loaded.predict_risk(X, [28]) - est.predict_risk(X, [28])).max() < 1e-9
+
+
+def test_encoder_not_matching_design_columns_refused(two_categoricals, tmp_path) -> None:
+    est, _ = two_categoricals
+    est.to_bundle().save(tmp_path)
+    d = json.loads((tmp_path / "bundle.json").read_text())
+    d["encoder"]["categorical"] = d["encoder"]["categorical"][::-1]
+    (tmp_path / "bundle.json").write_text(json.dumps(d))
+    with pytest.raises(BundleError, match="design_columns"):
+        Bundle.load(tmp_path)
