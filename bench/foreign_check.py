@@ -155,12 +155,37 @@ def observed(full: Path, preds: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFra
     return out
 
 
-def oracle(truth: pd.DataFrame, pids: pd.Series, as_of: pd.Timestamp) -> dict[int, np.ndarray]:
+def current_clock(truth: pd.DataFrame, pids: pd.Series, as_of: pd.Timestamp) -> pd.DataFrame:
+    """The generator's latent benefit clock current at ``as_of`` for each of ``pids``."""
     t = truth.assign(start=pd.to_datetime(truth["start"]))
     t = t[t["start"] <= as_of].sort_values(["patient_id", "start"]).groupby("patient_id").tail(1)
-    t = t.set_index("patient_id").reindex(pids)
+    return t.set_index("patient_id").reindex(pids)
+
+
+def oracle(
+    truth: pd.DataFrame, pids: pd.Series, as_of: pd.Timestamp, seen: pd.Series
+) -> dict[str, dict[int, np.ndarray]]:
+    """Oracle risks and latent outcomes of the clock current at ``as_of``.
+
+    ``seen`` = date of each patient's last event-free assessment (what the
+    forecast conditions on). Returns ``{"at_as_of": P(T <= t_A + h | T > t_A),
+    "at_seen": P(T <= t_A + h | T > t_L), "latent": 1{T <= t_A + h}}`` per
+    horizon, t_A / t_L = days from the clock start to A / to the last
+    event-free assessment. The latent indicator needs no censoring model: the
+    generator draws every clock's duration even when a booster comes first.
+    """
+    t = current_clock(truth, pids, as_of)
     t_a = (as_of - t["start"]).dt.days.to_numpy(dtype=float)
-    return {h: fg.conditional_risk(t_a, h, t["log_scale"].to_numpy(), fg.SHAPE) for h in HORIZONS}
+    t_l = (pd.to_datetime(seen.to_numpy()) - pd.DatetimeIndex(t["start"])).days.to_numpy(float)
+    t_l = np.clip(np.nan_to_num(t_l, nan=0.0), 0.0, t_a)
+    ls = t["log_scale"].to_numpy()
+    big_t = t["T"].to_numpy(dtype=float)
+    s = lambda x: 1.0 - fg.weibull_cdf(x, ls, fg.SHAPE)  # noqa: E731
+    return {
+        "at_as_of": {h: fg.conditional_risk(t_a, h, ls, fg.SHAPE) for h in HORIZONS},
+        "at_seen": {h: 1.0 - s(t_a + h) / np.maximum(s(t_l), 1e-300) for h in HORIZONS},
+        "latent": {h: (big_t <= t_a + h).astype(float) for h in HORIZONS},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,7 +251,12 @@ def main(argv: list[str] | None = None) -> int:
         status_counts = preds["status"].value_counts().to_dict()
         pr = preds[preds["status"].isin(["routine", "session_due"])].reset_index(drop=True)
         obs = observed(test, pr, as_of)
-        orc = oracle(test_frames["truth"], pr["patient_id"], as_of)
+        ass = test_frames["assessments"]
+        ass_dates = pd.to_datetime(ass["date"])
+        seen = ass[ass_dates <= as_of].groupby("patient_id")["date"].max()
+        truth_at = oracle(test_frames["truth"], pr["patient_id"], as_of,
+                          pr["patient_id"].map(seen))
+        orc = truth_at["at_as_of"]
     use = obs["usable"].to_numpy()
     # "followed": the patient has an assessment dated after A in the full history
     # (drop-outs before A have no observable outcome; their latent risk differs)
@@ -246,8 +276,18 @@ def main(argv: list[str] | None = None) -> int:
         known = case | (time_a > h)
         lat_case = right <= h
         lat_known = lat_case | (left >= h)
+        lat = truth_at["latent"][h]
+        ora_l = truth_at["at_seen"][h]
+        risk_all = pr[f"risk_{h}d"].to_numpy(dtype=float)
         rows[f"{h}d"] = {
             "n_predicted": int(len(pr)),
+            "latent_rate_evaluated": float(np.mean(lat[use])),
+            "latent_rate_all": float(np.mean(lat)),
+            "mean_oracle_seen": float(np.mean(ora_l[use])),
+            "auc_model_truth": auc(risk, lat[use] > 0),
+            "auc_oracle_truth": auc(ora_l[use], lat[use] > 0),
+            "auc_model_truth_all": auc(risk_all, lat > 0),
+            "auc_oracle_truth_all": auc(ora_l, lat > 0),
             "n_usable": int(use.sum()),
             "n_complete": int(known.sum()),
             "events_by_h": int(case.sum()),
@@ -266,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
             "harrell_c_oracle": harrell_c(time_a, ev, ora),
         }
         r = rows[f"{h}d"]
+        r["calibration_gap_truth"] = r["mean_pred"] - r["latent_rate_evaluated"]
+        r["calibration_gap_truth_all"] = r["mean_pred_all"] - r["latent_rate_all"]
+        r["calibrated_within_0.04_truth"] = bool(abs(r["calibration_gap_truth"]) <= 0.04)
         r["calibration_gap_km"] = r["mean_pred"] - r["observed_km"]
         r["calibration_gap_turnbull"] = r["mean_pred"] - r["observed_turnbull"]
         r["calibrated_within_0.04_km"] = bool(abs(r["calibration_gap_km"]) <= 0.04)
@@ -284,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                 "n": int(m.sum()),
                 "mean_pred_28d": float(np.mean(pr["risk_28d"].to_numpy(dtype=float)[use][m])),
                 "mean_oracle_28d": float(np.mean(orc[28][use][m])),
+                "latent_rate_28d": float(np.mean(truth_at["latent"][28][use][m])),
                 "observed_turnbull_28d": turnbull_risk(left[m], right[m], 28),
                 "observed_km_28d": km_risk(time_a[m], ev[m], 28),
             }
@@ -354,11 +398,24 @@ def main(argv: list[str] | None = None) -> int:
                 ]
             )
         )
+    print("against the generator's latent truth (no censoring; oracle = P(T <= t_A+h | T > t_L)):")
+    print("horizon | mean_pred | latent_rate | gap | AUC_model | AUC_oracle"
+          " | all: mean_pred | latent_rate | gap | AUC_model | AUC_oracle")
+    for h in HORIZONS:
+        r = rows[f"{h}d"]
+        print(
+            f"{h}d | {r['mean_pred']:.3f} | {r['latent_rate_evaluated']:.3f} | "
+            f"{r['calibration_gap_truth']:+.3f} | {r['auc_model_truth']:.3f} | "
+            f"{r['auc_oracle_truth']:.3f} | {r['mean_pred_all']:.3f} | "
+            f"{r['latent_rate_all']:.3f} | {r['calibration_gap_truth_all']:+.3f} | "
+            f"{r['auc_model_truth_all']:.3f} | {r['auc_oracle_truth_all']:.3f}"
+        )
     print("28-day calibration by days since the last session:")
-    print("days_since_session | n | mean_pred | mean_oracle | obs_Turnbull | obs_KM")
+    print("days_since_session | n | mean_pred | latent_rate | mean_oracle | obs_Turnbull | obs_KM")
     for b in by_dss:
         print(
             f"{b['days_since_session']} | {b['n']} | {b['mean_pred_28d']:.3f} | "
+            f"{b['latent_rate_28d']:.3f} | "
             f"{b['mean_oracle_28d']:.3f} | {b['observed_turnbull_28d']:.3f} | "
             f"{b['observed_km_28d']:.3f}"
         )
