@@ -49,7 +49,15 @@ FORMAT_VERSION = 2
 #: ``[name, levels]`` pairs.
 READABLE_VERSIONS = (1, 2)
 AFT_FAMILIES: tuple[str, ...] = ("weibull", "lognormal", "loglogistic")
-KINDS: tuple[str, ...] = ("km", "cox", "weibull", "lognormal", "loglogistic", "landmark")
+KINDS: tuple[str, ...] = (
+    "km", "cox", "weibull", "lognormal", "loglogistic", "landmark", "dynamic"
+)
+#: Features an ``as_of`` bundle reads its clock from (see :func:`clock_arrays`).
+CLOCK_FEATURES: dict[str, str] = {
+    "elapsed": "elapsed_days",
+    "since_assessment": "days_since_assessment",
+    "assessments": "n_assessments_since_session",
+}
 JSON_NAME = "bundle.json"
 NPZ_NAME = "bundle.npz"
 
@@ -440,6 +448,28 @@ def _step(knots: np.ndarray, values: np.ndarray, t: np.ndarray) -> np.ndarray:
 _NO_SINCE = np.zeros(1)
 
 
+def clock_arrays(
+    frame: pd.DataFrame, names: Mapping[str, str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(start, entry)`` in days since the episode start, per row of ``frame``.
+
+    ``start`` is the as-of date (the features' ``elapsed_days``); ``entry`` the
+    last assessment after the session, which showed no waning (the rows a
+    forecast is made for), or 0 (the episode start) when there is none yet.
+    The benefit is known to have lasted to ``entry``, not to ``start``: a
+    dynamic model's risk within h days is ``1 - S(start + h) / S(entry)``.
+    """
+    names = dict(CLOCK_FEATURES if names is None else names)
+    _require_columns(frame, list(names.values()))
+    el = np.nan_to_num(_coerced_numeric(frame, [names["elapsed"]])[0], nan=0.0)
+    el = np.maximum(el, 0.0)
+    dsa = _coerced_numeric(frame, [names["since_assessment"]])[0]
+    n = np.nan_to_num(_coerced_numeric(frame, [names["assessments"]])[0], nan=0.0)
+    seen = (n > 0) & np.isfinite(dsa)
+    entry = np.where(seen, np.clip(el - np.nan_to_num(dsa), 0.0, el), 0.0)
+    return el, entry
+
+
 # --------------------------------------------------------------------------- bundle
 @dataclass
 class Bundle:
@@ -451,8 +481,11 @@ class Bundle:
         One of ``KINDS`` (the ``--kind`` the model was trained with).
     family : str
         ``"weibull"``, ``"lognormal"``, ``"loglogistic"``, ``"cox"`` or ``"km"``.
-    time_origin : {"landmark", "episode_start"}
+    time_origin : {"landmark", "as_of", "episode_start"}
         ``"landmark"``: times count from the as-of date (features at as-of);
+        ``"as_of"``: the model is on the episode's time scale and the bundle
+        reads the as-of clock from the features (:func:`clock_arrays`):
+        ``S(start + t) / S(entry)``, times after the as-of date;
         ``"episode_start"``: times count from the episode's start, so risks at
         an as-of date must be conditioned on the time already survived.
     horizons : tuple of int
@@ -484,7 +517,19 @@ class Bundle:
         """Input feature columns the bundle needs (empty for ``km``)."""
         if self.encoder is None:
             return []
-        return [*self.encoder.numeric, *self.encoder.categorical]
+        names = [*self.encoder.numeric, *self.encoder.categorical]
+        if self.time_origin == "as_of":
+            names += [c for c in self._clock_names().values() if c not in names]
+        return names
+
+    def _clock_names(self) -> dict[str, str]:
+        return dict(self.meta.get("clock") or CLOCK_FEATURES)
+
+    def _clock(self, X_frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(start, entry)`` of an ``as_of`` bundle (None for the other origins)."""
+        if self.time_origin != "as_of":
+            return None
+        return clock_arrays(X_frame, self._clock_names())
 
     @property
     def n_bootstrap(self) -> int:
@@ -568,9 +613,22 @@ class Bundle:
         raise BundleError(f"unknown model family {self.family!r}")
 
     def _conditional_survival(
-        self, z: np.ndarray, times: np.ndarray, since: np.ndarray, which: int | None = None
+        self, z: np.ndarray, times: np.ndarray, since: np.ndarray, which: int | None = None,
+        clock: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> np.ndarray:
         n = len(z)
+        if clock is not None:
+            # as_of: S(start + since + t) / S(cond), cond = the entry (last event-free
+            # assessment) or, when days after as-of are known survived, start + since.
+            start, entry = clock
+            base = start + since
+            cond = np.where(since > 0, base, entry)
+            with np.errstate(over="ignore", invalid="ignore"):  # far tails: S -> 0
+                log_s = self._log_surv(z, base[:, None] + times[None, :], which)
+                log_s0 = self._log_surv(z, cond[:, None], which)
+                # S(entry) = 0 in floating point: nothing left to lose, report S = 0
+                log_s = np.where(np.isfinite(log_s0), log_s - log_s0, -np.inf)
+            return np.exp(np.minimum(np.nan_to_num(log_s, nan=-np.inf), 0.0))
         if self.family in AFT_FAMILIES and not np.any(since > 0):
             # The common serving case: survival directly, no log/exp round trip.
             eta, g = self._aft_params(z, which)
@@ -609,16 +667,23 @@ class Bundle:
         """
         times = np.asarray(times, dtype=float).ravel()
         z = self.design(X_frame)
-        return self._conditional_survival(z, times, self._since(X_frame, since))
+        return self._conditional_survival(z, times, self._since(X_frame, since), None,
+                                          self._clock(X_frame))
 
     def predict_survival_design(
-        self, z: np.ndarray, times: Sequence[float] | np.ndarray, since: Any = None
+        self, z: np.ndarray, times: Sequence[float] | np.ndarray, since: Any = None,
+        clock: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> np.ndarray:
-        """As :meth:`predict_survival` on an already encoded design (:meth:`design`)."""
+        """As :meth:`predict_survival` on an already encoded design (:meth:`design`).
+
+        An ``as_of`` bundle needs the ``clock`` (:func:`clock_arrays` of the frame).
+        """
         times = np.asarray(times, dtype=float).ravel()
+        if self.time_origin == "as_of" and clock is None:
+            raise ValueError("an as_of bundle needs the clock (start, entry) of the rows")
         s0 = _NO_SINCE if since is None else np.broadcast_to(
             np.asarray(since, dtype=float), (len(z),))
-        return self._conditional_survival(np.asarray(z, dtype=float), times, s0)
+        return self._conditional_survival(np.asarray(z, dtype=float), times, s0, None, clock)
 
     def predict_risk(
         self,
@@ -657,12 +722,14 @@ class Bundle:
         h = np.asarray(self.horizons if horizons is None else horizons, dtype=float)
         z = self.design(X_frame)
         s0 = self._since(X_frame, since)
+        clock = self._clock(X_frame)
         risks = np.stack(
-            [1.0 - self._conditional_survival(z, h, s0, b) for b in range(self.n_bootstrap)]
+            [1.0 - self._conditional_survival(z, h, s0, b, clock)
+             for b in range(self.n_bootstrap)]
         )
         lo = np.quantile(risks, (1.0 - level) / 2.0, axis=0)
         hi = np.quantile(risks, (1.0 + level) / 2.0, axis=0)
-        point = 1.0 - self._conditional_survival(z, h, s0)
+        point = 1.0 - self._conditional_survival(z, h, s0, None, clock)
         return np.minimum(lo, point), np.maximum(hi, point)
 
     def predict_median(self, X_frame: pd.DataFrame, since: Any = None) -> np.ndarray:

@@ -484,7 +484,7 @@ def forecast_point_risk(bundle: Any, rows: pd.DataFrame, horizons: Sequence[floa
     already elapsed, ``since = rows["landmark"]``.
     """
     h = np.asarray(horizons, float)
-    if bundle.time_origin == "landmark":
+    if bundle.time_origin in ("landmark", "as_of"):
         return bundle.predict_risk(rows, h)
     return bundle.predict_risk(rows, h, since=rows["landmark"].to_numpy(float))
 
@@ -784,7 +784,7 @@ def evaluate_bundle(cohort: Any, bundle: Any, *, definition: Any = None,
     out["forecast_point"] = _forecast_point_block(
         fp, {"model": forecast_point_risk(bundle, fp, h)} if len(fp) else {}, None, truth,
         horizons)
-    if bundle.time_origin == "landmark":
+    if bundle.time_origin in ("landmark", "as_of"):
         out["landmark_conditional"] = {
             "n_rows": int(len(ld)),
             **survival_metrics(ld["lower"].to_numpy(float), ld["upper"].to_numpy(float),

@@ -22,6 +22,13 @@ _ORIGIN_TEXT = {
         "predicts the residual time from that date (super-landmark stacking of training "
         "episodes at several landmarks after each episode's start)."
     ),
+    "as_of": (
+        "Dynamic model on the episode's time scale: features are computed at the as-of "
+        "date (super-landmark stacking of training episodes at several landmarks after each "
+        "episode's start), each training row is left-truncated at the last assessment that "
+        "showed no waning, and the risk within h days is 1 - S(as-of + h) / S(last such "
+        "assessment), times counted from the episode's start."
+    ),
     "episode_start": (
         "Static model from the episode's start: features at the start of the episode; risks "
         "at a later as-of date are conditioned on the time already survived, "
@@ -118,11 +125,14 @@ def build_card(
             "form": f"feature * log(1 + {enc.time_feature}): the effect of each feature that "
                     "changes within an episode may change with the time since its start",
         }
-    if bundle.time_origin == "landmark":
+    if bundle.time_origin in ("landmark", "as_of"):
         spec["training_rows"] = (
             "super-landmark rows at fixed days after each episode start plus one row per "
             "episode at its first forecast point (the response assessment), each with the "
-            "features known on that date and the residual time from it")
+            "features known on that date and "
+            + ("the residual time from it" if bundle.time_origin == "landmark" else
+               "the waning interval from the episode start, left-truncated at the last "
+               "assessment without waning up to that date"))
     if "ancillary_covariates" in bundle.meta:
         spec["ancillary_covariates"] = bundle.meta["ancillary_covariates"]
         spec["ancillary_coef"] = bundle.arrays["anc_coef"].tolist()

@@ -480,9 +480,9 @@ def _bundle(model: Any) -> Any:
 
 
 def _since_origin(model: Any, days_since_session: np.ndarray) -> np.ndarray | None:
-    """``since`` argument of the bundle: None for landmark models (features at as-of
+    """``since`` argument of the bundle: None for the dynamic kinds (features at as-of
     already condition on the time survived), else the days since the episode start."""
-    if getattr(_bundle(model), "time_origin", "landmark") == "landmark":
+    if getattr(_bundle(model), "time_origin", "landmark") in ("landmark", "as_of"):
         return None
     return np.asarray(days_since_session, dtype=float)
 

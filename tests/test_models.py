@@ -46,6 +46,11 @@ def synthetic(n: int, seed: int, visit: float = 7.0) -> tuple[pd.DataFrame, np.n
     rc = cens < lo
     lo = np.where(rc, np.floor(cens / visit) * visit, lo)
     up = np.where(rc, np.inf, up)
+    # the clock of the dynamic kind (``forecast.bundle.clock_arrays``): rows at the
+    # episode start, nothing seen yet, so every kind models the same times
+    X["elapsed_days"] = 0.0
+    X["days_since_assessment"] = 0.0
+    X["n_assessments_since_session"] = 0.0
     # index deliberately not a RangeIndex: estimators must reset it
     X.index = rng.permutation(n) + 1000
     return X, lo, up

@@ -155,7 +155,7 @@ def test_fingerprint_changes_with_data() -> None:
 def test_trained_registry_fixture_has_no_patient_rows(trained_registry) -> None:
     m = registry.load("latest", trained_registry.models_dir)
     assert m.version == trained_registry.version
-    assert m.bundle.kind == "landmark"
+    assert m.bundle.kind == "dynamic"  # the default kind
     assert m.bundle.n_bootstrap > 0
     assert m.card["training_data"]["episodes"] > 0
     assert len(m.card["population_curve"]["survival"]) == 366
