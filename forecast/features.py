@@ -70,6 +70,7 @@ _STATIC_NUMERIC: tuple[str, ...] = (
     "first_episode",
     "prev_benefit_days_mean",
     "prev_waned_share",
+    "prev_response_ratio_mean",
 )
 _DYNAMIC_NUMERIC: tuple[str, ...] = (
     "elapsed_days",
@@ -79,6 +80,7 @@ _DYNAMIC_NUMERIC: tuple[str, ...] = (
     "phq9_response_ratio",
     "phq9_latest",
     "phq9_latest_ratio",
+    "phq9_mean_ratio_since_session",
     "phq9_change",
     "phq9_max_since_session",
     "phq9_slope_28d",
@@ -215,6 +217,7 @@ class _Context:
     prev_ep: np.ndarray  # per session: responding sessions before it (same patient)
     prev_events: np.ndarray
     prev_dur_sum: np.ndarray
+    prev_r_sum: np.ndarray  # per session: sum of the response PHQ-9 of earlier episodes
     ep_index: np.ndarray  # per session: episode number k (0 if not responding)
     p_rows: np.ndarray  # assessment rows with a PHQ-9
     p_key: np.ndarray
@@ -244,6 +247,8 @@ def _context(prep: Prepared) -> _Context:
     prev_ep = cum_ep - resp
     prev_events = _group_cumsum(ev, prep.s_pc) - ev
     prev_dur_sum = _group_cumsum(dur, prep.s_pc) - dur
+    r_sc = np.where(ep["responded"], np.nan_to_num(ep["r_phq9"].astype(float)), 0.0)
+    prev_r_sum = _group_cumsum(r_sc, prep.s_pc) - r_sc
     ep_index = np.where(ep["responded"], cum_ep, 0).astype(np.int64)
 
     phq9 = a["phq9"].to_numpy(dtype=float)
@@ -290,6 +295,7 @@ def _context(prep: Prepared) -> _Context:
         prev_ep=prev_ep,
         prev_events=prev_events,
         prev_dur_sum=prev_dur_sum,
+        prev_r_sum=prev_r_sum,
         ep_index=ep_index,
         p_rows=p_rows,
         p_key=prep.a_key[p_rows],
@@ -342,6 +348,7 @@ def _compute_cols(
     prev_ep = _take(ctx.prev_ep, si, 0.0)
     prev_ev = _take(ctx.prev_events, si, 0.0)
     prev_dur = _take(ctx.prev_dur_sum, si, 0.0)
+    prev_r = _take(ctx.prev_r_sum, si, 0.0)
     first_episode = prev_ep == 0
     with np.errstate(invalid="ignore", divide="ignore"):
         prev_mean = np.where(first_episode, 0.0, prev_dur / prev_ep)
@@ -369,6 +376,17 @@ def _compute_cols(
     )
     p_since = (pi >= 0) & has_s & (_take(ctx.p_owner, pi, -1) == si)
     max_since = np.where(p_since, _take(ctx.p_max_since, pi), np.nan)
+    # Mean PHQ-9 since the session: its PHQ-9 rows form one run (sorted by day).
+    first_p = np.searchsorted(ctx.p_key, s_key_q, side="right")
+    cy = ctx.p_cum["y"]
+    if len(cy):
+        sum_to = np.where(pi >= 0, cy[np.clip(pi, 0, None)], 0.0)
+        sum_before = np.where(first_p > 0, cy[np.clip(first_p - 1, 0, len(cy) - 1)], 0.0)
+    else:
+        sum_to = sum_before = np.zeros(nq)
+    n_p_since = np.where(p_since, pi - first_p + 1, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_since = np.where(n_p_since > 0, (sum_to - sum_before) / n_p_since, np.nan)
 
     # Least-squares slope over PHQ-9 rows dated in [as_of - 28, as_of].
     lo = np.searchsorted(ctx.p_key, q_key - SLOPE_WINDOW_DAYS, side="left")
@@ -429,6 +447,9 @@ def _compute_cols(
         first_episode=first_episode.astype(float),
         prev_benefit_days_mean=prev_mean,
         prev_waned_share=prev_share,
+        prev_response_ratio_mean=np.where(
+            first_episode | ~(base > 0), 0.0, np.nan_to_num(prev_r / np.maximum(prev_ep, 1.0)
+                                                           / np.where(base > 0, base, 1.0))),
     )
     for c in prep.covariates:
         v, m = _fill(pat[c].to_numpy(dtype=float)[q_pc])
@@ -437,6 +458,7 @@ def _compute_cols(
     with np.errstate(invalid="ignore", divide="ignore"):
         r_ratio = np.where(base > 0, r_phq9 / base, np.nan)
         l_ratio = np.where(base > 0, latest / base, np.nan)
+        m_ratio = np.where(base > 0, mean_since / base, np.nan)
     item9_f, item9_m = _fill(item9)
     cssrs_f, cssrs_m = _fill(cssrs)
     slope_f, slope_m = _fill(slope)
@@ -448,6 +470,7 @@ def _compute_cols(
         phq9_response_ratio=np.nan_to_num(r_ratio),
         phq9_latest=np.nan_to_num(latest),
         phq9_latest_ratio=np.nan_to_num(l_ratio),
+        phq9_mean_ratio_since_session=np.nan_to_num(m_ratio),
         phq9_change=np.nan_to_num(latest - r_phq9),
         phq9_max_since_session=np.nan_to_num(max_since),
         phq9_slope_28d=slope_f,

@@ -72,6 +72,9 @@ def test_hand_checked_values_inside_an_episode():
     assert f["phq9_latest"] == 7
     assert f["phq9_change"] == -1
     assert f["phq9_max_since_session"] == 9
+    # PHQ-9 since the session of day 3: 8, 9, 7 -> mean 8, baseline 20
+    assert f["phq9_mean_ratio_since_session"] == pytest.approx(0.4)
+    assert f["prev_response_ratio_mean"] == 0.0  # no earlier episode
     assert f["n_assessments_since_session"] == 3
     assert f["n_prev_sessions"] == 1
     assert f["first_episode"] == 1.0
@@ -96,6 +99,9 @@ def test_previous_episodes_and_waning_seen():
     # The first episode waned in (16, 27]: its midpoint is 21.5 days.
     assert f["prev_benefit_days_mean"] == 21.5
     assert f["prev_waned_share"] == 1.0
+    # the first episode responded with 8 of a baseline of 20; since day 30 only day 35 (6)
+    assert f["prev_response_ratio_mean"] == pytest.approx(0.4)
+    assert f["phq9_mean_ratio_since_session"] == pytest.approx(0.3)
     assert (f["dose_mg_per_kg"], f["route"], f["psychotherapy_missing"]) == (0.7, "im", 1.0)
     g = at(example(), "q", 25)
     assert g["waned_seen"]
