@@ -237,7 +237,11 @@ def _std_log_surv(family: str, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if family == "lognormal":
         log_s = log_ndtr(-u)
         return log_s, -np.exp(-0.5 * u**2 - 0.5 * np.log(2 * np.pi) - log_s)
-    return -np.logaddexp(0.0, u), -expit(u)
+    # log-logistic: one exp serves both, log S0 = -log(1 + e^u), d/du = -expit(u)
+    e = np.exp(-np.abs(u))
+    one_e = 1.0 + e
+    log_s = -(np.maximum(u, 0.0) + np.log1p(e))
+    return log_s, -np.where(u >= 0, 1.0, e) / one_e
 
 
 def aft_objective(
@@ -288,24 +292,32 @@ def aft_objective(
     else:
         # Left-truncated rows can sit far in a tail where S underflows: all in logs,
         # log(S_l - S_u) = log S_l + log1p(-r), r = S_u / S_l.
-        fin = np.isfinite(u_u)
-        log_l, dl_l = _std_log_surv(family, u_l)
-        log_u, dl_u = _std_log_surv(family, np.where(fin, u_u, 0.0))
-        r = np.where(fin, np.exp(np.minimum(log_u - log_l, 0.0)), 0.0)
-        r = np.minimum(r, 1.0 - 1e-15)
-        ll = log_l + np.log1p(-r)
-        a_l = dl_l / (1.0 - r)  # d ll / d u_l
-        a_u = np.where(fin, -r * dl_u / (1.0 - r), 0.0)  # d ll / d u_u
-        d_eta = -c * (a_l + a_u)
-        d_g = sign * (u_l * a_l + np.where(fin, u_u, 0.0) * a_u)
-        has = np.isfinite(log_entry)
-        u_e = c * (np.where(has, log_entry, 0.0) - eta)
-        log_s_e, dlog_e = _std_log_surv(family, u_e)
-        log_s_e = np.where(has, log_s_e, 0.0)
-        dlog_e = np.where(has, dlog_e, 0.0)
-        ll = ll - log_s_e
-        d_eta = d_eta + c * dlog_e
-        d_g = d_g - sign * u_e * dlog_e
+        # Work on the subsets that need it: rows with an event (finite upper) and
+        # rows with an entry; the rest are right-censored / not truncated.
+        ll, a_l = _std_log_surv(family, u_l)  # log S_l and d ll / d u_l so far
+        du = np.zeros_like(u_l)  # (d ll / d u_u) * u_u, for d_g
+        d_eta = a_l.copy()
+        fi = np.flatnonzero(np.isfinite(u_u))
+        if fi.size:
+            uf = u_u[fi]
+            log_u, dl_u = _std_log_surv(family, uf)
+            r = np.minimum(np.exp(np.minimum(log_u - ll[fi], 0.0)), 1.0 - 1e-15)
+            inv = 1.0 / (1.0 - r)
+            ll[fi] += np.log1p(-r)
+            a_l[fi] *= inv
+            a_u = -r * dl_u * inv
+            d_eta[fi] = a_l[fi] + a_u
+            du[fi] = uf * a_u
+        d_g = u_l * a_l + du
+        ei = np.flatnonzero(np.isfinite(log_entry))
+        if ei.size:
+            u_e = c[ei] * (log_entry[ei] - eta[ei])
+            log_s_e, dlog_e = _std_log_surv(family, u_e)
+            ll[ei] -= log_s_e
+            d_eta[ei] -= dlog_e
+            d_g[ei] -= u_e * dlog_e
+        d_eta *= -c
+        d_g *= sign
     sw = w.sum()
     f = -(w @ ll) / sw
     grad = np.empty_like(theta)
@@ -575,15 +587,18 @@ class AFTEstimator(SurvivalEstimator):
     def _numpy_fit(
         self, family: str, Z: np.ndarray, lo: np.ndarray, up: np.ndarray,
         W: np.ndarray | None = None, entry: np.ndarray | None = None,
+        theta0: np.ndarray | None = None,
     ) -> tuple[np.ndarray, float]:
         """Penalised MLE by L-BFGS; returns (theta, penalised log-likelihood sum).
 
-        ``entry`` (days, 0 for none) left-truncates the rows (see :func:`aft_objective`).
+        ``entry`` (days, 0 for none) left-truncates the rows (see :func:`aft_objective`);
+        ``theta0`` is a starting point (e.g. the fit on a subsample), zeros otherwise.
         """
-        mid = np.where(np.isfinite(up), 0.5 * (lo + np.where(np.isfinite(up), up, 0.0)), lo)
         q = 0 if W is None else W.shape[1]
-        theta0 = np.zeros(Z.shape[1] + 2 + q)
-        theta0[Z.shape[1]] = np.log(max(float(np.mean(mid)), 1.0)) + 0.5
+        if theta0 is None:
+            mid = np.where(np.isfinite(up), 0.5 * (lo + np.where(np.isfinite(up), up, 0.0)), lo)
+            theta0 = np.zeros(Z.shape[1] + 2 + q)
+            theta0[Z.shape[1]] = np.log(max(float(np.mean(mid)), 1.0)) + 0.5
         w = np.ones(len(Z))
         args = (family, Z, np.log(lo), np.log(up), w, _pen_scale(Z), self._penalty(),
                 W, None if W is None else _pen_scale(W), _log_entry(entry))
@@ -672,11 +687,34 @@ class AFTEstimator(SurvivalEstimator):
         df["lower"], df["upper"] = lo, up
         if self._entry is not None:
             df["entry"] = self._entry
+        self._warm: np.ndarray | None = None
         family, theta = self._choose_family(Z, lo, up, W)
         if theta is None:
-            theta, _ = self._numpy_fit(family, Z, lo, up, W, self._entry)
+            theta, _ = self._numpy_fit(family, Z, lo, up, W, self._entry, self._warm)
+        try:
+            self.fitter_, msgs = self._fit_family(family, df, Wdf, theta)
+        except ModelFitError as exc:
+            # lifelines must confirm the optimum (and give the reference predictions).
+            # With the family chosen by the data ("auto"), a family lifelines cannot
+            # fit is dropped for the next best; a fixed family fails loudly.
+            ranked = self._ranked_families(family)
+            if not ranked:
+                raise
+            rejected = {family: str(exc)[:200]}
+            for family in ranked:
+                try:
+                    theta, _ = self._numpy_fit(family, Z, lo, up, W, self._entry)
+                    self.fitter_, msgs = self._fit_family(family, df, Wdf, theta)
+                    break
+                except ModelFitError as exc2:
+                    rejected[family] = str(exc2)[:200]
+            else:
+                raise ModelFitError("no AFT family could be confirmed by lifelines: "
+                                    + "; ".join(f"{k}: {v}" for k, v in rejected.items()))
+            self.selection_["family"] = family
+            self.selection_["rejected_by_lifelines"] = rejected
+            msgs = [*msgs, f"lifelines could not fit {', '.join(rejected)}; used {family}"]
         self.family_ = family
-        self.fitter_, msgs = self._fit_family(family, df, Wdf, theta)
         self.fit_warnings_ += msgs
         vec = self._theta_of(self.fitter_, family, names, [] if Wdf is None else list(Wdf))
         p = len(names)
@@ -689,6 +727,14 @@ class AFTEstimator(SurvivalEstimator):
         self._pen_scale = _pen_scale(Z) if p else np.ones(0)
         self._anc_scale = None if W is None else _pen_scale(W)
         self._fit_bounds = (lo, up)
+
+    def _ranked_families(self, failed: str) -> list[str]:
+        """Other families in the order of the selection score (empty for a fixed family)."""
+        sel = getattr(self, "selection_", None) or {}
+        score = sel.get("cv_brier") or sel.get("aic") or {}
+        if getattr(self, "distribution", None) != "auto" or not score:
+            return []
+        return [f for f in sorted(score, key=score.__getitem__) if f != failed]
 
     def _clock_rows(
         self, X: pd.DataFrame, lo: np.ndarray, up: np.ndarray
@@ -978,6 +1024,7 @@ class LandmarkAFT(AFTEstimator):
         if cv:
             self.selection_["cv_brier"] = cv
         theta = thetas[best] if rows.all() else None
+        self._warm = thetas[best]  # the full fit starts from the subsample's optimum
         if self.penalizer == "auto" and self.selection == "cv":
             # Then the penalty, for the chosen family, by the same held-out score.
             grid = {self.penalizer_: cv[best]}

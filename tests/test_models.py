@@ -291,3 +291,29 @@ def test_time_interactions_off_and_explicit(data) -> None:
     with pytest.raises(ValueError, match="time_interactions"):
         make_estimator("landmark", features=feats, time_interactions="all",
                        distribution="weibull").fit(X, lo, up)
+
+
+def test_family_lifelines_cannot_fit_is_replaced_by_the_next_best(monkeypatch) -> None:
+    """With distribution="auto", a family lifelines fails to confirm is dropped, and said so."""
+    from forecast.models import AFTEstimator, ModelFitError
+
+    X, lo, up = synthetic(600, 5)
+    first = make_estimator("landmark", features=FEATS, random_state=0).fit(X, lo, up)
+    best = first.family_
+    real = AFTEstimator._fit_family
+
+    def refuse_best(self, family, *args, **kwargs):
+        if family == best:
+            raise ModelFitError(f"{family} AFT model did not converge: test")
+        return real(self, family, *args, **kwargs)
+
+    monkeypatch.setattr(AFTEstimator, "_fit_family", refuse_best)
+    est = make_estimator("landmark", features=FEATS, random_state=0).fit(X, lo, up)
+    scores = first.selection_["cv_brier"]
+    runner_up = sorted((f for f in scores if f != best), key=scores.__getitem__)[0]
+    assert est.family_ == runner_up
+    assert best in est.selection_["rejected_by_lifelines"]
+    assert any("lifelines could not fit" in w for w in est.fit_warnings_)
+    # a fixed family is not swapped behind the user's back
+    with pytest.raises(ModelFitError, match="did not converge"):
+        make_estimator("landmark", features=FEATS, distribution=best).fit(X, lo, up)
