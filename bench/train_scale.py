@@ -6,7 +6,7 @@ hands its result to the next through files in a work folder:
 1. ``load``      - ``forecast.data.load_cohort`` of the simulated CSV folder (validation included)
 2. ``episodes``  - ``forecast.episodes.build_episodes``
 3. ``features``  - ``forecast.features.landmark_dataset`` (the stacked training set)
-4. ``fit``       - the default landmark model with ``--bootstrap`` patient-level refits
+4. ``fit``       - the default model (``DEFAULT_KIND``) with ``--bootstrap`` patient-level refits
                    (``--jobs`` in parallel) and ``registry.save_version``, as ``forecast train``
 5. ``evaluate``  - the saved version applied to the same cohort
                    (``forecast.evaluation.evaluate_bundle``: episode-start and
@@ -89,13 +89,14 @@ def run_stage(stage: str, work: Path, bootstrap: int, jobs: int, seed: int) -> d
         info["rows"] = {"landmark_rows": len(ld), "columns": ld.shape[1]}
     elif stage == "fit":
         from forecast import registry
+        from forecast.models import DEFAULT_KIND
         from forecast.training import fit_kind, population_curve, training_data
 
         cohort = read_cohort()
         ld = pd.read_parquet(work / "landmarks.parquet")
         t0 = time.perf_counter()
-        data = training_data(cohort, "landmark", landmarks=ld)
-        est = fit_kind(data, "landmark", n_bootstrap=bootstrap, random_state=seed, n_jobs=jobs)
+        data = training_data(cohort, DEFAULT_KIND, landmarks=ld)
+        est = fit_kind(data, DEFAULT_KIND, n_bootstrap=bootstrap, random_state=seed, n_jobs=jobs)
         t_fit = time.perf_counter() - t0
         start = ld[ld["landmark"] == 0]
         version = registry.save_version(
@@ -169,6 +170,12 @@ def _simulate(n: int, seed: int, out: Path) -> None:
     write_simulation(simulate(n, seed), out)
 
 
+def _default_kind() -> str:
+    from forecast.models import DEFAULT_KIND
+
+    return DEFAULT_KIND
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="10k patients only")
@@ -192,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "targets": {"train_s_100k": TARGET_TRAIN_S, "peak_rss_mb": TARGET_PEAK_MB},
         "settings": {"bootstrap": args.bootstrap, "jobs": args.jobs, "seed": args.seed,
-                     "kind": "landmark"},
+                     "kind": _default_kind()},
         "runs": runs,
         "cpus": os.cpu_count(),
         "loadavg": list(os.getloadavg()),

@@ -623,6 +623,8 @@ class Bundle:
             start, entry = clock
             base = start + since
             cond = np.where(since > 0, base, entry)
+            if self.family in AFT_FAMILIES:
+                return self._aft_ratio(z, base, cond, times, which)
             with np.errstate(over="ignore", invalid="ignore"):  # far tails: S -> 0
                 log_s = self._log_surv(z, base[:, None] + times[None, :], which)
                 log_s0 = self._log_surv(z, cond[:, None], which)
@@ -649,6 +651,43 @@ class Bundle:
         if out.shape != (n, times.size):
             out = np.array(np.broadcast_to(out, (n, times.size)))
         return out
+
+    def _aft_ratio(
+        self, z: np.ndarray, base: np.ndarray, cond: np.ndarray, times: np.ndarray,
+        which: int | None,
+    ) -> np.ndarray:
+        """``S(base + t) / S(cond)`` of an AFT bundle in one pass over (n, k + 1) times.
+
+        Weibull: ``exp(u_c - u_t)`` with ``u = (t / e^eta)^rho``; log-logistic:
+        ``(1 + u_c) / (1 + u_t)``; log-normal through ``log_ndtr``. No log/exp
+        round trip of S itself (S underflows far in a tail; the ratio does not).
+        """
+        eta, g = self._aft_params(z, which)
+        k = times.size
+        t = np.empty((len(z), k + 1))
+        np.add(np.broadcast_to(base, (len(z),))[:, None], times[None, :], out=t[:, :k])
+        t[:, k] = cond
+        y = _safe_log(t)
+        y -= eta[:, None]
+        if self.family == "lognormal":
+            y /= np.exp(g)
+            ls = log_ndtr(-y)
+            out = ls[:, :k]
+            out -= ls[:, k:]
+            np.minimum(out, 0.0, out=out)
+            return np.exp(out, out=out)
+        y *= np.exp(g)
+        with np.errstate(over="ignore", invalid="ignore"):
+            np.exp(y, out=y)  # u = (t / e^eta)^rho; overflow -> inf
+            if self.family == "weibull":
+                out = np.subtract(y[:, k:], y[:, :k])
+                out = np.exp(np.minimum(out, 0.0), out=out)
+            else:  # log-logistic
+                y += 1.0
+                out = np.divide(y[:, k:], y[:, :k])
+                np.minimum(out, 1.0, out=out)
+        # inf / inf or inf - inf far in the tail: nothing left to lose there
+        return np.nan_to_num(out, nan=0.0)
 
     # ------------------------------------------------------------------ prediction
     def predict_survival(
