@@ -181,11 +181,18 @@ def oracle(
     ls = t["log_scale"].to_numpy()
     big_t = t["T"].to_numpy(dtype=float)
     s = lambda x: 1.0 - fg.weibull_cdf(x, ls, fg.SHAPE)  # noqa: E731
-    return {
+    out = {
         "at_as_of": {h: fg.conditional_risk(t_a, h, ls, fg.SHAPE) for h in HORIZONS},
         "at_seen": {h: 1.0 - s(t_a + h) / np.maximum(s(t_l), 1e-300) for h in HORIZONS},
         "latent": {h: (big_t <= t_a + h).astype(float) for h in HORIZONS},
     }
+    if "depth" in t.columns:
+        ls_no_z = ls - t["z"].to_numpy(dtype=float)
+        dep = t["depth"].to_numpy(dtype=float)
+        out["depth_oracle"] = {
+            h: fg.depth_oracle_risk(t_l, t_a + h, ls_no_z, dep) for h in HORIZONS
+        }
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
             "auc_oracle_truth": auc(ora_l[use], lat[use] > 0),
             "auc_model_truth_all": auc(risk_all, lat > 0),
             "auc_oracle_truth_all": auc(ora_l, lat > 0),
+            "auc_depth_oracle_truth": auc(truth_at["depth_oracle"][h][use], lat[use] > 0),
+            "auc_depth_oracle_truth_all": auc(truth_at["depth_oracle"][h], lat > 0),
+            "mean_depth_oracle": float(np.mean(truth_at["depth_oracle"][h][use])),
             "n_usable": int(use.sum()),
             "n_complete": int(known.sum()),
             "events_by_h": int(case.sum()),
@@ -399,16 +409,19 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     print("against the generator's latent truth (no censoring; oracle = P(T <= t_A+h | T > t_L)):")
-    print("horizon | mean_pred | latent_rate | gap | AUC_model | AUC_oracle"
-          " | all: mean_pred | latent_rate | gap | AUC_model | AUC_oracle")
+    print("(depth oracle = the same with the true response depth in place of z)")
+    print("horizon | mean_pred | latent_rate | gap | AUC_model | AUC_oracle | AUC_depth_oracle"
+          " | all: mean_pred | latent_rate | gap | AUC_model | AUC_oracle | AUC_depth_oracle")
     for h in HORIZONS:
         r = rows[f"{h}d"]
         print(
             f"{h}d | {r['mean_pred']:.3f} | {r['latent_rate_evaluated']:.3f} | "
             f"{r['calibration_gap_truth']:+.3f} | {r['auc_model_truth']:.3f} | "
-            f"{r['auc_oracle_truth']:.3f} | {r['mean_pred_all']:.3f} | "
+            f"{r['auc_oracle_truth']:.3f} | {r['auc_depth_oracle_truth']:.3f} | "
+            f"{r['mean_pred_all']:.3f} | "
             f"{r['latent_rate_all']:.3f} | {r['calibration_gap_truth_all']:+.3f} | "
-            f"{r['auc_model_truth_all']:.3f} | {r['auc_oracle_truth_all']:.3f}"
+            f"{r['auc_model_truth_all']:.3f} | {r['auc_oracle_truth_all']:.3f} | "
+            f"{r['auc_depth_oracle_truth_all']:.3f}"
         )
     print("28-day calibration by days since the last session:")
     print("days_since_session | n | mean_pred | latent_rate | mean_oracle | obs_Turnbull | obs_KM")

@@ -30,7 +30,10 @@ reads as ``forecast simulate``'s truth format): one row per session of a
 responder with ``patient_id``, ``start`` (session date), ``T`` (latent
 benefit duration in days), ``log_scale`` and ``shape``, so that the oracle
 risk at any date is
-``P(T <= t + h | T > t)`` with the Weibull parameters.
+``P(T <= t + h | T > t)`` with the Weibull parameters; also the patient's
+frailty ``z`` and response depth ``depth`` (``depth = 0.30 - 0.25 z + N(0,
+0.06)``, clipped to [0.05, 0.48]), from which ``foreign_check`` builds an
+oracle that sees the depth instead of z.
 
 Usage: ``python bench/foreign_generator.py --patients 1000 --seed 1 --end 2026-06-30 --out DIR``.
 """
@@ -50,6 +53,10 @@ DIAG_EFFECT = np.array([0.0, 0.15, -0.2, -0.25, -0.1, 0.0])
 ROUTES = np.array(["iv", "im", "intranasal"])
 ROUTE_EFFECT = np.array([0.0, 0.05, -0.2])
 INDUCTION_DAYS = np.array([0, 3, 7, 10])
+#: Frailty z ~ N(0, FRAILTY_SD^2) on the log-scale;
+#: depth = DEPTH_MEAN + DEPTH_SLOPE z + N(0, DEPTH_SD^2).
+FRAILTY_SD = 0.3
+DEPTH_MEAN, DEPTH_SLOPE, DEPTH_SD = 0.30, -0.25, 0.06
 
 
 def weibull_cdf(t: np.ndarray, log_scale: np.ndarray, shape: float = SHAPE) -> np.ndarray:
@@ -65,6 +72,32 @@ def conditional_risk(
     s_t = 1.0 - weibull_cdf(t, log_scale, shape)
     s_th = 1.0 - weibull_cdf(np.asarray(t, dtype=float) + h, log_scale, shape)
     return 1.0 - s_th / np.maximum(s_t, 1e-300)
+
+
+def depth_oracle_risk(
+    t_seen: np.ndarray, t_until: np.ndarray, log_scale_no_z: np.ndarray, depth: np.ndarray,
+    shape: float = SHAPE, nodes: int = 40,
+) -> np.ndarray:
+    """``P(T <= t_until | T > t_seen, depth)``: the oracle with the depth in place of z.
+
+    z given the depth is normal (``z`` and the depth are jointly normal; the
+    clipping of the depth is ignored), and the survival to ``t_seen`` updates
+    it further: integrated by Gauss-Hermite quadrature. It knows the true
+    depth, which the data show only through noisy PHQ-9 ratios, so it is an
+    upper bound for a model that reads the depth from the scores.
+    """
+    var_d = DEPTH_SLOPE**2 * FRAILTY_SD**2 + DEPTH_SD**2
+    cov = DEPTH_SLOPE * FRAILTY_SD**2
+    mu = cov / var_d * (np.asarray(depth, dtype=float) - DEPTH_MEAN)
+    sd = np.sqrt(FRAILTY_SD**2 - cov**2 / var_d)
+    x, w = np.polynomial.hermite.hermgauss(nodes)
+    zk = mu[:, None] + np.sqrt(2.0) * sd * x[None, :]
+    scale = np.exp(np.asarray(log_scale_no_z, dtype=float)[:, None] + zk)
+    s_seen = np.exp(-((np.maximum(t_seen, 0.0)[:, None] / scale) ** shape))
+    s_until = np.exp(-((np.maximum(t_until, 0.0)[:, None] / scale) ** shape))
+    num = (s_seen - s_until) @ w
+    den = s_seen @ w
+    return num / np.maximum(den, 1e-300)
 
 
 def _items(rng: np.random.Generator, total: np.ndarray, item9: np.ndarray) -> np.ndarray:
@@ -98,8 +131,8 @@ def generate(n: int, seed: int, end: str | pd.Timestamp = "2026-06-30") -> dict[
     start = -rng.integers(150, 800, n)  # first induction day (relative to end)
     stop = np.minimum(start + rng.exponential(500, n).astype(int) + 60, end_day)
     baseline = rng.integers(12, 28, n)
-    z = rng.normal(0.0, 0.3, n)  # unobserved frailty (log-scale)
-    depth = np.clip(0.30 - 0.25 * z + rng.normal(0, 0.06, n), 0.05, 0.48)
+    z = rng.normal(0.0, FRAILTY_SD, n)  # unobserved frailty (log-scale)
+    depth = np.clip(DEPTH_MEAN + DEPTH_SLOPE * z + rng.normal(0, DEPTH_SD, n), 0.05, 0.48)
     p_resp = 1 / (1 + np.exp(-(1.6 - 0.12 * (prior - 2.5) - 0.06 * (baseline - 19))))
     responder = rng.random(n) < p_resp
     female = sex == "female"
@@ -278,6 +311,9 @@ def generate(n: int, seed: int, end: str | pd.Timestamp = "2026-06-30") -> dict[
             "log_scale": truth["log_scale"].to_numpy(),
             "shape": SHAPE,
             "clinic": clinic[tpc],
+            # the patient's frailty and response depth, for the "observable oracle"
+            "z": z[tpc],
+            "depth": depth[tpc],
         }
     )
     return {
