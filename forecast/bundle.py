@@ -342,6 +342,15 @@ def _coerced_numeric(frame: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
                      for c in names]) if names else np.zeros((0, len(frame)))
 
 
+def _float_column(frame: pd.DataFrame, name: str) -> np.ndarray:
+    """One column as float (a Series' own ``to_numpy`` is the fast path at one row)."""
+    col = frame[name]
+    try:
+        return col.to_numpy(dtype=float)
+    except (TypeError, ValueError):  # text cells: coerce (unparseable -> NaN)
+        return pd.to_numeric(col, errors="coerce").to_numpy(dtype=float)
+
+
 def _numeric_block(frame: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
     if not names:
         return np.zeros((len(frame), 0))
@@ -460,11 +469,11 @@ def clock_arrays(
     dynamic model's risk within h days is ``1 - S(start + h) / S(entry)``.
     """
     names = dict(CLOCK_FEATURES if names is None else names)
-    _require_columns(frame, list(names.values()))
-    el = np.nan_to_num(_coerced_numeric(frame, [names["elapsed"]])[0], nan=0.0)
-    el = np.maximum(el, 0.0)
-    dsa = _coerced_numeric(frame, [names["since_assessment"]])[0]
-    n = np.nan_to_num(_coerced_numeric(frame, [names["assessments"]])[0], nan=0.0)
+    cols = [names["elapsed"], names["since_assessment"], names["assessments"]]
+    _require_columns(frame, cols)
+    el, dsa, n = (_float_column(frame, c) for c in cols)
+    el = np.maximum(np.nan_to_num(el, nan=0.0), 0.0)
+    n = np.nan_to_num(n, nan=0.0)
     seen = (n > 0) & np.isfinite(dsa)
     entry = np.where(seen, np.clip(el - np.nan_to_num(dsa), 0.0, el), 0.0)
     return el, entry
@@ -667,7 +676,8 @@ class Bundle:
         t = np.empty((len(z), k + 1))
         np.add(np.broadcast_to(base, (len(z),))[:, None], times[None, :], out=t[:, :k])
         t[:, k] = cond
-        y = _safe_log(t)
+        np.maximum(t, 1e-100, out=t)  # S(0) = 1 either way (as _safe_log)
+        y = np.log(t, out=t)
         y -= eta[:, None]
         if self.family == "lognormal":
             y /= np.exp(g)
@@ -677,17 +687,22 @@ class Bundle:
             np.minimum(out, 0.0, out=out)
             return np.exp(out, out=out)
         y *= np.exp(g)
-        with np.errstate(over="ignore", invalid="ignore"):
-            np.exp(y, out=y)  # u = (t / e^eta)^rho; overflow -> inf
-            if self.family == "weibull":
-                out = np.subtract(y[:, k:], y[:, :k])
-                out = np.exp(np.minimum(out, 0.0), out=out)
-            else:  # log-logistic
-                y += 1.0
-                out = np.divide(y[:, k:], y[:, :k])
-                np.minimum(out, 1.0, out=out)
-        # inf / inf or inf - inf far in the tail: nothing left to lose there
-        return np.nan_to_num(out, nan=0.0)
+        # S(cond) underflows only for u >= e^700 there; such rows have nothing left
+        # to lose (S = 0), as the log-space path reports. Capping u keeps inf out.
+        gone = y[:, k] >= 700.0
+        np.minimum(y, 700.0, out=y)
+        np.exp(y, out=y)  # u = (t / e^eta)^rho
+        if self.family == "weibull":
+            out = np.subtract(y[:, k:], y[:, :k])
+            np.minimum(out, 0.0, out=out)
+            np.exp(out, out=out)
+        else:  # log-logistic: S = 1 / (1 + u)
+            y += 1.0
+            out = np.divide(y[:, k:], y[:, :k])
+            np.minimum(out, 1.0, out=out)
+        if gone.any():
+            out[gone] = 0.0
+        return out
 
     # ------------------------------------------------------------------ prediction
     def predict_survival(

@@ -431,3 +431,14 @@ def test_bundle_metadata_and_card(llog, sim) -> None:
     assert card["model"]["time_origin"] == "as_of"
     assert "truncated" in card["model"]["time_origin_text"]
     assert "truncated" in card["model"]["training_rows"]
+
+
+@pytest.mark.parametrize("which", ["weib", "llog"])
+def test_far_tail_never_reads_as_no_risk(which: str, request, sim) -> None:
+    """Where S(entry) underflows the benefit has certainly waned: risk 1, never 0."""
+    bundle = request.getfixturevalue(which).to_bundle()
+    X = mixed_rows(sim)
+    with np.errstate(over="ignore"):
+        bundle.arrays["intercept"] = np.asarray(-2000.0)  # scale e^-2000 days: far past
+    risk = bundle.predict_risk(X, H)
+    assert np.all(risk == 1.0)
