@@ -137,6 +137,12 @@ def build_card(
         spec["ancillary_covariates"] = bundle.meta["ancillary_covariates"]
         spec["ancillary_coef"] = bundle.arrays["anc_coef"].tolist()
     censoring = _CENSORING["aft" if bundle.family in AFT_FAMILIES else bundle.family]
+    if bundle.time_origin == "as_of":
+        censoring += (
+            " Left truncation: each landmark row's interval counts from the episode start and "
+            "the row is known to have lasted to its last assessment without waning (entry), "
+            "so its contribution is log(S(lower) - S(upper)) - log S(entry) (lifelines' "
+            "entry_col).")
     return {
         "title": "kap-forecast: time until the benefit of a ketamine session wanes",
         "version": version,

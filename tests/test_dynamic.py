@@ -431,6 +431,7 @@ def test_bundle_metadata_and_card(llog, sim) -> None:
     assert card["model"]["time_origin"] == "as_of"
     assert "truncated" in card["model"]["time_origin_text"]
     assert "truncated" in card["model"]["training_rows"]
+    assert "log S(entry)" in card["censoring"]
 
 
 @pytest.mark.parametrize("which", ["weib", "llog"])
