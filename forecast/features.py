@@ -201,6 +201,15 @@ def _episode_ids(ids: np.ndarray, k: np.ndarray) -> np.ndarray:
     return text.astype(object)
 
 
+def _range_sum(cum: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Sums of rows ``lo..hi`` (inclusive) from the cumulative sums ``cum``; 0 if hi < lo."""
+    if len(cum) == 0:
+        return np.zeros(len(lo))
+    upper_sum = np.where(hi >= 0, cum[np.clip(hi, 0, len(cum) - 1)], 0.0)
+    lower_sum = np.where(lo > 0, cum[np.clip(lo - 1, 0, len(cum) - 1)], 0.0)
+    return np.where(hi >= lo, upper_sum - lower_sum, 0.0)
+
+
 def _fill(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(value with NaN -> 0, 0/1 missing indicator)."""
     miss = np.isnan(values)
@@ -378,29 +387,16 @@ def _compute_cols(
     max_since = np.where(p_since, _take(ctx.p_max_since, pi), np.nan)
     # Mean PHQ-9 since the session: its PHQ-9 rows form one run (sorted by day).
     first_p = np.searchsorted(ctx.p_key, s_key_q, side="right")
-    cy = ctx.p_cum["y"]
-    if len(cy):
-        sum_to = np.where(pi >= 0, cy[np.clip(pi, 0, None)], 0.0)
-        sum_before = np.where(first_p > 0, cy[np.clip(first_p - 1, 0, len(cy) - 1)], 0.0)
-    else:
-        sum_to = sum_before = np.zeros(nq)
     n_p_since = np.where(p_since, pi - first_p + 1, 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean_since = np.where(n_p_since > 0, (sum_to - sum_before) / n_p_since, np.nan)
+        mean_since = np.where(
+            n_p_since > 0, _range_sum(ctx.p_cum["y"], first_p, pi) / n_p_since, np.nan)
 
     # Least-squares slope over PHQ-9 rows dated in [as_of - 28, as_of].
     lo = np.searchsorted(ctx.p_key, q_key - SLOPE_WINDOW_DAYS, side="left")
     hi = np.where(pi >= 0, pi, lo - 1)
 
-    def window_sum(name: str) -> np.ndarray:
-        c = ctx.p_cum[name]
-        if len(c) == 0:
-            return np.zeros(nq)
-        upper_sum = np.where(hi >= 0, c[np.clip(hi, 0, None)], 0.0)
-        lower_sum = np.where(lo > 0, c[np.clip(lo - 1, 0, None)], 0.0)
-        return np.where(hi >= lo, upper_sum - lower_sum, 0.0)
-
-    n_w, sx, sy, sxx, sxy = (window_sum(k) for k in ("n", "x", "y", "xx", "xy"))
+    n_w, sx, sy, sxx, sxy = (_range_sum(ctx.p_cum[k], lo, hi) for k in ("n", "x", "y", "xx", "xy"))
     den = n_w * sxx - sx * sx
     with np.errstate(invalid="ignore", divide="ignore"):
         slope = np.where((n_w >= 2) & (den > 1e-9), 7.0 * (n_w * sxy - sx * sy) / den, np.nan)
