@@ -292,10 +292,8 @@ class Store:
 
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-        with self.engine.connect() as conn:
-            if self.dialect == "sqlite":
-                conn.execution_options(kap_write=True)
-            conn.begin()
+
+        def upgrade(conn: Connection) -> str | None:
             if self.dialect == "postgresql":
                 # Held until commit: a second worker waits, then finds head applied.
                 conn.execute(
@@ -303,9 +301,12 @@ class Store:
                 )
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
-            revision = MigrationContext.configure(conn).get_current_revision()
-            conn.commit()
-        return revision
+            return MigrationContext.configure(conn).get_current_revision()
+
+        # Workers starting together on a fresh SQLite file can meet "database is
+        # locked" while another converts it to WAL; the upgrade is transactional
+        # and idempotent, so it is simply run again.
+        return self.run_write(upgrade)
 
     def dispose(self) -> None:
         """Close pooled connections (call when the app or test is done)."""
