@@ -28,7 +28,8 @@ The end-to-end lifelines path shares our encoder, so every speed-up of the
 encoding also speeds up that reference: the end-to-end ratio is bounded by
 (encoding + lifelines) / (encoding + bundle).
 
-Each timing is the best of several repeats (perf_counter). Prints a table and
+Each timing is the best of several calls (perf_counter; at least 5, more
+until 0.5 s is spent on that timing). Prints a table and
 writes bench/out/bundle.json. Usage: ``python bench/bundle_vs_lifelines.py
 [--patients 2000] [--seed 7] [--families weibull,lognormal,loglogistic]``.
 """
@@ -47,13 +48,19 @@ OUT = Path(__file__).resolve().parent / "out" / "bundle.json"
 TARGET = 100.0
 
 
-def best_of(fn, repeats: int) -> float:
-    """Fastest wall time of ``repeats`` calls (seconds)."""
-    best = np.inf
-    for _ in range(repeats):
+def best_of(fn, repeats: int, budget_s: float = 0.5) -> float:
+    """Fastest wall time of at least ``repeats`` calls (seconds).
+
+    Calls go on, up to 5,000, until ``budget_s`` seconds have been spent, as
+    ``timeit``'s autorange does: a 0.3 ms call gets as many chances at a quiet
+    moment of the machine as a 30 ms one gets in a few calls.
+    """
+    best, spent, calls = np.inf, 0.0, 0
+    while calls < repeats or (spent < budget_s and calls < 5000):
         t0 = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
+        dt = time.perf_counter() - t0
+        best, spent, calls = min(best, dt), spent + dt, calls + 1
     return float(best)
 
 

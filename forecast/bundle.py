@@ -430,16 +430,29 @@ def aft_survival(family: str, log_t: np.ndarray, eta: np.ndarray, g: Any) -> np.
 
 
 def _matvec(z: np.ndarray, coef: np.ndarray) -> np.ndarray:
-    """``z @ coef`` without waking BLAS threads for large ``z``.
+    """``z @ coef`` (BLAS gemv).
 
-    A multi-threaded OpenBLAS gemv on a (10,000, 64) design took 8-12 ms for
-    its first calls after the threads went idle (then 0.07 ms), so a serving
-    batch paid a random wake-up; numpy's own einsum loop is single-threaded
-    and steady (about 0.17 ms). One row keeps the cheaper ``@``.
+    An earlier note measured 8-12 ms first calls of the multi-threaded OpenBLAS
+    gemv after idle threads; re-measured on 2026-11-27 (10,000 x 65 design,
+    after 1 s idle) BLAS took 0.45-0.66 ms and numpy's single-threaded einsum
+    0.63-0.91 ms (cold caches either way), and warm 0.07 vs 0.19 ms. So BLAS.
     """
-    if len(z) <= _SMALL_FRAME:
-        return z @ coef
-    return np.einsum("ij,j->i", z, coef)
+    return z @ coef
+
+
+def _tail_log_ratio(family: str, y_t: np.ndarray, y_c: np.ndarray) -> np.ndarray:
+    """``log S(t) - log S(c)`` (clipped at 0) from ``y = log u`` without forming u.
+
+    Weibull: ``u_c - u_t = -e^{y_t} (1 - e^{y_c - y_t})``, which is -inf (S ratio
+    0) far in the tail unless t = c (ratio 1). Log-logistic:
+    ``softplus(y_c) - softplus(y_t)``, whose hazard falls like rho / t, so a late
+    entry still leaves a finite ratio of about (c / t)^rho.
+    """
+    d = np.minimum(y_c - y_t, 0.0)
+    if family == "weibull":
+        with np.errstate(divide="ignore", over="ignore"):
+            return -np.exp(y_t + np.log(-np.expm1(d)))
+    return np.minimum(np.logaddexp(0.0, y_c) - np.logaddexp(0.0, y_t), 0.0)
 
 
 def _safe_log(t: np.ndarray) -> np.ndarray:
@@ -578,8 +591,15 @@ class Bundle:
         eta = _matvec(z, coef)
         eta += b0
         if gamma is not None and gamma.size:
-            # the shape parameter depends on a few covariates (e.g. time since the start)
-            return eta, (g + z[:, self._anc_index()] @ gamma)[:, None]
+            # the shape parameter depends on a few covariates (e.g. time since the start);
+            # a column at a time: z is column-major (the encoder's layout), so each
+            # column is a contiguous view, and no (n, m) fancy-index copy is made.
+            idx = self._anc_index()
+            lg = z[:, idx[0]] * gamma[0]
+            lg += g
+            for j, c in zip(idx[1:], gamma[1:], strict=True):
+                lg += c * z[:, j]
+            return eta, lg[:, None]
         return eta, g
 
     def _anc_index(self) -> np.ndarray:
@@ -630,8 +650,11 @@ class Bundle:
             # as_of: S(start + since + t) / S(cond), cond = the entry (last event-free
             # assessment) or, when days after as-of are known survived, start + since.
             start, entry = clock
-            base = start + since
-            cond = np.where(since > 0, base, entry)
+            if since is _NO_SINCE:
+                base, cond = start, entry
+            else:
+                base = start + since
+                cond = np.where(since > 0, base, entry)
             if self.family in AFT_FAMILIES:
                 return self._aft_ratio(z, base, cond, times, which)
             with np.errstate(over="ignore", invalid="ignore"):  # far tails: S -> 0
@@ -665,44 +688,61 @@ class Bundle:
         self, z: np.ndarray, base: np.ndarray, cond: np.ndarray, times: np.ndarray,
         which: int | None,
     ) -> np.ndarray:
-        """``S(base + t) / S(cond)`` of an AFT bundle in one pass over (n, k + 1) times.
+        """``S(base + t) / S(cond)`` of an AFT bundle in one pass over (k + 1, n) times.
 
         Weibull: ``exp(u_c - u_t)`` with ``u = (t / e^eta)^rho``; log-logistic:
         ``(1 + u_c) / (1 + u_t)``; log-normal through ``log_ndtr``. No log/exp
         round trip of S itself (S underflows far in a tail; the ratio does not).
+        The work array is time-major, so every pass is over contiguous memory
+        (row-major (n, k + 1) with strided column slices took three times as
+        long at 10,000 rows); the result is its transpose, an (n, k) view.
         """
         eta, g = self._aft_params(z, which)
-        k = times.size
-        t = np.empty((len(z), k + 1))
-        np.add(np.broadcast_to(base, (len(z),))[:, None], times[None, :], out=t[:, :k])
-        t[:, k] = cond
-        np.maximum(t, 1e-100, out=t)  # S(0) = 1 either way (as _safe_log)
+        n, k = len(z), times.size
+        t = np.empty((k + 1, n))
+        np.add(times[:, None], base, out=t[:k])
+        t[k] = cond
+        # lifelines clips t to 1e-100 (S(0) = 1 either way); it also keeps -inf out
+        # of log and exp, whose vector loops are twice as slow on infinities. Only
+        # the entry row can hold 0 unless a time plus the smallest start is <= 0.
+        np.maximum(t[k], 1e-100, out=t[k])
+        if times.min() + base.min() <= 0.0:
+            np.maximum(t[:k], 1e-100, out=t[:k])
         y = np.log(t, out=t)
-        y -= eta[:, None]
+        y -= eta
+        scale = np.exp(g)
+        if isinstance(scale, np.ndarray):
+            scale = scale.reshape(-1)  # per-row shape (n, 1) -> broadcast over times
         if self.family == "lognormal":
-            y /= np.exp(g)
+            y /= scale
             ls = log_ndtr(-y)
-            out = ls[:, :k]
-            out -= ls[:, k:]
+            out = ls[:k]
+            out -= ls[k]
             np.minimum(out, 0.0, out=out)
-            return np.exp(out, out=out)
-        y *= np.exp(g)
-        # S(cond) underflows only for u >= e^700 there; such rows have nothing left
-        # to lose (S = 0), as the log-space path reports. Capping u keeps inf out.
-        gone = y[:, k] >= 700.0
-        np.minimum(y, 700.0, out=y)
+            return np.exp(out, out=out).T
+        y *= scale
+        # u = e^y overflows a double for y > 709.8. Rows with y >= 700 at the entry
+        # or at the last time (the largest per row) are redone in log space below;
+        # the others, all rows of any realistic model, take the fast forms.
+        # (y rises with t in each row, so no other time of a row can overflow.)
+        tail = None
+        if max(y[k].max(), y[int(times.argmax())].max()) >= 700.0:
+            big = (y[k] >= 700.0) | (y[int(times.argmax())] >= 700.0)
+            tail = _tail_log_ratio(self.family, y[:k, big], y[k, big])
+            y[:, big] = 0.0  # placeholders: the fast forms below then never overflow
+        out = y[:k]
         np.exp(y, out=y)  # u = (t / e^eta)^rho
         if self.family == "weibull":
-            out = np.subtract(y[:, k:], y[:, :k])
+            np.subtract(y[k], out, out=out)
             np.minimum(out, 0.0, out=out)
             np.exp(out, out=out)
         else:  # log-logistic: S = 1 / (1 + u)
             y += 1.0
-            out = np.divide(y[:, k:], y[:, :k])
+            np.divide(y[k], out, out=out)
             np.minimum(out, 1.0, out=out)
-        if gone.any():
-            out[gone] = 0.0
-        return out
+        if tail is not None:
+            out[:, big] = np.exp(tail)
+        return out.T
 
     # ------------------------------------------------------------------ prediction
     def predict_survival(

@@ -434,12 +434,71 @@ def test_bundle_metadata_and_card(llog, sim) -> None:
     assert "log S(entry)" in card["censoring"]
 
 
+@pytest.mark.parametrize("family", ["weibull", "loglogistic", "lognormal"])
+def test_ratio_kernel_matches_high_precision_arithmetic_into_the_tails(family: str, weib) -> None:
+    """The one-pass S(start + h) / S(entry) against 40-digit decimal arithmetic.
+
+    Clocks from the episode start (t = 0) to where u = (t / e^eta)^rho overflows a
+    double at the horizons only, or at the entry too (Weibull: S ratio 0 unless
+    t = entry; log-logistic: about (entry / t)^rho); shapes below and above 1.
+    """
+    import decimal
+
+    b = weib.to_bundle()
+    p = len(b.arrays["coef"])
+    start = np.array([0.0, 0.0, 3.0, 20.0, 60.0, 400.0, 2000.0, 9000.0, 9000.0])
+    entry = np.array([0.0, 0.0, 0.0, 20.0, 41.0, 400.0, 1500.0, 8990.0, 0.0])
+    times = np.array([0.0, 7.0, 28.0, 84.0])
+    ctx = decimal.Context(prec=40, Emin=-10**9, Emax=10**9)
+
+    def log_surv(t: float, b0: float, scale: float) -> decimal.Decimal:
+        if t == 0.0:
+            return decimal.Decimal(0)
+        y = ctx.multiply(decimal.Decimal(scale), ctx.subtract(ctx.ln(decimal.Decimal(t)),
+                                                              decimal.Decimal(b0)))
+        if family == "weibull":
+            return -ctx.exp(y)
+        if family == "loglogistic":
+            return -ctx.ln(ctx.add(1, ctx.exp(y)))
+        return decimal.Decimal(float(norm.logsf(float(y))))  # y as double: log_ndtr's input
+
+    for b0, scale in [(3.0, 0.8), (4.0, 1.7), (0.5, 110.0), (-2.0, 95.0)]:
+        arrays = {"coef": np.zeros(p), "intercept": np.asarray(b0),
+                  "ancillary": np.asarray(np.log(scale) if family != "lognormal"
+                                          else -np.log(scale))}
+        bundle = Bundle(b.kind, family, b.time_origin, b.horizons, b.encoder, arrays, b.meta)
+        got = bundle.predict_survival_design(np.zeros((len(start), p)), times,
+                                             clock=(start, entry))
+        assert np.all(np.isfinite(got))
+        assert np.all((got >= 0.0) & (got <= 1.0))
+        for i in range(len(start)):
+            ls_c = log_surv(entry[i], b0, scale)
+            for j, h in enumerate(times):
+                ls_t = log_surv(start[i] + h, b0, scale)
+                want = float(ctx.exp(ctx.subtract(ls_t, ls_c)))
+                assert got[i, j] == pytest.approx(want, rel=1e-9, abs=1e-12), (b0, scale, i, h)
+
+
 @pytest.mark.parametrize("which", ["weib", "llog"])
 def test_far_tail_never_reads_as_no_risk(which: str, request, sim) -> None:
-    """Where S(entry) underflows the benefit has certainly waned: risk 1, never 0."""
+    """Far in the tail (u overflows a double) the risk stays a number, never 0 by accident.
+
+    Weibull's hazard grows with u: the benefit has certainly waned (risk 1).
+    Log-logistic's falls like rho / t: from the episode start the risk is 1,
+    after a late event-free assessment it is 1 - (entry / t)^rho, finite and
+    growing with the horizon.
+    """
     bundle = request.getfixturevalue(which).to_bundle()
     X = mixed_rows(sim)
     with np.errstate(over="ignore"):
         bundle.arrays["intercept"] = np.asarray(-2000.0)  # scale e^-2000 days: far past
     risk = bundle.predict_risk(X, H)
-    assert np.all(risk == 1.0)
+    if which == "weib":
+        assert np.all(risk == 1.0)
+        return
+    _, entry = clock_arrays(X)
+    assert np.all(np.isfinite(risk))
+    assert np.all((risk > 0.0) & (risk <= 1.0))
+    assert np.all(risk[entry == 0.0] == 1.0)
+    assert np.all(risk[entry > 0.0] < 1.0)
+    assert np.all(np.diff(risk, axis=1) >= 0.0)
