@@ -239,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
             str(args.jobs),
         )
         timings["train_s"] = time.perf_counter() - t0
+        card = json.loads((models / version / "bundle.json").read_text())
+        family = card["family"]
+        rejected = sorted((card.get("meta", {}).get("family_selection") or {})
+                          .get("rejected_by_lifelines", {}))
         truncate(test, trunc, a_str)
         t0 = time.perf_counter()
         _forecast(
@@ -349,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         "end": args.end,
         "as_of": a_str,
         "model_version": version,
+        "family": family,
+        "rejected_by_lifelines": rejected,
         "status_counts": {str(k): int(v) for k, v in status_counts.items()},
         "observed_rule": (
             "event = first event assessment (project rules, build_episodes) of the episode "
@@ -365,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"as-of {a_str}; statuses {result['status_counts']}; model {version}")
+    print(f"as-of {a_str}; statuses {result['status_counts']}; model {version} ({family}"
+          + (f"; lifelines rejected {', '.join(rejected)})" if rejected else ")"))
     hdr = (
         "horizon",
         "n_usable",

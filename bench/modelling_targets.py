@@ -13,7 +13,11 @@ as a secondary table): cross-validated time-dependent AUC at 28 days within
 0.03 of the oracle's; ICI at 28 and 56 days <= 0.03; better than the static
 Cox model and the KM baseline (conditional on survival to the response day).
 
-Usage: ``python bench/modelling_targets.py [--patients 5000] [--seed 2026] [--jobs 2]``.
+The figures move with the simulated cohort (seed): ``--seeds 2026,2027,2028``
+runs one cohort per seed and prints a per-seed table of the targets.
+
+Usage: ``python bench/modelling_targets.py [--patients 5000] [--seed 2026 |
+--seeds 2026,2027,2028] [--jobs 2]``.
 """
 
 from __future__ import annotations
@@ -39,22 +43,63 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--patients", type=int, default=5000)
     p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--seeds", default=None,
+                   help="comma-separated seeds: one cohort, model and evaluation per seed, "
+                        "then a per-seed summary (overrides --seed)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--report", type=Path, default=None, help="keep the report here")
     p.add_argument("--penalizer", default="auto", help="forecast train --penalizer")
     p.add_argument("--out", type=Path, default=OUT, help="where to write the JSON figures")
     args = p.parse_args(argv)
+    if args.seeds is None:
+        result = run_seed(args, args.seed, args.report)
+        _print(result, args)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+        return 0
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    runs = []
+    for seed in seeds:
+        report = None if args.report is None else args.report / str(seed)
+        runs.append(run_seed(args, seed, report))
+        _print(runs[-1], args)
+    summary = {
+        "command": "python bench/modelling_targets.py "
+                   f"--patients {args.patients} --seeds {args.seeds} --jobs {args.jobs} "
+                   f"--folds {args.folds} --penalizer {args.penalizer}",
+        "runs": runs,
+    }
+    print("per seed, first forecast point (AUC gap = oracle - model)")
+    print(f"{'seed':>6} {'family':>12} {'AUC28':>6} {'oracle':>6} {'gap':>6} {'ICI28':>6} "
+          f"{'ICI56':>6}  targets met")
+    for r in runs:
+        t, c = r["targets"], r["checks"]
+        met = [k for k, v in c.items() if v is True or (isinstance(v, dict) and all(v.values()))]
+        print(f"{r['seed']:>6} {r['family']:>12} {_f(t.get('auc28_model')):>6} "
+              f"{_f(t.get('auc28_oracle')):>6} {_f(t.get('auc28_gap_to_oracle')):>6} "
+              f"{_f(t.get('ici28_model')):>6} {_f(t.get('ici56_model')):>6}  "
+              f"{len(met)}/{len(c)}" + ("" if len(met) == len(c) else
+                                        "  missed: " + ", ".join(k for k in c if k not in met)))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def run_seed(args: argparse.Namespace, seed: int, keep_report: Path | None) -> dict:
+    """Simulate, train and cross-validate one cohort; the figures of the targets."""
     with tempfile.TemporaryDirectory(prefix="modelling_targets_") as tmp:
         work = Path(tmp)
         data, models = work / "data", work / "models"
-        report = args.report or work / "report"
+        report = keep_report or work / "report"
         t0 = time.perf_counter()
-        _forecast("simulate", "--patients", str(args.patients), "--seed", str(args.seed),
+        _forecast("simulate", "--patients", str(args.patients), "--seed", str(seed),
                   "--out", str(data))
         t1 = time.perf_counter()
         version = _forecast("train", str(data), "--models", str(models), "--jobs",
-                            str(args.jobs), "--seed", str(args.seed), "--penalizer",
+                            str(args.jobs), "--seed", str(seed), "--penalizer",
                             str(args.penalizer))
         t2 = time.perf_counter()
         _forecast("evaluate", str(data), "--models", str(models), "--model", version,
@@ -82,10 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         return rows
 
     t = metrics["targets"]
-    result = {
+    return {
         "command": "python bench/modelling_targets.py "
-                   f"--patients {args.patients} --seed {args.seed} --jobs {args.jobs} "
+                   f"--patients {args.patients} --seed {seed} --jobs {args.jobs} "
                    f"--folds {args.folds} --penalizer {args.penalizer}",
+        "seed": seed,
         "version": version,
         "kind": metrics["model_kind"],
         "family": family,
@@ -112,11 +158,15 @@ def main(argv: list[str] | None = None) -> int:
         "checks_episode_start": _checks(t.get("episode_start", {})),
         "wall_s": {"simulate": t1 - t0, "train": t2 - t1, "evaluate": t3 - t2},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{args.patients} simulated patients: {cv['n_patients']} with episodes, "
-          f"{cv['n_episodes']} episodes, {cv['n_events']} with observed waning; "
-          f"{fp['n_episodes']} episodes with a first forecast point ({fp['n_events']} events)")
+
+
+def _print(result: dict, args: argparse.Namespace) -> None:
+    """The tables of one seed's run."""
+    print(f"seed {result['seed']}: {args.patients} simulated patients: "
+          f"{result['n_patients_with_episodes']} with episodes, {result['n_episodes']} episodes, "
+          f"{result['n_events']} with observed waning; "
+          f"{result['forecast_point']['n_episodes']} episodes with a first forecast point "
+          f"({result['forecast_point']['n_events']} events); family {result['family']}")
     for title, rows in (("first forecast point (headline), on the oracle's episodes",
                          result["forecast_point"]["on_oracle_episodes"]),
                         ("episode start (secondary), on the oracle's episodes",
@@ -128,8 +178,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<7} {_f(r['harrell_c']):>8} {_f(r['uno_c']):>6} {_f(r['ibs'], 4):>6} "
                   f"{_f(r['auc_28d']):>6} {_f(r['ici_28d']):>6} {_f(r['ici_56d']):>6}")
     print("checks (first forecast point):", json.dumps(result["checks"]))
-    print(f"wrote {args.out}")
-    return 0
 
 
 def _f(v: float | None, digits: int = 3) -> str:

@@ -550,6 +550,45 @@ class SurvivalEstimator(BaseEstimator, ABC):
 
 
 # --------------------------------------------------------------------------- AFT kinds
+def _lifelines_fitters() -> dict[str, Any]:
+    from lifelines import LogLogisticAFTFitter, LogNormalAFTFitter, WeibullAFTFitter
+
+    return {"weibull": WeibullAFTFitter, "lognormal": LogNormalAFTFitter,
+            "loglogistic": LogLogisticAFTFitter}
+
+
+_SEEDED: dict[str, Any] = {}
+
+
+def _seeded_fitters() -> dict[str, Any]:
+    """lifelines AFT fitters that take the caller's start as it is.
+
+    lifelines' AFT fitters fit a univariate model for a start point even when
+    ``initial_point`` is given, and only use it for the parameters' layout
+    (``_prepare_initial_points`` in lifelines 0.30). With interval censoring
+    and left truncation that univariate fit can fail to converge (a 5,000-
+    patient simulated cohort, and the foreign generator's seed 8, with the
+    log-normal family), failing a regression fit whose optimum we already
+    have. These subclasses give the layout with zeros, as lifelines' generic
+    ``ParametricRegressionFitter`` does; lifelines still runs its own
+    optimiser from our start and its result is checked as before.
+    Module-level classes, so that fitted estimators stay picklable.
+    """
+    if not _SEEDED:
+        for family, cls in _lifelines_fitters().items():
+            def _layout(self: Any, Ts: Any, E: Any, entries: Any, weights: Any,
+                        Xs: Any) -> dict[str, np.ndarray]:
+                return {name: np.zeros(len(Xs[name].columns))
+                        for name in self._fitted_parameter_names}
+
+            name = f"Seeded{cls.__name__}"
+            sub = type(name, (cls,), {"_create_initial_point": _layout,
+                                      "__module__": __name__, "__qualname__": name})
+            globals()[name] = sub
+            _SEEDED[family] = sub
+    return _SEEDED
+
+
 class AFTEstimator(SurvivalEstimator):
     """Static parametric AFT model from the episode start with true interval censoring.
 
@@ -565,14 +604,9 @@ class AFTEstimator(SurvivalEstimator):
     def _family(self) -> str:
         return self.family
 
-    def _lifelines_class(self, family: str) -> Any:
-        from lifelines import LogLogisticAFTFitter, LogNormalAFTFitter, WeibullAFTFitter
-
-        return {
-            "weibull": WeibullAFTFitter,
-            "lognormal": LogNormalAFTFitter,
-            "loglogistic": LogLogisticAFTFitter,
-        }[family]
+    def _lifelines_class(self, family: str, seeded: bool = False) -> Any:
+        """lifelines' AFT fitter of ``family``; ``seeded``: the variant for a given start."""
+        return _seeded_fitters()[family] if seeded else _lifelines_fitters()[family]
 
     def _anc_features(self) -> tuple[str, ...]:
         return tuple(getattr(self, "ancillary_features", None) or ())
@@ -621,7 +655,8 @@ class AFTEstimator(SurvivalEstimator):
         ``df`` holds the design columns, then ``lower``, ``upper`` and, for a
         left-truncated fit, ``entry`` (lifelines' ``entry_col``).
         """
-        fitter = self._lifelines_class(family)(penalizer=self._penalty())
+        fitter = self._lifelines_class(family, seeded=theta is not None)(
+            penalizer=self._penalty())
         what = f"{family} AFT model"
         names = [c for c in df.columns if c not in ("lower", "upper", "entry")]
         anames = [] if W is None else list(W.columns)
@@ -1355,3 +1390,13 @@ def make_estimator(kind: str, **params: Any) -> SurvivalEstimator:
     if kind not in ESTIMATORS:
         raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(ESTIMATORS)}")
     return ESTIMATORS[kind](**params)
+
+
+def __getattr__(name: str) -> Any:
+    """The ``Seeded*`` lifelines fitters are made on first use (lifelines loads lazily);
+    this resolves them for pickle in a process that has not fitted yet."""
+    if name.startswith("Seeded"):
+        fitters = {cls.__name__: cls for cls in _seeded_fitters().values()}
+        if name in fitters:
+            return fitters[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

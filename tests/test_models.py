@@ -317,3 +317,36 @@ def test_family_lifelines_cannot_fit_is_replaced_by_the_next_best(monkeypatch) -
     # a fixed family is not swapped behind the user's back
     with pytest.raises(ModelFitError, match="did not converge"):
         make_estimator("landmark", features=FEATS, distribution=best).fit(X, lo, up)
+
+
+def test_lifelines_univariate_start_cannot_fail_a_seeded_fit(monkeypatch) -> None:
+    """lifelines' AFT fitters fit a univariate start even when given one; ours skips it.
+
+    That univariate fit failed (log-normal, interval censoring with left
+    truncation) on a simulated 5,000-patient cohort and failed the whole
+    regression although our optimiser had its optimum. Simulated here by
+    making lifelines' own start raise: a fixed family still fits, to the same
+    parameters.
+    """
+    import pickle
+
+    from lifelines import LogNormalAFTFitter
+    from lifelines.exceptions import ConvergenceError
+
+    X, lo, up = synthetic(600, 5)
+    ref = make_estimator("landmark", features=FEATS, distribution="lognormal",
+                         random_state=0).fit(X, lo, up)
+
+    def broken(self, *args, **kwargs):
+        raise ConvergenceError("univariate start did not converge (test)")
+
+    monkeypatch.setattr(LogNormalAFTFitter, "_create_initial_point", broken)
+    est = make_estimator("landmark", features=FEATS, distribution="lognormal",
+                         random_state=0).fit(X, lo, up)
+    assert est.family_ == "lognormal"
+    assert np.allclose(est.fitter_.params_.to_numpy(), ref.fitter_.params_.to_numpy(),
+                       rtol=1e-6, atol=1e-8)
+    assert type(est.fitter_).__name__ == "SeededLogNormalAFTFitter"
+    again = pickle.loads(pickle.dumps(est))
+    rows = X.iloc[:5]
+    assert np.array_equal(again.predict_risk(rows, [28.0]), est.predict_risk(rows, [28.0]))
