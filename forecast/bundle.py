@@ -691,8 +691,10 @@ class Bundle:
         """``S(base + t) / S(cond)`` of an AFT bundle in one pass over (k + 1, n) times.
 
         Weibull: ``exp(u_c - u_t)`` with ``u = (t / e^eta)^rho``; log-logistic:
-        ``(1 + u_c) / (1 + u_t)``; log-normal through ``log_ndtr``. No log/exp
-        round trip of S itself (S underflows far in a tail; the ratio does not).
+        ``(1 + u_c) / (1 + u_t)``; log-normal ``ndtr(-y_t) / ndtr(-y_c)``. No
+        log/exp round trip of S itself; rows far in a tail (where u or Phi would
+        leave the doubles) are computed in log space (:func:`_tail_log_ratio`,
+        ``log_ndtr``).
         The work array is time-major, so every pass is over contiguous memory
         (row-major (n, k + 1) with strided column slices took three times as
         long at 10,000 rows); the result is its transpose, an (n, k) view.

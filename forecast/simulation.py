@@ -310,6 +310,11 @@ class SimulationResult:
         The seed used.
     end_date : pandas.Timestamp
         The administrative end of follow-up (no row is dated after it).
+    latent : pandas.DataFrame or None
+        Per patient (``patient_id``): ``frailty``, the ``depth`` factor and
+        ``response_logit_rest`` (induction-response log odds without the
+        frailty term), for :func:`depth_oracle_risk`. Not written to disk:
+        ``truth.csv`` keeps its columns.
     """
 
     cohort: Cohort
@@ -317,6 +322,7 @@ class SimulationResult:
     params: SimulationParams
     seed: int
     end_date: pd.Timestamp
+    latent: pd.DataFrame | None = None
 
 
 def _choice(rng: np.random.Generator, probs: dict[str, float], size: int) -> np.ndarray:
@@ -362,6 +368,10 @@ class _Patients:
     total_only: np.ndarray
     gap: np.ndarray
     skip: np.ndarray
+    #: The standard-normal depth factor (frailty = sd * (rho * depth + ...)).
+    depth: np.ndarray
+    #: Induction-response log odds without the frailty term.
+    response_logit_rest: np.ndarray
 
 
 def _draw_patients(rng: np.random.Generator, n: int, p: SimulationParams) -> _Patients:
@@ -441,6 +451,8 @@ def _draw_patients(rng: np.random.Generator, n: int, p: SimulationParams) -> _Pa
         total_only,
         gap,
         skip,
+        depth,
+        logit - p.response_frailty * frailty,
     )
 
 
@@ -536,6 +548,51 @@ def true_risk(
 
     f_s = cdf(s)
     return (cdf(s + h) - f_s) / (1.0 - f_s)
+
+
+def depth_oracle_risk(
+    location: np.ndarray,
+    frailty: np.ndarray,
+    depth: np.ndarray,
+    response_logit_rest: np.ndarray,
+    params: SimulationParams,
+    horizons: tuple[int, ...] = HORIZONS,
+    since: np.ndarray | float = 0.0,
+    nodes: int = 40,
+) -> np.ndarray:
+    """True risk with the frailty replaced by what the depth factor tells of it.
+
+    ``P(T <= s + h | T > s, depth)``: the frailty given the depth is normal
+    (mean ``sd * rho * depth``, SD ``sd * sqrt(1 - rho^2)``), tilted by the
+    induction response (every episode is a responder's, response odds rise
+    with the frailty) and by the survival to ``s``; integrated by
+    Gauss-Hermite quadrature. It knows the true depth and every coefficient,
+    which the data show only through noisy PHQ-9 ratios and fitted effects,
+    but not what earlier episodes reveal of the frailty's other part.
+
+    ``location`` and ``frailty`` per episode (:func:`truth_location` and the
+    patient's ``latent`` row of :class:`SimulationResult`).
+    """
+    loc0 = np.asarray(location, dtype=float) - np.asarray(frailty, dtype=float)
+    sd, rho = params.frailty_sd, params.depth_frailty_corr
+    x, w = np.polynomial.hermite.hermgauss(nodes)
+    f = (sd * rho * np.asarray(depth, dtype=float))[:, None] + (
+        np.sqrt(2.0) * sd * np.sqrt(1.0 - rho**2) * x[None, :])
+    weight = w[None, :] * _expit(np.asarray(response_logit_rest, dtype=float)[:, None]
+                                 + params.response_frailty * f)
+    s = np.broadcast_to(np.asarray(since, dtype=float), loc0.shape)[:, None]
+    scale = params.wane_scale
+
+    def cdf(t: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore"):
+            return _expit((np.log(t) - loc0[:, None] - f) / scale)
+
+    f_s = cdf(s)
+    den = ((1.0 - f_s) * weight).sum(axis=1)
+    out = np.empty((len(loc0), len(horizons)))
+    for j, h in enumerate(horizons):
+        out[:, j] = ((cdf(s + float(h)) - f_s) * weight).sum(axis=1) / den
+    return out
 
 
 def truth_location(truth: pd.DataFrame, scale: float) -> np.ndarray:
@@ -869,7 +926,9 @@ def simulate(
             **{f"risk_{h}d": risk[:, i] for i, h in enumerate(HORIZONS)},
         }
     )
-    return SimulationResult(cohort, truth, p, int(seed), end)
+    latent = pd.DataFrame({"patient_id": ids, "frailty": pat.frailty, "depth": pat.depth,
+                           "response_logit_rest": pat.response_logit_rest})
+    return SimulationResult(cohort, truth, p, int(seed), end, latent)
 
 
 def _patient_ids(n: int) -> np.ndarray:

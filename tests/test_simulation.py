@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date
 from pathlib import Path
 
@@ -461,3 +462,47 @@ def test_write_simulation_round_trips_truth(tmp_path: Path, sim_small: Simulatio
     assert list(t.columns) == list(TRUTH_COLUMNS)
     assert len(t) == len(sim_small.truth)
     np.testing.assert_allclose(t[RISKS], sim_small.truth[RISKS], atol=1e-6)
+
+
+def test_depth_oracle_matches_numerical_integration() -> None:
+    """The depth oracle's quadrature against scipy's adaptive integral over the frailty.
+
+    P(T <= s + h | T > s, depth) = E[F(s+h|f) - F(s|f)] / E[1 - F(s|f)] with f
+    normal given the depth and weighted by the response odds expit(r + c f).
+    """
+    from scipy.integrate import quad
+    from scipy.special import expit
+    from scipy.stats import norm
+
+    from forecast.simulation import depth_oracle_risk
+
+    res = simulate(400, 11)
+    p = res.params
+    truth = res.truth.merge(res.latent, on="patient_id").iloc[:6]
+    loc = truth_location(truth, p.wane_scale)
+    since = np.array([0.0, 5.0, 12.0, 30.0, 60.0, 3.0])
+    got = depth_oracle_risk(loc, truth["frailty"], truth["depth"],
+                            truth["response_logit_rest"], p, (7, 28, 84), since)
+    sd, rho = p.frailty_sd, p.depth_frailty_corr
+    for i in range(len(truth)):
+        loc0 = loc[i] - truth["frailty"].iloc[i]
+        mu, s_f = sd * rho * truth["depth"].iloc[i], sd * np.sqrt(1 - rho**2)
+        r = truth["response_logit_rest"].iloc[i]
+
+        def cdf(t: float, f: float, loc0: float = loc0) -> float:
+            return 0.0 if t <= 0 else float(expit((np.log(t) - loc0 - f) / p.wane_scale))
+
+        def weight(f: float, mu: float = mu, s_f: float = s_f, r: float = r) -> float:
+            return norm.pdf(f, mu, s_f) * expit(r + p.response_frailty * f)
+
+        lim = (mu - 10 * s_f, mu + 10 * s_f)
+        den = quad(lambda f, i=i: (1 - cdf(since[i], f)) * weight(f), *lim)[0]
+        for j, h in enumerate((7, 28, 84)):
+            num = quad(lambda f, i=i, h=h: (cdf(since[i] + h, f) - cdf(since[i], f))
+                       * weight(f), *lim)[0]
+            assert got[i, j] == pytest.approx(num / den, abs=1e-8)
+    # a frailty known exactly (SD -> 0 via rho = 1 and depth = frailty / sd) is the oracle
+    exact = depth_oracle_risk(loc, truth["frailty"], truth["frailty"] / sd,
+                              truth["response_logit_rest"],
+                              dataclasses.replace(p, depth_frailty_corr=1.0), (7, 28, 84), since)
+    assert np.allclose(exact, true_risk(loc, p.wane_scale, (7, 28, 84), since), atol=1e-12)
