@@ -72,14 +72,16 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
     }
     print("per seed, first forecast point (AUC gap = oracle - model)")
-    print(f"{'seed':>6} {'family':>12} {'AUC28':>6} {'oracle':>6} {'gap':>6} {'ICI28':>6} "
-          f"{'ICI56':>6}  targets met")
+    print(f"{'seed':>6} {'family':>12} {'AUC28':>6} {'oracle':>6} {'gap':>6} {'gap 95%':>13} "
+          f"{'ICI28':>6} {'ICI56':>6} {'ICI56 95%':>13}  targets met")
     for r in runs:
         t, c = r["targets"], r["checks"]
         met = [k for k, v in c.items() if v is True or (isinstance(v, dict) and all(v.values()))]
         print(f"{r['seed']:>6} {r['family']:>12} {_f(t.get('auc28_model')):>6} "
               f"{_f(t.get('auc28_oracle')):>6} {_f(t.get('auc28_gap_to_oracle')):>6} "
-              f"{_f(t.get('ici28_model')):>6} {_f(t.get('ici56_model')):>6}  "
+              f"{_ci(t.get('auc28_gap_to_oracle_ci95')):>13} "
+              f"{_f(t.get('ici28_model')):>6} {_f(t.get('ici56_model')):>6} "
+              f"{_ci(t.get('ici56_model_ci95')):>13}  "
               f"{len(met)}/{len(c)}" + ("" if len(met) == len(c) else
                                         "  missed: " + ", ".join(k for k in c if k not in met)))
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -178,6 +180,15 @@ def _print(result: dict, args: argparse.Namespace) -> None:
             print(f"{name:<7} {_f(r['harrell_c']):>8} {_f(r['uno_c']):>6} {_f(r['ibs'], 4):>6} "
                   f"{_f(r['auc_28d']):>6} {_f(r['ici_28d']):>6} {_f(r['ici_56d']):>6}")
     print("checks (first forecast point):", json.dumps(result["checks"]))
+    t = result["targets"]
+    cis = [f"{k}: {_f(t[k + '_ci95'][0])}-{_f(t[k + '_ci95'][1])}"
+           for k in ("auc28_gap_to_oracle", "ici28_model", "ici56_model") if k + "_ci95" in t]
+    if cis:
+        print("95% intervals (patient bootstrap of the out-of-fold predictions):", "; ".join(cis))
+
+
+def _ci(v: list[float] | None) -> str:
+    return "-" if not v else f"{v[0]:.3f}-{v[1]:.3f}"
 
 
 def _f(v: float | None, digits: int = 3) -> str:

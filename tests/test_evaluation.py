@@ -148,10 +148,20 @@ def test_evaluate_writes_report(report, trained_registry) -> None:
     assert m["targets"]["evaluated_at"].startswith("first forecast point")
     assert "auc28_gap_to_oracle" in m["targets"]
     assert "auc28_model" in m["targets"]["episode_start"]
+    # 95 % intervals of the headline figures (default --ci-reps) bracket the point estimates
+    boot = fp["bootstrap"]
+    assert boot["reps"] == ev.DEFAULT_CI_REPS
+    assert boot["unit"] == "patient"
+    t = m["targets"]
+    for key in ("auc28_model", "ici28_model", "auc28_gap_to_oracle"):
+        lo, hi = t[f"{key}_ci95"]
+        assert lo <= hi
+        assert lo - 0.02 <= t[key] <= hi + 0.02, key
     assert m["holdout"]["forecast_point"]["models"]["model"]["overall"]["n"] > 0
     assert m["holdout"]["models"]["model"]["overall"]["n"] > 0
     assert m["policy"] == {"table": [{"schedule": "fixed 28d", "waned_days": 1.0}]}
     html = (report / "report.html").read_text()
+    assert "auc28_model_ci95" in html
     assert "data:image/png;base64," in html
     assert "<p id='pol'>replay</p>" in html
     assert "first forecast point" in html
@@ -252,3 +262,44 @@ def test_a_foreign_truth_file_is_treated_as_real_data(trained_registry, tmp_path
     assert "is not a truth file of `forecast simulate`" in result.output
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["cv"]["models"]) == {"model", "cox", "km"}
+
+
+def test_patient_resampler_keeps_each_patients_rows_together() -> None:
+    patients = np.array(["c", "a", "b", "a", "c", "c", "d"], dtype=object)
+    draw = ev._patient_resampler(patients, seed=3)
+    again = ev._patient_resampler(patients, seed=3)
+    for _ in range(20):
+        idx = draw()
+        assert np.array_equal(idx, again())  # seeded
+        drawn = pd.Series(patients[idx]).value_counts()
+        size = pd.Series(patients).value_counts()
+        # every drawn patient comes with all of its rows, a whole number of times
+        for pid, n in drawn.items():
+            assert n % size[pid] == 0
+        assert drawn.sum() == len(idx)
+        assert set(idx[patients[idx] == "c"]) in (set(), {0, 4, 5})
+
+
+def test_headline_bootstrap_pairs_the_oracle_and_groups_by_patient() -> None:
+    """Paired resamples: an oracle equal to the model gives a gap of exactly 0. Rows of
+    one patient move together: duplicating every patient's row widens the interval by
+    about sqrt(2) against treating the copies as separate patients."""
+    t, e, rate = _exp_data(500, 4, censor=True)
+    h = np.array([7, 14, 28, 56, 84], dtype=float)
+    risk = 1.0 - np.exp(-rate[:, None] * h[None, :])
+    lo = np.where(e, np.maximum(t - 3.0, 0.0), t)
+    up = np.where(e, t + 3.0, np.inf)
+    pid = np.array([f"p{i}" for i in range(len(t))], dtype=object)
+    b = ev.headline_bootstrap(lo, up, risk, pid, h.astype(int), oracle=risk, reps=20, seed=1)
+    assert b["auc28_gap_to_oracle"] == [0.0, 0.0]
+    assert b["auc28"][0] < b["auc28"][1]
+    assert b["ici28"][0] < b["ici28"][1]
+    assert ev.headline_bootstrap(lo, up, risk, pid, h.astype(int), reps=0) is None
+    two = np.r_[pid, pid]
+    lo2, up2, risk2 = np.r_[lo, lo], np.r_[up, up], np.r_[risk, risk]
+    together = ev.headline_bootstrap(lo2, up2, risk2, two, h.astype(int), reps=200, seed=2,
+                                     with_ici=False)
+    apart = ev.headline_bootstrap(lo2, up2, risk2, np.arange(len(two)), h.astype(int),
+                                  reps=200, seed=2, with_ici=False)
+    ratio = np.diff(together["auc28"])[0] / np.diff(apart["auc28"])[0]
+    assert 1.15 < ratio < 1.75
