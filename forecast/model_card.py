@@ -270,6 +270,16 @@ def _metrics_md(metrics: dict[str, Any]) -> list[str]:
                   "episodes; risk within h days after that date, static models conditioned on "
                   "survival to it):", ""]
         lines += _model_rows(fp["models"], horizons)
+        boot = fp.get("bootstrap") or {}
+        cis = [f"{label} {_fmt(boot[key][0])}-{_fmt(boot[key][1])}"
+               for key, label in (("auc28", "AUC 28d"), ("ici28", "ICI 28d"),
+                                  ("ici56", "ICI 56d"), ("auc28_gap_to_oracle",
+                                                         "AUC 28d gap to the oracle"))
+               if key in boot]
+        if cis:
+            lines += ["", f"95 % intervals of the model's headline figures ({boot['reps']} "
+                      "patient-level bootstrap resamples of the out-of-fold predictions): "
+                      + "; ".join(cis) + "."]
         lines += [""]
     lines += [f"Patient-grouped {cv.get('folds')}-fold cross-validation at episode start "
               f"({cv.get('n_episodes')} episodes; before the response is known):", ""]

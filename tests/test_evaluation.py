@@ -169,6 +169,7 @@ def test_evaluate_writes_report(report, trained_registry) -> None:
     assert "cross-validation" in card
     assert card.index("first forecast point") < card.index("at episode start")
     assert "| model | Harrell C |" in card
+    assert "95 % intervals of the model's headline figures" in card
 
 
 def test_evaluate_refuses_foreign_model(trained_registry, tmp_path) -> None:
