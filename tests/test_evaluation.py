@@ -304,3 +304,34 @@ def test_headline_bootstrap_pairs_the_oracle_and_groups_by_patient() -> None:
                                   reps=200, seed=2, with_ici=False)
     ratio = np.diff(together["auc28"])[0] / np.diff(apart["auc28"])[0]
     assert 1.15 < ratio < 1.75
+
+
+def test_km_pseudo_risk_equals_brute_force_leave_one_out() -> None:
+    """Exact jackknife pseudo-observations, checked against refitting KM without each row
+    (lifelines, independent of our product-limit code); ties and censoring included."""
+    from lifelines import KaplanMeierFitter
+
+    rng = np.random.default_rng(5)
+    t = np.round(rng.exponential(30, 80))  # rounded: ties
+    e = rng.random(80) < 0.7
+    for h in (10.0, 28.0, 200.0):
+        def km(tt, ee, h=h):
+            return 1.0 - float(KaplanMeierFitter().fit(tt, ee).survival_function_at_times(h)
+                               .iloc[0])
+        full = km(t, e)
+        brute = np.array([80 * full - 79 * km(np.delete(t, i), np.delete(e, i))
+                          for i in range(80)])
+        got = ev.km_pseudo_risk(t, e, h)
+        assert np.allclose(got, brute, atol=1e-10)
+        assert np.mean(got) == pytest.approx(full, abs=5e-3)
+
+
+def test_pseudo_smoother_matches_km_in_the_large_and_finds_miscalibration() -> None:
+    t, e, rate = _exp_data(3000, 8, censor=True)
+    true = 1.0 - np.exp(-rate * 28.0)
+    obs = ev.pseudo_observed(t, e, true, 28.0)
+    assert np.mean(obs) == pytest.approx(ev.km_risk(t, e, 28.0), abs=2e-3)
+    good = ev.calibration(t, e, true, 28.0)["ici_pseudo"]
+    bad = ev.calibration(t, e, np.clip(true * 1.6, 0, 1), 28.0)["ici_pseudo"]
+    assert good < 0.02
+    assert bad > 0.08
