@@ -560,6 +560,12 @@ def _lifelines_fitters() -> dict[str, Any]:
 _SEEDED: dict[str, Any] = {}
 
 
+def _zero_layout(self: Any, Ts: Any, E: Any, entries: Any, weights: Any,
+                 Xs: Any) -> dict[str, np.ndarray]:
+    """The parameters' layout with zeros (lifelines' ``ParametricRegressionFitter``'s)."""
+    return {name: np.zeros(len(Xs[name].columns)) for name in self._fitted_parameter_names}
+
+
 def _seeded_fitters() -> dict[str, Any]:
     """lifelines AFT fitters that take the caller's start as it is.
 
@@ -576,13 +582,8 @@ def _seeded_fitters() -> dict[str, Any]:
     """
     if not _SEEDED:
         for family, cls in _lifelines_fitters().items():
-            def _layout(self: Any, Ts: Any, E: Any, entries: Any, weights: Any,
-                        Xs: Any) -> dict[str, np.ndarray]:
-                return {name: np.zeros(len(Xs[name].columns))
-                        for name in self._fitted_parameter_names}
-
             name = f"Seeded{cls.__name__}"
-            sub = type(name, (cls,), {"_create_initial_point": _layout,
+            sub = type(name, (cls,), {"_create_initial_point": _zero_layout,
                                       "__module__": __name__, "__qualname__": name})
             globals()[name] = sub
             _SEEDED[family] = sub
