@@ -699,8 +699,10 @@ class Bundle:
         (row-major (n, k + 1) with strided column slices took three times as
         long at 10,000 rows); the result is its transpose, an (n, k) view.
         """
-        eta, g = self._aft_params(z, which)
         n, k = len(z), times.size
+        if n == 0:  # no rows: the reductions below have no identity
+            return np.empty((0, k))
+        eta, g = self._aft_params(z, which)
         t = np.empty((k + 1, n))
         np.add(times[:, None], base, out=t[:k])
         t[k] = cond

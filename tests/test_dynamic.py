@@ -502,3 +502,14 @@ def test_far_tail_never_reads_as_no_risk(which: str, request, sim) -> None:
     assert np.all(risk[entry == 0.0] == 1.0)
     assert np.all(risk[entry > 0.0] < 1.0)
     assert np.all(np.diff(risk, axis=1) >= 0.0)
+
+
+@pytest.mark.parametrize("family", AFT_FAMILIES)
+def test_no_rows_give_an_empty_answer(family: str, weib, sim) -> None:
+    """An empty frame (no patient to forecast) is an empty (0, k) answer, not an error."""
+    b = weib.to_bundle()
+    bundle = Bundle(b.kind, family, b.time_origin, b.horizons, b.encoder, b.arrays, b.meta)
+    empty = mixed_rows(sim).iloc[:0]
+    assert bundle.predict_risk(empty, H).shape == (0, len(H))
+    lo, hi = bundle.predict_risk_band(empty, H)
+    assert lo.shape == hi.shape == (0, len(H))
