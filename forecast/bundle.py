@@ -446,8 +446,11 @@ def _tail_log_ratio(family: str, y_t: np.ndarray, y_c: np.ndarray) -> np.ndarray
     Weibull: ``u_c - u_t = -e^{y_t} (1 - e^{y_c - y_t})``, which is -inf (S ratio
     0) far in the tail unless t = c (ratio 1). Log-logistic:
     ``softplus(y_c) - softplus(y_t)``, whose hazard falls like rho / t, so a late
-    entry still leaves a finite ratio of about (c / t)^rho.
+    entry still leaves a finite ratio of about (c / t)^rho. Log-normal (``y`` the
+    standardised log time): ``log_ndtr(-y_t) - log_ndtr(-y_c)``.
     """
+    if family == "lognormal":
+        return np.minimum(log_ndtr(-y_t) - log_ndtr(-y_c), 0.0)
     d = np.minimum(y_c - y_t, 0.0)
     if family == "weibull":
         with np.errstate(divide="ignore", over="ignore"):
@@ -612,17 +615,7 @@ class Bundle:
         """log S(t) for rows of ``z`` at times ``t`` (n, k); ``which`` = bootstrap index."""
         a = self.arrays
         if self.family in AFT_FAMILIES:
-            if which is None:
-                coef, b0, g = a["coef"], float(a["intercept"]), float(a["ancillary"])
-                gamma = a.get("anc_coef")
-            else:
-                coef = a["boot_coef"][which]
-                b0, g = float(a["boot_intercept"][which]), float(a["boot_ancillary"][which])
-                gamma = a["boot_anc_coef"][which] if "boot_anc_coef" in a else None
-            eta = b0 + z @ coef
-            if gamma is not None and gamma.size:
-                # the shape parameter depends on a few covariates (e.g. time since the start)
-                g = (g + z[:, a["anc_index"].astype(np.intp)] @ gamma)[:, None]
+            eta, g = self._aft_params(z, which)
             return aft_log_survival(self.family, _safe_log(t), eta[:, None], g)
         if self.family == "cox":
             if which is None:
@@ -717,26 +710,41 @@ class Bundle:
         scale = np.exp(g)
         if isinstance(scale, np.ndarray):
             scale = scale.reshape(-1)  # per-row shape (n, 1) -> broadcast over times
-        if self.family == "lognormal":
+        lognormal = self.family == "lognormal"
+        if lognormal:
             y /= scale
-            # S = Phi(-y): the ratio of two ndtr values (relative error about 1e-13
-            # up to y = 30, where Phi(-y) is still 5e-198), which costs 0.6 of
-            # log_ndtr; rows reaching y >= 30 are redone in log space.
-            jmax = int(times.argmax())
-            far = (y[jmax] >= 30.0) | (y[k] >= 30.0)
-            tail = None
-            if far.any():
-                ls = log_ndtr(-y[:, far])
-                tail = np.minimum(ls[:k] - ls[k], 0.0)
-                y[:, far] = 0.0
+        else:
+            y *= scale
+        # Rows far in the tail are redone in log space (_tail_log_ratio): u = e^y
+        # overflows a double for y > 709.8; Phi(-y) leaves ndtr's accurate range past
+        # y = 30 (5e-198). y rises with t in each row, so the entry and the last time
+        # decide. Their placeholders keep the fast forms below finite.
+        limit = 30.0 if lognormal else 700.0
+        jmax = int(times.argmax())
+        big = tail = None
+        if max(y[k].max(), y[jmax].max()) >= limit:
+            big = (y[k] >= limit) | (y[jmax] >= limit)
+            tail = _tail_log_ratio(self.family, y[:k, big], y[k, big])
+            y[:, big] = 0.0
+        out = y[:k]
+        if lognormal:  # S = Phi(-y); ndtr costs 0.6 of log_ndtr (relative error ~1e-13)
             np.negative(y, out=y)
-            sv = ndtr(y, out=y)
-            out = sv[:k]
-            np.divide(out, sv[k], out=out)
+            ndtr(y, out=y)
+            np.divide(out, y[k], out=out)
             np.minimum(out, 1.0, out=out)
-            if tail is not None:
-                out[:, far] = np.exp(tail)
-            return out.T
+        else:
+            np.exp(y, out=y)  # u = (t / e^eta)^rho
+            if self.family == "weibull":
+                np.subtract(y[k], out, out=out)
+                np.minimum(out, 0.0, out=out)
+                np.exp(out, out=out)
+            else:  # log-logistic: S = 1 / (1 + u)
+                y += 1.0
+                np.divide(y[k], out, out=out)
+                np.minimum(out, 1.0, out=out)
+        if tail is not None:
+            out[:, big] = np.exp(tail)
+        return out.T
         y *= scale
         # u = e^y overflows a double for y > 709.8. Rows with y >= 700 at the entry
         # or at the last time (the largest per row) are redone in log space below;
