@@ -745,29 +745,6 @@ class Bundle:
         if tail is not None:
             out[:, big] = np.exp(tail)
         return out.T
-        y *= scale
-        # u = e^y overflows a double for y > 709.8. Rows with y >= 700 at the entry
-        # or at the last time (the largest per row) are redone in log space below;
-        # the others, all rows of any realistic model, take the fast forms.
-        # (y rises with t in each row, so no other time of a row can overflow.)
-        tail = None
-        if max(y[k].max(), y[int(times.argmax())].max()) >= 700.0:
-            big = (y[k] >= 700.0) | (y[int(times.argmax())] >= 700.0)
-            tail = _tail_log_ratio(self.family, y[:k, big], y[k, big])
-            y[:, big] = 0.0  # placeholders: the fast forms below then never overflow
-        out = y[:k]
-        np.exp(y, out=y)  # u = (t / e^eta)^rho
-        if self.family == "weibull":
-            np.subtract(y[k], out, out=out)
-            np.minimum(out, 0.0, out=out)
-            np.exp(out, out=out)
-        else:  # log-logistic: S = 1 / (1 + u)
-            y += 1.0
-            np.divide(y[k], out, out=out)
-            np.minimum(out, 1.0, out=out)
-        if tail is not None:
-            out[:, big] = np.exp(tail)
-        return out.T
 
     # ------------------------------------------------------------------ prediction
     def predict_survival(
