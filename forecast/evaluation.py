@@ -38,12 +38,13 @@ because it wants higher = longer survival), Uno's C (scikit-survival
 (``cumulative_dynamic_auc``) and Brier score (``brier_score``) at each
 horizon, the integrated Brier score over the horizons (``integrated_brier_score``,
 trapezoid over 7..84 days), and per horizon calibration: ICI, E50 and E90
-(Austin, Harrell & van Klaveren 2020: a Cox model of the outcome on a
-restricted cubic spline of ``log(-log(1 - predicted risk))`` gives the
-smoothed observed risk; ICI is the mean absolute difference between predicted
-and smoothed observed risk), calibration-in-the-large (Turnbull observed risk
-minus mean predicted risk) and a decile calibration plot (Kaplan-Meier
-observed risk per decile of predicted risk). The same metrics are reported by
+(Austin, Harrell & van Klaveren 2020: a Cox model of the outcome, with the
+follow-up censored at the horizon, on a restricted cubic spline of
+``log(-log(1 - predicted risk))`` gives the smoothed observed risk; ICI is the
+mean absolute difference between predicted and smoothed observed risk),
+calibration-in-the-large (Turnbull observed risk minus mean predicted risk)
+and a decile calibration plot (Kaplan-Meier observed risk per decile of
+predicted risk). The same metrics are reported by
 sex, age band and diagnosis (fairness).
 """
 
@@ -267,10 +268,22 @@ def _rcs_basis(x: np.ndarray, knots: np.ndarray) -> np.ndarray:
 
 def smoothed_observed(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: float
                       ) -> np.ndarray | None:
-    """Austin et al. (2020) smoothed observed risk at ``h`` for each row (None if not estimable)."""
+    """Austin et al. (2020) smoothed observed risk at ``h`` for each row (None if not estimable).
+
+    The follow-up is administratively censored at ``h`` before the Cox
+    hazard regression is fitted, as in the STRATOS guidance for validating a
+    prediction at a fixed horizon (McLernon et al. 2023): the risk at ``h``
+    then depends on no assumption about the hazards after ``h``. Fitted on
+    the whole follow-up, the proportional-hazards assumption over all time
+    pulled the smoothed 56-day risk about 0.03 below Kaplan-Meier on
+    simulated cohorts (README, "Calibration at 56 days").
+    """
     from lifelines import CoxPHFitter
 
     risk_h = np.clip(np.asarray(risk_h, float), 1e-6, 1 - 1e-6)
+    time = np.asarray(time, dtype=float)
+    event = np.asarray(event, dtype=bool) & (time <= h)
+    time = np.minimum(time, h)
     if event.sum() < 10 or len(time) < 30:
         return None
     cll = np.log(-np.log(1.0 - risk_h))

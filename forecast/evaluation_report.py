@@ -216,6 +216,7 @@ def render(metrics: dict[str, Any], *, policy_html: str | None = None) -> str:
     parts += ["<h2>Method</h2>", f"<p class='note'>{_fmt(metrics.get('conversion'))}</p>",
               "<p class='note'>Harrell's C ranks by the 28-day risk; Uno's C is truncated at the "
               "longest horizon; AUC and Brier are IPCW (scikit-survival); ICI/E50/E90 follow "
-              "Austin, Harrell &amp; van Klaveren (2020); CITL = Turnbull observed risk minus "
-              "mean predicted risk.</p>", "</body></html>"]
+              "Austin, Harrell &amp; van Klaveren (2020), the follow-up censored at each "
+              "horizon; CITL = Turnbull observed risk minus mean predicted risk.</p>",
+              "</body></html>"]
     return "\n".join(parts)
