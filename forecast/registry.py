@@ -342,6 +342,20 @@ class LoadedModel:
         """Population (Turnbull) survival curve of the training episodes, if stored."""
         return self.card.get("population_curve")
 
+    @property
+    def covariates(self) -> tuple[str, ...]:
+        """Extra patient covariates the model was trained with (``--covariate``), in order.
+
+        Loading data for it must declare them (``load_cohort(..., covariates=...)``).
+        """
+        from forecast.features import FEATURES
+
+        encoder = self.bundle.encoder
+        if encoder is None:
+            return ()
+        known = set(FEATURES.numeric)
+        return tuple(c for c in encoder.numeric if c not in known and not c.endswith("_missing"))
+
 
 def _read_json(path: Path) -> Any:
     try:

@@ -110,9 +110,25 @@ class ModelState:
 
     # ------------------------------------------------------------------ loading
     def _load(self, ref: str) -> Any:
+        """Load ``ref`` from the registry, refusing a version the service cannot feed.
+
+        A model trained with declared covariates (``forecast train --covariate``)
+        needs patient columns that the service's store does not hold (it keeps
+        the data contract's patient columns), so each of its forecasts would
+        fail; such a version is refused like a damaged one, naming the
+        covariates. ``forecast predict`` and ``forecast evaluate`` use it offline.
+        """
         from forecast import registry
 
-        return registry.load(ref, self.models_dir)
+        loaded = registry.load(ref, self.models_dir)
+        if loaded.covariates:
+            raise registry.RegistryError(
+                f"version {loaded.version} was trained with declared covariates "
+                f"({', '.join(loaded.covariates)}) that the service does not store; "
+                "it serves models trained without --covariate "
+                "(use forecast predict for this one)"
+            )
+        return loaded
 
     def _newest_valid(self) -> Any:
         """The newest version that verifies (a damaged latest one is skipped, and logged)."""

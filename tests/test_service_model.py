@@ -106,3 +106,36 @@ def test_other_workers_follow_a_reload_through_the_store(
     _new_version(models)
     late = make_app(models=models, database=database)
     assert late.extensions["kap_model"].version == second
+
+
+def test_model_with_declared_covariates_is_refused_with_their_names(
+    make_app: AppFactory, models: Path, tmp_path: Path
+) -> None:
+    # The store keeps the contract's patient columns only, so a model that reads a
+    # declared covariate could not forecast anybody there: it must not go live.
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from forecast import registry
+    from forecast.cli import main
+
+    first = registry.list_versions(models)[-1]
+    c = client_for(make_app(models=models))
+    folder = tmp_path / "clinic"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "data" / "demo", folder)
+    patients = pd.read_csv(folder / "patients.csv")
+    patients["bmi"] = 20.0 + (patients.index % 15)
+    patients.to_csv(folder / "patients.csv", index=False)
+    trained = CliRunner().invoke(
+        main, ["train", str(folder), "--models", str(models), "--covariate", "bmi"])
+    assert trained.exit_code == 0, trained.output
+    second = trained.stdout.strip().splitlines()[-1]
+    assert "service refuses it" in trained.stderr
+    assert registry.load(second, models).covariates == ("bmi",)  # offline use is unaffected
+
+    problem = assert_problem(c.post("/api/v1/model/reload", role="admin"), 409)
+    assert "bmi" in problem["detail"]
+    assert f"version {first} stays live" in problem["detail"]
+    assert c.get("/api/v1/model").json["version"] == first
+    # A worker starting now serves the newest version it can feed.
+    assert make_app(models=models).extensions["kap_model"].version == first

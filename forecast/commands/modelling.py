@@ -118,6 +118,13 @@ def train_command(data_dir: Path, models_opt: Path | None, kind: str, n_bootstra
         except (ModelFitError, ValueError) as exc:
             raise click.ClickException(f"training failed: {exc}") from exc
         bar.update()
+    if covariates:
+        click.echo(
+            f"note: this version uses declared covariates ({', '.join(covariates)}); "
+            "forecast predict and evaluate read them from the folder, but the service "
+            "refuses it (its store keeps the contract's patient columns only)",
+            err=True,
+        )
     click.echo(version)
 
 

@@ -17,18 +17,6 @@ COMMANDS: list[click.Command] = []
 CHUNK_PATIENTS = 2000
 
 
-def model_covariates(model: object) -> tuple[str, ...]:
-    """Extra patient covariates the model was trained with (declared when loading the data)."""
-    from forecast.features import FEATURES
-
-    bundle = getattr(model, "bundle", None)
-    encoder = getattr(bundle, "encoder", None)
-    if encoder is None:
-        return ()
-    known = set(FEATURES.numeric)
-    return tuple(c for c in encoder.numeric if c not in known and not c.endswith("_missing"))
-
-
 @click.command("predict")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
@@ -90,7 +78,7 @@ def predict_command(
     except registry.RegistryError as exc:
         raise click.ClickException(f"cannot load model {ref!r}: {exc}") from exc
     try:
-        cohort = load_cohort(folder, covariates=model_covariates(model))
+        cohort = load_cohort(folder, covariates=model.covariates)
     except ContractError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
