@@ -5,8 +5,9 @@
   authenticates with a JWT bearer token as the CDS Hooks specification
   describes (signed by the EHR; ``iss`` in the allow-list, ``aud`` = the URL
   of this service endpoint, ``exp`` at most 5 minutes ahead, ``jti`` never
-  seen before). Keys come from a configuration file (never fetched from the
-  token's ``jku``): see :class:`CdsClients`.
+  seen before by any worker: ``Store.claim_jti``). Keys come from a
+  configuration file (never fetched from the token's ``jku``): see
+  :class:`CdsClients`.
 
 Cards (they carry the same date and risks as the JSON forecast):
 
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -192,26 +192,6 @@ def load_clients(source: Any, base: Path | None = None) -> dict[str, CdsClient]:
     return clients
 
 
-class ReplayCache:
-    """``jti`` values seen until their token expires (per process)."""
-
-    def __init__(self) -> None:
-        self._seen: dict[tuple[str, str], float] = {}
-        self._lock = threading.Lock()
-
-    def check_and_add(self, iss: str, jti: str, exp: float) -> bool:
-        """True the first time ``(iss, jti)`` is presented; False on a replay."""
-        now = time.time()
-        with self._lock:
-            if len(self._seen) > 10000 or now > getattr(self, "_next_sweep", 0):
-                self._seen = {k: v for k, v in self._seen.items() if v >= now - LEEWAY_SECONDS}
-                self._next_sweep = now + 60
-            if (iss, jti) in self._seen:
-                return False
-            self._seen[(iss, jti)] = exp
-            return True
-
-
 @bp.record_once
 def _load_at_start(setup: Any) -> None:
     # Read the clients file when the app is built, so a broken file stops the
@@ -220,7 +200,7 @@ def _load_at_start(setup: Any) -> None:
 
 
 def _state(app: Any = None) -> dict[str, Any]:
-    """Clients, audience and replay cache of this app (loaded once)."""
+    """Clients and audience of this app (loaded once)."""
     app = app or current_app
     state = app.extensions.get("kap_cds")
     if state is None:
@@ -243,7 +223,7 @@ def _state(app: Any = None) -> dict[str, Any]:
             or os.environ.get("FORECAST_CDS_AUDIENCE")
             or doc_audience
         )
-        state = {"clients": clients, "audience": audience, "replay": ReplayCache()}
+        state = {"clients": clients, "audience": audience}
         app.extensions["kap_cds"] = state
     return state
 
@@ -310,7 +290,9 @@ def authenticate_ehr() -> Principal:
     now = time.time()
     if float(claims["exp"]) > now + MAX_LIFETIME_SECONDS + LEEWAY_SECONDS:
         raise _unauthorized("The token's exp is more than 5 minutes ahead; send a short-lived JWT.")
-    if not state["replay"].check_and_add(client.iss, str(claims["jti"]), float(claims["exp"])):
+    # Recorded in the store, so a replay to another worker or process is refused too.
+    store = current_app.extensions["kap_store"]
+    if not store.claim_jti(client.iss, str(claims["jti"]), float(claims["exp"]) + LEEWAY_SECONDS):
         raise _unauthorized("The token's jti was already used (replay).")
     return Principal(f"cds:{client.name}"[:128], "clinician")
 

@@ -121,6 +121,17 @@ audit = sa.Table(
     sa.Index(None, "time"),
 )
 
+#: CDS Hooks JWT ids already accepted, until their token expires: the replay check
+#: shared by every worker (``Store.claim_jti``). The key is a SHA-256 of the issuer
+#: and the jti, so no length limit of either reaches the database.
+cds_jti = sa.Table(
+    "cds_jti",
+    metadata,
+    sa.Column("jti_hash", sa.String(64), primary_key=True),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index(None, "expires_at"),
+)
+
 #: Small shared settings of the running service (one row per key), e.g. the
 #: live model version that every worker follows after a reload.
 service_state = sa.Table(

@@ -600,6 +600,35 @@ class Store:
         with self.read() as conn:
             return [_aware_times(dict(r._mapping)) for r in conn.execute(query).all()]
 
+    # ------------------------------------------------------------------ CDS replay check
+    def claim_jti(self, issuer: str, jti: str, keep_until: float) -> bool:
+        """Record a CDS Hooks JWT id; True the first time, False on a replay.
+
+        Shared by every worker and process on the store, so a token replayed to
+        another gunicorn worker is refused too. ``keep_until`` (epoch seconds)
+        is when the token can no longer pass the expiry check; the record is
+        deleted after it. One statement decides, ``INSERT ... ON CONFLICT DO
+        NOTHING``, so two workers racing on the same jti accept it once.
+        """
+        t = db.cds_jti
+        key = hashlib.sha256(f"{issuer}\x00{jti}".encode()).hexdigest()
+        until = dt.datetime.fromtimestamp(keep_until, dt.UTC)
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+
+        def work(conn: Connection) -> bool:
+            conn.execute(sa.delete(t).where(t.c.expires_at < utcnow()))
+            added = conn.execute(
+                insert(t).values(jti_hash=key, expires_at=until)
+                .on_conflict_do_nothing(index_elements=["jti_hash"])
+                .returning(t.c.jti_hash)  # no row on a conflict (rowcount is -1 on psycopg)
+            ).first()
+            return added is not None
+
+        return self.run_write(work)
+
     # ------------------------------------------------------------------ shared state
     def get_state(self, key: str) -> str | None:
         """A shared setting (e.g. ``live_model_version``), or None."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from types import SimpleNamespace
 
 import jwt
 import pytest
@@ -236,6 +237,23 @@ def test_missing_token_and_replayed_jti_are_rejected(cds_client):
     assert call(cds_client, hook("nobody"), tok).status_code == 200
     body = assert_problem(call(cds_client, hook("nobody"), tok), 401)
     assert "replay" in body["detail"]
+
+
+def test_a_jti_replayed_to_another_worker_is_rejected(make_app, database):
+    # Two apps on one database stand for two gunicorn workers (or two hosts):
+    # the replay record is in the store, not in one process's memory.
+    config = {
+        "KAP_CDS_CLIENTS": {"clients": [{"iss": CDS_ISS, "secret": CDS_SECRET,
+                                         "algorithms": ["HS256"]}]},
+        "KAP_CDS_AUDIENCE": CDS_AUDIENCE,
+    }
+    worker_a = SimpleNamespace(http=make_app(database=database, **config).test_client())
+    worker_b = SimpleNamespace(http=make_app(database=database, **config).test_client())
+    tok = token()
+    assert call(worker_a, hook("nobody"), tok).status_code == 200
+    body = assert_problem(call(worker_b, hook("nobody"), tok), 401)
+    assert "replay" in body["detail"]
+    assert call(worker_b, hook("nobody"), token()).status_code == 200  # a new jti passes
 
 
 def test_rsa_token_signed_by_another_key_is_rejected(cds_client):

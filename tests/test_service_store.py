@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 
 import pandas as pd
 import pytest
@@ -22,7 +23,7 @@ def test_migrations_create_exactly_the_declared_tables(store: Store) -> None:
         diff = compare_metadata(ctx, db.metadata)
         revision = ctx.get_current_revision()
     assert diff == []
-    assert revision == "0001"
+    assert revision == "0002"
 
 
 def test_migrate_is_idempotent_and_safe_when_workers_start_together(database: Database) -> None:
@@ -41,8 +42,8 @@ def test_migrate_is_idempotent_and_safe_when_workers_start_together(database: Da
     for t in threads:
         t.join(timeout=60)
     try:
-        assert results == ["0001"] * 3
-        assert stores[0].migrate() == "0001"
+        assert results == ["0002"] * 3
+        assert stores[0].migrate() == "0002"
     finally:
         for st in stores:
             st.dispose()
@@ -166,3 +167,37 @@ def test_ping_reports_an_unreachable_database(tmp_path) -> None:
         assert st.ping() is False
     finally:
         st.dispose()
+
+
+def test_claim_jti_once_per_issuer_across_racing_stores_then_expires(database: Database) -> None:
+    stores = [Store(database.url, **database.engine_options) for _ in range(4)]
+    try:
+        stores[0].migrate()
+        later = time.time() + 300
+        results: list[object] = []
+        barrier = threading.Barrier(len(stores))
+
+        def claim(st: Store) -> None:
+            barrier.wait()
+            try:
+                results.append(st.claim_jti("https://ehr", "jti-1", later))
+            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                results.append(exc)
+
+        threads = [threading.Thread(target=claim, args=(st,)) for st in stores]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert sorted(results, key=str) == [False, False, False, True]
+        # the same jti from another issuer is another token
+        assert stores[1].claim_jti("https://other-ehr", "jti-1", later) is True
+        # a record whose token can no longer pass the expiry check is dropped
+        assert stores[2].claim_jti("https://ehr", "jti-2", time.time() - 1) is True
+        assert stores[3].claim_jti("https://ehr", "jti-2", later) is True
+        with stores[0].read() as conn:
+            kept = conn.execute(sa.select(sa.func.count()).select_from(db.cds_jti)).scalar()
+        assert kept == 3
+    finally:
+        for st in stores:
+            st.dispose()
