@@ -54,6 +54,26 @@ def metrics_table(models: dict[str, Any], horizons: list[int]) -> str:
     return _table(header, rows)
 
 
+def known_share_note(models: dict[str, Any], horizons: list[int]) -> str:
+    """How many rows' status at each horizon is known (waned by h or followed past h).
+
+    A calibration figure at a horizon that most rows do not reach (censored
+    before it, e.g. by the next booster) rests on the rows that do, and
+    assumes that their censoring says nothing about their waning given the
+    prediction; the note puts that share beside the plot.
+    """
+    main = models.get("model") or next(iter(models.values()), None)
+    by_h = ((main or {}).get("overall") or {}).get("by_horizon", {})
+    shares = [(h, by_h.get(str(h), {}).get("share_known")) for h in horizons]
+    if not any(v is not None for _, v in shares):
+        return ""
+    listed = ", ".join(f"{h} d {_fmt(v, 2)}" for h, v in shares)
+    return ("<p class='note'>Share of rows whose status at h is known (waned by h, or "
+            f"followed past h): {listed}. Where it is small, the observed risk at h rests "
+            "on the rows that reach h, and its calibration figures assume that being "
+            "censored before h says nothing about waning given the prediction.</p>")
+
+
 def calibration_plot(models: dict[str, Any], horizons: list[int]) -> str:
     """Decile calibration points per model and the smoothed curve of the main model."""
     import matplotlib
@@ -153,6 +173,7 @@ def render(metrics: dict[str, Any], *, policy_html: str | None = None) -> str:
                       metrics_table({**fp["on_oracle_episodes"],
                                      "oracle": fp["models"]["oracle"]}, horizons)]
         parts += ["<h3>Calibration at the first forecast point</h3>",
+                  known_share_note(fp["models"], horizons),
                   calibration_plot(fp["models"], horizons),
                   horizon_plot(fp["models"], horizons, "auc", "time-dependent AUC")]
         if "targets" in metrics:
@@ -180,7 +201,8 @@ def render(metrics: dict[str, Any], *, policy_html: str | None = None) -> str:
                       "oracle</h3>",
                       metrics_table({**cv["on_oracle_episodes"],
                                      "oracle": cv["models"]["oracle"]}, horizons)]
-        parts += ["<h3>Calibration</h3>", calibration_plot(cv["models"], horizons),
+        parts += ["<h3>Calibration</h3>", known_share_note(cv["models"], horizons),
+                  calibration_plot(cv["models"], horizons),
                   horizon_plot(cv["models"], horizons, "auc", "time-dependent AUC"),
                   horizon_plot(cv["models"], horizons, "brier", "Brier score")]
         if "targets" in metrics and "episode_start" in metrics["targets"]:

@@ -186,6 +186,11 @@ def test_evaluate_writes_report(report, trained_registry) -> None:
     assert "data:image/png;base64," in html
     assert "<p id='pol'>replay</p>" in html
     assert "first forecast point" in html
+    # beside each calibration plot: how many rows reach each horizon (metrics.json's share)
+    share56 = fp["models"]["model"]["overall"]["by_horizon"]["56"]["share_known"]
+    assert 0 < share56 < 1
+    assert "followed past h): 7 d " in html
+    assert f"56 d {share56:.2f}" in html
     card = (report / "model_card.md").read_text()
     assert "cross-validation" in card
     assert card.index("first forecast point") < card.index("at episode start")
