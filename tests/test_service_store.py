@@ -201,3 +201,28 @@ def test_claim_jti_once_per_issuer_across_racing_stores_then_expires(database: D
     finally:
         for st in stores:
             st.dispose()
+
+
+def test_a_store_at_revision_0001_upgrades_to_0002_and_keeps_its_rows(database: Database) -> None:
+    # A production database created before the shared replay check: the next start
+    # migrates it in place.
+    from alembic import command
+    from alembic.config import Config
+
+    from service.store import MIGRATIONS_DIR
+
+    st = Store(database.url, **database.engine_options)
+    try:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with st.write() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0001")
+        assert "cds_jti" not in sa.inspect(st.engine).get_table_names()
+        st.create_token("dr-old", "clinician")
+        assert st.migrate() == "0002"
+        assert [t["name"] for t in st.list_tokens()] == ["dr-old"]
+        assert st.claim_jti("https://ehr", "after-upgrade", time.time() + 60) is True
+        assert st.claim_jti("https://ehr", "after-upgrade", time.time() + 60) is False
+    finally:
+        st.dispose()
