@@ -179,6 +179,10 @@ def build_card(
             "the event is only seen at assessments; its time is known to lie between visits",
             "drop-out may be informative (heavy in ketamine clinics); censoring is assumed "
             "non-informative given the features",
+            "an episode ends at the next session, so few episodes are followed to the long "
+            "horizons where clinics book boosters on a schedule: calibration at 56 days and "
+            "beyond rests on the patients who reach them (see the report's share of rows "
+            "whose status is known at each horizon)",
             "forecasts are decision support for a clinician, never a clearance",
         ],
         "software": environment,
