@@ -276,7 +276,7 @@ def smoothed_observed(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h
     then depends on no assumption about the hazards after ``h``. Fitted on
     the whole follow-up, the proportional-hazards assumption over all time
     pulled the smoothed 56-day risk about 0.03 below Kaplan-Meier on
-    simulated cohorts (README, "Calibration at 56 days").
+    simulated cohorts (README, "Calibration measured at the horizon").
     """
     from lifelines import CoxPHFitter
 
