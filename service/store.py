@@ -278,8 +278,8 @@ class Store:
         os.register_at_fork(after_in_child=_after_fork)
 
     # ------------------------------------------------------------------ lifecycle
-    def migrate(self) -> str | None:
-        """Apply the packaged Alembic migrations up to head (under a lock).
+    def migrate(self, target: str = "head") -> str | None:
+        """Apply the packaged Alembic migrations up to ``target`` (head; under a lock).
 
         Returns
         -------
@@ -300,7 +300,7 @@ class Store:
                     sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY}
                 )
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+            command.upgrade(cfg, target)
             return MigrationContext.configure(conn).get_current_revision()
 
         # Workers starting together on a fresh SQLite file can meet "database is

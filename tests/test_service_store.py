@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from collections.abc import Callable
 
 import pandas as pd
 import pytest
@@ -26,21 +27,30 @@ def test_migrations_create_exactly_the_declared_tables(store: Store) -> None:
     assert revision == "0002"
 
 
-def test_migrate_is_idempotent_and_safe_when_workers_start_together(database: Database) -> None:
-    stores = [Store(database.url, **database.engine_options) for _ in range(3)]
+def _together(call: Callable[[Store], object], stores: list[Store]) -> list[object]:
+    """``call(store)`` for every store in its own thread, started together; results or
+    exceptions, in completion order."""
     results: list[object] = []
+    barrier = threading.Barrier(len(stores))
 
-    def start(st: Store) -> None:
+    def run(st: Store) -> None:
+        barrier.wait()
         try:
-            results.append(st.migrate())
-        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            results.append(call(st))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted by the caller
             results.append(exc)
 
-    threads = [threading.Thread(target=start, args=(st,)) for st in stores]
+    threads = [threading.Thread(target=run, args=(st,)) for st in stores]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=60)
+    return results
+
+
+def test_migrate_is_idempotent_and_safe_when_workers_start_together(database: Database) -> None:
+    stores = [Store(database.url, **database.engine_options) for _ in range(3)]
+    results = _together(lambda st: st.migrate(), stores)
     try:
         assert results == ["0002"] * 3
         assert stores[0].migrate() == "0002"
@@ -174,21 +184,7 @@ def test_claim_jti_once_per_issuer_across_racing_stores_then_expires(database: D
     try:
         stores[0].migrate()
         later = time.time() + 300
-        results: list[object] = []
-        barrier = threading.Barrier(len(stores))
-
-        def claim(st: Store) -> None:
-            barrier.wait()
-            try:
-                results.append(st.claim_jti("https://ehr", "jti-1", later))
-            except Exception as exc:  # noqa: BLE001 - collected and asserted below
-                results.append(exc)
-
-        threads = [threading.Thread(target=claim, args=(st,)) for st in stores]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
+        results = _together(lambda st: st.claim_jti("https://ehr", "jti-1", later), stores)
         assert sorted(results, key=str) == [False, False, False, True]
         # the same jti from another issuer is another token
         assert stores[1].claim_jti("https://other-ehr", "jti-1", later) is True
@@ -206,18 +202,9 @@ def test_claim_jti_once_per_issuer_across_racing_stores_then_expires(database: D
 def test_a_store_at_revision_0001_upgrades_to_0002_and_keeps_its_rows(database: Database) -> None:
     # A production database created before the shared replay check: the next start
     # migrates it in place.
-    from alembic import command
-    from alembic.config import Config
-
-    from service.store import MIGRATIONS_DIR
-
     st = Store(database.url, **database.engine_options)
     try:
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-        with st.write() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "0001")
+        assert st.migrate("0001") == "0001"
         assert "cds_jti" not in sa.inspect(st.engine).get_table_names()
         st.create_token("dr-old", "clinician")
         assert st.migrate() == "0002"
