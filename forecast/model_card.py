@@ -284,6 +284,14 @@ def _metrics_md(metrics: dict[str, Any]) -> list[str]:
             lines += ["", f"95 % intervals of the model's headline figures ({boot['reps']} "
                       "patient-level bootstrap resamples of the out-of-fold predictions): "
                       + "; ".join(cis) + "."]
+        ref = (fp.get("calibrated_reference") or {}).get("by_horizon") or {}
+        refs = [f"{h} d {_fmt(r['ici_mean'])} (95th percentile {_fmt(r['ici_p95'])})"
+                for h, r in ref.items() if "ici_mean" in r]
+        if refs:
+            lines += ["", "ICI a perfectly calibrated model would read on the same rows "
+                      "(outcomes drawn from the model's own risk curves, censoring kept): "
+                      + "; ".join(refs) + ". A model ICI within that range shows no "
+                      "miscalibration these data can detect."]
         lines += [""]
     lines += [f"Patient-grouped {cv.get('folds')}-fold cross-validation at episode start "
               f"({cv.get('n_episodes')} episodes; before the response is known):", ""]

@@ -102,6 +102,89 @@ def test_ici_of_true_risks_from_a_model_without_proportional_hazards() -> None:
         assert obs.mean() == pytest.approx(ev.km_risk(t, e, h), abs=0.01)
 
 
+def _loglogistic_cohort(n: int, seed: int, booster_share: float):
+    """Log-logistic waning times, assessed weekly, censored as the simulated clinics do.
+
+    ``booster_share`` of the rows end at a booster 21-35 days in; the rest at
+    20-300 days. Returns (lower, upper, eta, rho) in the contract's interval form.
+    """
+    rng = np.random.default_rng(seed)
+    eta, rho = 4.0 + 0.8 * rng.normal(size=n), 1.6
+    wane = np.exp(eta) * (1.0 / rng.uniform(size=n) - 1.0) ** (1.0 / rho)
+    censor = np.where(rng.uniform(size=n) < booster_share, rng.uniform(21, 35, size=n),
+                      rng.uniform(20, 300, size=n))
+    upper = np.ceil(wane / 7.0) * 7.0  # the weekly assessment that shows the waning
+    seen = upper <= censor
+    lower = np.where(seen, upper - 7.0, np.floor(censor / 7.0) * 7.0)
+    return lower, np.where(seen, upper, np.inf), eta, rho
+
+
+def _ll_risk(eta: np.ndarray, rho: float, horizons) -> np.ndarray:
+    h = np.asarray(horizons, dtype=float)
+    return 1.0 - 1.0 / (1.0 + (h[None, :] / np.exp(eta)[:, None]) ** rho)
+
+
+def test_draws_from_a_risk_curve_reproduce_it() -> None:
+    rng = np.random.default_rng(4)
+    horizons = np.array([7.0, 14.0, 28.0, 56.0, 84.0])
+    risk = np.sort(rng.uniform(0, 0.9, size=(400, 5)), axis=1)
+    rows = np.repeat(risk, 250, axis=0)
+    t = ev._draw_from_risk_curve(rows, horizons, rng.uniform(size=len(rows)))
+    for j, h in enumerate(horizons):  # share waned by h = the mean predicted risk at h
+        assert np.mean(t <= h) == pytest.approx(risk[:, j].mean(), abs=0.005)
+    # between horizons the cumulative risk is linear: day 21 is halfway from 14 to 28
+    assert np.mean(t <= 21) == pytest.approx(risk[:, 1:3].mean(), abs=0.005)
+    assert np.mean(np.isinf(t)) == pytest.approx(1 - risk[:, -1].mean(), abs=0.005)
+
+
+def test_censoring_draws_follow_the_reverse_kaplan_meier() -> None:
+    from lifelines import KaplanMeierFitter
+
+    lower, upper, _, _ = _loglogistic_cohort(4000, 5, booster_share=0.5)
+    rng = np.random.default_rng(6)
+    c = ev._censoring_draws(lower, upper, rng)
+    cens = ~np.isfinite(upper)
+    assert np.array_equal(c[cens], lower[cens])  # a censored row keeps its own time
+    assert np.all(c[~cens] > upper[~cens])  # followed at least until its waning was seen
+    # drawn for rows with upper = 28: P(C > t | C > 28) = G(t) / G(28), G the reverse KM
+    c_time = np.where(cens, lower, upper)
+    g = KaplanMeierFitter().fit(c_time, cens)
+    pick = np.flatnonzero(~cens & (upper == 28.0))
+    draws = np.concatenate([ev._censoring_draws(lower, upper, rng)[pick] for _ in range(40)])
+    for t in (35.0, 70.0, 140.0):
+        expect = float(g.predict(t)) / float(g.predict(28.0))
+        assert np.mean(draws > t) == pytest.approx(expect, abs=0.02)
+
+
+def test_calibrated_reference_is_the_floor_of_the_ici_under_booster_censoring() -> None:
+    """Calibrated risks read ICI(56) well above 0 when most follow-up ends at boosters.
+
+    The reference draws outcomes from the predictions themselves, so it tells a
+    reader what a perfectly calibrated model would at least read on the same
+    rows (exact times; the true risks on the weekly-assessed outcomes read
+    more), and risks that are too spread read far above it.
+    """
+    horizons = (28, 56)
+    lower, upper, eta, rho = _loglogistic_cohort(6000, 7, booster_share=0.7)
+    true = _ll_risk(eta, rho, horizons)
+    time, event = ev.impute_times(lower, upper)
+    ref = ev.calibrated_reference_ici(lower, upper, true, horizons, reps=10, seed=1)
+    r56 = ref["by_horizon"]["56"]
+    # the floor: a calibrated model cannot read near 0 at 56 days on these rows
+    assert r56["ici_mean"] > 0.015
+    # a lower bound: the true risks, on outcomes seen at weekly assessments, read more
+    assert ev._ici(time, event, true[:, 1], 56) > r56["ici_mean"]
+    # too-spread risks (log-logistic scale x 1.6) read above the calibrated range
+    spread = _ll_risk(eta, rho * 1.6, horizons)
+    assert ev._ici(time, event, spread[:, 1], 56) > 2 * r56["ici_p95"]
+    # with light censoring the floor is low
+    lo2, up2, eta2, _ = _loglogistic_cohort(6000, 8, booster_share=0.0)
+    ref2 = ev.calibrated_reference_ici(lo2, up2, _ll_risk(eta2, rho, horizons), horizons,
+                                       reps=10, seed=1)
+    assert ref2["by_horizon"]["56"]["ici_mean"] < r56["ici_mean"]
+    assert ev.calibrated_reference_ici(lower, upper, true, horizons, reps=0) is None
+
+
 def test_km_risk_matches_lifelines() -> None:
     from lifelines import KaplanMeierFitter
 
@@ -196,6 +279,14 @@ def test_evaluate_writes_report(report, trained_registry) -> None:
     assert card.index("first forecast point") < card.index("at episode start")
     assert "| model | Harrell C |" in card
     assert "95 % intervals of the model's headline figures" in card
+    # beside the model's ICI: what a perfectly calibrated model reads on the same rows
+    ref = fp["calibrated_reference"]
+    assert ref["reps"] == ev.REFERENCE_REPS
+    assert set(ref["by_horizon"]) == {"7", "14", "28", "56", "84"}
+    mean56, p95_56 = t["ici56_calibrated_reference"]
+    assert 0 < mean56 <= p95_56 == ref["by_horizon"]["56"]["ici_p95"]
+    assert "calibrated reference ICI" in html
+    assert "ICI a perfectly calibrated model would read" in card
 
 
 def test_evaluate_refuses_foreign_model(trained_registry, tmp_path) -> None:
