@@ -102,26 +102,16 @@ def test_ici_of_true_risks_from_a_model_without_proportional_hazards() -> None:
         assert obs.mean() == pytest.approx(ev.km_risk(t, e, h), abs=0.01)
 
 
-def _loglogistic_cohort(n: int, seed: int, booster_share: float):
-    """Log-logistic waning times, assessed weekly, censored as the simulated clinics do.
+def _floor_bench():
+    """bench/calibration_floor.py (not a package): its calibrated-by-construction cohorts."""
+    import importlib.util
+    from pathlib import Path
 
-    ``booster_share`` of the rows end at a booster 21-35 days in; the rest at
-    20-300 days. Returns (lower, upper, eta, rho) in the contract's interval form.
-    """
-    rng = np.random.default_rng(seed)
-    eta, rho = 4.0 + 0.8 * rng.normal(size=n), 1.6
-    wane = np.exp(eta) * (1.0 / rng.uniform(size=n) - 1.0) ** (1.0 / rho)
-    censor = np.where(rng.uniform(size=n) < booster_share, rng.uniform(21, 35, size=n),
-                      rng.uniform(20, 300, size=n))
-    upper = np.ceil(wane / 7.0) * 7.0  # the weekly assessment that shows the waning
-    seen = upper <= censor
-    lower = np.where(seen, upper - 7.0, np.floor(censor / 7.0) * 7.0)
-    return lower, np.where(seen, upper, np.inf), eta, rho
-
-
-def _ll_risk(eta: np.ndarray, rho: float, horizons) -> np.ndarray:
-    h = np.asarray(horizons, dtype=float)
-    return 1.0 - 1.0 / (1.0 + (h[None, :] / np.exp(eta)[:, None]) ** rho)
+    path = Path(__file__).resolve().parents[1] / "bench" / "calibration_floor.py"
+    spec = importlib.util.spec_from_file_location("kap_bench_calibration_floor", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def test_draws_from_a_risk_curve_reproduce_it() -> None:
@@ -140,7 +130,7 @@ def test_draws_from_a_risk_curve_reproduce_it() -> None:
 def test_censoring_draws_follow_the_reverse_kaplan_meier() -> None:
     from lifelines import KaplanMeierFitter
 
-    lower, upper, _, _ = _loglogistic_cohort(4000, 5, booster_share=0.5)
+    lower, upper, _ = _floor_bench().cohort(4000, 5, booster_share=0.5, weekly=True)
     rng = np.random.default_rng(6)
     c = ev._censoring_draws(lower, upper, rng)
     cens = ~np.isfinite(upper)
@@ -164,9 +154,10 @@ def test_calibrated_reference_is_the_floor_of_the_ici_under_booster_censoring() 
     rows (exact times; the true risks on the weekly-assessed outcomes read
     more), and risks that are too spread read far above it.
     """
-    horizons = (28, 56)
-    lower, upper, eta, rho = _loglogistic_cohort(6000, 7, booster_share=0.7)
-    true = _ll_risk(eta, rho, horizons)
+    bench = _floor_bench()
+    horizons, rho = bench.HORIZONS, bench.RHO
+    lower, upper, eta = bench.cohort(6000, 7, booster_share=0.7, weekly=True)
+    true = bench.ll_risk(eta, rho)
     time, event = ev.impute_times(lower, upper)
     ref = ev.calibrated_reference_ici(lower, upper, true, horizons, reps=10, seed=1)
     r56 = ref["by_horizon"]["56"]
@@ -175,11 +166,11 @@ def test_calibrated_reference_is_the_floor_of_the_ici_under_booster_censoring() 
     # a lower bound: the true risks, on outcomes seen at weekly assessments, read more
     assert ev._ici(time, event, true[:, 1], 56) > r56["ici_mean"]
     # too-spread risks (log-logistic scale x 1.6) read above the calibrated range
-    spread = _ll_risk(eta, rho * 1.6, horizons)
+    spread = bench.ll_risk(eta, rho * 1.6)
     assert ev._ici(time, event, spread[:, 1], 56) > 2 * r56["ici_p95"]
     # with light censoring the floor is low
-    lo2, up2, eta2, _ = _loglogistic_cohort(6000, 8, booster_share=0.0)
-    ref2 = ev.calibrated_reference_ici(lo2, up2, _ll_risk(eta2, rho, horizons), horizons,
+    lo2, up2, eta2 = bench.cohort(6000, 8, booster_share=0.0, weekly=True)
+    ref2 = ev.calibrated_reference_ici(lo2, up2, bench.ll_risk(eta2, rho), horizons,
                                        reps=10, seed=1)
     assert ref2["by_horizon"]["56"]["ici_mean"] < r56["ici_mean"]
     assert ev.calibrated_reference_ici(lower, upper, true, horizons, reps=0) is None
