@@ -731,8 +731,9 @@ class Bundle:
             y[:, big] = 0.0
         out = y[:k]
         # S(t) / S(cond) <= 1 needs no clipping pass when every time is at or after the
-        # row's cond (the serving case: entry <= as-of): log, exp and the scaling are
-        # monotone in floating point, so u(cond) <= u(t) holds exactly.
+        # row's cond (the serving case: entry <= as-of): equal times give identical
+        # values, and clock times (days) that differ do so far beyond the rounding
+        # of log, exp and ndtr, so u(cond) <= u(t).
         clip = not ordered
         if lognormal:  # S = Phi(-y); ndtr costs 0.6 of log_ndtr (relative error ~1e-13)
             np.negative(y, out=y)
