@@ -156,7 +156,8 @@ COMMANDS.append(train_command)
 # the evaluation stack for every command).
 @click.option("--ci-reps", type=click.IntRange(min=0), default=100, show_default=True,
               help="Patient-level bootstrap resamples for the 95% intervals of the headline "
-                   "figures (AUC 28 d, ICI 28/56 d, gap to the oracle); 0 skips them.")
+                   "figures (AUC 28 d, ICI 28/56 d, gap to the oracle), and up to 20 draws of "
+                   "the calibrated reference ICI; 0 skips both.")
 def evaluate_command(data_dir: Path, ref: str, out_dir: Path, models_opt: Path | None,
                      folds: int, holdout_dir: Path | None, jobs: int, kind: str | None,
                      seed: int, with_policy: bool, covariates: tuple[str, ...],
