@@ -1063,8 +1063,13 @@ def _forecast_point_block(fp: pd.DataFrame, preds: dict[str, np.ndarray],
 
 def evaluate_bundle(cohort: Any, bundle: Any, *, definition: Any = None,
                     truth: pd.DataFrame | None = None,
-                    horizons: Sequence[int] = HORIZONS) -> dict[str, Any]:
-    """Metrics of a fitted bundle applied to another cohort (``--holdout``)."""
+                    horizons: Sequence[int] = HORIZONS, ci_reps: int = 0) -> dict[str, Any]:
+    """Metrics of a fitted bundle applied to another cohort (``--holdout``).
+
+    ``ci_reps`` > 0 adds, at the first forecast point, the bootstrap intervals
+    of the headline figures and the calibrated reference ICI, as in
+    :func:`evaluate_cohort`.
+    """
     from forecast.features import landmark_dataset
 
     ld = landmark_dataset(cohort, definition)
@@ -1091,7 +1096,7 @@ def evaluate_bundle(cohort: Any, bundle: Any, *, definition: Any = None,
     fp = forecast_point_dataset(cohort, definition)
     out["forecast_point"] = _forecast_point_block(
         fp, {"model": forecast_point_risk(bundle, fp, h)} if len(fp) else {}, None, truth,
-        horizons)
+        horizons, ci_reps=ci_reps)
     if bundle.time_origin in ("landmark", "as_of"):
         out["landmark_conditional"] = {
             "n_rows": int(len(ld)),

@@ -254,7 +254,7 @@ def render(metrics: dict[str, Any], *, policy_html: str | None = None) -> str:
         hfp = ho.get("forecast_point") or {}
         if hfp.get("models"):
             parts += ["<h3>Holdout, first forecast point</h3>",
-                      metrics_table(hfp["models"], horizons)]
+                      metrics_table(hfp["models"], horizons), calibrated_reference_table(hfp)]
         parts += ["<h3>Holdout, episode start</h3>", metrics_table(ho["models"], horizons),
                   calibration_plot(ho["models"], horizons)]
         if ho.get("landmark_conditional"):

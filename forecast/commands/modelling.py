@@ -207,7 +207,7 @@ def evaluate_command(data_dir: Path, ref: str, out_dir: Path, models_opt: Path |
         htruth = _truth(holdout_dir)
         metrics["holdout"] = evaluation.evaluate_bundle(
             hcohort, model.bundle, definition=model.definition, truth=htruth,
-            horizons=model.bundle.horizons)
+            horizons=model.bundle.horizons, ci_reps=ci_reps)
         policy_cohort, policy_truth = hcohort, htruth
     policy_html = None
     out_dir.mkdir(parents=True, exist_ok=True)
