@@ -309,6 +309,39 @@ def smoothed_observed(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h
     return obs if np.all(np.isfinite(obs)) else None
 
 
+def calibration_slope(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: float
+                      ) -> dict[str, float] | None:
+    """Calibration slope at ``h``: the Cox coefficient of ``log(-log(1 - risk))``.
+
+    The follow-up is censored at ``h`` as for :func:`smoothed_observed`. A
+    slope of 1 means the predictions spread as much as the outcomes; below 1
+    they are too spread (over-fitting), above 1 not spread enough. Returns
+    the slope and its Wald 95 % interval, or None when not estimable
+    (constant predictions, fewer than 10 events).
+    """
+    from lifelines import CoxPHFitter
+
+    risk_h = np.clip(np.asarray(risk_h, float), 1e-6, 1 - 1e-6)
+    time = np.asarray(time, dtype=float)
+    event = np.asarray(event, dtype=bool) & (time <= h)
+    if event.sum() < 10 or len(time) < 30:
+        return None
+    cll = np.log(-np.log(1.0 - risk_h))
+    if np.ptp(cll) < 1e-9:
+        return None
+    df = pd.DataFrame({"cll": cll, "T": np.minimum(time, h), "E": event.astype(float)})
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        try:
+            cph = CoxPHFitter().fit(df.iloc[_subsample(len(df), MAX_SMOOTHER_ROWS)], "T", "E")
+        except Exception:  # noqa: BLE001 - any fit failure means "not estimable"
+            return None
+    b, se = float(cph.params_["cll"]), float(cph.standard_errors_["cll"])
+    if not (np.isfinite(b) and np.isfinite(se)):
+        return None
+    return {"slope": b, "slope_ci95": [b - 1.959964 * se, b + 1.959964 * se]}
+
+
 def km_pseudo_risk(time: np.ndarray, event: np.ndarray, h: float) -> np.ndarray:
     """Jackknife pseudo-observations of the Kaplan-Meier risk ``1 - S(h)``, one per row.
 
@@ -375,7 +408,7 @@ def pseudo_observed(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: 
 
 def calibration(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: float,
                 observed_risk: float | None = None, n_bins: int = 10) -> dict[str, Any]:
-    """ICI/E50/E90 (Austin 2020), calibration-in-the-large and decile points.
+    """ICI/E50/E90 (Austin 2020), calibration slope, calibration-in-the-large, deciles.
 
     ``ici`` smooths the observed risk with Austin's Cox hazard regression;
     ``ici_pseudo`` with pseudo-observations (:func:`pseudo_observed`), which
@@ -400,6 +433,7 @@ def calibration(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: floa
         out.update(ici=None, e50=None, e90=None)
     pseudo = pseudo_observed(time, event, risk_h, h)
     out["ici_pseudo"] = None if pseudo is None else float(np.mean(np.abs(risk_h - pseudo)))
+    out.update(calibration_slope(time, event, risk_h, h) or {"slope": None})
     if observed_risk is not None and out["mean_predicted"] is not None:
         out["observed_turnbull"] = float(observed_risk)
         out["citl"] = float(observed_risk) - out["mean_predicted"]
@@ -1154,6 +1188,8 @@ def _targets_of(all_models: dict[str, Any], on_oracle: dict[str, Any] | None) ->
         "ici56_model": get("model", 56, "ici"),
         "ici28_model_pseudo": get("model", 28, "ici_pseudo"),
         "ici56_model_pseudo": get("model", 56, "ici_pseudo"),
+        "slope28_model": get("model", 28, "slope"),
+        "slope56_model": get("model", 56, "slope"),
     }
     if out["auc28_model"] is not None and out["auc28_oracle"] is not None:
         out["auc28_gap_to_oracle"] = out["auc28_oracle"] - out["auc28_model"]

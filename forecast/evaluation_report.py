@@ -58,6 +58,27 @@ def _mean_p95(r: dict[str, Any], key: str) -> str:
     return f"{_fmt(r.get(key + '_mean'))} (95th pct {_fmt(r.get(key + '_p95'))})"
 
 
+def calibration_slope_table(models: dict[str, Any], horizons: list[int]) -> str:
+    """Calibration slope (95 % interval) per model and horizon (HTML)."""
+    rows = []
+    for name, res in models.items():
+        by_h = (res.get("overall") or {}).get("by_horizon") or {}
+        cells = []
+        for h in horizons:
+            hh = by_h.get(str(h)) or {}
+            ci = hh.get("slope_ci95")
+            cells.append("-" if hh.get("slope") is None else
+                         f"{_fmt(hh['slope'], 2)} ({_fmt(ci[0], 2)}-{_fmt(ci[1], 2)})")
+        if any(c != "-" for c in cells):
+            rows.append([name, *cells])
+    if not rows:
+        return ""
+    return ("<p class='note'>Calibration slope: the Cox coefficient of log(-log(1 - risk)) "
+            "with the follow-up censored at h; 1 = the risks spread as much as the outcomes, "
+            "below 1 too spread (over-fitting), above 1 not spread enough.</p>"
+            + _table(["model", *[f"{h} d" for h in horizons]], rows))
+
+
 def calibrated_reference_table(fp: dict[str, Any]) -> str:
     """The ICI a calibrated model reads on these rows, beside the model's own (HTML)."""
     ref = fp.get("calibrated_reference")
@@ -201,6 +222,7 @@ def render(metrics: dict[str, Any], *, policy_html: str | None = None) -> str:
         parts += ["<h3>Calibration at the first forecast point</h3>",
                   known_share_note(fp["models"], horizons),
                   calibration_plot(fp["models"], horizons),
+                  calibration_slope_table(fp["models"], horizons),
                   calibrated_reference_table(fp),
                   horizon_plot(fp["models"], horizons, "auc", "time-dependent AUC")]
         if "targets" in metrics:

@@ -176,6 +176,40 @@ def test_calibrated_reference_is_the_floor_of_the_ici_under_booster_censoring() 
     assert ev.calibrated_reference_ici(lower, upper, true, horizons, reps=0) is None
 
 
+def test_calibration_slope_is_one_for_true_risks_and_shows_over_spread() -> None:
+    """Exponential waning (proportional hazards): cll of the true risk is log(rate * h),
+    so the Cox coefficient is 1; predictions whose cll is stretched 1.5 times read 1/1.5.
+    The reference is the partial likelihood maximised here directly (no ties)."""
+    from scipy.optimize import minimize_scalar
+
+    def cox_coef(time: np.ndarray, event: np.ndarray, x: np.ndarray) -> float:
+        order = np.argsort(-time)  # risk set of each event = rows with time >= its time
+
+        def neg_pl(b: float) -> float:
+            lse = np.logaddexp.accumulate(b * x[order])
+            return -float(np.sum((b * x[order] - lse)[event[order]]))
+
+        return float(minimize_scalar(neg_pl, bounds=(-5, 5), method="bounded",
+                                     options={"xatol": 1e-8}).x)
+
+    t, e, rate = _exp_data(4000, 12, censor=True)
+    for h in (28.0, 56.0):
+        true = 1.0 - np.exp(-rate * h)
+        got = ev.calibration_slope(t, e, true, h)
+        cll = np.log(-np.log(1.0 - true))
+        ref = cox_coef(np.minimum(t, h), e & (t <= h), cll)
+        # lifelines' Newton steps stop at its own tolerance (4e-4 off here), far
+        # inside the slope's standard error (about 0.03)
+        assert got["slope"] == pytest.approx(ref, abs=2e-3)
+        lo, hi = got["slope_ci95"]
+        assert lo < 1.0 < hi
+        stretched = 1.0 - np.exp(-np.exp(1.5 * cll + 0.2))
+        assert ev.calibration_slope(t, e, stretched, h)["slope"] == pytest.approx(1 / 1.5,
+                                                                                  abs=0.08)
+    # constant predictions (Kaplan-Meier) have no slope
+    assert ev.calibration_slope(t, e, np.full(len(t), 0.3), 28.0) is None
+
+
 def test_km_risk_matches_lifelines() -> None:
     from lifelines import KaplanMeierFitter
 
@@ -281,6 +315,12 @@ def test_evaluate_writes_report(report, trained_registry) -> None:
     mean56, p95_56 = t["ici56_calibrated_reference"]
     assert 0 < mean56 <= p95_56 == ref["by_horizon"]["56"]["ici_p95"]
     assert "calibrated reference ICI" in html
+    # the calibration slope per horizon, in metrics.json, the report and the card
+    slope28 = fp["models"]["model"]["overall"]["by_horizon"]["28"]
+    assert slope28["slope_ci95"][0] < slope28["slope"] < slope28["slope_ci95"][1]
+    assert t["slope28_model"] == slope28["slope"]
+    assert "Calibration slope" in html
+    assert "Calibration slope of the model" in card
     assert "ICI a perfectly calibrated model would read" in card
 
 
