@@ -73,9 +73,12 @@ def calibration_slope_table(models: dict[str, Any], horizons: list[int]) -> str:
             rows.append([name, *cells])
     if not rows:
         return ""
-    return ("<p class='note'>Calibration slope: the Cox coefficient of log(-log(1 - risk)) "
-            "with the follow-up censored at h; 1 = the risks spread as much as the outcomes, "
-            "below 1 too spread (over-fitting), above 1 not spread enough.</p>"
+    return ("<p class='note'>Calibration slope (95 % interval): the Kaplan-Meier "
+            "pseudo-observations at h regressed on log(-log(1 - risk)) through a "
+            "complementary log-log link. 1 = the risks spread as much as the outcomes, below "
+            "1 too spread (over-fitting), above 1 not spread enough. metrics.json also holds "
+            "the Cox version (slope_cox), which assumes proportional hazards within [0, h] "
+            "and reads too high when hazard ratios fade over time.</p>"
             + _table(["model", *[f"{h} d" for h in horizons]], rows))
 
 

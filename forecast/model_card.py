@@ -289,9 +289,9 @@ def _metrics_md(metrics: dict[str, Any]) -> list[str]:
                   f"{_fmt(r['slope_ci95'][1])})" for h, r in by_h.items()
                   if r.get("slope") is not None]
         if slopes:
-            lines += ["", "Calibration slope of the model (Cox coefficient of "
-                      "log(-log(1 - risk)), follow-up censored at h; 1 is ideal, below 1 the "
-                      "risks are too spread): " + "; ".join(slopes) + "."]
+            lines += ["", "Calibration slope of the model (Kaplan-Meier pseudo-observations "
+                      "at h on log(-log(1 - risk)), complementary log-log link; 1 is ideal, "
+                      "below 1 the risks are too spread): " + "; ".join(slopes) + "."]
         ref = (fp.get("calibrated_reference") or {}).get("by_horizon") or {}
         refs = [f"{h} d {_fmt(r['ici_mean'])} (95th percentile {_fmt(r['ici_p95'])})"
                 for h, r in ref.items() if "ici_mean" in r]

@@ -178,8 +178,9 @@ def test_calibrated_reference_is_the_floor_of_the_ici_under_booster_censoring() 
 
 def test_calibration_slope_is_one_for_true_risks_and_shows_over_spread() -> None:
     """Exponential waning (proportional hazards): cll of the true risk is log(rate * h),
-    so the Cox coefficient is 1; predictions whose cll is stretched 1.5 times read 1/1.5.
-    The reference is the partial likelihood maximised here directly (no ties)."""
+    so both slopes are 1; predictions whose cll is stretched 1.5 times read 1/1.5.
+    The Cox slope is checked against the partial likelihood maximised here directly
+    (no ties)."""
     from scipy.optimize import minimize_scalar
 
     def cox_coef(time: np.ndarray, event: np.ndarray, x: np.ndarray) -> float:
@@ -200,14 +201,29 @@ def test_calibration_slope_is_one_for_true_risks_and_shows_over_spread() -> None
         ref = cox_coef(np.minimum(t, h), e & (t <= h), cll)
         # lifelines' Newton steps stop at its own tolerance (4e-4 off here), far
         # inside the slope's standard error (about 0.03)
-        assert got["slope"] == pytest.approx(ref, abs=2e-3)
-        lo, hi = got["slope_ci95"]
-        assert lo < 1.0 < hi
-        stretched = 1.0 - np.exp(-np.exp(1.5 * cll + 0.2))
-        assert ev.calibration_slope(t, e, stretched, h)["slope"] == pytest.approx(1 / 1.5,
-                                                                                  abs=0.08)
+        assert got["slope_cox"] == pytest.approx(ref, abs=2e-3)
+        for key in ("slope", "slope_cox"):
+            lo, hi = got[f"{key}_ci95"]
+            assert lo < 1.0 < hi, key
+        stretched = ev.calibration_slope(t, e, 1.0 - np.exp(-np.exp(1.5 * cll + 0.2)), h)
+        assert stretched["slope"] == pytest.approx(1 / 1.5, abs=0.08)
+        assert stretched["slope_cox"] == pytest.approx(1 / 1.5, abs=0.08)
     # constant predictions (Kaplan-Meier) have no slope
     assert ev.calibration_slope(t, e, np.full(len(t), 0.3), 28.0) is None
+
+
+def test_calibration_slope_of_true_risks_without_proportional_hazards() -> None:
+    """Log-logistic waning, booster censoring: the pseudo-observation slope of the true
+    risks is 1 within its interval; the Cox slope reads too high (its assumption of
+    proportional hazards within [0, h] fails), which is why it is not the headline."""
+    bench = _floor_bench()
+    for seed in (1, 2):
+        lower, upper, eta = bench.cohort(6000, seed, booster_share=0.7, weekly=True)
+        time, event = ev.impute_times(lower, upper)
+        got = ev.calibration_slope(time, event, bench.ll_risk(eta, bench.RHO)[:, 1], 56.0)
+        lo, hi = got["slope_ci95"]
+        assert lo < 1.0 < hi
+        assert got["slope_cox"] > 1.1
 
 
 def test_km_risk_matches_lifelines() -> None:
@@ -318,6 +334,7 @@ def test_evaluate_writes_report(report, trained_registry) -> None:
     # the calibration slope per horizon, in metrics.json, the report and the card
     slope28 = fp["models"]["model"]["overall"]["by_horizon"]["28"]
     assert slope28["slope_ci95"][0] < slope28["slope"] < slope28["slope_ci95"][1]
+    assert slope28["slope_cox_ci95"][0] < slope28["slope_cox"] < slope28["slope_cox_ci95"][1]
     assert t["slope28_model"] == slope28["slope"]
     assert "Calibration slope" in html
     assert "Calibration slope of the model" in card
