@@ -323,7 +323,7 @@ def calibration_slope(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h
     ``slope_cox``: the Cox coefficient of the same ``cll`` with the follow-up
     censored at ``h`` (Wald interval). It assumes proportional hazards within
     [0, h]; for log-logistic waning, whose hazard ratios fade over time, it
-    reads about 1.1-1.3 for the true risks (README, "Calibration slope"),
+    reads about 1.1-1.3 for the true risks (README, the slope under "Commands"),
     so it is kept beside the other, not in its place.
 
     1 means the risks spread as much as the outcomes; below 1 they are too
