@@ -182,7 +182,8 @@ def build_card(
             "an episode ends at the next session, so few episodes are followed to the long "
             "horizons where clinics book boosters on a schedule: calibration at 56 days and "
             "beyond rests on the patients who reach them (see the report's share of rows "
-            "whose status is known at each horizon)",
+            "whose status is known at each horizon), and even a perfectly calibrated model "
+            "reads an ICI well above 0 there (the report's calibrated reference)",
             "forecasts are decision support for a clinician, never a clearance",
         ],
         "software": environment,
