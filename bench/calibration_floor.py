@@ -4,17 +4,21 @@ Draws log-logistic AFT waning times (hazard ratios that fade over time, as in
 the simulated and the foreign cohorts) whose true risks are calibrated by
 construction, censors them as the simulated clinics do (a share of the
 episodes ends at a booster 21-35 days in, the rest at 20-300 days), and
-records the waning either at its exact time or at the next weekly
-assessment (the contract's interval, imputed at its midpoint as the metrics
-do). For each setting it prints the ICI at 28 and 56 days of the TRUE risks
-with Austin's Cox smoother (`evaluation.smoothed_observed`, the reported
-`ici`; also with each waning placed uniformly inside its interval instead of
-at the midpoint, which removes the ties of the assessment grid), with the
-pseudo-observation smoother (`ici_pseudo`) and with
-Kaplan-Meier per decile of risk, and the calibrated reference of
-`evaluation.calibrated_reference_ici` (its mean over draws). Every figure
-would be 0 with unlimited data and a perfect estimator; what they read is
-the floor of the measurement. Means over ``--reps`` cohorts.
+records the waning either at its exact time or at the next assessment of a
+7-day or a 28-day grid (the contract's interval, imputed at its midpoint as
+the metrics do; the foreign generator assesses about monthly). For each
+setting it prints the ICI at 28 and 56 days of the TRUE risks:
+
+- with Austin's Cox smoother (`evaluation.smoothed_observed`, the reported
+  `ici`), and with the same smoother after each waning is placed uniformly
+  inside its interval instead of at its midpoint (no ties from the grid);
+- with the pseudo-observation smoother (`ici_pseudo`);
+- with Kaplan-Meier per decile of risk;
+- and the calibrated reference of `evaluation.calibrated_reference_ici`
+  (its mean over draws).
+
+Every figure would be 0 with unlimited data and a perfect estimator; what
+they read is the floor of the measurement. Means over ``--reps`` cohorts.
 
 Usage: ``python bench/calibration_floor.py [--patients 6000] [--reps 5]``.
 """
@@ -42,18 +46,22 @@ def ll_risk(eta: np.ndarray, rho: float, horizons: tuple[int, ...] = HORIZONS) -
     return 1.0 - 1.0 / (1.0 + (h[None, :] / np.exp(eta)[:, None]) ** rho)
 
 
-def cohort(n: int, seed: int, booster_share: float, weekly: bool, rho: float = RHO,
+def cohort(n: int, seed: int, booster_share: float, every: float = 0.0, rho: float = RHO,
            sd: float = 0.8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(lower, upper, eta) of one cohort; its true risks are ``ll_risk(eta, rho)``."""
+    """(lower, upper, eta) of one cohort; its true risks are ``ll_risk(eta, rho)``.
+
+    ``every`` > 0: the waning is seen at the next assessment of a grid of that
+    many days from the episode start (7 weekly, 28 four-weekly); 0: exactly.
+    """
     rng = np.random.default_rng(seed)
     eta = 4.0 + sd * rng.normal(size=n)
     wane = np.exp(eta) * (1.0 / rng.uniform(size=n) - 1.0) ** (1.0 / rho)
     censor = np.where(rng.uniform(size=n) < booster_share, rng.uniform(21, 35, size=n),
                       rng.uniform(20, 300, size=n))
-    if weekly:
-        upper = np.ceil(wane / 7.0) * 7.0
+    if every > 0:
+        upper = np.ceil(wane / every) * every
         seen = upper <= censor
-        lower = np.where(seen, upper - 7.0, np.floor(censor / 7.0) * 7.0)
+        lower = np.where(seen, upper - every, np.floor(censor / every) * every)
     else:  # exact: a one-hundredth-day interval around the waning
         seen = wane <= censor
         lower = np.where(seen, np.maximum(wane - 0.005, 0.0), censor)
@@ -97,13 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     rows = []
     for share in (0.0, 0.5, 0.7):
-        for weekly in (False, True):
+        for every in (0.0, 7.0, 28.0):
             runs = []
             for seed in range(1, args.reps + 1):
-                lower, upper, eta = cohort(args.patients, seed, share, weekly)
+                lower, upper, eta = cohort(args.patients, seed, share, every)
                 runs.append(floor_of(lower, upper, ll_risk(eta, RHO)))
             mean = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
-            rows.append({"booster_share": share, "weekly": weekly, **mean})
+            rows.append({"booster_share": share, "assessed_every_days": every, **mean})
     print(f"calibrated log-logistic risks, {args.patients} episodes, mean of {args.reps} "
           "cohorts; ICI of the TRUE risks (0 = perfect measurement)")
     keys = ("austin", "austin_untied", "pseudo", "km_decile", "reference")
@@ -113,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{'pseudo':>6} {'KMdec':>6} {'ref':>6} (28 d) | {'Austin':>6} {'untied':>6} "
           f"{'pseudo':>6} {'KMdec':>6} {'ref':>6} (56 d)")
     for r in rows:
-        print(f"{r['booster_share']:>8.1f} {'weekly' if r['weekly'] else 'exact':>7} "
+        every = r["assessed_every_days"]
+        print(f"{r['booster_share']:>8.1f} {f'{every:.0f}-day' if every else 'exact':>7} "
               f"{r['censored_before_56']:>7.2f} | "
               + " ".join(f"{r[f'{k}_28']:>6.3f}" for k in keys) + "        | "
               + " ".join(f"{r[f'{k}_56']:>6.3f}" for k in keys))

@@ -130,7 +130,7 @@ def test_draws_from_a_risk_curve_reproduce_it() -> None:
 def test_censoring_draws_follow_the_reverse_kaplan_meier() -> None:
     from lifelines import KaplanMeierFitter
 
-    lower, upper, _ = _floor_bench().cohort(4000, 5, booster_share=0.5, weekly=True)
+    lower, upper, _ = _floor_bench().cohort(4000, 5, booster_share=0.5, every=7.0)
     rng = np.random.default_rng(6)
     c = ev._censoring_draws(lower, upper, rng)
     cens = ~np.isfinite(upper)
@@ -156,7 +156,7 @@ def test_calibrated_reference_is_the_floor_of_the_ici_under_booster_censoring() 
     """
     bench = _floor_bench()
     horizons, rho = bench.HORIZONS, bench.RHO
-    lower, upper, eta = bench.cohort(6000, 7, booster_share=0.7, weekly=True)
+    lower, upper, eta = bench.cohort(6000, 7, booster_share=0.7, every=7.0)
     true = bench.ll_risk(eta, rho)
     time, event = ev.impute_times(lower, upper)
     ref = ev.calibrated_reference_ici(lower, upper, true, horizons, reps=10, seed=1)
@@ -169,7 +169,7 @@ def test_calibrated_reference_is_the_floor_of_the_ici_under_booster_censoring() 
     spread = bench.ll_risk(eta, rho * 1.6)
     assert ev._ici(time, event, spread[:, 1], 56) > 2 * r56["ici_p95"]
     # with light censoring the floor is low
-    lo2, up2, eta2 = bench.cohort(6000, 8, booster_share=0.0, weekly=True)
+    lo2, up2, eta2 = bench.cohort(6000, 8, booster_share=0.0, every=7.0)
     ref2 = ev.calibrated_reference_ici(lo2, up2, bench.ll_risk(eta2, rho), horizons,
                                        reps=10, seed=1)
     assert ref2["by_horizon"]["56"]["ici_mean"] < r56["ici_mean"]
@@ -218,7 +218,7 @@ def test_calibration_slope_of_true_risks_without_proportional_hazards() -> None:
     proportional hazards within [0, h] fails), which is why it is not the headline."""
     bench = _floor_bench()
     for seed in (1, 2):
-        lower, upper, eta = bench.cohort(6000, seed, booster_share=0.7, weekly=True)
+        lower, upper, eta = bench.cohort(6000, seed, booster_share=0.7, every=7.0)
         time, event = ev.impute_times(lower, upper)
         got = ev.calibration_slope(time, event, bench.ll_risk(eta, bench.RHO)[:, 1], 56.0)
         lo, hi = got["slope_ci95"]
