@@ -98,6 +98,25 @@ def impute_times(lower: Any, upper: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.maximum(time, 1e-3), event
 
 
+def untied_times(lower: Any, upper: Any, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(time, event) with each waning placed uniformly inside its interval (seeded).
+
+    For the Cox fits of the calibration (Austin's smoother, the Cox slope).
+    At midpoints, every waning seen at the same assessment day shares one time:
+    with assessments every 28 days, thousands of tied times. Efron's handling of
+    ties then biases those fits: risks calibrated by construction read an ICI
+    of 0.07 at midpoints, 0.01-0.02 placed inside their intervals
+    (``bench/calibration_floor.py``). One seeded draw keeps the metrics
+    reproducible. Censored rows keep ``lower``.
+    """
+    lo = np.asarray(lower, dtype=float)
+    up = np.asarray(upper, dtype=float)
+    event = np.isfinite(up)
+    u = np.random.default_rng(seed).uniform(size=len(lo))
+    time = np.where(event, lo + u * (np.where(event, up, lo) - lo), lo)
+    return np.maximum(time, 1e-3), event
+
+
 def status_at(lower: Any, upper: Any, h: float) -> np.ndarray:
     """Interval-aware status at ``h``: 1 waned, 0 not waned, NaN unknown."""
     lo = np.asarray(lower, dtype=float)
@@ -277,6 +296,8 @@ def smoothed_observed(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h
     the whole follow-up, the proportional-hazards assumption over all time
     pulled the smoothed 56-day risk about 0.03 below Kaplan-Meier on
     simulated cohorts (README, "Calibration measured at the horizon").
+    The metrics pass :func:`untied_times`, not the interval midpoints, whose
+    ties bias the fit.
     """
     from lifelines import CoxPHFitter
 
@@ -309,8 +330,8 @@ def smoothed_observed(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h
     return obs if np.all(np.isfinite(obs)) else None
 
 
-def calibration_slope(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: float
-                      ) -> dict[str, Any] | None:
+def calibration_slope(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: float,
+                      *, cox_time: np.ndarray | None = None) -> dict[str, Any] | None:
     """Calibration slope at ``h`` of the predicted risks, two ways (None if not estimable).
 
     ``slope``: the Kaplan-Meier pseudo-observations at ``h``
@@ -328,7 +349,8 @@ def calibration_slope(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h
 
     1 means the risks spread as much as the outcomes; below 1 they are too
     spread (over-fitting), above 1 not spread enough. None for constant
-    predictions or fewer than 10 events within ``h``.
+    predictions or fewer than 10 events within ``h``. ``cox_time`` replaces
+    ``time`` in the Cox fit (:func:`untied_times`).
     """
     from lifelines import CoxPHFitter
     from scipy.optimize import least_squares
@@ -357,7 +379,9 @@ def calibration_slope(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h
     se = float(np.sqrt(max((bread @ meat @ bread)[1, 1], 0.0)))
     if fit.success and np.isfinite(b) and np.isfinite(se):
         out.update(slope=b, slope_ci95=[b - z * se, b + z * se], slope_intercept=a)
-    df = pd.DataFrame({"cll": cll, "T": np.minimum(time, h), "E": within.astype(float)})
+    t_cox = time if cox_time is None else np.asarray(cox_time, dtype=float)
+    within_cox = event & (t_cox <= h)
+    df = pd.DataFrame({"cll": cll, "T": np.minimum(t_cox, h), "E": within_cox.astype(float)})
     out.update(slope_cox=None, slope_cox_ci95=None)
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
@@ -436,7 +460,8 @@ def pseudo_observed(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: 
 
 
 def calibration(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: float,
-                observed_risk: float | None = None, n_bins: int = 10) -> dict[str, Any]:
+                observed_risk: float | None = None, n_bins: int = 10, *,
+                cox_time: np.ndarray | None = None) -> dict[str, Any]:
     """ICI/E50/E90 (Austin 2020), calibration slope, calibration-in-the-large, deciles.
 
     ``ici`` smooths the observed risk with Austin's Cox hazard regression;
@@ -445,11 +470,14 @@ def calibration(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: floa
     large.
 
     ``observed_risk`` is the interval-aware (Turnbull) observed risk at ``h``
-    of the same rows, used for calibration-in-the-large.
+    of the same rows, used for calibration-in-the-large. ``cox_time``, when
+    given, are the event times for the Cox fits (Austin's smoother, the Cox
+    slope): :func:`untied_times` of the rows, whose midpoints ``time`` tie.
     """
     risk_h = np.asarray(risk_h, float)
     out: dict[str, Any] = {"mean_predicted": float(risk_h.mean()) if len(risk_h) else None}
-    obs = smoothed_observed(time, event, risk_h, h)
+    t_cox = time if cox_time is None else cox_time
+    obs = smoothed_observed(t_cox, event, risk_h, h)
     if obs is not None:
         diff = np.abs(risk_h - obs)
         out.update(ici=float(diff.mean()), e50=float(np.median(diff)),
@@ -462,7 +490,7 @@ def calibration(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: floa
         out.update(ici=None, e50=None, e90=None)
     pseudo = pseudo_observed(time, event, risk_h, h)
     out["ici_pseudo"] = None if pseudo is None else float(np.mean(np.abs(risk_h - pseudo)))
-    out.update(calibration_slope(time, event, risk_h, h) or {"slope": None})
+    out.update(calibration_slope(time, event, risk_h, h, cox_time=t_cox) or {"slope": None})
     if observed_risk is not None and out["mean_predicted"] is not None:
         out["observed_turnbull"] = float(observed_risk)
         out["citl"] = float(observed_risk) - out["mean_predicted"]
@@ -529,6 +557,7 @@ def headline_bootstrap(lower: np.ndarray, upper: np.ndarray, risk: np.ndarray, p
     if reps <= 0 or 28 not in horizons or len(lower) == 0:
         return None
     time, event = impute_times(lower, upper)
+    cox_time = untied_times(lower, upper)[0]  # the ICI's smoother, as in survival_metrics
     risk = np.asarray(risk, dtype=float)
     cols = {h: horizons.index(h) for h in (28, 56) if h in horizons}
     draw = _patient_resampler(patients, seed)
@@ -550,7 +579,7 @@ def headline_bootstrap(lower: np.ndarray, upper: np.ndarray, risk: np.ndarray, p
                     float(td_auc(t, e, np.asarray(oracle)[idx][:, [j28]], [28])[0]) - auc)
             for h in (28, 56):
                 if with_ici and h in cols:
-                    reps_out[f"ici{h}"].append(_ici(t, e, risk[idx, cols[h]], h))
+                    reps_out[f"ici{h}"].append(_ici(cox_time[idx], e, risk[idx, cols[h]], h))
     a = (1.0 - level) / 2.0
     out: dict[str, Any] = {"reps": int(reps), "level": level, "seed": seed, "unit": "patient",
                            "note": "percentile intervals over patient-level resamples of the "
@@ -690,6 +719,7 @@ def survival_metrics(lower: np.ndarray, upper: np.ndarray, risk: np.ndarray,
     upper = np.asarray(upper, float)
     risk = np.asarray(risk, float)
     time, event = impute_times(lower, upper)
+    cox_time = untied_times(lower, upper)[0]
     horizons = [int(h) for h in horizons]
     rank_col = horizons.index(RANK_HORIZON) if RANK_HORIZON in horizons else len(horizons) - 1
     with threadpool_limits(limits=1, user_api="blas"):
@@ -721,7 +751,8 @@ def survival_metrics(lower: np.ndarray, upper: np.ndarray, risk: np.ndarray,
             }
             if calibrate:
                 entry.update(calibration(time, event, risk[:, j], h,
-                                         None if observed is None else observed[j]))
+                                         None if observed is None else observed[j],
+                                         cox_time=cox_time))
             res["by_horizon"][str(h)] = entry
     return res
 
