@@ -324,9 +324,9 @@ def test_evaluate_writes_report(report, trained_registry) -> None:
         assert lo <= hi
         assert lo - 0.02 <= t[key] <= hi + 0.02, key
     assert m["holdout"]["forecast_point"]["models"]["model"]["overall"]["n"] > 0
-    # the holdout's first forecast point has its intervals and calibrated reference too
+    # the holdout's first forecast point has its calibrated reference too
     hfp = m["holdout"]["forecast_point"]
-    assert hfp["bootstrap"]["reps"] == ev.DEFAULT_CI_REPS
+    assert hfp["calibrated_reference"]["reps"] == ev.REFERENCE_REPS
     assert hfp["calibrated_reference"]["by_horizon"]["56"]["ici_mean"] > 0
     assert m["holdout"]["models"]["model"]["overall"]["n"] > 0
     assert m["policy"] == {"table": [{"schedule": "fixed 28d", "waned_days": 1.0}]}
