@@ -124,16 +124,21 @@ def status_at(lower: Any, upper: Any, h: float) -> np.ndarray:
     return np.where(up <= h, 1.0, np.where(lo >= h, 0.0, np.nan))
 
 
+def _km_curve(time: np.ndarray, event: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Kaplan-Meier product-limit: (distinct times, S just after each), vectorised."""
+    order = np.argsort(time, kind="stable")
+    t, e = time[order], np.asarray(event)[order].astype(float)
+    uniq, first = np.unique(t, return_index=True)
+    d = np.add.reduceat(e, first)
+    at_risk = len(t) - first
+    return uniq, np.cumprod(1.0 - d / at_risk)
+
+
 def km_risk(time: np.ndarray, event: np.ndarray, h: float) -> float:
     """Kaplan-Meier risk 1 - S(h) (vectorised product-limit)."""
     if len(time) == 0:
         return float("nan")
-    order = np.argsort(time, kind="stable")
-    t, e = time[order], event[order].astype(float)
-    uniq, first = np.unique(t, return_index=True)
-    d = np.add.reduceat(e, first)
-    at_risk = len(t) - first
-    s = np.cumprod(1.0 - d / at_risk)
+    uniq, s = _km_curve(time, event)
     k = np.searchsorted(uniq, h, side="right") - 1
     return float(1.0 - (s[k] if k >= 0 else 1.0))
 
@@ -285,6 +290,20 @@ def _rcs_basis(x: np.ndarray, knots: np.ndarray) -> np.ndarray:
     return np.column_stack(cols)
 
 
+def _fit_cox(df: pd.DataFrame, penalizer: float = 0.0) -> Any:
+    """lifelines' Cox model of ``T``/``E`` on the other columns (at most
+    :data:`MAX_SMOOTHER_ROWS` rows, seeded), or None if the fit fails."""
+    from lifelines import CoxPHFitter
+
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        try:
+            return CoxPHFitter(penalizer=penalizer).fit(
+                df.iloc[_subsample(len(df), MAX_SMOOTHER_ROWS)], "T", "E")
+        except Exception:  # noqa: BLE001 - any fit failure means "not estimable"
+            return None
+
+
 def smoothed_observed(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: float
                       ) -> np.ndarray | None:
     """Austin et al. (2020) smoothed observed risk at ``h`` for each row (None if not estimable).
@@ -299,8 +318,6 @@ def smoothed_observed(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h
     The metrics pass :func:`untied_times`, not the interval midpoints, whose
     ties bias the fit.
     """
-    from lifelines import CoxPHFitter
-
     risk_h = np.clip(np.asarray(risk_h, float), 1e-6, 1 - 1e-6)
     time = np.asarray(time, dtype=float)
     event = np.asarray(event, dtype=bool) & (time <= h)
@@ -318,20 +335,18 @@ def smoothed_observed(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h
         return None
     df = pd.DataFrame(basis, columns=[f"s{j}" for j in range(basis.shape[1])])
     df["T"], df["E"] = time, event.astype(float)
-    fit_rows = _subsample(len(df), MAX_SMOOTHER_ROWS)
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        try:
-            cph = CoxPHFitter(penalizer=1e-4).fit(df.iloc[fit_rows], "T", "E")
-            obs = 1.0 - cph.predict_survival_function(df.drop(columns=["T", "E"]),
-                                                      times=[h]).to_numpy()[0]
-        except Exception:  # noqa: BLE001 - any fit failure means "not estimable"
-            return None
+    cph = _fit_cox(df, penalizer=1e-4)
+    if cph is None:
+        return None
+    with np.errstate(all="ignore"):
+        obs = 1.0 - cph.predict_survival_function(df.drop(columns=["T", "E"]),
+                                                  times=[h]).to_numpy()[0]
     return obs if np.all(np.isfinite(obs)) else None
 
 
 def calibration_slope(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: float,
-                      *, cox_time: np.ndarray | None = None) -> dict[str, Any] | None:
+                      *, cox_time: np.ndarray | None = None,
+                      pseudo: np.ndarray | None = None) -> dict[str, Any] | None:
     """Calibration slope at ``h`` of the predicted risks, two ways (None if not estimable).
 
     ``slope``: the Kaplan-Meier pseudo-observations at ``h``
@@ -350,9 +365,9 @@ def calibration_slope(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h
     1 means the risks spread as much as the outcomes; below 1 they are too
     spread (over-fitting), above 1 not spread enough. None for constant
     predictions or fewer than 10 events within ``h``. ``cox_time`` replaces
-    ``time`` in the Cox fit (:func:`untied_times`).
+    ``time`` in the Cox fit (:func:`untied_times`); ``pseudo`` are the rows'
+    :func:`km_pseudo_risk` at ``h`` when the caller has them.
     """
-    from lifelines import CoxPHFitter
     from scipy.optimize import least_squares
 
     risk_h = np.clip(np.asarray(risk_h, float), 1e-6, 1 - 1e-6)
@@ -365,7 +380,8 @@ def calibration_slope(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h
     if np.ptp(cll) < 1e-9:
         return None
     z = 1.959964
-    pseudo = km_pseudo_risk(time, event, h)
+    if pseudo is None:
+        pseudo = km_pseudo_risk(time, event, h)
 
     def resid(p: np.ndarray) -> np.ndarray:
         return -np.expm1(-np.exp(p[0] + p[1] * cll)) - pseudo
@@ -383,15 +399,11 @@ def calibration_slope(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h
     within_cox = event & (t_cox <= h)
     df = pd.DataFrame({"cll": cll, "T": np.minimum(t_cox, h), "E": within_cox.astype(float)})
     out.update(slope_cox=None, slope_cox_ci95=None)
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        try:
-            cph = CoxPHFitter().fit(df.iloc[_subsample(len(df), MAX_SMOOTHER_ROWS)], "T", "E")
-            bc, sc = float(cph.params_["cll"]), float(cph.standard_errors_["cll"])
-            if np.isfinite(bc) and np.isfinite(sc):
-                out.update(slope_cox=bc, slope_cox_ci95=[bc - z * sc, bc + z * sc])
-        except Exception:  # noqa: BLE001, S110 - a failed fit leaves slope_cox None
-            pass
+    cph = _fit_cox(df)
+    if cph is not None:
+        bc, sc = float(cph.params_["cll"]), float(cph.standard_errors_["cll"])
+        if np.isfinite(bc) and np.isfinite(sc):
+            out.update(slope_cox=bc, slope_cox_ci95=[bc - z * sc, bc + z * sc])
     return out
 
 
@@ -434,8 +446,8 @@ def km_pseudo_risk(time: np.ndarray, event: np.ndarray, h: float) -> np.ndarray:
     return n * (1.0 - np.exp(log_s)) - (n - 1.0) * (1.0 - np.exp(log_s_i))
 
 
-def pseudo_observed(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: float
-                    ) -> np.ndarray | None:
+def pseudo_observed(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: float,
+                    pseudo: np.ndarray | None = None) -> np.ndarray | None:
     """Smoothed observed risk at ``h`` from pseudo-observations (None if not estimable).
 
     The Kaplan-Meier pseudo-observations (:func:`km_pseudo_risk`) regressed by
@@ -443,7 +455,8 @@ def pseudo_observed(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: 
     that :func:`smoothed_observed` uses. Unlike the Cox hazard regression
     there, it assumes nothing about the hazard at other times than h, and its
     mean equals that of the pseudo-observations (least squares with an
-    intercept), the jackknife Kaplan-Meier risk at h.
+    intercept), the jackknife Kaplan-Meier risk at h. ``pseudo``: those
+    pseudo-observations when the caller has them.
     """
     risk_h = np.clip(np.asarray(risk_h, float), 1e-6, 1 - 1e-6)
     if event.sum() < 10 or len(time) < 30:
@@ -455,7 +468,9 @@ def pseudo_observed(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: 
     else:
         basis = cll[:, None]
     X = np.column_stack([np.ones(len(cll)), basis])
-    beta = np.linalg.lstsq(X, km_pseudo_risk(time, event, h), rcond=None)[0]
+    if pseudo is None:
+        pseudo = km_pseudo_risk(time, event, h)
+    beta = np.linalg.lstsq(X, pseudo, rcond=None)[0]
     return np.clip(X @ beta, 0.0, 1.0)
 
 
@@ -488,9 +503,11 @@ def calibration(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: floa
                         "observed": obs[idx].round(5).tolist()}
     else:
         out.update(ici=None, e50=None, e90=None)
-    pseudo = pseudo_observed(time, event, risk_h, h)
+    pv = km_pseudo_risk(time, event, h)  # shared by the pseudo smoother and the slope
+    pseudo = pseudo_observed(time, event, risk_h, h, pseudo=pv)
     out["ici_pseudo"] = None if pseudo is None else float(np.mean(np.abs(risk_h - pseudo)))
-    out.update(calibration_slope(time, event, risk_h, h, cox_time=t_cox) or {"slope": None})
+    out.update(calibration_slope(time, event, risk_h, h, cox_time=t_cox, pseudo=pv)
+               or {"slope": None})
     if observed_risk is not None and out["mean_predicted"] is not None:
         out["observed_turnbull"] = float(observed_risk)
         out["citl"] = float(observed_risk) - out["mean_predicted"]
@@ -627,11 +644,7 @@ def _censoring_draws(lower: np.ndarray, upper: np.ndarray, rng: np.random.Genera
     the mass beyond the last censoring time).
     """
     cens = ~np.isfinite(upper)
-    c_time = np.where(cens, lower, upper)
-    uniq, inv = np.unique(c_time, return_inverse=True)
-    d = np.bincount(inv, weights=cens.astype(float), minlength=len(uniq))
-    at_risk = len(c_time) - np.r_[0, np.cumsum(np.bincount(inv, minlength=len(uniq)))[:-1]]
-    g = np.cumprod(1.0 - d / at_risk)  # P(C > uniq[i])
+    uniq, g = _km_curve(np.where(cens, lower, upper), cens)  # g[i] = P(C > uniq[i])
     out = np.where(cens, lower, np.inf)
     ev = ~cens
     if ev.any() and len(uniq):
