@@ -290,6 +290,17 @@ def _rcs_basis(x: np.ndarray, knots: np.ndarray) -> np.ndarray:
     return np.column_stack(cols)
 
 
+def _cll_basis(cll: np.ndarray) -> np.ndarray:
+    """The calibration smoothers' regressors: a restricted cubic spline of
+    ``log(-log(1 - risk))`` with 4 knots, or the value itself when it takes
+    fewer than 8 distinct values or its knots coincide."""
+    if len(np.unique(np.round(cll, 6))) >= 8:
+        knots = np.quantile(cll, [0.05, 0.35, 0.65, 0.95])
+        if np.all(np.diff(knots) > 1e-9):
+            return _rcs_basis(cll, knots)
+    return cll[:, None]
+
+
 def _fit_cox(df: pd.DataFrame, penalizer: float = 0.0) -> Any:
     """lifelines' Cox model of ``T``/``E`` on the other columns (at most
     :data:`MAX_SMOOTHER_ROWS` rows, seeded), or None if the fit fails."""
@@ -324,13 +335,7 @@ def smoothed_observed(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h
     time = np.minimum(time, h)
     if event.sum() < 10 or len(time) < 30:
         return None
-    cll = np.log(-np.log(1.0 - risk_h))
-    n_knots = 4 if len(np.unique(np.round(cll, 6))) >= 8 else 0
-    if n_knots:
-        knots = np.quantile(cll, [0.05, 0.35, 0.65, 0.95])
-        basis = _rcs_basis(cll, knots) if np.all(np.diff(knots) > 1e-9) else cll[:, None]
-    else:
-        basis = cll[:, None]
+    basis = _cll_basis(np.log(-np.log(1.0 - risk_h)))
     if np.ptp(basis[:, 0]) < 1e-9:
         return None
     df = pd.DataFrame(basis, columns=[f"s{j}" for j in range(basis.shape[1])])
@@ -338,9 +343,13 @@ def smoothed_observed(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h
     cph = _fit_cox(df, penalizer=1e-4)
     if cph is None:
         return None
-    with np.errstate(all="ignore"):
-        obs = 1.0 - cph.predict_survival_function(df.drop(columns=["T", "E"]),
-                                                  times=[h]).to_numpy()[0]
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        try:
+            obs = 1.0 - cph.predict_survival_function(df.drop(columns=["T", "E"]),
+                                                      times=[h]).to_numpy()[0]
+        except Exception:  # noqa: BLE001 - any failure means "not estimable"
+            return None
     return obs if np.all(np.isfinite(obs)) else None
 
 
@@ -461,13 +470,8 @@ def pseudo_observed(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: 
     risk_h = np.clip(np.asarray(risk_h, float), 1e-6, 1 - 1e-6)
     if event.sum() < 10 or len(time) < 30:
         return None
-    cll = np.log(-np.log(1.0 - risk_h))
-    knots = np.quantile(cll, [0.05, 0.35, 0.65, 0.95])
-    if len(np.unique(np.round(cll, 6))) >= 8 and np.all(np.diff(knots) > 1e-9):
-        basis = _rcs_basis(cll, knots)
-    else:
-        basis = cll[:, None]
-    X = np.column_stack([np.ones(len(cll)), basis])
+    basis = _cll_basis(np.log(-np.log(1.0 - risk_h)))
+    X = np.column_stack([np.ones(len(basis)), basis])
     if pseudo is None:
         pseudo = km_pseudo_risk(time, event, h)
     beta = np.linalg.lstsq(X, pseudo, rcond=None)[0]
