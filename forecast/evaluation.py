@@ -677,9 +677,10 @@ def calibrated_reference_ici(lower: np.ndarray, upper: np.ndarray, risk: np.ndar
     before 56 days, both smoothers read well above 0 for calibrated risks
     (README, "What ICI can measure under booster censoring").
 
-    The draws use exact waning times. The real outcomes are intervals between
-    assessments, imputed at their midpoints, which blurs them further, so
-    the reference is a lower bound of the floor. (A draw of the intervals
+    The draws use exact waning times; the real outcomes are intervals between
+    assessments, which the metrics' untied times (:func:`untied_times`) read
+    close to exact ones (``bench/calibration_floor.py``), so the reference is
+    an approximate floor, not an exact one. (A draw of the intervals
     themselves, widths from the rows' own at a random phase, overstated it:
     weekly assessments that fall on the horizons blur nothing, and the
     assessment schedules are not in the data.) None when ``reps`` is 0.
@@ -723,9 +724,9 @@ def calibrated_reference_ici(lower: np.ndarray, upper: np.ndarray, risk: np.ndar
         by_h[str(h)] = entry
     return {"reps": int(reps), "seed": seed, "by_horizon": by_h,
             "note": "ICI of risks calibrated by construction under these rows' censoring "
-                    "(outcomes drawn from the predicted risk curves): the estimate a "
-                    "perfectly calibrated model would at least get (exact event times: "
-                    "the assessment intervals blur the real outcomes further)"}
+                    "(outcomes drawn from the predicted risk curves): about the estimate a "
+                    "perfectly calibrated model would get (exact event times, not the real "
+                    "outcomes' assessment intervals)"}
 
 
 def survival_metrics(lower: np.ndarray, upper: np.ndarray, risk: np.ndarray,

@@ -98,8 +98,8 @@ def calibrated_reference_table(fp: dict[str, Any]) -> str:
             "the rows' censoring kept. Where most follow-up ends early (boosters), the ICI "
             "estimates are well above 0 even for calibrated risks; a model ICI inside the "
             "reference range shows no miscalibration the data can detect. The draws use "
-            "exact waning times; the assessment intervals of the real outcomes blur them "
-            "further, so the reference is a lower bound.</p>"
+            "exact waning times, not the assessment intervals of the real outcomes, so the "
+            "reference is approximate.</p>"
             + _table(["horizon", "model ICI", "calibrated reference ICI", "model ICI (pseudo)",
                       "calibrated reference (pseudo)"], rows))
 

@@ -301,7 +301,7 @@ def _metrics_md(metrics: dict[str, Any]) -> list[str]:
                       "(outcomes drawn from the model's own risk curves, censoring kept): "
                       + "; ".join(refs) + ". A model ICI within that range shows no "
                       "miscalibration these data can detect; exact waning times are drawn, "
-                      "so with assessment intervals the reference is a lower bound."]
+                      "not assessment intervals, so the reference is approximate."]
         lines += [""]
     lines += [f"Patient-grouped {cv.get('folds')}-fold cross-validation at episode start "
               f"({cv.get('n_episodes')} episodes; before the response is known):", ""]

@@ -150,9 +150,9 @@ def test_calibrated_reference_is_the_floor_of_the_ici_under_booster_censoring() 
     """Calibrated risks read ICI(56) well above 0 when most follow-up ends at boosters.
 
     The reference draws outcomes from the predictions themselves, so it tells a
-    reader what a perfectly calibrated model would at least read on the same
-    rows (exact times; the true risks on the weekly-assessed outcomes read
-    more), and risks that are too spread read far above it.
+    reader about what a perfectly calibrated model reads on the same rows
+    (exact times; at the interval midpoints, the true risks on the weekly-assessed
+    outcomes read more), and risks that are too spread read far above it.
     """
     bench = _floor_bench()
     horizons, rho = bench.HORIZONS, bench.RHO
@@ -163,7 +163,7 @@ def test_calibrated_reference_is_the_floor_of_the_ici_under_booster_censoring() 
     r56 = ref["by_horizon"]["56"]
     # the floor: a calibrated model cannot read near 0 at 56 days on these rows
     assert r56["ici_mean"] > 0.015
-    # a lower bound: the true risks, on outcomes seen at weekly assessments, read more
+    # at the interval midpoints the true risks on weekly outcomes read more (tied times)
     assert ev._ici(time, event, true[:, 1], 56) > r56["ici_mean"]
     # too-spread risks (log-logistic scale x 1.6) read above the calibrated range
     spread = bench.ll_risk(eta, rho * 1.6)
