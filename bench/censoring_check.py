@@ -53,10 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         risk = ev.forecast_point_risk(bundle, fp, HORIZONS)
         lo, up = fp["lower"].to_numpy(float), fp["upper"].to_numpy(float)
         t, e = ev.impute_times(lo, up)
+        # the reported metrics, computed as forecast evaluate does (untied times included)
+        by_h = ev.survival_metrics(lo, up, risk, HORIZONS, uno=False)["by_horizon"]
         for h in (28, 56):
             r = risk[:, list(HORIZONS).index(h)]
-            c = ev.calibration(t, e, r, float(h),
-                               observed_risk=float(ev.turnbull_risk(lo, up, [h])[0]))
+            c = by_h[str(h)]
             print(f"{label:>22} {h:>3} {len(r):>8} {np.mean(~e & (t < h)):>6.2f} "
                   f"{r.mean():>6.3f} {c['observed_turnbull']:>6.3f} {c['ici']:>6.3f} "
                   f"{c['ici_pseudo']:>6.3f}")
