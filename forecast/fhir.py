@@ -39,9 +39,16 @@ a ``subject`` that is neither a Patient of the Bundle nor stored.
 
 Not imported, and listed as such in the answer (a warning on the entry), never
 silently: resources with a valid status outside the imported ones, e.g.
-``entered-in-error`` or ``cancelled`` Observations, ``entered-in-error``,
-``in-progress`` or ``stopped`` QuestionnaireResponses. ``preliminary``
-Observations are imported (see :data:`OBSERVATION_STATUSES`).
+``cancelled`` Observations, ``in-progress`` or ``stopped``
+QuestionnaireResponses. ``preliminary`` Observations are imported (see
+:data:`OBSERVATION_STATUSES`).
+
+Withdrawn: a QuestionnaireResponse, Observation or (ketamine) Procedure with
+status ``entered-in-error`` whose subject is a known patient becomes a
+retraction (:attr:`MappedRecords.retractions`): the row stored under its
+client id is removed and the id can never be imported again
+(``service.ingest.ingest_many``). One whose patient is unknown is only
+listed as not imported: nothing of it can be stored.
 """
 
 from __future__ import annotations
@@ -317,6 +324,13 @@ class MappedRecords:
         reference to it).
     issues : list of FhirIssue
         Warnings and notes: what was recognised but not imported, and why.
+    retractions : list of dict
+        Resources sent with status ``entered-in-error``: ``patient_id``,
+        ``table``, the client ``id`` the row was imported with, and the
+        resource's FHIRPath ``expr``.
+    merged : dict
+        ``(table, client id)`` -> client ids of the other resources merged
+        into that record (one assessment row per patient and day).
     """
 
     patients: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -325,6 +339,8 @@ class MappedRecords:
     sources: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     patient_sources: dict[str, str] = field(default_factory=dict)
     issues: list[FhirIssue] = field(default_factory=list)
+    retractions: list[dict[str, str]] = field(default_factory=list)
+    merged: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     #: Per entry index: (resourceType, id) of what it became, for response bundles.
     entries: list[tuple[str, str | None]] = field(default_factory=list)
 
@@ -596,6 +612,7 @@ class _Row:
     origin: dict[str, str] = field(default_factory=dict)  # column -> expression
     exprs: list[str] = field(default_factory=list)
     priority: int = 9
+    ids: list[str] = field(default_factory=list)  # client ids of the resources merged
 
 
 class _Mapper:
@@ -640,6 +657,34 @@ class _Mapper:
     def skip(self, rtype: str, status: str | None, expr: str, why: str) -> None:
         """Say that a valid resource is not imported because of its status (never silently)."""
         self.warn("business-rule", f"not imported: {rtype} with status {status!r}; {why}", expr)
+
+    def withdraw(
+        self, rtype: str, table: str, cid: str | None, res: Any, expr: str
+    ) -> tuple[str, str | None]:
+        """An ``entered-in-error`` resource: a retraction of its stored row, if it can have one.
+
+        No date or content is needed (the resource is wrong, whatever it says);
+        the subject names the patient. A subject that is no Patient of the
+        Bundle and not stored (when the caller knows the stored patients)
+        cannot have a stored row: the resource is then only listed.
+        """
+        reference = getattr(getattr(res, "subject", None), "reference", None)
+        pid = _reference_id(reference, "Patient", self.patient_full_urls)
+        unknown = pid is None or (
+            self.known_patients is not None
+            and pid not in self.bundle_patients
+            and pid not in self.known_patients
+        )
+        if cid is None or unknown:
+            self.skip(rtype, "entered-in-error", f"{expr}.status",
+                      "its subject is no stored patient, so there is no row to withdraw")
+            return rtype, None
+        assert pid is not None
+        self.out.retractions.append({"patient_id": pid, "table": table, "id": cid, "expr": expr})
+        if pid not in self.out.patients:
+            self.out.patients[pid] = {"patient_id": pid}
+            self.out.patient_sources.setdefault(pid, f"{expr}.subject")
+        return rtype, cid
 
     def client_id(self, rtype: str, res: Any, full_url: str | None, expr: str) -> str | None:
         if res.id:
@@ -714,6 +759,8 @@ class _Mapper:
         base = expr.split(".resource", 1)[0] + ".resource"
         if base not in row.exprs:
             row.exprs.append(base)
+        if client_id not in row.ids:
+            row.ids.append(client_id)
         old = row.values.get(column)
         if old is not None and old != value:
             self.error(
@@ -764,17 +811,14 @@ class _Mapper:
         cid = self.client_id("QuestionnaireResponse", res, full_url, expr)
         if not self.bound(res.status, QR_STATUS_CODES, f"{expr}.status"):
             return "QuestionnaireResponse", None
+        if res.status == "entered-in-error":
+            return self.withdraw("QuestionnaireResponse", "assessments", cid, res, expr)
         if res.status not in QR_STATUSES:
             self.skip(
                 "QuestionnaireResponse",
                 res.status,
                 f"{expr}.status",
-                "only completed or amended responses are imported"
-                + (
-                    " (a response entered in error is not data about the patient)"
-                    if res.status == "entered-in-error"
-                    else ""
-                ),
+                "only completed or amended responses are imported",
             )
             return "QuestionnaireResponse", None
         pid = self.patient_of(res, expr)
@@ -861,6 +905,8 @@ class _Mapper:
         cid = self.client_id("Observation", res, full_url, expr)
         if not self.bound(res.status, OBSERVATION_STATUS_CODES, f"{expr}.status"):
             return "Observation", None
+        if res.status == "entered-in-error":
+            return self.withdraw("Observation", "assessments", cid, res, expr)
         if res.status not in OBSERVATION_STATUSES:
             self.skip(
                 "Observation",
@@ -970,6 +1016,8 @@ class _Mapper:
                 f"{expr}.code",
             )
             return "Procedure", None
+        if res.status == "entered-in-error":
+            return self.withdraw("Procedure", "sessions", cid, res, expr)
         if res.status not in PROCEDURE_STATUSES:
             self.skip("Procedure", res.status, f"{expr}.status", "only completed sessions count")
             return "Procedure", None
@@ -1064,6 +1112,9 @@ class _Mapper:
             rec.update({k: (int(v) if float(v).is_integer() else v) for k, v in row.values.items()})
             self.out.assessments.append(rec)
             self.out.sources[("assessments", row.client_id)] = row.exprs
+            others = [i for i in row.ids if i != row.client_id]
+            if others:
+                self.out.merged[("assessments", row.client_id)] = others
         self.out.assessments.sort(key=lambda r: (r["patient_id"], r["date"]))
         self.out.sessions.sort(key=lambda r: (r["patient_id"], r["date"]))
         return self.out

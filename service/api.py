@@ -429,7 +429,48 @@ def _post_rows(patient_id: str, table: str) -> tuple[Response, int]:
         "unchanged": result["unchanged"],
         table: results,
     }
+    if result.get("refused_retracted"):
+        out["refused_retracted"] = result["refused_retracted"]  # ids withdrawn before
     return jsonify(out), 201 if result["created"] else 200
+
+
+def _withdraw_row(patient_id: str, table: str, client_id: str) -> Response:
+    """Withdraw the row stored under a client id as entered in error (see ingest_many)."""
+    pid = _path_patient(patient_id)
+    with store().read() as conn:
+        _require_patient(conn, pid)
+    result = ingest_many(
+        store(), [], retractions=[{"patient_id": pid, "table": table, "id": client_id,
+                                   "pointer": "path"}]
+    )
+    (done,) = result["retractions"]
+    if done["result"] == "kept":
+        raise ApiProblem(
+            409,
+            "Row holds other resources",
+            f"The {table} row of {done['date']} also holds "
+            + ", ".join(done["missing"])
+            + " (merged on a FHIR import); deleting it would lose their values. Withdraw it "
+            "through POST /fhir/r4 together with those resources, sent again or "
+            "entered-in-error.",
+        )
+    out = {"patient_id": pid, "table": table, "id": client_id,
+           "result": done["result"], "date": done["date"]}
+    return jsonify(out)
+
+
+@bp.delete("/patients/<patient_id>/assessments/<path:client_id>")
+@require_role("clinician")
+def withdraw_assessment(patient_id: str, client_id: str) -> Response:
+    """Withdraw an assessment entered in error (by its client ``id``; idempotent)."""
+    return _withdraw_row(patient_id, "assessments", client_id)
+
+
+@bp.delete("/patients/<patient_id>/sessions/<path:client_id>")
+@require_role("clinician")
+def withdraw_session(patient_id: str, client_id: str) -> Response:
+    """Withdraw a session entered in error (by its client ``id``; idempotent)."""
+    return _withdraw_row(patient_id, "sessions", client_id)
 
 
 @bp.post("/patients/<patient_id>/assessments")

@@ -391,6 +391,41 @@ def _combined_cohort(pid: str, prefetch: Mapping[str, Any]) -> tuple[Any, list[s
             "(e.g. entered-in-error, cancelled, in-progress)."
         )
     frames = {"sessions": cohort.sessions, "assessments": cohort.assessments}
+    # Prefetched resources marked entered-in-error: rows stored from them are left
+    # out of this forecast. A CDS call only reads, so the store keeps them until the
+    # EHR sends the resource to POST /fhir/r4, which withdraws it.
+    # As on import, a stored row that also holds values of other resources (merged
+    # on import: a C-SSRS screen beside a wrong PHQ-9, say) stays unless they are
+    # all withdrawn too: no accepted value, least of all a safety answer, is dropped.
+    withdrawn = [r for r in mapped.retractions if r["patient_id"] == pid]
+    if withdrawn:
+        dropped: set[tuple[str, str]] = set()
+        kept: set[tuple[str, str]] = set()
+        if known:
+            with st.read() as conn:
+                for r in withdrawn:
+                    loc = st.locate(conn, r["table"], pid, r["id"])
+                    if loc is None:
+                        continue
+                    ids = {w["id"] for w in withdrawn if w["table"] == r["table"]}
+                    target = dropped if set(loc["others"]) <= ids else kept
+                    target.add((r["table"], loc["date"]))
+        for table in ("sessions", "assessments"):
+            gone = [pd.Timestamp(d) for t, d in dropped if t == table]
+            if gone:
+                frames[table] = frames[table][~frames[table]["date"].isin(gone)].reset_index(
+                    drop=True
+                )
+        text = f"{len(withdrawn)} prefetched resource(s) are marked entered-in-error"
+        if dropped:
+            text += f"; {len(dropped)} stored row(s) made from them were left out of this forecast"
+        if kept:
+            text += (
+                f"; {len(kept)} stored row(s) also holding other resources' values were kept"
+            )
+        if not dropped and not kept:
+            text += "; no stored row was made from them"
+        notes.append(text + ".")
     added = 0
     for table in ("sessions", "assessments"):
         rows = [

@@ -90,6 +90,49 @@ assessments = _history_table("assessments")
 #: The history tables by contract table name.
 HISTORY = {"sessions": sessions, "assessments": assessments}
 
+#: Rows withdrawn as entered in error (FHIR ``status = entered-in-error``): the row
+#: itself is deleted from its history table, and this tombstone stays, so a retried
+#: import of the erroneous resource cannot bring it back. Only inserted, never
+#: updated; ``row_date`` and ``row_hash`` describe the deleted row (NULL when no
+#: stored row carried the id: the tombstone then only blocks a later import).
+retractions = sa.Table(
+    "retractions",
+    metadata,
+    sa.Column("retraction_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "patient_id",
+        sa.String(ID_LENGTH),
+        sa.ForeignKey("patients.patient_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("table_name", sa.String(16), nullable=False),
+    sa.Column("client_id", sa.String(CLIENT_ID_LENGTH), nullable=False),
+    sa.Column("row_date", sa.Date, nullable=True),
+    sa.Column("row_hash", sa.String(64), nullable=True),
+    sa.Column("retracted_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("patient_id", "table_name", "client_id"),
+)
+
+#: The other resources merged into one history row (the FHIR importer makes one
+#: assessment row of a patient's questionnaires and observations of one day; the
+#: row keeps the id of one of them). A withdrawal of any of them finds the row
+#: here, and knows which values besides its own the row holds.
+row_sources = sa.Table(
+    "row_sources",
+    metadata,
+    sa.Column("source_pk", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "patient_id",
+        sa.String(ID_LENGTH),
+        sa.ForeignKey("patients.patient_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("table_name", sa.String(16), nullable=False),
+    sa.Column("client_id", sa.String(CLIENT_ID_LENGTH), nullable=False),
+    sa.Column("source_id", sa.String(CLIENT_ID_LENGTH), nullable=False),
+    sa.UniqueConstraint("patient_id", "table_name", "source_id"),
+)
+
 tokens = sa.Table(
     "tokens",
     metadata,

@@ -225,12 +225,50 @@ def ingest_bundle() -> Response:
     groups = mapped.items()
     items = [(pid, table, recs, f"/{_POINTER}/{k}") for k, (pid, table, recs) in enumerate(groups)]
     try:
-        result = ingest_many(_store(), items, patients=_patients_to_write(mapped, bundle_patients))
+        result = ingest_many(
+            _store(),
+            items,
+            patients=_patients_to_write(mapped, bundle_patients),
+            retractions=[
+                {**{k: r[k] for k in ("patient_id", "table", "id")}, "pointer": r["expr"]}
+                for r in mapped.retractions
+            ],
+            sources={
+                (rec["patient_id"], "assessments", rec["id"]): merged
+                for rec in mapped.assessments
+                if (merged := mapped.merged.get(("assessments", rec["id"])))
+            },
+        )
     except ApiProblem as exc:
         if exc.status in (409, 422):
             raise FhirProblem(exc.status, _issues_from_fields(exc, mapped, groups)) from None
         raise _outcome_for_api_problem(exc) from None
     return fhir_response(_response_bundle(doc, mapped, result, groups))
+
+
+def _withdrawal_issue(done: Mapping[str, Any], expr: str) -> FhirIssue:
+    """What became of an ``entered-in-error`` resource (``ingest_many``'s retraction result)."""
+    what = "session" if done["table"] == "sessions" else "assessment"
+    if done["result"] == "retracted":
+        text = (f"withdrawn: the {what} of {done['date']} stored as {done['id']} is removed; "
+                "forecasts no longer use it")
+    elif done["result"] == "already retracted":
+        text = f"withdrawn before: {done['id']} was already removed (nothing changed)"
+    elif done["result"] == "kept":
+        return FhirIssue(
+            "warning",
+            "business-rule",
+            f"not withdrawn: the {what} of {done['date']} holds {done['id']} together with "
+            + ", ".join(done["missing"])
+            + " (merged on import), whose values would be lost with it; send those resources "
+            "again (or entered-in-error) in the same Bundle as this one to withdraw it",
+            expr,
+        )
+    else:
+        text = (f"recorded: no stored {what} carries the id {done['id']} (a value merged into "
+                "a questionnaire's row goes only with that questionnaire); the id will not be "
+                "imported later")
+    return FhirIssue("information", "informational", text, expr)
 
 
 def _status_of(err: FhirError) -> int:
@@ -276,6 +314,7 @@ def _response_bundle(
     for issue in mapped.issues:
         key = issue.expression.split(".resource", 1)[0] + ".resource"
         warnings.setdefault(key, []).append(issue)
+    withdrawn = {r["pointer"]: r for r in result.get("retractions", [])}
     entries = []
     for i, (rtype, rid) in enumerate(mapped.entries):
         expr = f"Bundle.entry[{i}].resource"
@@ -285,10 +324,23 @@ def _response_bundle(
             res = patient_result.get(rid, "unchanged")
             status = "201 Created" if res == "created" else "200 OK"
             location = f"Patient/{rid}"
+        elif expr in withdrawn:
+            warnings.setdefault(expr, []).append(_withdrawal_issue(withdrawn[expr], expr))
         elif rid is not None:
             cid = row_of.get(expr, rid)
             status = "201 Created" if by_id.get(cid) == "created" else "200 OK"
             location = rid
+            if by_id.get(cid) == "retracted":
+                warnings.setdefault(expr, []).append(
+                    FhirIssue(
+                        "warning",
+                        "business-rule",
+                        f"not imported: {cid} was withdrawn as entered-in-error before; "
+                        "a withdrawn resource is never stored again (send the correction "
+                        "with a new id)",
+                        expr,
+                    )
+                )
         entry: dict[str, Any] = {"response": {"status": status}}
         if location:
             entry["response"]["location"] = location

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,26 @@ class IngestItem:
     patient_id: str
     table: str
     records: Sequence[Any]
+    pointer: str
+
+
+@dataclass(frozen=True)
+class Retraction:
+    """A stored row withdrawn as entered in error (FHIR ``status = entered-in-error``).
+
+    Attributes
+    ----------
+    patient_id : str
+    table : {"sessions", "assessments"}
+    client_id : str
+        The client id the row was imported with (``"<ResourceType>/<id>"``).
+    pointer : str
+        Where the request names it, for errors and results.
+    """
+
+    patient_id: str
+    table: str
+    client_id: str
     pointer: str
 
 
@@ -168,6 +188,49 @@ class _Plan:
 
     plans: list[tuple[IngestItem, list[dict[str, Any]], list[dict[str, Any]]]]
     snapshot: dict[str, dict[str, tuple[int, int]]]
+    #: Per retraction: what to do (retracted / recorded / already retracted / kept)
+    #: and the stored row it concerns (``Store.locate``; with ``missing`` when kept).
+    decisions: list[tuple[Retraction, str, dict[str, Any] | None]]
+
+
+def _retractions(raw: Sequence[Any] | None) -> tuple[list[Retraction], list[dict[str, str]]]:
+    """Parse retractions (``Retraction`` or mappings ``patient_id, table, id[, pointer]``)."""
+    from forecast.data import MAX_CLIENT_ID_LENGTH
+
+    out: list[Retraction] = []
+    errors: list[dict[str, str]] = []
+    seen: set[tuple[str, str, str]] = set()
+    for k, entry in enumerate(raw or ()):
+        if isinstance(entry, Retraction):
+            r = entry
+        else:
+            r = Retraction(
+                entry.get("patient_id"),
+                entry.get("table"),
+                entry.get("id"),
+                entry.get("pointer") or pointer("retractions", k),
+            )
+        if r.table not in TABLES_WRITABLE:
+            errors.append(
+                {"field": r.pointer + "/table", "message": f"must be one of {TABLES_WRITABLE}"}
+            )
+            continue
+        if (not isinstance(r.client_id, str) or not r.client_id.strip()
+                or len(r.client_id) > MAX_CLIENT_ID_LENGTH):
+            errors.append({"field": r.pointer + "/id",
+                           "message": "the id the row was stored with (1 to "
+                           f"{MAX_CLIENT_ID_LENGTH} characters)"})
+            continue
+        try:
+            check_patient_id(r.patient_id, r.pointer + "/patient_id")
+        except ApiProblem as exc:
+            errors += exc.errors
+            continue
+        key = (r.patient_id, r.table, r.client_id)
+        if key not in seen:  # the same withdrawal twice in one request is one withdrawal
+            seen.add(key)
+            out.append(r)
+    return out, errors
 
 
 def _plan(
@@ -177,19 +240,72 @@ def _plan(
     new_patients: set[str],
     today: dt.date | None,
     prior_errors: Sequence[dict[str, str]] = (),
+    retractions: Sequence[Retraction] = (),
+    sources: Mapping[tuple[str, str, str], Sequence[str]] | None = None,
 ) -> _Plan:
     """Validate every item against the stored rows read through ``conn``.
 
     Raises the 422 (validation) or 409 (conflicting retry) problem; otherwise
     returns the rows to insert, the per-item results and the snapshot of the
     stored rows the decision was based on.
+
+    A record whose client id was withdrawn as entered in error (stored
+    tombstone, or a retraction in this request) is not inserted: its result
+    is ``retracted``. A row withdrawn in this request no longer occupies its
+    date, so a correction dated the same day can come in the same request.
+
+    A stored row that also holds other resources' values (merged on import,
+    ``sources``) is deleted only when each of those resources is sent again
+    or withdrawn in the same request; otherwise it is ``kept``, so that no
+    accepted value (a C-SSRS answer beside a wrong PHQ-9, say) is lost.
     """
     from forecast.data import RecordsOf, validate_records_many
 
-    ids = sorted({it.patient_id for it in items})
+    ids = sorted({it.patient_id for it in items} | {r.patient_id for r in retractions})
     known = store.known_patients(conn, ids) | new_patients
-    tables = sorted({it.table for it in items})
+    tables = sorted({it.table for it in items} | {r.table for r in retractions})
     snapshot = {t: store.history_fingerprint(conn, t, ids) for t in tables}
+    snapshot["retractions"] = store.retraction_fingerprint(conn, ids)
+    withdrawn = {t: store.retracted_ids(conn, t, ids) for t in tables}
+    retraction_errors = [
+        {
+            "field": r.pointer + "/patient_id",
+            "message": f"unknown patient {r.patient_id!r}: nothing of it is stored to retract",
+        }
+        for r in retractions
+        if r.patient_id not in known
+    ]
+    # Resources present in this request, per (table, patient): sent (as records or
+    # merged into one) or withdrawn. A merged row may go only when all it holds is here.
+    present: dict[tuple[str, str], set[str]] = {}
+    for it in items:
+        bucket = present.setdefault((it.table, it.patient_id), set())
+        bucket.update(
+            r["id"] for r in it.records if isinstance(r, Mapping) and isinstance(r.get("id"), str)
+        )
+    for (pid, table, _), merged in (sources or {}).items():
+        present.setdefault((table, pid), set()).update(merged)
+    for r in retractions:
+        present.setdefault((r.table, r.patient_id), set()).add(r.client_id)
+    decisions: list[tuple[Retraction, str, dict[str, Any] | None]] = []
+    freed: dict[str, dict[str, set[str]]] = {t: {} for t in tables}  # rows deleted here
+    for r in retractions:
+        if r.patient_id not in known:
+            continue
+        if r.client_id in withdrawn[r.table].get(r.patient_id, ()):
+            decisions.append((r, "already retracted", None))
+            continue
+        loc = store.locate(conn, r.table, r.patient_id, r.client_id)
+        if loc is not None:
+            missing = [o for o in loc["others"] if o not in present[(r.table, r.patient_id)]]
+            if missing:
+                decisions.append((r, "kept", {**loc, "missing": missing}))
+                continue
+            freed[r.table].setdefault(r.patient_id, set()).add(loc["client_id"])
+        decisions.append((r, "recorded" if loc is None else "retracted", loc))
+    for r, action, _ in decisions:
+        if action != "kept":
+            withdrawn[r.table].setdefault(r.patient_id, set()).add(r.client_id)
     # Each patient's stored rows as arrays: dates, client ids, content hashes.
     stored: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for table in tables:
@@ -206,11 +322,12 @@ def _plan(
         for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
             stored[(table, str(pids[lo]))] = (dates[lo:hi], cids[lo:hi], hashes[lo:hi])
     # Problems of the patients come first, then those of the rows: one 422 lists all.
-    errors: list[dict[str, str]] = list(prior_errors)
+    errors: list[dict[str, str]] = list(prior_errors) + retraction_errors
     conflicts: list[dict[str, str]] = []
     # Every item of a table is validated in one pass of the data contract's rules.
     entries: dict[str, list[RecordsOf]] = {t: [] for t in tables}
     position: list[tuple[str, int]] = []
+    kept_of: list[np.ndarray] = []  # per item: posted index of each validated record
     for it in items:
         existing = None
         found = stored.get((it.table, it.patient_id))
@@ -220,36 +337,67 @@ def _plan(
                 for r in it.records
                 if isinstance(r, Mapping) and isinstance(r.get("id"), str)
             }
-            # Rows retried in this batch must not count as duplicates of themselves.
+            batch_ids |= withdrawn[it.table].get(it.patient_id, set())
+            batch_ids |= freed[it.table].get(it.patient_id, set())
+            # Rows retried in this batch must not count as duplicates of themselves,
+            # nor rows withdrawn in this request as taking their date.
             keep = np.array([c not in batch_ids for c in found[1]], dtype=bool)
             existing = {"date": found[0][keep], "client_id": found[1][keep]}
+        # Records of withdrawn ids are not validated again (a retry of the request that
+        # first sent them may now clash with the correction stored on their date).
+        gone = withdrawn[it.table].get(it.patient_id, set())
+        records = list(it.records)
+        kept = [
+            i
+            for i, r in enumerate(records)
+            if not (isinstance(r, Mapping) and isinstance(r.get("id"), str) and r["id"] in gone)
+        ]
         position.append((it.table, len(entries[it.table])))
+        kept_of.append(np.asarray(kept, dtype=np.intp))
         entries[it.table].append(
-            RecordsOf(it.patient_id, list(it.records), it.patient_id in known, existing)
+            RecordsOf(it.patient_id, [records[i] for i in kept], it.patient_id in known, existing)
         )
     checked = {
         t: validate_records_many(t, entries[t], today=today, as_rows=True) if entries[t] else []
         for t in tables
     }
     plans: list[tuple[IngestItem, list[dict[str, Any]], list[dict[str, Any]]]] = []
-    for it, (table, k) in zip(items, position, strict=True):
+    for it, (table, k), kept in zip(items, position, kept_of, strict=True):
         rows, problems, order = checked[table][k]
         if problems:
-            errors += field_errors(problems, it.pointer)
+            errors += field_errors(
+                [p if p.row is None else replace(p, row=int(kept[p.row])) for p in problems],
+                it.pointer,
+            )
             continue
+        validated = set(kept.tolist())
+        withdrawn_results = [
+            {
+                "index": i,
+                "id": r["id"],
+                "date": str(r.get("date"))[:10] if r.get("date") is not None else None,
+                "result": "retracted",  # withdrawn as entered in error: never stored again
+            }
+            for i, r in enumerate(it.records)
+            if i not in validated
+        ]
         if not rows:
-            plans.append((it, [], []))
+            plans.append((it, [], withdrawn_results))
             continue
         found = stored.get((it.table, it.patient_id))
         stored_hash: dict[str, str] = {}
         if found is not None:
+            # A row deleted by a withdrawal here is no longer stored: its id is new again.
+            gone_rows = freed[it.table].get(it.patient_id, set())
             stored_hash = {
-                str(c): h for c, h in zip(found[1], found[2], strict=True) if c is not None
+                str(c): h
+                for c, h in zip(found[1], found[2], strict=True)
+                if c is not None and c not in gone_rows
             }
         inserts: list[dict[str, Any]] = []
         results: list[dict[str, Any]] = [{} for _ in rows]
         for j, row in enumerate(rows):
-            index = int(order[j])
+            index = int(kept[int(order[j])])
             digest = row_hash(it.table, row)
             cid = row.get("client_id")
             entry = {
@@ -270,7 +418,8 @@ def _plan(
             else:
                 entry["result"] = "created"
                 inserts.append({**row, "content_hash": digest})
-            results[index] = entry
+            results[j] = entry
+        results = sorted(results + withdrawn_results, key=lambda e: e["index"])
         plans.append((it, inserts, results))
     if errors:
         raise ApiProblem(
@@ -283,7 +432,7 @@ def _plan(
             f"{len(conflicts)} item(s) reuse a stored id with other content; nothing was stored",
             conflicts,
         )
-    return _Plan(plans, snapshot)
+    return _Plan(plans, snapshot, decisions)
 
 
 def _apply(
@@ -293,33 +442,62 @@ def _apply(
     patients: list[tuple[dict[str, Any], str]],
     plan: _Plan | None,
     today: dt.date | None,
+    retractions: Sequence[Retraction] = (),
+    sources: Mapping[tuple[str, str, str], Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """Write the plan in the open write transaction, re-planning if the rows changed."""
     patient_results = [
         {"patient_id": rec["patient_id"], "result": store.upsert_patient(conn, rec)}
         for rec, _ in patients
     ]
-    ids = sorted({it.patient_id for it in items})
+    ids = sorted({it.patient_id for it in items} | {r.patient_id for r in retractions})
     store.lock_patients(conn, ids)
-    if plan is None or any(
-        store.history_fingerprint(conn, table, ids) != before
-        for table, before in plan.snapshot.items()
-    ):
+
+    def fingerprint(table: str) -> dict[str, tuple[int, int]]:
+        if table == "retractions":
+            return store.retraction_fingerprint(conn, ids)
+        return store.history_fingerprint(conn, table, ids)
+
+    if plan is None or any(fingerprint(t) != before for t, before in plan.snapshot.items()):
         # Another writer stored rows of these patients since the plan was made:
         # decide again, now under the lock, so the answer reflects what is stored.
-        plan = _plan(store, conn, items, set(), today)
+        plan = _plan(store, conn, items, set(), today, retractions=retractions, sources=sources)
     out_items = []
     created = unchanged = 0
+    # Withdrawals first: a correction may take the date of the row it replaces.
+    out_retractions = []
+    for r, action, loc in plan.decisions:
+        if action in ("retracted", "recorded"):
+            store.retract(conn, r.table, r.patient_id, r.client_id,
+                          loc if action == "retracted" else None)
+        done: dict[str, Any] = {"patient_id": r.patient_id, "table": r.table, "id": r.client_id,
+                                "pointer": r.pointer, "result": action,
+                                "date": None if loc is None else loc["date"]}
+        if action == "kept" and loc is not None:
+            done["missing"] = loc["missing"]
+        out_retractions.append(done)
     # One multi-row insert per table (rows in plan order, so row ids are as before).
     by_table: dict[str, list[dict[str, Any]]] = {}
     for it, inserts, _ in plan.plans:
         by_table.setdefault(it.table, []).extend(inserts)
     for table, inserts in by_table.items():
         store.insert_history(conn, table, inserts)
+    if sources:
+        merged = [
+            (it.patient_id, it.table, row["client_id"], s)
+            for it, inserts, _ in plan.plans
+            for row in inserts
+            for s in sources.get((it.patient_id, it.table, row.get("client_id")), ())
+        ]
+        for table in {m[1] for m in merged}:
+            store.add_row_sources(conn, table, [(p, c, s) for p, t, c, s in merged if t == table])
+    refused = 0
     for it, _, results in plan.plans:
         n_new = sum(r["result"] == "created" for r in results)
+        n_refused = sum(r["result"] == "retracted" for r in results)
         created += n_new
-        unchanged += len(results) - n_new
+        refused += n_refused
+        unchanged += len(results) - n_new - n_refused
         out_items.append(
             {
                 "patient_id": it.patient_id,
@@ -328,12 +506,17 @@ def _apply(
                 "results": results,
             }
         )
-    return {
+    out: dict[str, Any] = {
         "created": created,
         "unchanged": unchanged,
         "patients": patient_results,
         "items": out_items,
     }
+    if refused:
+        out["refused_retracted"] = refused
+    if out_retractions:
+        out["retractions"] = out_retractions
+    return out
 
 
 def ingest_many(
@@ -342,6 +525,8 @@ def ingest_many(
     *,
     patients: Sequence[Any] | None = None,
     today: dt.date | None = None,
+    retractions: Sequence[Any] | None = None,
+    sources: Mapping[tuple[str, str, str], Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """Validate and store rows of several patients and tables atomically.
 
@@ -361,6 +546,20 @@ def ingest_many(
         pass ``{"record": ..., "pointer": ...}`` to name your own).
     today : datetime.date, optional
         Dates after it are rejected (default: today).
+    retractions : sequence, optional
+        Rows withdrawn as entered in error, in the same transaction and
+        before the inserts: each a :class:`Retraction` or a mapping with
+        ``patient_id``, ``table``, ``id`` (the client id) and optional
+        ``pointer``. The row is deleted and a tombstone kept
+        (:meth:`service.store.Store.retract`); a record sent later with that
+        id is answered ``retracted`` and not stored. A row that also holds
+        values of other resources (``sources``) is kept unless they are all
+        in the request too (result ``kept``, with the ``missing`` ids).
+    sources : mapping, optional
+        ``(patient_id, table, client id) -> ids of the other resources``
+        merged into that record (the FHIR importer's one row per day);
+        recorded for the rows created, so a withdrawal of any of them finds
+        the row.
 
     Returns
     -------
@@ -368,7 +567,11 @@ def ingest_many(
         ``created`` and ``unchanged`` counts, ``patients`` (``patient_id``,
         ``result`` = created/updated/unchanged) and ``items`` (per item:
         ``patient_id``, ``table``, ``pointer`` and ``results``, one per
-        record in posted order with ``index``, ``id``, ``date``, ``result``).
+        record in posted order with ``index``, ``id``, ``date``, ``result``
+        = created/unchanged/retracted). With records refused because their
+        id was withdrawn, ``refused_retracted`` counts them; with
+        retractions, ``retractions`` lists each with ``result`` =
+        retracted/already retracted/recorded/kept and the row's ``date``.
 
     Raises
     ------
@@ -382,6 +585,8 @@ def ingest_many(
         # The id's own location is the caller's (URL path, bundle entry): name the list.
         check_patient_id(it.patient_id, it.pointer or "/patient_id")
     parsed_patients, patient_errors = _patient_records(patients)
+    parsed_retractions, retraction_errors = _retractions(retractions)
+    patient_errors += retraction_errors
     # Patients given in this request count as known even if their own record is
     # invalid: its errors are reported already, "unknown patient" would be noise.
     new_patients = {rec["patient_id"] for rec, _ in parsed_patients} | {
@@ -392,7 +597,12 @@ def ingest_many(
     # Validate outside the write lock (validation is the slow part), against a
     # snapshot of the stored rows; the write transaction re-checks the snapshot.
     with store.read() as conn:
-        plan = _plan(store, conn, parsed_items, new_patients, today, patient_errors)
+        plan = _plan(
+            store, conn, parsed_items, new_patients, today, patient_errors, parsed_retractions,
+            sources,
+        )
     return store.run_write(
-        lambda conn: _apply(store, conn, parsed_items, parsed_patients, plan, today)
+        lambda conn: _apply(
+            store, conn, parsed_items, parsed_patients, plan, today, parsed_retractions, sources
+        )
     )

@@ -44,6 +44,14 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "created": True,
         "conflict": True,
     },
+    "api.withdraw_assessment": {
+        "summary": "Withdraw an assessment entered in error (idempotent; the id is refused later)",
+        "conflict": True,
+    },
+    "api.withdraw_session": {
+        "summary": "Withdraw a session entered in error (idempotent; the id is refused later)",
+        "conflict": True,
+    },
     "api.get_patient": {"summary": "History and measured outcomes of a stored patient"},
     "api.patient_forecast": {
         "summary": "Forecast for a stored patient",

@@ -497,6 +497,123 @@ class Store:
             payload.append(item)
         conn.execute(sa.insert(t), payload)
 
+    def retracted_ids(
+        self, conn: Connection, table: str, patient_ids: Sequence[str]
+    ) -> dict[str, set[str]]:
+        """``{patient_id: client ids}`` withdrawn as entered in error from ``table``."""
+        t = db.retractions
+        out: dict[str, set[str]] = {}
+        for chunk in _chunks(sorted(set(patient_ids)), 900):
+            rows = conn.execute(
+                sa.select(t.c.patient_id, t.c.client_id).where(
+                    t.c.table_name == table, t.c.patient_id.in_(chunk)
+                )
+            ).all()
+            for pid, cid in rows:
+                out.setdefault(str(pid), set()).add(str(cid))
+        return out
+
+    def retraction_fingerprint(
+        self, conn: Connection, patient_ids: Sequence[str]
+    ) -> dict[str, tuple[int, int]]:
+        """``{patient_id: (tombstone count, highest id)}``; tombstones are only inserted."""
+        t = db.retractions
+        out: dict[str, tuple[int, int]] = {}
+        for chunk in _chunks(sorted(set(patient_ids)), 900):
+            rows = conn.execute(
+                sa.select(t.c.patient_id, sa.func.count(), sa.func.max(t.c.retraction_id))
+                .where(t.c.patient_id.in_(chunk))
+                .group_by(t.c.patient_id)
+            ).all()
+            out.update({str(r[0]): (int(r[1]), int(r[2])) for r in rows})
+        return out
+
+    def locate(
+        self, conn: Connection, table: str, patient_id: str, source_id: str
+    ) -> dict[str, Any] | None:
+        """The stored row that holds the resource ``source_id``, or None.
+
+        A row holds the resource it was imported with (its ``client_id``) and
+        those merged into it (:data:`service.db.row_sources`). Returns
+        ``client_id``, ``date``, ``content_hash`` and ``others``: the ids of
+        the other resources the row holds.
+        """
+        t, src = db.HISTORY[table], db.row_sources
+        row = conn.execute(
+            sa.select(t.c.client_id, t.c.date, t.c.content_hash).where(
+                t.c.patient_id == patient_id, t.c.client_id == source_id
+            )
+        ).first()
+        if row is None:
+            owner = conn.execute(
+                sa.select(src.c.client_id).where(
+                    src.c.patient_id == patient_id,
+                    src.c.table_name == table,
+                    src.c.source_id == source_id,
+                )
+            ).scalar()
+            if owner is None:
+                return None
+            row = conn.execute(
+                sa.select(t.c.client_id, t.c.date, t.c.content_hash).where(
+                    t.c.patient_id == patient_id, t.c.client_id == owner
+                )
+            ).first()
+            if row is None:
+                return None
+        merged = conn.execute(
+            sa.select(src.c.source_id).where(
+                src.c.patient_id == patient_id,
+                src.c.table_name == table,
+                src.c.client_id == row[0],
+            )
+        ).scalars()
+        others = ({str(row[0])} | {str(m) for m in merged}) - {source_id}
+        return {"client_id": str(row[0]), "date": _iso(row[1]), "content_hash": row[2],
+                "others": sorted(others)}
+
+    def add_row_sources(
+        self, conn: Connection, table: str, sources: Sequence[tuple[str, str, str]]
+    ) -> None:
+        """Record ``(patient_id, row client id, merged resource id)`` triples (in the write)."""
+        if sources:
+            conn.execute(
+                sa.insert(db.row_sources),
+                [{"patient_id": p, "table_name": table, "client_id": c, "source_id": s}
+                 for p, c, s in sources],
+            )
+
+    def retract(
+        self, conn: Connection, table: str, patient_id: str, client_id: str,
+        row: dict[str, Any] | None = None,
+    ) -> None:
+        """Withdraw the resource ``client_id`` in the open write transaction.
+
+        Writes its tombstone (:data:`service.db.retractions`), which refuses a
+        later import of the id, and deletes ``row`` (as :meth:`locate` returns
+        it; None when no stored row holds the resource) with its merged-source
+        records. Whether the row may go is the caller's decision
+        (``service.ingest``: not while it holds other resources' values).
+        """
+        if row is not None:
+            t, src = db.HISTORY[table], db.row_sources
+            conn.execute(sa.delete(t).where(t.c.patient_id == patient_id,
+                                            t.c.client_id == row["client_id"]))
+            conn.execute(sa.delete(src).where(src.c.patient_id == patient_id,
+                                              src.c.table_name == table,
+                                              src.c.client_id == row["client_id"]))
+        conn.execute(
+            sa.insert(db.retractions),
+            {
+                "patient_id": patient_id,
+                "table_name": table,
+                "client_id": client_id,
+                "row_date": None if row is None else dt.date.fromisoformat(row["date"]),
+                "row_hash": None if row is None else row["content_hash"],
+                "retracted_at": utcnow(),
+            },
+        )
+
     def count(self, table: str, patient_id: str | None = None) -> int:
         """Number of rows of a table (optionally of one patient)."""
         t = db.metadata.tables[table]
@@ -705,6 +822,13 @@ def _canonical_rows(table: str, rows: Sequence[Any]) -> tuple[pd.DataFrame, np.n
     # The arrays are fresh: no copy (and no block consolidation) needed.
     frame = pd.DataFrame({name: values[order] for name, values in data.items()}, copy=False)
     return frame, order
+
+
+def _iso(value: Any) -> str | None:
+    """A date read through SQLAlchemy (``date`` or ISO text) as ``YYYY-MM-DD``."""
+    if value is None:
+        return None
+    return value.isoformat() if isinstance(value, dt.date) else str(value)[:10]
 
 
 def _aware_times(row: dict[str, Any]) -> dict[str, Any]:

@@ -152,7 +152,7 @@ def test_prefetch_is_used_for_the_request_and_never_stored(clinic_client):
     (card,) = r.get_json()["cards"]
     assert card["extension"]["kap-forecast"]["patient_id"] == pid
     assert "used and not stored" in card["detail"]
-    assert "1 prefetched resource(s) were not used because of their status" in card["detail"]
+    assert "1 prefetched resource(s) are marked entered-in-error; no stored row" in card["detail"]
     assert c.get(f"/api/v1/patients/{pid}").status_code == 404
 
 
@@ -339,3 +339,40 @@ def test_population_numbers_are_labelled_in_the_card():
     (mine,) = cards_for(_answer("personalised"), "http://x/patients/p1", [])
     assert "population" not in mine["summary"] + mine["detail"]
     assert mine["extension"]["kap-forecast"]["risk_kind"] == "personalised"
+
+
+def test_prefetched_entered_in_error_leaves_its_row_out_but_never_a_safety_answer(clinic_client):
+    import datetime as dt
+
+    c = clinic_client
+    day2 = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=2)).isoformat()
+
+    def wrong(pid, items):
+        return {**phq9_qr(f"{pid}-q3", pid, day2, items), "status": "entered-in-error"}
+
+    # ROUTINE's latest questionnaire alone made its row: the card leaves it out, as the
+    # store does once the EHR posts the same resource (the CDS call itself writes nothing).
+    routine = wrong(ROUTINE, (1, 1, 1, 0, 1, 1, 0, 0, 0))
+    (plain,) = call(c, hook(ROUTINE), token()).get_json()["cards"]
+    r = call(c, hook(ROUTINE, {"responses": bundle([routine], "searchset")}), token())
+    (card,) = r.get_json()["cards"]
+    assert "1 stored row(s) made from them were left out of this forecast" in card["detail"]
+    assert len(c.get(f"/api/v1/patients/{ROUTINE}").get_json()["assessments"]) == 4
+    post = c.http.post("/fhir/r4", json=bundle([routine]),
+                       headers={**c.headers("clinician"), "Content-Type": "application/fhir+json"})
+    assert post.status_code == 200
+    assert len(c.get(f"/api/v1/patients/{ROUTINE}").get_json()["assessments"]) == 3
+    forecast = c.get(f"/api/v1/patients/{ROUTINE}/forecast").get_json()
+    data = card["extension"]["kap-forecast"]
+    assert data["risks"] != plain["extension"]["kap-forecast"]["risks"]  # the row mattered
+    assert data["risks"] == {str(h["days"]): h["risk"] for h in forecast["risk"]["horizons"]}
+    assert data["session_by"] == forecast["suggestion"]["session_by"]
+
+    # URGENT's row of that day also holds the C-SSRS screen (ideation with intent):
+    # it stays, and so does the critical card.
+    urgent = wrong(URGENT, (1, 1, 1, 0, 1, 1, 0, 0, 2))
+    r = call(c, hook(URGENT, {"responses": bundle([urgent], "searchset")}), token())
+    (card,) = r.get_json()["cards"]
+    assert card["indicator"] == "critical"
+    assert "C-SSRS screener ideation level 4" in card["detail"]
+    assert "1 stored row(s) also holding other resources' values were kept" in card["detail"]

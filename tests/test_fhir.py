@@ -466,11 +466,9 @@ def test_codes_outside_required_value_sets_are_errors(index, element, value):
 @pytest.mark.parametrize(
     ("kind", "status", "imported"),
     [
-        ("obs", "entered-in-error", False),
         ("obs", "cancelled", False),
         ("obs", "registered", False),
         ("obs", "preliminary", True),
-        ("qr", "entered-in-error", False),
         ("qr", "in-progress", False),
         ("qr", "amended", True),
     ],
@@ -495,6 +493,37 @@ def test_valid_statuses_not_imported_are_listed(kind, status, imported):
         assert note.diagnostics.startswith("not imported:")
         assert repr(status) in note.diagnostics
         assert m.entries[1][1] is None
+
+
+def test_entered_in_error_maps_to_a_withdrawal_of_the_resource_id():
+    obs = observation("ow", "pw", "2025-01-05", LOINC_PHQ9_TOTAL, {"valueInteger": 18})
+    qr = phq9_qr("qw", "pw", "2025-01-06", (2,) * 9)
+    proc = ketamine_procedure("sw", "pw", "2025-01-04")
+    stray = phq9_qr("qx", "elsewhere", "2025-01-06", (2,) * 9)
+    res = [{**r, "status": "entered-in-error"} for r in (obs, qr, proc, stray)]
+    m = map_bundle(bundle(res), known_patients={"pw"})
+    assert m.assessments == []
+    assert m.sessions == []
+    assert sorted(m.retractions, key=lambda r: r["expr"]) == [
+        {"patient_id": "pw", "table": t, "id": cid, "expr": f"Bundle.entry[{k}].resource"}
+        for k, (t, cid) in enumerate([("assessments", "Observation/ow"),
+                                      ("assessments", "QuestionnaireResponse/qw"),
+                                      ("sessions", "Procedure/sw")])
+    ]
+    # A patient neither stored nor in the Bundle has nothing to withdraw: only listed.
+    (note,) = [i for i in m.issues if i.expression.startswith("Bundle.entry[3]")]
+    assert note.diagnostics.startswith("not imported:")
+    assert "pw" in m.patients
+    assert "elsewhere" not in m.patients
+
+
+def test_resources_merged_into_one_row_are_recorded():
+    qr = phq9_qr("qm", "pm", "2025-01-06", (2,) * 9)
+    total = observation("om", "pm", "2025-01-06", LOINC_PHQ9_TOTAL, {"valueInteger": 18})
+    m = map_bundle(bundle([patient("pm"), qr, total]))
+    (row,) = m.assessments
+    others = m.merged[("assessments", row["id"])]
+    assert sorted([row["id"], *others]) == ["Observation/om", "QuestionnaireResponse/qm"]
 
 
 def test_subject_must_be_in_the_bundle_or_stored():

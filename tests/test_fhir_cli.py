@@ -139,3 +139,19 @@ def test_patient_resource_fills_blank_covariates_but_does_not_change_them(tmp_pa
     r = run("import-fhir", write(tmp_path / "c.json", other), "--out", out, "--today", "2025-03-01")
     assert r.exit_code == 1
     assert "already in the folder with other sex" in r.output
+
+
+def test_entered_in_error_is_reported_not_applied_to_a_folder(tmp_path):
+    # A folder keeps no resource ids, so the row cannot be told apart: say so, change nothing.
+    out = tmp_path / "clinic"
+    qr = phq9_qr("q1", "pf", "2025-02-03", (3,) * 9)
+    r = run("import-fhir", write(tmp_path / "b1.json", bundle([patient("pf"), qr])), "--out", out)
+    assert r.exit_code == 0, r.output
+    before = {p.name: p.read_text() for p in out.iterdir()}
+    wrong = write(tmp_path / "b2.json", bundle([{**qr, "status": "entered-in-error"}]))
+    r = run("import-fhir", wrong, "--out", out)
+    assert r.exit_code == 0, r.output
+    assert ("Bundle.entry[0].resource: QuestionnaireResponse/q1 is entered-in-error, but a "
+            "folder keeps no resource ids") in r.output
+    assert "imported 0 session(s), 0 assessment(s)" in r.output
+    assert {p.name: p.read_text() for p in out.iterdir()} == before

@@ -24,7 +24,7 @@ def test_migrations_create_exactly_the_declared_tables(store: Store) -> None:
         diff = compare_metadata(ctx, db.metadata)
         revision = ctx.get_current_revision()
     assert diff == []
-    assert revision == "0002"
+    assert revision == "0003"
 
 
 def _together(call: Callable[[Store], object], stores: list[Store]) -> list[object]:
@@ -52,8 +52,8 @@ def test_migrate_is_idempotent_and_safe_when_workers_start_together(database: Da
     stores = [Store(database.url, **database.engine_options) for _ in range(3)]
     results = _together(lambda st: st.migrate(), stores)
     try:
-        assert results == ["0002"] * 3
-        assert stores[0].migrate() == "0002"
+        assert results == ["0003"] * 3
+        assert stores[0].migrate() == "0003"
     finally:
         for st in stores:
             st.dispose()
@@ -199,7 +199,7 @@ def test_claim_jti_once_per_issuer_across_racing_stores_then_expires(database: D
             st.dispose()
 
 
-def test_a_store_at_revision_0001_upgrades_to_0002_and_keeps_its_rows(database: Database) -> None:
+def test_a_store_at_revision_0001_upgrades_to_head_and_keeps_its_rows(database: Database) -> None:
     # A production database created before the shared replay check: the next start
     # migrates it in place.
     st = Store(database.url, **database.engine_options)
@@ -207,7 +207,10 @@ def test_a_store_at_revision_0001_upgrades_to_0002_and_keeps_its_rows(database: 
         assert st.migrate("0001") == "0001"
         assert "cds_jti" not in sa.inspect(st.engine).get_table_names()
         st.create_token("dr-old", "clinician")
-        assert st.migrate() == "0002"
+        assert st.migrate() == "0003"
+        assert {"cds_jti", "retractions", "row_sources"} <= set(
+            sa.inspect(st.engine).get_table_names()
+        )
         assert [t["name"] for t in st.list_tokens()] == ["dr-old"]
         assert st.claim_jti("https://ehr", "after-upgrade", time.time() + 60) is True
         assert st.claim_jti("https://ehr", "after-upgrade", time.time() + 60) is False

@@ -265,6 +265,15 @@ def import_fhir(
     for issue in mapped.issues:
         if issue.severity != "information":
             click.echo(f"{issue.severity}: {issue}", err=True)
+    for r in mapped.retractions:
+        # A folder keeps no resource ids: the row the resource once made cannot be
+        # told from rows of other sources on that day, so nothing is removed here.
+        click.echo(
+            f"warning: {r['expr']}: {r['id']} is entered-in-error, but a folder keeps no "
+            "resource ids, so the row it made (if any) is not removed: correct the file by "
+            "hand (POST /fhir/r4 withdraws it from the service's store)",
+            err=True,
+        )
 
     new_raw = mapped.frames()
     new, problems = validate_tables(new_raw, today=day, sources=_bundle_sources())
