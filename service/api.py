@@ -35,7 +35,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from forecast.cohort import Cohort
 from service import schemas
-from service.auth import public, require_role
+from service.auth import current_principal, public, require_role
 from service.errors import ApiProblem, field_errors
 from service.ingest import check_patient_id, ingest_many
 from service.logging import request_id
@@ -439,9 +439,11 @@ def _withdraw_row(patient_id: str, table: str, client_id: str) -> Response:
     pid = _path_patient(patient_id)
     with store().read() as conn:
         _require_patient(conn, pid)
+    principal = current_principal()
     result = ingest_many(
         store(), [], retractions=[{"patient_id": pid, "table": table, "id": client_id,
-                                   "pointer": "path"}]
+                                   "pointer": "path"}],
+        actor=None if principal is None else principal.name,
     )
     (done,) = result["retractions"]
     if done["result"] == "kept":

@@ -94,7 +94,8 @@ HISTORY = {"sessions": sessions, "assessments": assessments}
 #: itself is deleted from its history table, and this tombstone stays, so a retried
 #: import of the erroneous resource cannot bring it back. Only inserted, never
 #: updated; ``row_date`` and ``row_hash`` describe the deleted row (NULL when no
-#: stored row carried the id: the tombstone then only blocks a later import).
+#: stored row carried the id: the tombstone then only blocks a later import), and
+#: ``retracted_by`` names the token that asked (NULL from the Python API).
 retractions = sa.Table(
     "retractions",
     metadata,
@@ -110,6 +111,7 @@ retractions = sa.Table(
     sa.Column("row_date", sa.Date, nullable=True),
     sa.Column("row_hash", sa.String(64), nullable=True),
     sa.Column("retracted_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("retracted_by", sa.String(ID_LENGTH), nullable=True),
     sa.UniqueConstraint("patient_id", "table_name", "client_id"),
 )
 

@@ -41,7 +41,7 @@ from forecast.fhir import (
     risk_assessment,
     searchset,
 )
-from service.auth import require_role
+from service.auth import current_principal, require_role
 from service.clinic_openapi import FHIR_JSON, operation, outcome, query
 from service.errors import ApiProblem
 
@@ -238,6 +238,7 @@ def ingest_bundle() -> Response:
                 for rec in mapped.assessments
                 if (merged := mapped.merged.get(("assessments", rec["id"])))
             },
+            actor=None if (who := current_principal()) is None else who.name,
         )
     except ApiProblem as exc:
         if exc.status in (409, 422):

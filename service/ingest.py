@@ -444,6 +444,7 @@ def _apply(
     today: dt.date | None,
     retractions: Sequence[Retraction] = (),
     sources: Mapping[tuple[str, str, str], Sequence[str]] | None = None,
+    actor: str | None = None,
 ) -> dict[str, Any]:
     """Write the plan in the open write transaction, re-planning if the rows changed."""
     patient_results = [
@@ -469,7 +470,7 @@ def _apply(
     for r, action, loc in plan.decisions:
         if action in ("retracted", "recorded"):
             store.retract(conn, r.table, r.patient_id, r.client_id,
-                          loc if action == "retracted" else None)
+                          loc if action == "retracted" else None, by=actor)
         done: dict[str, Any] = {"patient_id": r.patient_id, "table": r.table, "id": r.client_id,
                                 "pointer": r.pointer, "result": action,
                                 "date": None if loc is None else loc["date"]}
@@ -527,6 +528,7 @@ def ingest_many(
     today: dt.date | None = None,
     retractions: Sequence[Any] | None = None,
     sources: Mapping[tuple[str, str, str], Sequence[str]] | None = None,
+    actor: str | None = None,
 ) -> dict[str, Any]:
     """Validate and store rows of several patients and tables atomically.
 
@@ -560,6 +562,8 @@ def ingest_many(
         merged into that record (the FHIR importer's one row per day);
         recorded for the rows created, so a withdrawal of any of them finds
         the row.
+    actor : str, optional
+        Who asks (the token name), kept in the withdrawals' tombstones.
 
     Returns
     -------
@@ -603,6 +607,7 @@ def ingest_many(
         )
     return store.run_write(
         lambda conn: _apply(
-            store, conn, parsed_items, parsed_patients, plan, today, parsed_retractions, sources
+            store, conn, parsed_items, parsed_patients, plan, today, parsed_retractions, sources,
+            actor,
         )
     )

@@ -585,14 +585,15 @@ class Store:
 
     def retract(
         self, conn: Connection, table: str, patient_id: str, client_id: str,
-        row: dict[str, Any] | None = None,
+        row: dict[str, Any] | None = None, by: str | None = None,
     ) -> None:
         """Withdraw the resource ``client_id`` in the open write transaction.
 
         Writes its tombstone (:data:`service.db.retractions`), which refuses a
         later import of the id, and deletes ``row`` (as :meth:`locate` returns
         it; None when no stored row holds the resource) with its merged-source
-        records. Whether the row may go is the caller's decision
+        records; ``by`` names who asked (a token name). Whether the row may go is
+        the caller's decision
         (``service.ingest``: not while it holds other resources' values).
         """
         if row is not None:
@@ -611,6 +612,7 @@ class Store:
                 "row_date": None if row is None else dt.date.fromisoformat(row["date"]),
                 "row_hash": None if row is None else row["content_hash"],
                 "retracted_at": utcnow(),
+                "retracted_by": by,
             },
         )
 

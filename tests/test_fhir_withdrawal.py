@@ -12,6 +12,7 @@ import datetime as dt
 
 import pytest
 
+from service import db
 from service.errors import ApiProblem
 from service.ingest import ingest_many
 from tests.fixtures.clinic import (
@@ -71,6 +72,11 @@ def test_withdrawn_row_is_removed_and_no_retry_brings_it_back(c):
     assert text.startswith("withdrawn: the assessment of 2025-02-03 stored as "
                            "QuestionnaireResponse/q1 is removed")
     assert [(r["date"], r["phq9"]) for r in rows(c, "pw")] == [("2025-02-17", 9)]
+    st = c.app.extensions["kap_store"]
+    with st.read() as conn:
+        (tomb,) = conn.execute(db.retractions.select()).mappings().all()
+    assert tomb["client_id"] == "QuestionnaireResponse/q1"
+    assert tomb["retracted_by"] == "test-clinician"
 
     # The same withdrawal again changes nothing.
     (entry,) = post(c, [in_error(wrong)])
@@ -175,14 +181,13 @@ def test_ingest_many_withdrawals_are_validated_and_idempotent(store):
     assert store.count("assessments", "pi") == 0
     # The tombstone keeps what was removed (date and content hash), not the values.
     with store.read() as conn:
-        from service import db
-
         (tomb,) = conn.execute(db.retractions.select()).mappings().all()
     assert tomb["client_id"] == "a1"
     assert str(tomb["row_date"])[:10] == "2025-06-02"
     assert len(tomb["row_hash"]) == 64
     assert set(tomb) == {"retraction_id", "patient_id", "table_name", "client_id", "row_date",
-                         "row_hash", "retracted_at"}
+                         "row_hash", "retracted_at", "retracted_by"}
+    assert tomb["retracted_by"] is None  # the Python API names no token
 
 
 def test_json_api_withdraws_by_client_id(c):
@@ -197,6 +202,10 @@ def test_json_api_withdraws_by_client_id(c):
     assert r.get_json() == {"patient_id": "pj", "table": "assessments", "id": "a/1",
                             "result": "retracted", "date": "2025-06-02"}
     assert [x["date"] for x in rows(c, "pj")] == ["2025-06-16"]
+    st = c.app.extensions["kap_store"]
+    with st.read() as conn:
+        (tomb,) = conn.execute(db.retractions.select()).mappings().all()
+    assert tomb["retracted_by"] == "test-clinician"
     again = c.http.delete("/api/v1/patients/pj/assessments/a/1", headers=h).get_json()
     assert again["result"] == "already retracted"
     # A retry of the original POST stores nothing and says why.

@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("row_date", sa.Date(), nullable=True),
         sa.Column("row_hash", sa.String(64), nullable=True),
         sa.Column("retracted_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("retracted_by", sa.String(128), nullable=True),
         sa.ForeignKeyConstraint(
             ["patient_id"],
             ["patients.patient_id"],
