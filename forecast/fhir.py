@@ -17,7 +17,9 @@ same in R4). What is accepted (see README.md (clinic section) for the full table
   names); answers as LOINC answer codes LA6568-5 .. LA6571-9, the SDC
   CodeSystem codes or displays, an ``ordinalValue`` / ``itemWeight``
   extension, ``valueInteger`` or ``valueDecimal``; the C-SSRS screener by its
-  LOINC item codes.
+  LOINC item codes. A response naming a known ``Questionnaire`` (in the
+  Bundle, or passed by the caller) is read through that form's item codes
+  and answer scores first (:class:`QuestionnaireMap`).
 - ``Observation`` (status final, amended, corrected or preliminary): PHQ-9
   total 44261-6 (or SNOMED 720433000) as ``valueInteger``, ``valueDecimal``,
   ``valueQuantity`` or ``valueString``; PHQ-9 and C-SSRS items by LOINC code;
@@ -602,6 +604,72 @@ def _label(column: str) -> str:
 
 # --- The mapper ---------------------------------------------------------------------------
 @dataclass
+class QuestionnaireMap:
+    """How a Questionnaire's own linkIds map to contract columns, read from its items.
+
+    An item coded with a LOINC PHQ-9 or C-SSRS question (``item.code``) maps
+    its linkId, whatever the linkId is; an ``answerOption.valueCoding`` with an
+    ``ordinalValue`` / ``itemWeight`` extension gives that answer's score, so a
+    response that answers with the form's own codes can be scored.
+    """
+
+    columns: dict[str, str] = field(default_factory=dict)  # linkId -> column
+    weights: dict[tuple[str, str | None, str], float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, res: Any) -> QuestionnaireMap:
+        out = cls()
+
+        def walk(items: Sequence[Any]) -> None:
+            for it in items or []:
+                link = it.linkId or ""
+                for c in it.code or []:
+                    if c.system in (LOINC_SYSTEM, None) and c.code:
+                        column = LINKID_COLUMNS.get(c.code.lower())
+                        if column is not None:
+                            out.columns.setdefault(link, column)
+                            break
+                for opt in it.answerOption or []:
+                    coding = opt.valueCoding
+                    if coding is None or not coding.code:
+                        continue
+                    w = _ordinal(coding)
+                    if w is None:
+                        w = _ordinal(opt)
+                    if w is not None:
+                        out.weights[(link, coding.system, coding.code)] = w
+                walk(it.item or [])
+
+        walk(res.item or [])
+        return out
+
+    def weight(self, link_id: str, answer: Any) -> float | None:
+        """The score the form gives to an answer's coding (None when it gives none)."""
+        coding = getattr(answer, "valueCoding", None)
+        if coding is None or not coding.code:
+            return None
+        w = self.weights.get((link_id, coding.system, coding.code))
+        if w is None and coding.system is None:  # a response may leave the system out
+            w = next((v for (lk, _, code), v in self.weights.items()
+                      if lk == link_id and code == coding.code), None)
+        return w
+
+
+def questionnaire_keys(res: Any, full_url: str | None = None) -> list[str]:
+    """The references by which a QuestionnaireResponse may name this Questionnaire."""
+    keys = []
+    if res.url:
+        keys.append(str(res.url))
+        if res.version:
+            keys.append(f"{res.url}|{res.version}")
+    if res.id:
+        keys.append(f"Questionnaire/{res.id}")
+    if full_url:
+        keys.append(full_url)
+    return keys
+
+
+@dataclass
 class _Row:
     """One assessment row being assembled from one or more resources."""
 
@@ -622,6 +690,8 @@ class _Mapper:
         known_patients: Collection[str] | None = None,
     ):
         self.out = MappedRecords()
+        #: Questionnaires known by url, url|version, Questionnaire/<id> or fullUrl.
+        self.forms: dict[str, QuestionnaireMap] = {}
         # None: no store to ask (the command line), every referenced patient is new.
         self.known_patients = None if known_patients is None else frozenset(known_patients)
         self.bundle_patients: set[str] = set()
@@ -657,6 +727,30 @@ class _Mapper:
     def skip(self, rtype: str, status: str | None, expr: str, why: str) -> None:
         """Say that a valid resource is not imported because of its status (never silently)."""
         self.warn("business-rule", f"not imported: {rtype} with status {status!r}; {why}", expr)
+
+    def questionnaire_of(self, canonical: Any) -> QuestionnaireMap | None:
+        """The known Questionnaire a response names (``url``, ``url|version``, id)."""
+        if not canonical:
+            return None
+        ref = str(canonical)
+        return self.forms.get(ref) or self.forms.get(ref.split("|", 1)[0])
+
+    def add_questionnaire(self, res: Any, expr: str, full_url: str | None) -> None:
+        form = QuestionnaireMap.of(res)
+        keys = questionnaire_keys(res, full_url)
+        if not keys:
+            self.warn("required", "a Questionnaire without url or id cannot be referenced; "
+                      "ignored", expr)
+            return
+        for k in keys:
+            self.forms[k] = form
+        self.out.issues.append(FhirIssue(
+            "information", "informational",
+            f"Questionnaire maps {len(form.columns)} linkId(s) to PHQ-9 / C-SSRS questions"
+            + (f" and scores {len(form.weights)} answer option(s)" if form.weights else "")
+            + " (by its items' LOINC codes); responses naming it are read through it",
+            expr,
+        ))
 
     def withdraw(
         self, rtype: str, table: str, cid: str | None, res: Any, expr: str
@@ -827,6 +921,7 @@ class _Mapper:
             return "QuestionnaireResponse", None
         about = str(res.questionnaire or "").lower()
         cssrs = "ssrs" in about or LOINC_CSSRS_PANEL in about
+        form = self.questionnaire_of(res.questionnaire)
         key = (pid, d)
         mapped = 0
         unknown: list[str] = []
@@ -836,8 +931,10 @@ class _Mapper:
             for j, it in enumerate(items or []):
                 ipath = f"{path}.item[{j}]"
                 link = (it.linkId or "").rsplit("/", 1)[-1].strip().lower()
-                column = (CSSRS_SHORT_LINKIDS.get(link) if cssrs else None) or LINKID_COLUMNS.get(
-                    link
+                column = (
+                    (form.columns.get(it.linkId or "") if form is not None else None)
+                    or (CSSRS_SHORT_LINKIDS.get(link) if cssrs else None)
+                    or LINKID_COLUMNS.get(link)
                 )
                 answers = list(it.answer or [])
                 if column is None:
@@ -854,8 +951,21 @@ class _Mapper:
                         )
                         continue
                     apath = f"{ipath}.answer[0]"
+                    weight = (
+                        form.weight(it.linkId or "", answers[0])
+                        if form is not None and column in PHQ9_ITEMS
+                        else None
+                    )
                     try:
-                        if column.startswith("_cssrs") or column == "cssrs_behavior":
+                        if weight is not None:  # scored by the form's own answerOption
+                            if not float(weight).is_integer() or not 0 <= weight <= 3:
+                                raise _Bad(
+                                    f"the Questionnaire scores this answer {weight:g}; a PHQ-9 "
+                                    "item is scored 0 to 3",
+                                    f"{apath}.valueCoding",
+                                )
+                            v = float(weight)
+                        elif column.startswith("_cssrs") or column == "cssrs_behavior":
                             v = _yes_no(answers[0], apath, codeable="valueCoding")
                         elif column == "phq9_total":
                             v = _total_score(answers[0], apath)
@@ -1215,7 +1325,7 @@ def _lenient(raw: Mapping[str, Any], expr: str, m: _Mapper) -> dict[str, Any]:
     return out
 
 
-_HANDLED = ("Patient", "QuestionnaireResponse", "Observation", "Procedure")
+_HANDLED = ("Patient", "QuestionnaireResponse", "Observation", "Procedure", "Questionnaire")
 
 
 def map_resources(
@@ -1225,6 +1335,7 @@ def map_resources(
     full_urls: Sequence[str | None] | None = None,
     known_first_session: Mapping[str, Any] | None = None,
     known_patients: Collection[str] | None = None,
+    questionnaires: Sequence[Any] = (),
 ) -> MappedRecords:
     """Validate FHIR resources with fhir.resources and map them to contract records.
 
@@ -1244,6 +1355,11 @@ def map_resources(
         Patients already on record. When given, a resource whose subject is
         neither a Patient of ``resources`` nor one of these is an error naming
         its ``subject``; when None (no store to ask) such a patient is new.
+    questionnaires : sequence
+        Questionnaires known to the caller (parsed resources or JSON
+        objects, e.g. :func:`load_questionnaires`), besides those among
+        ``resources``: a QuestionnaireResponse naming one is read through
+        its items' codes (:class:`QuestionnaireMap`).
 
     Returns
     -------
@@ -1287,8 +1403,19 @@ def map_resources(
                 pid = parsed[i].id or _restful_id(urls[i], "Patient")
                 if pid is not None:
                     m.patient_full_urls[urls[i]] = pid
-    # Patients first, so references through fullUrl resolve and covariates attach.
+    # Questionnaires first (the caller's, then the Bundle's own), so responses can use them.
+    for res in questionnaires:
+        q = res if not isinstance(res, Mapping) else get_fhir_model_class(
+            "Questionnaire").model_validate(res)
+        form = QuestionnaireMap.of(q)
+        for k in questionnaire_keys(q):
+            m.forms[k] = form
     results: list[tuple[str, str | None]] = [("", None)] * n
+    for i, res in enumerate(parsed):
+        if res is not None and res.get_resource_type() == "Questionnaire":
+            m.add_questionnaire(res, exprs[i], urls[i])
+            results[i] = ("Questionnaire", None)
+    # Patients next, so references through fullUrl resolve and covariates attach.
     for i, res in enumerate(parsed):
         if res is not None and res.get_resource_type() == "Patient":
             results[i] = m.patient(res, exprs[i], urls[i])
@@ -1342,11 +1469,12 @@ def map_bundle(
     known_first_session: Mapping[str, Any] | None = None,
     known_patients: Collection[str] | None = None,
     types: Iterable[str] = BUNDLE_TYPES,
+    questionnaires: Sequence[Any] = (),
 ) -> MappedRecords:
     """Validate a Bundle (transaction, batch or collection) and map its entries.
 
-    ``known_first_session`` and ``known_patients`` are passed to
-    :func:`map_resources`.
+    ``known_first_session``, ``known_patients`` and ``questionnaires`` are
+    passed to :func:`map_resources`.
 
     Raises
     ------
@@ -1414,7 +1542,34 @@ def map_bundle(
         full_urls=[e.get("fullUrl") for e in entries],
         known_first_session=known_first_session,
         known_patients=known_patients,
+        questionnaires=questionnaires,
     )
+
+
+def load_questionnaires(folder: str | Any) -> list[Any]:
+    """Questionnaire resources from the ``*.json`` files of ``folder`` (validated).
+
+    Raises ``ValueError`` naming the file when one is not a valid R4
+    Questionnaire, or has neither ``url`` nor ``id`` to be referenced by.
+    """
+    import json
+    from pathlib import Path
+
+    from fhir.resources.R4B.questionnaire import Questionnaire
+
+    out = []
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(doc, Mapping) or doc.get("resourceType") != "Questionnaire":
+                raise ValueError("not a Questionnaire resource")
+            q = Questionnaire.model_validate(doc)
+        except (ValueError, ValidationError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: {str(err).splitlines()[0]}") from None
+        if not questionnaire_keys(q):
+            raise ValueError(f"{path}: a Questionnaire needs a url or an id to be referenced")
+        out.append(q)
+    return out
 
 
 # --- Output: RiskAssessment --------------------------------------------------------------------

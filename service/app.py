@@ -72,6 +72,23 @@ def _init_settings(app: Flask) -> None:
     app.extensions["kap_settings"] = PolicySettings(**knobs)
 
 
+def _init_questionnaires(app: Flask) -> None:
+    """The clinic's Questionnaires (``FORECAST_QUESTIONNAIRES``), read once at start."""
+    from forecast.fhir import load_questionnaires
+    from service.config import ConfigError
+
+    folder = app.config.get("KAP_QUESTIONNAIRES_DIR")
+    forms: list[Any] = []
+    if folder:
+        if not Path(folder).is_dir():
+            raise ConfigError(f"FORECAST_QUESTIONNAIRES={folder}: not a folder")
+        try:
+            forms = load_questionnaires(folder)
+        except ValueError as exc:
+            raise ConfigError(f"FORECAST_QUESTIONNAIRES: {exc}") from None
+    app.extensions["kap_questionnaires"] = forms
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the Flask application.
 
@@ -99,6 +116,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     openapi.init_app(app)
     init_store(app)
     _init_settings(app)
+    _init_questionnaires(app)
     modelstate.init_app(app)
 
     from service import api, cds, fhir_api, pages, reports

@@ -378,6 +378,7 @@ def _combined_cohort(pid: str, prefetch: Mapping[str, Any]) -> tuple[Any, list[s
             resources,
             expressions=[f"prefetch[{i}]" for i in range(len(resources))],
             known_first_session={pid: first} if first is not None else None,
+            questionnaires=current_app.extensions.get("kap_questionnaires", []),
         )
     except FhirError:
         notes.append("Some prefetched EHR data could not be read and were not used.")

@@ -17,6 +17,11 @@ Environment variables (all optional):
     kept in ``<instance>/secret_key`` (mode 0600) so every worker shares it.
 ``FORECAST_INSTANCE_PATH``
     The instance folder (default: Flask's, ``./instance`` in a checkout).
+``FORECAST_QUESTIONNAIRES``
+    A folder of FHIR R4 Questionnaire ``*.json`` files (the clinic's own
+    PHQ-9 / C-SSRS forms): responses that name one are read through its
+    items' LOINC codes and answer scores (``forecast.fhir.QuestionnaireMap``).
+    Read once at start; an unreadable file stops the start naming it.
 
 Values given to ``create_app(config)`` override the environment. The keys in
 ``app.config`` are the ``KAP_*`` names below plus Flask's ``SECRET_KEY`` and
@@ -124,6 +129,7 @@ def load_config(
         "KAP_THRESHOLD": _env_float(env, "FORECAST_THRESHOLD", DEFAULT_THRESHOLD),
         "KAP_MIN_INTERVAL_DAYS": _env_int(env, "FORECAST_MIN_INTERVAL_DAYS", None),
         "KAP_MAX_INTERVAL_DAYS": _env_int(env, "FORECAST_MAX_INTERVAL_DAYS", None),
+        "KAP_QUESTIONNAIRES_DIR": env.get("FORECAST_QUESTIONNAIRES") or None,
         "MAX_CONTENT_LENGTH": _env_int(env, "FORECAST_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
         # Load the live model when the app starts (tests of other parts may skip it).
         "KAP_LOAD_MODEL": True,

@@ -207,7 +207,8 @@ def ingest_bundle() -> Response:
 
     doc = _body()
     try:
-        mapped = map_bundle(doc)
+        forms = current_app.extensions.get("kap_questionnaires", [])
+        mapped = map_bundle(doc, questionnaires=forms)
         # Map again knowing what is stored: a subject that is neither a Patient
         # of the Bundle nor a stored patient is refused (as the JSON API refuses
         # records of an unknown patient), and a session of unstated kind is an
@@ -216,7 +217,8 @@ def ingest_bundle() -> Response:
         if ids:
             with _store().read() as conn:
                 known = _store().known_patients(conn, ids)
-            mapped = map_bundle(doc, known_first_session=_first_sessions(ids), known_patients=known)
+            mapped = map_bundle(doc, known_first_session=_first_sessions(ids), known_patients=known,
+                                questionnaires=forms)
     except FhirError as err:
         raise FhirProblem(_status_of(err), err.issues) from None
     bundle_patients = {

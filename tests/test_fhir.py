@@ -20,6 +20,8 @@ from tests.fixtures.clinic import (
     bundle,
     cssrs_qr,
     ketamine_procedure,
+    local_phq9_form,
+    local_phq9_response,
     observation,
     patient,
     phq9_panel,
@@ -568,3 +570,35 @@ def test_cssrs_observations_by_loinc_code():
     bad = observation("c9", "p8", "2025-07-02", "93246-7", {"valueString": "maybe"})
     with pytest.raises(FhirError, match="yes/no"):
         map_bundle(bundle([bad]))
+
+
+def test_linkids_are_read_through_the_questionnaire_the_response_names():
+    items = (0, 1, 2, 3, 0, 1, 2, 1, 0)
+    qr = local_phq9_response("ql", "pq", "2025-01-06", items, total=sum(items))
+    # Without the form its linkIds and answer codes mean nothing: nothing is imported.
+    m = map_bundle(bundle([patient("pq"), qr]))
+    assert m.assessments == []
+    assert any("x1Qz" in i.diagnostics for i in m.issues)
+    # With the form in the Bundle, or known to the caller, the answers are scored.
+    for resources, known in (([local_phq9_form(), patient("pq"), qr], ()),
+                             ([patient("pq"), qr], [local_phq9_form()])):
+        m = map_bundle(bundle(resources), questionnaires=known)
+        (rec,) = m.assessments
+        assert _items(rec) == items
+        assert rec["phq9_total"] == sum(items)
+        assert not [i for i in m.issues if i.severity == "warning"]
+    # The form's entry says what it was used for.
+    m = map_bundle(bundle([local_phq9_form(), patient("pq"), qr]))
+    (note,) = [i for i in m.issues if i.expression == "Bundle.entry[0].resource"]
+    assert note.severity == "information"
+    assert "maps 10 linkId(s)" in note.diagnostics
+    assert "scores 36 answer option(s)" in note.diagnostics
+
+
+def test_a_form_scoring_a_phq9_answer_outside_0_3_is_refused():
+    qr = local_phq9_response("ql", "pq", "2025-01-06", (3,) * 9)
+    with pytest.raises(FhirError) as err:
+        map_bundle(bundle([local_phq9_form(weights=(0, 1, 2, 4)), patient("pq"), qr]))
+    (issue,) = [i for i in err.value.issues if i.severity == "error"][:1]
+    assert "scores this answer 4" in issue.diagnostics
+    assert issue.expression == "Bundle.entry[2].resource.item[0].item[0].answer[0].valueCoding"

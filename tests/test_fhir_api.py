@@ -12,6 +12,8 @@ from tests.fixtures.clinic import (
     MII_PATIENT,
     bundle,
     ketamine_procedure,
+    local_phq9_form,
+    local_phq9_response,
     observation,
     patient,
     phq9_qr,
@@ -255,3 +257,24 @@ def test_statuses_not_imported_are_listed_in_the_response(fhir_client):
     assert entries[3]["location"] == "Observation/o-pre"
     rows = stored(c, "pe")["assessments"]
     assert [(r["date"], r["phq9"]) for r in rows] == [("2025-01-07", 12)]
+
+
+def test_clinic_questionnaires_folder_reads_its_own_forms(make_app, tmp_path):
+    import json
+
+    from service.config import ConfigError
+
+    forms = tmp_path / "forms"
+    forms.mkdir()
+    (forms / "phq9-local.json").write_text(json.dumps(local_phq9_form()))
+    c = client_for(make_app(KAP_QUESTIONNAIRES_DIR=str(forms)))
+    items = (2, 2, 1, 1, 0, 0, 3, 1, 0)
+    entries = post_bundle(c, bundle([patient("pf"),
+                                     local_phq9_response("qf", "pf", "2025-01-06", items)]))
+    assert entries.status_code == 200, entries.get_data(as_text=True)
+    (row,) = stored(c, "pf")["assessments"]
+    assert tuple(row[f"phq9_{i}"] for i in range(1, 10)) == items
+    # A file that is no Questionnaire stops the start, naming it.
+    (forms / "broken.json").write_text(json.dumps({"resourceType": "Patient", "id": "x"}))
+    with pytest.raises(ConfigError, match="broken.json"):
+        make_app(KAP_QUESTIONNAIRES_DIR=str(forms))

@@ -14,6 +14,8 @@ from tests.fixtures.clinic import (
     MII_PATIENT,
     bundle,
     ketamine_procedure,
+    local_phq9_form,
+    local_phq9_response,
     observation,
     patient,
     phq9_qr,
@@ -155,3 +157,21 @@ def test_entered_in_error_is_reported_not_applied_to_a_folder(tmp_path):
             "folder keeps no resource ids") in r.output
     assert "imported 0 session(s), 0 assessment(s)" in r.output
     assert {p.name: p.read_text() for p in out.iterdir()} == before
+
+
+def test_import_reads_responses_through_the_clinics_forms(tmp_path):
+    forms = tmp_path / "forms"
+    forms.mkdir()
+    (forms / "phq9.json").write_text(json.dumps(local_phq9_form()))
+    items = (1, 1, 1, 1, 1, 1, 1, 1, 1)
+    doc = write(tmp_path / "b.json",
+                bundle([patient("pl"), local_phq9_response("ql", "pl", "2025-01-06", items)]))
+    out = tmp_path / "clinic"
+    r = run("import-fhir", doc, "--out", out)
+    assert r.exit_code == 0, r.output  # without the form no answer is readable: warned
+    assert "'x1Qz'" in r.output
+    assert "0 assessment(s)" in r.output
+    r = run("import-fhir", doc, "--out", out, "--questionnaires", forms)
+    assert r.exit_code == 0, r.output
+    (row,) = load_cohort(out).assessments.to_dict("records")
+    assert [int(row[f"phq9_{i}"]) for i in range(1, 10)] == list(items)

@@ -208,8 +208,15 @@ def _cohort_of_raw(raw: dict[str, pd.DataFrame], covariates: tuple[str, ...], to
 )
 @click.option("--covariate", "covariates", multiple=True, metavar="NAME", help=_COVARIATE_HELP)
 @click.option("--today", type=click.DateTime(formats=["%Y-%m-%d"]), default=None, help=_TODAY_HELP)
+@click.option(
+    "--questionnaires",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="Folder of Questionnaire *.json files (the clinic's forms) to read responses through.",
+)
 def import_fhir(
-    bundle: Path, out: Path, covariates: tuple[str, ...], today: datetime | None
+    bundle: Path, out: Path, covariates: tuple[str, ...], today: datetime | None,
+    questionnaires: Path | None,
 ) -> None:
     """Import a FHIR R4 Bundle file (JSON) into the contract folder OUT.
 
@@ -220,9 +227,14 @@ def import_fhir(
     On any error nothing is written and the command exits 1.
     """
     from forecast.data import ContractError, read_folder, validate_tables, write_cohort
-    from forecast.fhir import FhirError, map_bundle
+    from forecast.fhir import FhirError, load_questionnaires, map_bundle
 
     day = today.date() if today is not None else None
+    try:
+        forms = load_questionnaires(questionnaires) if questionnaires is not None else []
+    except ValueError as err:
+        click.echo(str(err), err=True)
+        raise SystemExit(1) from None
     try:
         doc = json.loads(bundle.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -256,7 +268,8 @@ def import_fhir(
     )
     try:
         known = set(existing.patients["patient_id"]) if existing is not None else set()
-        mapped = map_bundle(doc, known_first_session=first, known_patients=known)
+        mapped = map_bundle(doc, known_first_session=first, known_patients=known,
+                            questionnaires=forms)
     except FhirError as err:
         for issue in err.issues:
             click.echo(f"{issue.severity}: {issue}", err=True)
