@@ -231,3 +231,55 @@ def test_json_api_refuses_to_delete_a_merged_row(c):
     assert r.status_code == 409
     assert "QuestionnaireResponse/cj" in r.get_json()["detail"]
     assert rows(c, "pk") == [row]
+
+
+def test_concurrent_withdrawals_and_corrections_settle_to_one_answer(database):
+    # Four workers (own connection pools) withdraw the same row at once while two
+    # others post its correction on the same date: every call succeeds, the row is
+    # withdrawn exactly once, and exactly one correction row ends up stored.
+    import threading
+
+    from service.store import Store
+
+    stores = [Store(database.url, **database.engine_options) for _ in range(6)]
+    stores[0].migrate()
+    try:
+        row = {"id": "a1", "date": "2025-06-02", "phq9_total": 24}
+        ingest_many(stores[0], [("pc", "assessments", [row])], patients=[{"patient_id": "pc"}],
+                    today=dt.date(2025, 12, 1))
+        fix = {"id": "a1-fixed", "date": "2025-06-02", "phq9_total": 4}
+        barrier = threading.Barrier(len(stores))
+        results: list[object] = []
+
+        def work(k: int) -> None:
+            barrier.wait()
+            try:
+                if k < 4:
+                    out = ingest_many(stores[k], [], retractions=[
+                        {"patient_id": "pc", "table": "assessments", "id": "a1"}])
+                    results.append(out["retractions"][0]["result"])
+                else:
+                    out = ingest_many(stores[k], [("pc", "assessments", [fix])],
+                                      retractions=[{"patient_id": "pc", "table": "assessments",
+                                                    "id": "a1"}], today=dt.date(2025, 12, 1))
+                    results.append(out["retractions"][0]["result"])
+                    results.append(out["items"][0]["results"][0]["result"])
+            except Exception as exc:  # noqa: BLE001 - asserted below
+                results.append(exc)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(len(stores))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not [r for r in results if isinstance(r, Exception)], results
+        assert sorted(results) == ["already retracted"] * 5 + ["created", "retracted",
+                                                               "unchanged"]
+        with stores[0].read() as conn:
+            frame = stores[0].history(conn, "assessments", ["pc"], with_ids=True)
+            tombs = conn.execute(db.retractions.select()).mappings().all()
+        assert frame["client_id"].tolist() == ["a1-fixed"]
+        assert [t["client_id"] for t in tombs] == ["a1"]
+    finally:
+        for st in stores:
+            st.dispose()
