@@ -64,17 +64,22 @@ patients = sa.Table(
 )
 
 
+def _patient_column() -> sa.Column:
+    """The owning patient of a row; deleting the patient deletes the row."""
+    return sa.Column(
+        "patient_id",
+        sa.String(ID_LENGTH),
+        sa.ForeignKey("patients.patient_id", ondelete="CASCADE"),
+        nullable=False,
+    )
+
+
 def _history_table(name: str) -> sa.Table:
     return sa.Table(
         name,
         metadata,
         sa.Column("row_id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column(
-            "patient_id",
-            sa.String(ID_LENGTH),
-            sa.ForeignKey("patients.patient_id", ondelete="CASCADE"),
-            nullable=False,
-        ),
+        _patient_column(),
         sa.Column("client_id", sa.String(CLIENT_ID_LENGTH), nullable=True),
         *list(_contract_columns(name)),
         sa.Column("content_hash", sa.String(64), nullable=False),
@@ -100,12 +105,7 @@ retractions = sa.Table(
     "retractions",
     metadata,
     sa.Column("retraction_id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column(
-        "patient_id",
-        sa.String(ID_LENGTH),
-        sa.ForeignKey("patients.patient_id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    _patient_column(),
     sa.Column("table_name", sa.String(16), nullable=False),
     sa.Column("client_id", sa.String(CLIENT_ID_LENGTH), nullable=False),
     sa.Column("row_date", sa.Date, nullable=True),
@@ -123,12 +123,7 @@ row_sources = sa.Table(
     "row_sources",
     metadata,
     sa.Column("source_pk", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column(
-        "patient_id",
-        sa.String(ID_LENGTH),
-        sa.ForeignKey("patients.patient_id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    _patient_column(),
     sa.Column("table_name", sa.String(16), nullable=False),
     sa.Column("client_id", sa.String(CLIENT_ID_LENGTH), nullable=False),
     sa.Column("source_id", sa.String(CLIENT_ID_LENGTH), nullable=False),

@@ -457,19 +457,12 @@ class Store:
     ) -> dict[str, tuple[int, int]]:
         """``{patient_id: (row count, highest row id)}`` of a history table.
 
-        Rows are only ever inserted, so an unchanged fingerprint means the
-        patients' stored rows are exactly those seen before.
+        Rows are inserted, and deleted only by a withdrawal, which also inserts a
+        tombstone (:meth:`retraction_fingerprint`): with both fingerprints
+        unchanged the patients' stored rows are exactly those seen before.
         """
         t = db.HISTORY[table]
-        out: dict[str, tuple[int, int]] = {}
-        for chunk in _chunks(sorted(set(patient_ids)), 900):
-            rows = conn.execute(
-                sa.select(t.c.patient_id, sa.func.count(), sa.func.max(t.c.row_id))
-                .where(t.c.patient_id.in_(chunk))
-                .group_by(t.c.patient_id)
-            ).all()
-            out.update({str(r[0]): (int(r[1]), int(r[2])) for r in rows})
-        return out
+        return _count_and_max(conn, t, t.c.row_id, patient_ids)
 
     def cohort(self, patient_ids: Sequence[str], conn: Connection | None = None) -> Cohort:
         """The stored history of the patients as one canonical :class:`Cohort`."""
@@ -517,16 +510,7 @@ class Store:
         self, conn: Connection, patient_ids: Sequence[str]
     ) -> dict[str, tuple[int, int]]:
         """``{patient_id: (tombstone count, highest id)}``; tombstones are only inserted."""
-        t = db.retractions
-        out: dict[str, tuple[int, int]] = {}
-        for chunk in _chunks(sorted(set(patient_ids)), 900):
-            rows = conn.execute(
-                sa.select(t.c.patient_id, sa.func.count(), sa.func.max(t.c.retraction_id))
-                .where(t.c.patient_id.in_(chunk))
-                .group_by(t.c.patient_id)
-            ).all()
-            out.update({str(r[0]): (int(r[1]), int(r[2])) for r in rows})
-        return out
+        return _count_and_max(conn, db.retractions, db.retractions.c.retraction_id, patient_ids)
 
     def locate(
         self, conn: Connection, table: str, patient_id: str, source_id: str
@@ -824,6 +808,21 @@ def _canonical_rows(table: str, rows: Sequence[Any]) -> tuple[pd.DataFrame, np.n
     # The arrays are fresh: no copy (and no block consolidation) needed.
     frame = pd.DataFrame({name: values[order] for name, values in data.items()}, copy=False)
     return frame, order
+
+
+def _count_and_max(
+    conn: Connection, t: sa.Table, key: sa.Column, patient_ids: Sequence[str]
+) -> dict[str, tuple[int, int]]:
+    """``{patient_id: (row count, highest key)}`` of an insert-only keyed table."""
+    out: dict[str, tuple[int, int]] = {}
+    for chunk in _chunks(sorted(set(patient_ids)), 900):
+        rows = conn.execute(
+            sa.select(t.c.patient_id, sa.func.count(), sa.func.max(key))
+            .where(t.c.patient_id.in_(chunk))
+            .group_by(t.c.patient_id)
+        ).all()
+        out.update({str(r[0]): (int(r[1]), int(r[2])) for r in rows})
+    return out
 
 
 def _iso(value: Any) -> str | None:
