@@ -447,15 +447,20 @@ def _withdraw_row(patient_id: str, table: str, client_id: str) -> Response:
     )
     (done,) = result["retractions"]
     if done["result"] == "kept":
-        raise ApiProblem(
-            409,
-            "Row holds other resources",
-            f"The {table} row of {done['date']} also holds "
+        from service.store import LEGACY_MERGE
+
+        detail = (
+            f"The {table} row of {done['date']} was imported before merged resources were "
+            "recorded and holds both PHQ-9 and C-SSRS answers; deleting it could drop an "
+            "answer of another resource. Correct it by hand."
+            if LEGACY_MERGE in done["missing"]
+            else f"The {table} row of {done['date']} also holds "
             + ", ".join(done["missing"])
             + " (merged on a FHIR import); deleting it would lose their values. Withdraw it "
             "through POST /fhir/r4 together with those resources, sent again or "
-            "entered-in-error.",
+            "entered-in-error."
         )
+        raise ApiProblem(409, "Row holds other resources", detail)
     out = {"patient_id": pid, "table": table, "id": client_id,
            "result": done["result"], "date": done["date"]}
     return jsonify(out)

@@ -44,6 +44,7 @@ from forecast.fhir import (
 from service.auth import current_principal, require_role
 from service.clinic_openapi import FHIR_JSON, operation, outcome, query
 from service.errors import ApiProblem
+from service.store import LEGACY_MERGE
 
 bp = Blueprint("fhir_api", __name__)
 
@@ -257,6 +258,16 @@ def _withdrawal_issue(done: Mapping[str, Any], expr: str) -> FhirIssue:
                 "forecasts no longer use it")
     elif done["result"] == "already retracted":
         text = f"withdrawn before: {done['id']} was already removed (nothing changed)"
+    elif done["result"] == "kept" and LEGACY_MERGE in done["missing"]:
+        return FhirIssue(
+            "warning",
+            "business-rule",
+            f"not withdrawn: the {what} of {done['date']} was imported before kap-forecast "
+            "recorded which resources a row merges, and it holds both PHQ-9 and C-SSRS "
+            "answers: removing it could drop a C-SSRS answer of another resource; correct it "
+            "by hand",
+            expr,
+        )
     elif done["result"] == "kept":
         return FhirIssue(
             "warning",

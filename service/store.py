@@ -40,7 +40,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from forecast.cohort import Cohort, empty_frame
-from forecast.contract import TABLES
+from forecast.contract import PHQ9_ITEMS, TABLES
 from service import db
 
 log = logging.getLogger("service.store")
@@ -545,16 +545,52 @@ class Store:
             ).first()
             if row is None:
                 return None
-        merged = conn.execute(
-            sa.select(src.c.source_id).where(
-                src.c.patient_id == patient_id,
-                src.c.table_name == table,
-                src.c.client_id == row[0],
-            )
-        ).scalars()
-        others = ({str(row[0])} | {str(m) for m in merged}) - {source_id}
+        merged = {
+            str(m)
+            for m in conn.execute(
+                sa.select(src.c.source_id).where(
+                    src.c.patient_id == patient_id,
+                    src.c.table_name == table,
+                    src.c.client_id == row[0],
+                )
+            ).scalars()
+        }
+        others = ({str(row[0])} | merged) - {source_id}
+        if not merged and table == "assessments" and self._maybe_merged_before(conn, t, row[0],
+                                                                                 patient_id):
+            others.add(LEGACY_MERGE)
         return {"client_id": str(row[0]), "date": _iso(row[1]), "content_hash": row[2],
                 "others": sorted(others)}
+
+    def _maybe_merged_before(
+        self, conn: Connection, t: sa.Table, client_id: str, patient_id: str
+    ) -> bool:
+        """Whether a row may hold resources merged before they were recorded (migration 0003).
+
+        Rows stored before then kept no list of the resources merged into them. The
+        only merge whose loss would drop an answer is PHQ-9 values with C-SSRS ones
+        (other merges repeat the same answers), so such a row counts as merged.
+        """
+        mark = conn.execute(
+            sa.select(db.service_state.c.value).where(db.service_state.c.key == LEGACY_SOURCES_KEY)
+        ).scalar_one_or_none()
+        if mark is None:
+            return False
+        phq = [t.c[c] for c in (*PHQ9_ITEMS, "phq9_total")]
+        row = conn.execute(
+            sa.select(t.c.created_at, *phq, t.c.cssrs_ideation, t.c.cssrs_behavior).where(
+                t.c.patient_id == patient_id, t.c.client_id == client_id
+            )
+        ).first()
+        if row is None:
+            return False
+        created = row[0] if row[0].tzinfo is not None else row[0].replace(tzinfo=dt.UTC)
+        if created >= dt.datetime.fromisoformat(mark):
+            return False
+        values = list(row[1:])
+        return any(v is not None for v in values[: len(phq)]) and any(
+            v is not None for v in values[len(phq):]
+        )
 
     def add_row_sources(
         self, conn: Connection, table: str, sources: Sequence[tuple[str, str, str]]
@@ -808,6 +844,14 @@ def _canonical_rows(table: str, rows: Sequence[Any]) -> tuple[pd.DataFrame, np.n
     # The arrays are fresh: no copy (and no block consolidation) needed.
     frame = pd.DataFrame({name: values[order] for name, values in data.items()}, copy=False)
     return frame, order
+
+
+#: service_state key written by migration 0003: when merged resources began to be
+#: recorded (rows created before may merge resources without a record of which).
+LEGACY_SOURCES_KEY = "row_sources_since"
+#: Stands, in ``Store.locate``'s ``others``, for resources merged into a row before
+#: merges were recorded; it is never in a request, so such a row is never deleted.
+LEGACY_MERGE = "(resources merged before this version, not recorded)"
 
 
 def _count_and_max(

@@ -283,3 +283,44 @@ def test_concurrent_withdrawals_and_corrections_settle_to_one_answer(database):
     finally:
         for st in stores:
             st.dispose()
+
+
+def test_rows_merged_before_the_upgrade_keep_their_safety_answers(make_app, database):
+    # Rows stored before merged resources were recorded (revision 0002): one holding
+    # PHQ-9 and C-SSRS answers may merge two resources, so it is never deleted for one
+    # of them; one holding PHQ-9 answers only can go.
+    from service.store import Store, row_hash
+
+    st = Store(database.url, **database.engine_options)
+    try:
+        assert st.migrate("0002") == "0002"
+        legacy = [
+            {"date": "2025-03-03", "phq9_total": 14, "cssrs_ideation": 3,
+             "client_id": "QuestionnaireResponse/qa"},
+            {"date": "2025-03-17", "phq9_total": 9, "client_id": "QuestionnaireResponse/qb"},
+        ]
+        rows_ = [{**r, "patient_id": "pu", "content_hash": row_hash("assessments", r)}
+                 for r in legacy]
+        st.run_write(lambda conn: (st.upsert_patient(conn, {"patient_id": "pu"}),
+                                   st.insert_history(conn, "assessments", rows_)))
+    finally:
+        st.dispose()
+    c = client_for(make_app(database=database))  # migrates to head
+    (entry,) = post(c, [in_error(phq9_qr("qa", "pu", "2025-03-03", (1,) * 9))])
+    severity, text = issue(entry)
+    assert severity == "warning"
+    assert "imported before kap-forecast recorded which resources a row merges" in text
+    (entry,) = post(c, [in_error(phq9_qr("qb", "pu", "2025-03-17", (1,) * 9))])
+    assert issue(entry)[1].startswith("withdrawn: the assessment of 2025-03-17")
+    assert [(r["date"], r["cssrs_ideation"]) for r in rows(c, "pu")] == [("2025-03-03", 3)]
+    r = c.http.delete("/api/v1/patients/pu/assessments/QuestionnaireResponse/qa",
+                      headers=c.headers("clinician"))
+    assert r.status_code == 409
+    assert "Correct it by hand" in r.get_json()["detail"]
+    # A row stored after the upgrade from ONE resource holding both kinds of answer can go.
+    h = c.headers("clinician")
+    both = {"id": "j1", "date": "2025-04-01", "phq9_total": 12, "cssrs_ideation": 1}
+    assert c.http.post("/api/v1/patients/pu/assessments", json={"assessments": [both]},
+                       headers=h).status_code == 201
+    assert c.http.delete("/api/v1/patients/pu/assessments/j1", headers=h).get_json()[
+        "result"] == "retracted"

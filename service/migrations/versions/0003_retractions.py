@@ -9,6 +9,8 @@ Create Date: 2026-12-06
 
 from __future__ import annotations
 
+import datetime as dt
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -16,6 +18,10 @@ revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
+
+#: service_state key: when merged resources began to be recorded (ISO time, UTC;
+#: ``service.store.LEGACY_SOURCES_KEY``).
+LEGACY_KEY = "row_sources_since"
 
 
 def upgrade() -> None:
@@ -68,6 +74,24 @@ def upgrade() -> None:
     )
 
 
+    # Rows imported before this revision may merge several FHIR resources without a
+    # record of which (row_sources starts now): the store treats those rows with care
+    # (service.store.Store.locate). The mark is this moment: rows created before it.
+    # (Not a row id: SQLite may give a deleted highest row id to the next row.)
+    now = dt.datetime.now(dt.UTC)
+    state = sa.table(
+        "service_state",
+        sa.column("key", sa.String),
+        sa.column("value", sa.String),
+        sa.column("updated_at", sa.DateTime(timezone=True)),
+    )
+    op.bulk_insert(
+        state,
+        [{"key": LEGACY_KEY, "value": now.isoformat(), "updated_at": now}],
+    )
+
+
 def downgrade() -> None:
+    op.execute(sa.text(f"DELETE FROM service_state WHERE key = '{LEGACY_KEY}'"))
     op.drop_table("row_sources")
     op.drop_table("retractions")
