@@ -26,7 +26,7 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -402,16 +402,47 @@ def put_patient(patient_id: str) -> tuple[Response, int]:
     """Create or update a patient's covariates."""
     pid = _path_patient(patient_id)
     body = json_body()
-    schemas.parse(schemas.PatientCovariates, body)
+    declared = store().covariates
+    schemas.parse(schemas.PatientCovariates, _without(body, declared))
     from forecast.data import validate_patient
 
-    frame, problems = validate_patient(body, patient_id=pid)
+    frame, problems = validate_patient(body, patient_id=pid, covariates=declared)
     if problems:
         raise ApiProblem(422, "Invalid patient", errors=field_errors(problems, ""))
     record = frame.iloc[0].to_dict()
     result = store().run_write(lambda conn: store().upsert_patient(conn, record))
     out = {"patient_id": pid, "result": result}
     return jsonify(out), 201 if result == "created" else 200
+
+
+def _without(body: Any, names: Sequence[str]) -> Any:
+    """``body`` without the declared covariates, for the shape check of the contract's keys.
+
+    The pydantic models list the contract's patient fields only; declared
+    covariates (``FORECAST_COVARIATES``) are checked by ``validate_patient``
+    (numbers or null), as the data contract checks them in files.
+    """
+    if not names or not isinstance(body, Mapping):
+        return body
+    return {k: v for k, v in body.items() if k not in names}
+
+
+def _shape_of(body: Any) -> Any:
+    """A stateless forecast body (single or batch) without declared covariates in its patients."""
+    declared = store().covariates
+    if not declared or not isinstance(body, Mapping):
+        return body
+    out = dict(body)
+    if isinstance(out.get("patient"), Mapping):
+        out["patient"] = _without(out["patient"], declared)
+    if isinstance(out.get("histories"), list):
+        out["histories"] = [
+            {**h, "patient": _without(h["patient"], declared)}
+            if isinstance(h, Mapping) and isinstance(h.get("patient"), Mapping)
+            else h
+            for h in out["histories"]
+        ]
+    return out
 
 
 def _post_rows(patient_id: str, table: str) -> tuple[Response, int]:
@@ -523,7 +554,7 @@ def get_patient(patient_id: str) -> Response:
     sessions = sessions.rename(columns={"client_id": "id"})
     row_cols = ["id", "date"]
     out = {
-        "patient": _records_json(patients, contract_cols["patients"])[0],
+        "patient": _records_json(patients, contract_cols["patients"] + list(st.covariates))[0],
         "sessions": _records_json(sessions, row_cols + contract_cols["sessions"][2:]),
         "assessments": _records_json(
             scored,
@@ -563,6 +594,7 @@ def _stateless_cohort(
     from forecast.contract import TABLES
     from forecast.data import validate_patient, validate_records
 
+    declared = store().covariates
     errors: list[dict[str, str]] = []
     frames: dict[str, list[pd.DataFrame]] = {"patients": [], "sessions": [], "assessments": []}
     ids: list[str] = []
@@ -585,7 +617,7 @@ def _stateless_cohort(
             continue
         seen[pid] = prefix or "/"
         ids.append(pid)
-        pframe, problems = validate_patient(patient, patient_id=pid)
+        pframe, problems = validate_patient(patient, patient_id=pid, covariates=declared)
         errors += field_errors(problems, f"{prefix}/patient")
         frames["patients"].append(pframe)
         for table in ("sessions", "assessments"):
@@ -601,7 +633,7 @@ def _stateless_cohort(
         merged = {t: fs[0] for t, fs in frames.items()}
     else:
         merged = {t: canonicalize(t, pd.concat(fs, ignore_index=True)) for t, fs in frames.items()}
-    return Cohort(merged["patients"], merged["sessions"], merged["assessments"]), ids
+    return Cohort(merged["patients"], merged["sessions"], merged["assessments"], declared), ids
 
 
 _ROW_REF = re.compile(r"\brow (\d+)\b")
@@ -625,7 +657,9 @@ def histories_cohort(bodies: list[dict[str, Any]], prefix: str) -> tuple[Cohort,
     from forecast.contract import TABLES
     from forecast.data import validate_tables
 
+    declared = store().covariates
     cols = {t: [c.name for c in TABLES[t]] for t in TABLES}
+    cols["patients"] += list(declared)
     errors: list[dict[str, str]] = []
     ids: list[str] = []
     seen: dict[str, int] = {}
@@ -664,7 +698,7 @@ def histories_cohort(bodies: list[dict[str, Any]], prefix: str) -> tuple[Cohort,
         "sessions": pd.DataFrame(rows["sessions"], columns=cols["sessions"], dtype=object),
         "assessments": pd.DataFrame(rows["assessments"], columns=cols["assessments"], dtype=object),
     }
-    cohort, problems = validate_tables(raw, sources={t: t for t in raw})
+    cohort, problems = validate_tables(raw, covariates=declared, sources={t: t for t in raw})
     if problems or cohort is None:
         for p in problems:
             table = p.source if p.source in where else None
@@ -690,7 +724,7 @@ def histories_cohort(bodies: list[dict[str, Any]], prefix: str) -> tuple[Cohort,
 def stateless_forecast() -> Response:
     """Forecast from a history sent in the body (nothing about the patient is stored)."""
     body = json_body()
-    parsed = schemas.parse(schemas.ForecastBody, body)
+    parsed = schemas.parse(schemas.ForecastBody, _shape_of(body))
     as_of = parse_as_of(parsed.as_of, "/as_of")
     threshold = parse_threshold(parsed.threshold, "/threshold")
     model_state().get()
@@ -704,7 +738,7 @@ def stateless_forecast() -> Response:
 def batch_forecast() -> Response:
     """Forecasts for many patients in one vectorised call (stored or stateless)."""
     body = json_body()
-    parsed = schemas.parse(schemas.BatchBody, body)
+    parsed = schemas.parse(schemas.BatchBody, _shape_of(body))
     if (parsed.patients is None) == (parsed.histories is None):
         raise ApiProblem(
             422,

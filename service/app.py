@@ -30,21 +30,32 @@ from service.store import Store
 
 def init_store(app: Flask) -> Store:
     """Open the store named by the config, migrate it, keep it in ``app.extensions``."""
-    store = Store(app.config["KAP_DATABASE_URL"], **app.config.get("KAP_ENGINE_OPTIONS", {}))
+    store = Store(
+        app.config["KAP_DATABASE_URL"],
+        covariates=app.config.get("KAP_COVARIATES", ()),
+        **app.config.get("KAP_ENGINE_OPTIONS", {}),
+    )
     if app.config.get("KAP_MIGRATE", True):
         store.migrate()
     app.extensions["kap_store"] = store
     return store
 
 
-def open_store(config: Mapping[str, Any] | None = None) -> Store:
+def open_store(
+    config: Mapping[str, Any] | None = None, covariates: tuple[str, ...] = ()
+) -> Store:
     """The migrated store the service would use, without building the whole app.
 
-    Used by ``forecast tokens`` so that token management needs no model.
+    Used by ``forecast tokens`` (no model needed) and ``forecast load``, whose
+    declared ``covariates`` are kept besides the configured ones.
     """
     instance = _instance_path(config)
     cfg = load_config(instance, config)
-    store = Store(cfg["KAP_DATABASE_URL"], **cfg.get("KAP_ENGINE_OPTIONS", {}))
+    store = Store(
+        cfg["KAP_DATABASE_URL"],
+        covariates=tuple(dict.fromkeys((*cfg["KAP_COVARIATES"], *covariates))),
+        **cfg.get("KAP_ENGINE_OPTIONS", {}),
+    )
     if cfg.get("KAP_MIGRATE", True):
         store.migrate()
     return store

@@ -17,6 +17,12 @@ Environment variables (all optional):
     kept in ``<instance>/secret_key`` (mode 0600) so every worker shares it.
 ``FORECAST_INSTANCE_PATH``
     The instance folder (default: Flask's, ``./instance`` in a checkout).
+``FORECAST_COVARIATES``
+    Declared patient covariates, comma-separated (``bmi,ace_score``): extra
+    numeric patient fields the service stores (``PUT /patients/{id}``) and
+    accepts in stateless histories, so that a model trained with
+    ``forecast train --covariate`` can be served. Names follow the data
+    contract's rule for declared covariates (not a contract column).
 ``FORECAST_QUESTIONNAIRES``
     A folder of FHIR R4 Questionnaire ``*.json`` files (the clinic's own
     PHQ-9 / C-SSRS forms): responses that name one are read through its
@@ -35,6 +41,8 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from forecast.contract import TABLES
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_THRESHOLD = 0.20
@@ -130,6 +138,9 @@ def load_config(
         "KAP_MIN_INTERVAL_DAYS": _env_int(env, "FORECAST_MIN_INTERVAL_DAYS", None),
         "KAP_MAX_INTERVAL_DAYS": _env_int(env, "FORECAST_MAX_INTERVAL_DAYS", None),
         "KAP_QUESTIONNAIRES_DIR": env.get("FORECAST_QUESTIONNAIRES") or None,
+        "KAP_COVARIATES": tuple(
+            n.strip() for n in env.get("FORECAST_COVARIATES", "").split(",") if n.strip()
+        ),
         "MAX_CONTENT_LENGTH": _env_int(env, "FORECAST_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
         # Load the live model when the app starts (tests of other parts may skip it).
         "KAP_LOAD_MODEL": True,
@@ -156,4 +167,12 @@ def load_config(
             raise ConfigError(f"{name}={value!r}: allowed: a whole number of days >= 1")
     if lo is not None and hi is not None and int(lo) > int(hi):
         raise ConfigError("FORECAST_MIN_INTERVAL_DAYS is larger than FORECAST_MAX_INTERVAL_DAYS")
+    cfg["KAP_COVARIATES"] = tuple(dict.fromkeys(cfg.get("KAP_COVARIATES") or ()))
+    contract = {c.name for t in TABLES.values() for c in t}
+    for name in cfg["KAP_COVARIATES"]:
+        if name in contract or name in ("covariates", "id") or not name.isidentifier():
+            raise ConfigError(
+                f"FORECAST_COVARIATES: {name!r} cannot be a declared covariate (a contract "
+                "column, or not a plain name)"
+            )
     return cfg

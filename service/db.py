@@ -58,6 +58,8 @@ patients = sa.Table(
     metadata,
     sa.Column("patient_id", sa.String(ID_LENGTH), primary_key=True),
     *_contract_columns("patients"),
+    # Declared covariates (FORECAST_COVARIATES) as a JSON object {name: number}.
+    sa.Column("covariates", sa.Text, nullable=True),
     sa.Column("content_hash", sa.String(64), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),

@@ -141,7 +141,7 @@ def _patients_to_write(mapped: MappedRecords, bundle_patients: set[str]) -> list
         stored = st.history(conn, "patients", sorted(known & bundle_patients)) if known else None
     stored_by_id: dict[str, dict[str, Any]] = {}
     if stored is not None and len(stored):
-        names = [c.name for c in TABLES["patients"]]
+        names = [c.name for c in TABLES["patients"]] + list(st.covariates)
         for rec in stored[names].to_dict("records"):
             stored_by_id[str(rec["patient_id"])] = {
                 k: _int_like(v) for k, v in rec.items() if v is not None and not pd.isna(v)

@@ -149,7 +149,7 @@ def _unwrap(rec: Any) -> Any:
 
 
 def _patient_records(
-    patients: Sequence[Any] | None,
+    patients: Sequence[Any] | None, covariates: Sequence[str] = ()
 ) -> tuple[list[tuple[dict[str, Any], str]], list[dict[str, str]]]:
     """Validate patient records: (canonical record, pointer) pairs and field errors."""
     from forecast.data import validate_patient
@@ -174,7 +174,8 @@ def _patient_records(
             )
             continue
         seen.add(pid)
-        row, problems = validate_patient(rec, patient_id=pid, as_record=True)
+        row, problems = validate_patient(rec, patient_id=pid, covariates=covariates,
+                                         as_record=True)
         if problems:
             errors += field_errors(problems, where)
             continue
@@ -588,7 +589,7 @@ def ingest_many(
     for it in parsed_items:
         # The id's own location is the caller's (URL path, bundle entry): name the list.
         check_patient_id(it.patient_id, it.pointer or "/patient_id")
-    parsed_patients, patient_errors = _patient_records(patients)
+    parsed_patients, patient_errors = _patient_records(patients, store.covariates)
     parsed_retractions, retraction_errors = _retractions(retractions)
     patient_errors += retraction_errors
     # Patients given in this request count as known even if their own record is

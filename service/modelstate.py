@@ -113,20 +113,22 @@ class ModelState:
         """Load ``ref`` from the registry, refusing a version the service cannot feed.
 
         A model trained with declared covariates (``forecast train --covariate``)
-        needs patient columns that the service's store does not hold (it keeps
-        the data contract's patient columns), so each of its forecasts would
-        fail; such a version is refused like a damaged one, naming the
-        covariates. ``forecast predict`` and ``forecast evaluate`` use it offline.
+        needs those patient fields: the service stores and accepts the ones
+        ``FORECAST_COVARIATES`` declares. A version needing a covariate not
+        declared there would fail each forecast, so it is refused like a
+        damaged one, naming the covariates.
         """
         from forecast import registry
 
         loaded = registry.load(ref, self.models_dir)
-        if loaded.covariates:
+        declared = () if self._store is None else self._store.covariates
+        missing = [c for c in loaded.covariates if c not in declared]
+        if missing:
             raise registry.RegistryError(
                 f"version {loaded.version} was trained with declared covariates "
-                f"({', '.join(loaded.covariates)}) that the service does not store; "
-                "it serves models trained without --covariate "
-                "(use forecast predict for this one)"
+                f"({', '.join(missing)}) that the service does not store; declare them "
+                f"with FORECAST_COVARIATES={','.join(loaded.covariates)} (and store them "
+                "with PUT /api/v1/patients/{id}), or use forecast predict for this one"
             )
         return loaded
 

@@ -257,12 +257,19 @@ class Store:
     ----------
     url : str or sqlalchemy.URL
         Database URL (``sqlite:///path`` or ``postgresql+psycopg://...``).
+    covariates : sequence of str
+        Declared patient covariates kept besides the contract columns.
     **engine_kwargs
         Passed to :func:`sqlalchemy.create_engine` (tests pass ``connect_args``).
     """
 
-    def __init__(self, url: str | sa.URL, **engine_kwargs: Any) -> None:
+    def __init__(
+        self, url: str | sa.URL, *, covariates: Sequence[str] = (), **engine_kwargs: Any
+    ) -> None:
         self.engine = make_engine(url, **engine_kwargs)
+        #: Declared patient covariates (``FORECAST_COVARIATES``): stored with each
+        #: patient, returned as numeric columns of the patients frame and the cohort.
+        self.covariates = tuple(dict.fromkeys(covariates))
         self.dialect = self.engine.dialect.name
         # gunicorn --preload forks workers after create_app: a child must not reuse
         # the parent's pooled connections (SQLAlchemy's documented recipe).
@@ -390,7 +397,8 @@ class Store:
         conn : Connection
             An open write transaction.
         record : dict
-            ``patient_id`` plus canonical covariate values (contract columns).
+            ``patient_id`` plus canonical covariate values (contract columns and
+            the declared :attr:`covariates`; a declared one left out is blank).
 
         Returns
         -------
@@ -403,11 +411,31 @@ class Store:
             for c in TABLES["patients"]
             if c.name != "patient_id"
         }
-        digest = row_hash("patients", record)
         now = utcnow()
-        current = conn.execute(
-            sa.select(db.patients.c.content_hash).where(db.patients.c.patient_id == pid)
-        ).scalar_one_or_none()
+        found = conn.execute(
+            sa.select(db.patients.c.content_hash, db.patients.c.covariates).where(
+                db.patients.c.patient_id == pid
+            )
+        ).first()
+        current = None if found is None else found[0]
+        # Declared covariates replace their stored values (blank when not given, as the
+        # contract columns); values of names not declared now are kept, never dropped.
+        extra = {
+            k: v
+            for k, v in (json.loads(found[1]) if found is not None and found[1] else {}).items()
+            if k not in self.covariates
+        }
+        extra.update(
+            {
+                c: float(record[c])
+                for c in self.covariates
+                if record.get(c) is not None and not pd.isna(record[c])
+            }
+        )
+        values["covariates"] = json.dumps(extra, sort_keys=True) if extra else None
+        digest = row_hash("patients", record)
+        if extra:  # without covariate values the digest is the contract row's, as before
+            digest = hashlib.sha256(f"{digest}|{values['covariates']}".encode()).hexdigest()
         if current is None:
             conn.execute(
                 sa.insert(db.patients).values(
@@ -435,16 +463,28 @@ class Store:
         t = db.patients if table == "patients" else db.HISTORY[table]
         names = [c.name for c in TABLES[table]]
         extra = ["client_id", "content_hash"] if with_ids and table != "patients" else []
+        declared = self.covariates if table == "patients" else ()
+        if declared:
+            extra = ["covariates"]
         rows: list[Any] = []
         columns = [_raw_column(t.c[n]) for n in names + extra]
         for chunk in _chunks(sorted(set(patient_ids)), 900):
             rows.extend(conn.execute(sa.select(*columns).where(t.c.patient_id.in_(chunk))).all())
         if not rows:
             frame = empty_frame(table)
-            for name in extra:
+            for name in extra if not declared else ():
                 frame[name] = pd.Series([], dtype=object)
+            for name in declared:
+                frame[name] = pd.Series([], dtype=np.float64)
             return frame
         frame, order = _canonical_rows(table, rows)
+        if declared:
+            # Declared covariates: one float column each (NaN where not given).
+            objs = [json.loads(r[len(names)]) if r[len(names)] else {} for r in rows]
+            for name in declared:
+                values = np.array([o.get(name, np.nan) for o in objs], dtype=np.float64)
+                frame[name] = values[order]
+            return frame
         for k, name in enumerate(extra, start=len(names)):
             # The same sort order as the contract columns.
             values = np.empty(len(rows), dtype=object)
@@ -473,6 +513,7 @@ class Store:
             self.history(conn, "patients", patient_ids),
             self.history(conn, "sessions", patient_ids),
             self.history(conn, "assessments", patient_ids),
+            self.covariates,
         )
 
     def insert_history(self, conn: Connection, table: str, rows: list[dict[str, Any]]) -> None:

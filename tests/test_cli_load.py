@@ -94,3 +94,21 @@ def test_an_invalid_folder_names_the_problem_and_loads_nothing(folder: Path, db_
     assert result.exit_code != 0
     assert "assessments.csv, row 4, column phq9_3" in result.output
     assert _counts(db_url) == {"patients": 0, "sessions": 0, "assessments": 0}
+
+
+def test_load_keeps_declared_covariates(folder: Path, db_url: str):
+    patients = pd.read_csv(folder / "patients.csv", dtype={"patient_id": str})
+    patients["bmi"] = [21.5 + k for k in range(len(patients))]
+    patients.loc[1, "bmi"] = None
+    patients.to_csv(folder / "patients.csv", index=False)
+    r = CliRunner().invoke(main, ["load", str(folder), "--covariate", "bmi"])
+    assert r.exit_code == 0, r.output
+    store = Store(db_url, covariates=("bmi",))
+    try:
+        stored = store.cohort(list(patients["patient_id"]))
+    finally:
+        store.dispose()
+    assert stored.covariates == ("bmi",)
+    got = stored.patients.set_index("patient_id")["bmi"]
+    want = patients.set_index("patient_id")["bmi"]
+    pd.testing.assert_series_equal(got.loc[want.index], want, check_names=False)

@@ -278,3 +278,12 @@ def test_clinic_questionnaires_folder_reads_its_own_forms(make_app, tmp_path):
     (forms / "broken.json").write_text(json.dumps({"resourceType": "Patient", "id": "x"}))
     with pytest.raises(ConfigError, match="broken.json"):
         make_app(KAP_QUESTIONNAIRES_DIR=str(forms))
+
+
+def test_a_patient_resource_keeps_the_declared_covariates(make_app):
+    c = client_for(make_app(KAP_COVARIATES=("bmi",)))
+    assert c.put("/api/v1/patients/pb", {"sex": "female", "bmi": 31.0}).status_code == 201
+    assert post_bundle(c, bundle([patient("pb", gender="male")])).status_code == 200
+    got = stored(c, "pb")["patient"]
+    assert got["sex"] == "male"
+    assert got["bmi"] == 31.0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.service import AppFactory, Database, assert_problem, client_for
+from tests.fixtures.service import AppFactory, Client, Database, assert_problem, client_for
 
 
 def _new_version(models: Path) -> str:
@@ -108,11 +108,13 @@ def test_other_workers_follow_a_reload_through_the_store(
     assert late.extensions["kap_model"].version == second
 
 
-def test_model_with_declared_covariates_is_refused_with_their_names(
+def test_model_with_declared_covariates_is_refused_unless_the_service_declares_them(
     make_app: AppFactory, models: Path, tmp_path: Path
 ) -> None:
-    # The store keeps the contract's patient columns only, so a model that reads a
-    # declared covariate could not forecast anybody there: it must not go live.
+    # A model that reads a declared covariate cannot forecast anybody in a store that
+    # does not keep it: it must not go live there. Declared (FORECAST_COVARIATES), the
+    # covariate is stored with the patients and the model serves as offline.
+    import numpy as np
     import pandas as pd
     from click.testing import CliRunner
 
@@ -130,7 +132,7 @@ def test_model_with_declared_covariates_is_refused_with_their_names(
         main, ["train", str(folder), "--models", str(models), "--covariate", "bmi"])
     assert trained.exit_code == 0, trained.output
     second = trained.stdout.strip().splitlines()[-1]
-    assert "service refuses it" in trained.stderr
+    assert "FORECAST_COVARIATES=bmi" in trained.stderr
     assert registry.load(second, models).covariates == ("bmi",)  # offline use is unaffected
 
     problem = assert_problem(c.post("/api/v1/model/reload", role="admin"), 409)
@@ -139,3 +141,64 @@ def test_model_with_declared_covariates_is_refused_with_their_names(
     assert c.get("/api/v1/model").json["version"] == first
     # A worker starting now serves the newest version it can feed.
     assert make_app(models=models).extensions["kap_model"].version == first
+
+    app = make_app(models=models, KAP_COVARIATES=("bmi",))  # same store: c's tokens
+    declared = Client(app, app.test_client(), c.tokens)
+    assert declared.get("/api/v1/model").json["version"] == second
+    from forecast.data import load_cohort
+    from forecast.policy import forecast_rows
+    from service.api import _records_json, records_json
+
+    as_of = "2026-05-15"
+    cohort = load_cohort(folder, covariates=("bmi",))
+    ids = cohort.patients["patient_id"].tolist()[:30]
+    served = []
+    for pid in ids:
+        rec = _records_json(cohort.patients[cohort.patients["patient_id"] == pid],
+                            ["age", "sex", "diagnosis", "prior_treatments", "bmi"])[0]
+        assert declared.put(f"/api/v1/patients/{pid}", rec).status_code == 201
+        for table in ("sessions", "assessments"):
+            frame = getattr(cohort, table)
+            items = records_json(frame[frame["patient_id"] == pid], table)
+            r = declared.post(f"/api/v1/patients/{pid}/{table}", {table: items})
+            assert r.status_code in (200, 201), r.json
+        served.append(declared.get(f"/api/v1/patients/{pid}/forecast?as_of={as_of}").json)
+    assert declared.get(f"/api/v1/patients/{ids[0]}").json["patient"]["bmi"] == float(
+        cohort.patients.loc[cohort.patients["patient_id"] == ids[0], "bmi"].iloc[0])
+    preds = tmp_path / "preds.csv"
+    predicted = CliRunner().invoke(main, ["predict", str(folder), "--model", second,
+                                          "--models", str(models), "--as-of", as_of,
+                                          "--out", str(preds)])
+    assert predicted.exit_code == 0, predicted.output
+    offline = pd.read_csv(preds, dtype={"patient_id": str}).set_index("patient_id").loc[ids]
+    rows = forecast_rows(served).set_index("patient_id")
+    assert rows["risk_28d"].notna().sum() >= 5
+    np.testing.assert_allclose(pd.to_numeric(rows["risk_28d"]).to_numpy(float),
+                               offline["risk_28d"].to_numpy(float), atol=1e-9, equal_nan=True)
+    # The same history sent statelessly, bmi in the patient object, gives the same risk.
+    pid = rows["risk_28d"].dropna().index[0]
+    history = {
+        "patient": {"patient_id": pid, **declared.get(f"/api/v1/patients/{pid}").json["patient"]},
+        "sessions": records_json(cohort.sessions[cohort.sessions["patient_id"] == pid],
+                                 "sessions"),
+        "assessments": records_json(
+            cohort.assessments[cohort.assessments["patient_id"] == pid], "assessments"),
+        "as_of": as_of,
+    }
+    alone = declared.post("/api/v1/forecast", history)
+    assert alone.status_code == 200, alone.json
+    batch = declared.post("/api/v1/forecast/batch", {
+        "as_of": as_of, "histories": [{k: v for k, v in history.items() if k != "as_of"}]})
+    assert batch.status_code == 200, batch.json
+    risk = {h["days"]: h["risk"] for h in alone.json["risk"]["horizons"]}[28]
+    assert risk == pytest.approx(float(rows.loc[pid, "risk_28d"]), abs=1e-9)
+    # The stored value is what the model reads: another bmi, another risk.
+    patient = dict(history["patient"])
+    patient.pop("patient_id")
+    assert declared.put(f"/api/v1/patients/{pid}", {**patient, "bmi": 60.0}).status_code == 200
+    moved = declared.get(f"/api/v1/patients/{pid}/forecast?as_of={as_of}").json
+    assert {h["days"]: h["risk"] for h in moved["risk"]["horizons"]}[28] != risk
+    # A bmi that is not a number is refused, naming the field.
+    bad = declared.put(f"/api/v1/patients/{pid}", {"bmi": "high"})
+    assert bad.status_code == 422
+    assert any(e["field"].endswith("bmi") for e in bad.json["errors"])

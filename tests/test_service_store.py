@@ -24,7 +24,7 @@ def test_migrations_create_exactly_the_declared_tables(store: Store) -> None:
         diff = compare_metadata(ctx, db.metadata)
         revision = ctx.get_current_revision()
     assert diff == []
-    assert revision == "0003"
+    assert revision == "0004"
 
 
 def _together(call: Callable[[Store], object], stores: list[Store]) -> list[object]:
@@ -52,8 +52,8 @@ def test_migrate_is_idempotent_and_safe_when_workers_start_together(database: Da
     stores = [Store(database.url, **database.engine_options) for _ in range(3)]
     results = _together(lambda st: st.migrate(), stores)
     try:
-        assert results == ["0003"] * 3
-        assert stores[0].migrate() == "0003"
+        assert results == ["0004"] * 3
+        assert stores[0].migrate() == "0004"
     finally:
         for st in stores:
             st.dispose()
@@ -207,7 +207,7 @@ def test_a_store_at_revision_0001_upgrades_to_head_and_keeps_its_rows(database: 
         assert st.migrate("0001") == "0001"
         assert "cds_jti" not in sa.inspect(st.engine).get_table_names()
         st.create_token("dr-old", "clinician")
-        assert st.migrate() == "0003"
+        assert st.migrate() == "0004"
         assert {"cds_jti", "retractions", "row_sources"} <= set(
             sa.inspect(st.engine).get_table_names()
         )
@@ -216,3 +216,31 @@ def test_a_store_at_revision_0001_upgrades_to_head_and_keeps_its_rows(database: 
         assert st.claim_jti("https://ehr", "after-upgrade", time.time() + 60) is False
     finally:
         st.dispose()
+
+
+def test_declared_covariates_are_stored_and_never_dropped_by_a_store_that_lacks_them(
+    database: Database,
+) -> None:
+    with_bmi = Store(database.url, covariates=("bmi",), **database.engine_options)
+    plain = Store(database.url, **database.engine_options)
+    try:
+        with_bmi.migrate()
+        rec = {"patient_id": "pv", "sex": "female", "bmi": 27.5}
+        assert with_bmi.run_write(lambda conn: with_bmi.upsert_patient(conn, rec)) == "created"
+        assert with_bmi.run_write(lambda conn: with_bmi.upsert_patient(conn, rec)) == "unchanged"
+        moved = {**rec, "bmi": 30.0}
+        assert with_bmi.run_write(lambda conn: with_bmi.upsert_patient(conn, moved)) == "updated"
+        # A store (service) not declaring bmi updates the contract columns only.
+        other = {"patient_id": "pv", "sex": "male"}
+        assert plain.run_write(lambda conn: plain.upsert_patient(conn, other)) == "updated"
+        assert "bmi" not in plain.cohort(["pv"]).patients.columns
+        got = with_bmi.cohort(["pv"])
+        assert got.covariates == ("bmi",)
+        assert got.patients[["sex", "bmi"]].to_dict("records") == [{"sex": "male", "bmi": 30.0}]
+        # Declared but not given: blank, as a contract column left out of a PUT.
+        blank = {"patient_id": "pv", "sex": "male"}
+        assert with_bmi.run_write(lambda conn: with_bmi.upsert_patient(conn, blank)) == "updated"
+        assert pd.isna(with_bmi.cohort(["pv"]).patients["bmi"].iloc[0])
+    finally:
+        with_bmi.dispose()
+        plain.dispose()

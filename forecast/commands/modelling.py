@@ -121,8 +121,8 @@ def train_command(data_dir: Path, models_opt: Path | None, kind: str, n_bootstra
     if covariates:
         click.echo(
             f"note: this version uses declared covariates ({', '.join(covariates)}); "
-            "forecast predict and evaluate read them from the folder, but the service "
-            "refuses it (its store keeps the contract's patient columns only)",
+            "forecast predict and evaluate read them from the folder; the service serves "
+            f"it when started with FORECAST_COVARIATES={','.join(covariates)}",
             err=True,
         )
     click.echo(version)

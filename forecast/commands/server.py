@@ -77,11 +77,11 @@ def tokens() -> None:
     """Create, list and revoke API bearer tokens."""
 
 
-def _store() -> Store:
+def _store(covariates: tuple[str, ...] = ()) -> Store:
     # Imported here so that `forecast --help` does not load Flask and SQLAlchemy.
     from service.app import open_store
 
-    return open_store()
+    return open_store(covariates=covariates)
 
 
 @tokens.command("create")
@@ -182,7 +182,8 @@ def load(folder: Path, covariates: tuple[str, ...]) -> None:
     Uses the same validation and idempotent ingestion as the JSON API (client
     ids derived from patient, table and date), so running it twice stores
     nothing new. The store is FORECAST_DATABASE_URL, else the SQLite file in
-    the instance folder.
+    the instance folder. Declared covariates are stored with the patients;
+    the service serves them when FORECAST_COVARIATES declares them too.
     """
     from forecast.data import ContractError, load_cohort
     from service.errors import ApiProblem
@@ -195,7 +196,7 @@ def load(folder: Path, covariates: tuple[str, ...]) -> None:
             click.echo(str(problem))
         raise click.ClickException(f"{len(exc.problems)} problem(s); nothing loaded") from None
     patients, items = cohort_records(cohort)
-    store = _store()
+    store = _store(tuple(covariates))
     try:
         result = ingest_many(store, items, patients=patients)
     except ApiProblem as exc:
