@@ -5,8 +5,11 @@ Routes (roles in brackets; admin may call everything):
 - ``GET /health`` (open): model loaded? database reachable? No patient data.
 - ``GET /model`` [clinician, researcher]: the live model card and version.
 - ``POST /model/reload`` [admin]: switch to the registry's latest version.
-- ``PUT /patients/{id}`` [clinician]: create or update covariates.
+- ``PUT /patients/{id}`` [clinician]: create or update covariates (with the
+  declared ones of ``FORECAST_COVARIATES``).
 - ``POST /patients/{id}/assessments`` and ``/sessions`` [clinician]: idempotent lists.
+- ``DELETE /patients/{id}/assessments/{client id}`` and ``/sessions/...``
+  [clinician]: withdraw a row entered in error (tombstoned; idempotent).
 - ``GET /patients/{id}`` [clinician]: history and measured outcomes.
 - ``GET /patients/{id}/forecast?as_of=&threshold=`` [clinician]: from the store.
 - ``POST /forecast`` [clinician]: stateless, the history in the body.
