@@ -289,6 +289,16 @@ def build_document(app: Flask) -> dict[str, Any]:
             )
     components = schemas.schema_components()
     components["Problem"] = _PROBLEM_SCHEMA
+    # Declared covariates (FORECAST_COVARIATES) are accepted beside the contract's fields.
+    declared = getattr(app.extensions.get("kap_store"), "covariates", ())
+    for model in ("PatientCovariates", "StatelessPatient"):
+        props = components.get(model, {}).get("properties")
+        if props is not None:
+            for name in declared:
+                props[name] = {
+                    "anyOf": [{"type": "number"}, {"type": "null"}],
+                    "description": f"Declared covariate {name} (FORECAST_COVARIATES)",
+                }
     return {
         "openapi": "3.1.0",
         "info": {

@@ -198,6 +198,10 @@ def test_model_with_declared_covariates_is_refused_unless_the_service_declares_t
     assert declared.put(f"/api/v1/patients/{pid}", {**patient, "bmi": 60.0}).status_code == 200
     moved = declared.get(f"/api/v1/patients/{pid}/forecast?as_of={as_of}").json
     assert {h["days"]: h["risk"] for h in moved["risk"]["horizons"]}[28] != risk
+    # The OpenAPI document lists the declared covariate where the API accepts it.
+    schemas_ = declared.get("/openapi.json").json["components"]["schemas"]
+    for model in ("PatientCovariates", "StatelessPatient"):
+        assert "bmi" in schemas_[model]["properties"], model
     # A bmi that is not a number is refused, naming the field.
     bad = declared.put(f"/api/v1/patients/{pid}", {"bmi": "high"})
     assert bad.status_code == 422
