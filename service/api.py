@@ -543,6 +543,7 @@ def get_patient(patient_id: str) -> Response:
         patients = st.history(conn, "patients", [pid])
         sessions = st.history(conn, "sessions", [pid], with_ids=True)
         assessments = st.history(conn, "assessments", [pid], with_ids=True)
+        withdrawn = st.withdrawals(conn, pid)
     contract_cols = {t: [c.name for c in TABLES[t]] for t in TABLES}
     cohort = Cohort(
         patients,
@@ -566,6 +567,8 @@ def get_patient(patient_id: str) -> Response:
             + ["phq9", "phq9_prorated", "severity", "safety", "safety_reason"],
         ),
         "outcomes": _records_json(summary, list(summary.columns))[0] if len(summary) else None,
+        # Rows withdrawn as entered in error (no values kept): what no longer counts.
+        "withdrawn": withdrawn,
         "outcome_definition": (definition.to_dict() if hasattr(definition, "to_dict") else None),
         "note": "Measured outcomes for decision support; the absence of a safety flag is "
         "not a clearance and nothing here is a suicide-risk assessment.",

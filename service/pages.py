@@ -150,7 +150,7 @@ def patient_lookup() -> Response | str:
     return render_template("lookup.html")
 
 
-def _history(pid: str) -> tuple[Any, pd.DataFrame]:
+def _history(pid: str) -> tuple[Any, pd.DataFrame, list[dict[str, Any]]]:
     from forecast.instruments import score_assessments
 
     st = current_app.extensions["kap_store"]
@@ -158,7 +158,8 @@ def _history(pid: str) -> tuple[Any, pd.DataFrame]:
         if not st.known_patients(conn, [pid]):
             raise ApiProblem(404, "Unknown patient", "No patient with this id is stored.")
         cohort = st.cohort([pid], conn)
-    return cohort, score_assessments(cohort.assessments)
+        withdrawn = st.withdrawals(conn, pid)
+    return cohort, score_assessments(cohort.assessments), withdrawn
 
 
 @bp.get("/patients/<patient_id>")
@@ -173,7 +174,7 @@ def patient_page(patient_id: str) -> str:
     from service.fhir_api import forecast_for
     from service.page_charts import horizon_rows, phq9_chart, risk_chart
 
-    cohort, scored = _history(patient_id)
+    cohort, scored, withdrawn = _history(patient_id)
     answer = None
     model_note = None
     try:
@@ -198,6 +199,7 @@ def patient_page(patient_id: str) -> str:
         horizons=horizon_rows(answer) if answer else [],
         n_sessions=len(cohort.sessions),
         n_assessments=len(cohort.assessments),
+        withdrawn=withdrawn,
         human=_human,
     )
 

@@ -547,6 +547,21 @@ class Store:
                 out.setdefault(str(pid), set()).add(str(cid))
         return out
 
+    def withdrawals(self, conn: Connection, patient_id: str) -> list[dict[str, Any]]:
+        """The patient's tombstones, oldest first: table, id, the row's date, when and by whom."""
+        t = db.retractions
+        rows = conn.execute(
+            sa.select(t.c.table_name, t.c.client_id, t.c.row_date, t.c.retracted_at,
+                      t.c.retracted_by)
+            .where(t.c.patient_id == patient_id)
+            .order_by(t.c.retraction_id)
+        ).all()
+        return [
+            {"table": r[0], "id": r[1], "date": _iso(r[2]),
+             "withdrawn_at": _aware(r[3]).isoformat(timespec="seconds"), "by": r[4]}
+            for r in rows
+        ]
+
     def retraction_fingerprint(
         self, conn: Connection, patient_ids: Sequence[str]
     ) -> dict[str, tuple[int, int]]:
@@ -625,8 +640,7 @@ class Store:
         ).first()
         if row is None:
             return False
-        created = row[0] if row[0].tzinfo is not None else row[0].replace(tzinfo=dt.UTC)
-        if created >= dt.datetime.fromisoformat(mark):
+        if _aware(row[0]) >= dt.datetime.fromisoformat(mark):
             return False
         values = list(row[1:])
         return any(v is not None for v in values[: len(phq)]) and any(
@@ -908,6 +922,11 @@ def _count_and_max(
         ).all()
         out.update({str(r[0]): (int(r[1]), int(r[2])) for r in rows})
     return out
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    """A stored time as UTC-aware (SQLite returns naive datetimes)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
 def _iso(value: Any) -> str | None:

@@ -78,6 +78,15 @@ def test_withdrawn_row_is_removed_and_no_retry_brings_it_back(c):
         (tomb,) = conn.execute(db.retractions.select()).mappings().all()
     assert tomb["client_id"] == "QuestionnaireResponse/q1"
     assert tomb["retracted_by"] == "test-clinician"
+    (shown,) = c.get("/api/v1/patients/pw").get_json()["withdrawn"]
+    assert {k: shown[k] for k in ("table", "id", "date", "by")} == {
+        "table": "assessments", "id": "QuestionnaireResponse/q1", "date": "2025-02-03",
+        "by": "test-clinician"}
+    assert dt.datetime.fromisoformat(shown["withdrawn_at"]).tzinfo is not None
+    page = c.http.get("/patients/pw", headers=c.headers("clinician"))
+    assert page.status_code == 200
+    assert "Withdrawn as entered in error, not used:\n  questionnaire of 3 Feb 2025." in (
+        page.get_data(as_text=True))
 
     # The same withdrawal again changes nothing.
     (entry,) = post(c, [in_error(wrong)])
