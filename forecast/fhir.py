@@ -655,6 +655,17 @@ class QuestionnaireMap:
         return w
 
 
+def _contained_form(res: Any) -> QuestionnaireMap | None:
+    """The Questionnaire a response carries itself (``questionnaire = "#<id>"``), if any."""
+    ref = str(res.questionnaire or "")
+    if not ref.startswith("#"):
+        return None
+    for inner in res.contained or []:
+        if inner.get_resource_type() == "Questionnaire" and inner.id == ref[1:]:
+            return QuestionnaireMap.of(inner)
+    return None
+
+
 def questionnaire_keys(res: Any, full_url: str | None = None) -> list[str]:
     """The references by which a QuestionnaireResponse may name this Questionnaire."""
     keys = []
@@ -921,7 +932,7 @@ class _Mapper:
             return "QuestionnaireResponse", None
         about = str(res.questionnaire or "").lower()
         cssrs = "ssrs" in about or LOINC_CSSRS_PANEL in about
-        form = self.questionnaire_of(res.questionnaire)
+        form = self.questionnaire_of(res.questionnaire) or _contained_form(res)
         key = (pid, d)
         mapped = 0
         unknown: list[str] = []

@@ -602,3 +602,13 @@ def test_a_form_scoring_a_phq9_answer_outside_0_3_is_refused():
     (issue,) = [i for i in err.value.issues if i.severity == "error"][:1]
     assert "scores this answer 4" in issue.diagnostics
     assert issue.expression == "Bundle.entry[2].resource.item[0].item[0].answer[0].valueCoding"
+
+
+def test_a_response_carrying_its_own_questionnaire_is_read_through_it():
+    items = (3, 2, 1, 0, 0, 1, 2, 3, 0)
+    qr = local_phq9_response("qc", "pq", "2025-01-06", items)
+    form = {**local_phq9_form(), "id": "form"}
+    del form["url"]
+    qr = {**qr, "questionnaire": "#form", "contained": [form]}
+    (rec,) = map_bundle(bundle([patient("pq"), qr])).assessments
+    assert _items(rec) == items
