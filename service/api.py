@@ -405,7 +405,7 @@ def put_patient(patient_id: str) -> tuple[Response, int]:
     """Create or update a patient's covariates."""
     pid = _path_patient(patient_id)
     body = json_body()
-    declared = store().covariates
+    declared = _declared()
     schemas.parse(schemas.PatientCovariates, _without(body, declared))
     from forecast.data import validate_patient
 
@@ -416,6 +416,15 @@ def put_patient(patient_id: str) -> tuple[Response, int]:
     result = store().run_write(lambda conn: store().upsert_patient(conn, record))
     out = {"patient_id": pid, "result": result}
     return jsonify(out), 201 if result == "created" else 200
+
+
+def _declared() -> tuple[str, ...]:
+    """The declared covariates of the running app's store (none outside an app)."""
+    from flask import has_app_context
+
+    if not has_app_context() or "kap_store" not in current_app.extensions:
+        return ()
+    return tuple(store().covariates)
 
 
 def _without(body: Any, names: Sequence[str]) -> Any:
@@ -432,7 +441,7 @@ def _without(body: Any, names: Sequence[str]) -> Any:
 
 def _shape_of(body: Any) -> Any:
     """A stateless forecast body (single or batch) without declared covariates in its patients."""
-    declared = store().covariates
+    declared = _declared()
     if not declared or not isinstance(body, Mapping):
         return body
     out = dict(body)
@@ -600,7 +609,7 @@ def _stateless_cohort(
     from forecast.contract import TABLES
     from forecast.data import validate_patient, validate_records
 
-    declared = store().covariates
+    declared = _declared()
     errors: list[dict[str, str]] = []
     frames: dict[str, list[pd.DataFrame]] = {"patients": [], "sessions": [], "assessments": []}
     ids: list[str] = []
@@ -663,7 +672,7 @@ def histories_cohort(bodies: list[dict[str, Any]], prefix: str) -> tuple[Cohort,
     from forecast.contract import TABLES
     from forecast.data import validate_tables
 
-    declared = store().covariates
+    declared = _declared()
     cols = {t: [c.name for c in TABLES[t]] for t in TABLES}
     cols["patients"] += list(declared)
     errors: list[dict[str, str]] = []

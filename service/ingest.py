@@ -266,8 +266,8 @@ def _plan(
     known = store.known_patients(conn, ids) | new_patients
     tables = sorted({it.table for it in items} | {r.table for r in retractions})
     snapshot = {t: store.history_fingerprint(conn, t, ids) for t in tables}
-    snapshot["retractions"] = store.retraction_fingerprint(conn, ids)
-    withdrawn = {t: store.retracted_ids(conn, t, ids) for t in tables}
+    tombs, snapshot["retractions"] = store.tombstones(conn, ids)
+    withdrawn = {t: tombs.get(t, {}) for t in tables}
     retraction_errors = [
         {
             "field": r.pointer + "/patient_id",

@@ -531,21 +531,26 @@ class Store:
             payload.append(item)
         conn.execute(sa.insert(t), payload)
 
-    def retracted_ids(
-        self, conn: Connection, table: str, patient_ids: Sequence[str]
-    ) -> dict[str, set[str]]:
-        """``{patient_id: client ids}`` withdrawn as entered in error from ``table``."""
+    def tombstones(
+        self, conn: Connection, patient_ids: Sequence[str]
+    ) -> tuple[dict[str, dict[str, set[str]]], dict[str, tuple[int, int]]]:
+        """The patients' withdrawals in one query.
+
+        Returns ``{table: {patient_id: client ids}}`` and the
+        :meth:`retraction_fingerprint` of the same rows.
+        """
         t = db.retractions
-        out: dict[str, set[str]] = {}
+        ids: dict[str, dict[str, set[str]]] = {}
+        seen: dict[str, list[int]] = {}
         for chunk in _chunks(sorted(set(patient_ids)), 900):
             rows = conn.execute(
-                sa.select(t.c.patient_id, t.c.client_id).where(
-                    t.c.table_name == table, t.c.patient_id.in_(chunk)
-                )
+                sa.select(t.c.patient_id, t.c.table_name, t.c.client_id, t.c.retraction_id)
+                .where(t.c.patient_id.in_(chunk))
             ).all()
-            for pid, cid in rows:
-                out.setdefault(str(pid), set()).add(str(cid))
-        return out
+            for pid, table, cid, key in rows:
+                ids.setdefault(str(table), {}).setdefault(str(pid), set()).add(str(cid))
+                seen.setdefault(str(pid), []).append(int(key))
+        return ids, {pid: (len(keys), max(keys)) for pid, keys in seen.items()}
 
     def withdrawals(self, conn: Connection, patient_id: str) -> list[dict[str, Any]]:
         """The patient's tombstones, oldest first: table, id, the row's date, when and by whom."""
