@@ -294,7 +294,8 @@ def _plan(
         if r.patient_id not in known:
             continue
         if r.client_id in withdrawn[r.table].get(r.patient_id, ()):
-            decisions.append((r, "already retracted", None))
+            date = store.withdrawn_date(conn, r.table, r.patient_id, r.client_id)
+            decisions.append((r, "already retracted", {"date": date}))
             continue
         loc = store.locate(conn, r.table, r.patient_id, r.client_id)
         if loc is not None:

@@ -567,6 +567,21 @@ class Store:
             for r in rows
         ]
 
+    def withdrawn_date(
+        self, conn: Connection, table: str, patient_id: str, client_id: str
+    ) -> str | None:
+        """The date of the row a tombstone removed (None if it removed none)."""
+        t = db.retractions
+        return _iso(
+            conn.execute(
+                sa.select(t.c.row_date).where(
+                    t.c.patient_id == patient_id,
+                    t.c.table_name == table,
+                    t.c.client_id == client_id,
+                )
+            ).scalar_one_or_none()
+        )
+
     def retraction_fingerprint(
         self, conn: Connection, patient_ids: Sequence[str]
     ) -> dict[str, tuple[int, int]]:

@@ -218,6 +218,7 @@ def test_json_api_withdraws_by_client_id(c):
     assert tomb["retracted_by"] == "test-clinician"
     again = c.http.delete("/api/v1/patients/pj/assessments/a/1", headers=h).get_json()
     assert again["result"] == "already retracted"
+    assert again["date"] == "2025-06-02"
     # A retry of the original POST stores nothing and says why.
     r = c.http.post("/api/v1/patients/pj/assessments", json={"assessments": rows_}, headers=h)
     assert r.status_code == 200
