@@ -746,15 +746,22 @@ class _Mapper:
         ref = str(canonical)
         return self.forms.get(ref) or self.forms.get(ref.split("|", 1)[0])
 
-    def add_questionnaire(self, res: Any, expr: str, full_url: str | None) -> None:
-        form = QuestionnaireMap.of(res)
+    def register_form(self, res: Any, full_url: str | None = None) -> QuestionnaireMap | None:
+        """Know a Questionnaire by each reference to it (None: it has none)."""
         keys = questionnaire_keys(res, full_url)
         if not keys:
+            return None
+        form = QuestionnaireMap.of(res)
+        for k in keys:
+            self.forms[k] = form
+        return form
+
+    def add_questionnaire(self, res: Any, expr: str, full_url: str | None) -> None:
+        form = self.register_form(res, full_url)
+        if form is None:
             self.warn("required", "a Questionnaire without url or id cannot be referenced; "
                       "ignored", expr)
             return
-        for k in keys:
-            self.forms[k] = form
         self.out.issues.append(FhirIssue(
             "information", "informational",
             f"Questionnaire maps {len(form.columns)} linkId(s) to PHQ-9 / C-SSRS questions"
@@ -1416,11 +1423,8 @@ def map_resources(
                     m.patient_full_urls[urls[i]] = pid
     # Questionnaires first (the caller's, then the Bundle's own), so responses can use them.
     for res in questionnaires:
-        q = res if not isinstance(res, Mapping) else get_fhir_model_class(
-            "Questionnaire").model_validate(res)
-        form = QuestionnaireMap.of(q)
-        for k in questionnaire_keys(q):
-            m.forms[k] = form
+        m.register_form(res if not isinstance(res, Mapping) else get_fhir_model_class(
+            "Questionnaire").model_validate(res))
     results: list[tuple[str, str | None]] = [("", None)] * n
     for i, res in enumerate(parsed):
         if res is not None and res.get_resource_type() == "Questionnaire":

@@ -403,13 +403,14 @@ def _combined_cohort(pid: str, prefetch: Mapping[str, Any]) -> tuple[Any, list[s
         dropped: set[tuple[str, str]] = set()
         kept: set[tuple[str, str]] = set()
         if known:
+            ids = {(w["table"], w["id"]) for w in withdrawn}
             with st.read() as conn:
                 for r in withdrawn:
                     loc = st.locate(conn, r["table"], pid, r["id"])
                     if loc is None:
                         continue
-                    ids = {w["id"] for w in withdrawn if w["table"] == r["table"]}
-                    target = dropped if set(loc["others"]) <= ids else kept
+                    alone = all((r["table"], o) in ids for o in loc["others"])
+                    target = dropped if alone else kept
                     target.add((r["table"], loc["date"]))
         for table in ("sessions", "assessments"):
             gone = [pd.Timestamp(d) for t, d in dropped if t == table]

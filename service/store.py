@@ -462,20 +462,19 @@ class Store:
         """
         t = db.patients if table == "patients" else db.HISTORY[table]
         names = [c.name for c in TABLES[table]]
-        extra = ["client_id", "content_hash"] if with_ids and table != "patients" else []
         declared = self.covariates if table == "patients" else ()
-        if declared:
-            extra = ["covariates"]
+        if table == "patients":
+            extra = ["covariates"] if declared else []  # one JSON column, expanded below
+        else:
+            extra = ["client_id", "content_hash"] if with_ids else []
         rows: list[Any] = []
         columns = [_raw_column(t.c[n]) for n in names + extra]
         for chunk in _chunks(sorted(set(patient_ids)), 900):
             rows.extend(conn.execute(sa.select(*columns).where(t.c.patient_id.in_(chunk))).all())
         if not rows:
             frame = empty_frame(table)
-            for name in extra if not declared else ():
-                frame[name] = pd.Series([], dtype=object)
-            for name in declared:
-                frame[name] = pd.Series([], dtype=np.float64)
+            for name in declared or extra:
+                frame[name] = pd.Series([], dtype=np.float64 if declared else object)
             return frame
         frame, order = _canonical_rows(table, rows)
         if declared:
@@ -599,28 +598,25 @@ class Store:
         the other resources the row holds.
         """
         t, src = db.HISTORY[table], db.row_sources
+        owner = conn.execute(
+            sa.select(src.c.client_id).where(
+                src.c.patient_id == patient_id,
+                src.c.table_name == table,
+                src.c.source_id == source_id,
+            )
+        ).scalar()
+        answers = (
+            [t.c[c] for c in (*PHQ9_ITEMS, "phq9_total", "cssrs_ideation", "cssrs_behavior")]
+            if table == "assessments"
+            else []
+        )
         row = conn.execute(
-            sa.select(t.c.client_id, t.c.date, t.c.content_hash).where(
-                t.c.patient_id == patient_id, t.c.client_id == source_id
+            sa.select(t.c.client_id, t.c.date, t.c.content_hash, t.c.created_at, *answers).where(
+                t.c.patient_id == patient_id, t.c.client_id == (owner or source_id)
             )
         ).first()
         if row is None:
-            owner = conn.execute(
-                sa.select(src.c.client_id).where(
-                    src.c.patient_id == patient_id,
-                    src.c.table_name == table,
-                    src.c.source_id == source_id,
-                )
-            ).scalar()
-            if owner is None:
-                return None
-            row = conn.execute(
-                sa.select(t.c.client_id, t.c.date, t.c.content_hash).where(
-                    t.c.patient_id == patient_id, t.c.client_id == owner
-                )
-            ).first()
-            if row is None:
-                return None
+            return None
         merged = {
             str(m)
             for m in conn.execute(
@@ -632,39 +628,28 @@ class Store:
             ).scalars()
         }
         others = ({str(row[0])} | merged) - {source_id}
-        if not merged and table == "assessments" and self._maybe_merged_before(conn, t, row[0],
-                                                                                 patient_id):
+        if not merged and answers and self._maybe_merged_before(conn, row[3], row[4:]):
             others.add(LEGACY_MERGE)
         return {"client_id": str(row[0]), "date": _iso(row[1]), "content_hash": row[2],
                 "others": sorted(others)}
 
     def _maybe_merged_before(
-        self, conn: Connection, t: sa.Table, client_id: str, patient_id: str
+        self, conn: Connection, created: dt.datetime, answers: Sequence[Any]
     ) -> bool:
         """Whether a row may hold resources merged before they were recorded (migration 0003).
 
         Rows stored before then kept no list of the resources merged into them. The
         only merge whose loss would drop an answer is PHQ-9 values with C-SSRS ones
         (other merges repeat the same answers), so such a row counts as merged.
+        ``answers``: the row's PHQ-9 items and total, then its two C-SSRS columns.
         """
         mark = conn.execute(
             sa.select(db.service_state.c.value).where(db.service_state.c.key == LEGACY_SOURCES_KEY)
         ).scalar_one_or_none()
-        if mark is None:
+        if mark is None or _aware(created) >= dt.datetime.fromisoformat(mark):
             return False
-        phq = [t.c[c] for c in (*PHQ9_ITEMS, "phq9_total")]
-        row = conn.execute(
-            sa.select(t.c.created_at, *phq, t.c.cssrs_ideation, t.c.cssrs_behavior).where(
-                t.c.patient_id == patient_id, t.c.client_id == client_id
-            )
-        ).first()
-        if row is None:
-            return False
-        if _aware(row[0]) >= dt.datetime.fromisoformat(mark):
-            return False
-        values = list(row[1:])
-        return any(v is not None for v in values[: len(phq)]) and any(
-            v is not None for v in values[len(phq):]
+        return any(v is not None for v in answers[:-2]) and any(
+            v is not None for v in answers[-2:]
         )
 
     def add_row_sources(
