@@ -844,8 +844,8 @@ class ModelSpec:
 
 def _fold_job(ld: pd.DataFrame, spec: FeatureSet, fold: np.ndarray, k: int,
               models: dict[str, ModelSpec], horizons: Sequence[int],
-              fp: pd.DataFrame | None = None, fp_fold: np.ndarray | None = None
-              ) -> dict[str, Any]:
+              fp: pd.DataFrame | None = None, fp_fold: np.ndarray | None = None,
+              seed: int = 0) -> dict[str, Any]:
     train = ld[fold != k].reset_index(drop=True)
     test = ld[fold == k].reset_index(drop=True)
     test0 = test[test["landmark"] == 0].reset_index(drop=True)
@@ -862,6 +862,8 @@ def _fold_job(ld: pd.DataFrame, spec: FeatureSet, fold: np.ndarray, k: int,
             X, lo, up, groups, feats = rows_for_kind(train, spec, ms.kind)
             params = dict(ms.params or {})
             params.update(n_bootstrap=0, n_jobs=1)
+            # Seeded: the landmark kinds draw the family-selection split from it.
+            params.setdefault("random_state", seed)
             try:
                 est = make_estimator(ms.kind, features=feats, **params).fit(X, lo, up, groups)
             except Exception as exc:  # noqa: BLE001 - recorded in the report, other models go on
@@ -895,6 +897,8 @@ def cross_validate(ld: pd.DataFrame, spec: FeatureSet, models: dict[str, ModelSp
                    fp: pd.DataFrame | None = None) -> dict[str, Any]:
     """Out-of-fold predictions of each model (patient-grouped K-fold on the landmark dataset).
 
+    ``seed`` draws the folds and seeds every fold's model whose settings give
+    no ``random_state``, so a repeated call gives the same predictions.
     ``fp`` (optional, :func:`forecast.training.forecast_point_dataset`) gets
     out-of-fold predictions too; its rows go to the fold of their patient.
     """
@@ -906,7 +910,7 @@ def cross_validate(ld: pd.DataFrame, spec: FeatureSet, models: dict[str, ModelSp
         fp_fold = (fold_of.reindex(fp["patient_id"].astype(str).to_numpy())
                    .fillna(-1).to_numpy(dtype=int))
     jobs_out = Parallel(n_jobs=jobs)(
-        delayed(_fold_job)(ld, spec, fold, k, models, horizons, fp, fp_fold)
+        delayed(_fold_job)(ld, spec, fold, k, models, horizons, fp, fp_fold, seed)
         for k in range(n_folds)
     )
     n0 = int((ld["landmark"] == 0).sum())

@@ -525,3 +525,27 @@ def test_pseudo_smoother_matches_km_in_the_large_and_finds_miscalibration() -> N
     bad = ev.calibration(t, e, np.clip(true * 1.6, 0, 1), 28.0)["ici_pseudo"]
     assert good < 0.02
     assert bad > 0.08
+
+
+def test_cross_validation_seeds_the_fold_models(small_sim, monkeypatch) -> None:
+    """Fold models without a ``random_state`` get the CV seed: the family-selection split
+    of the landmark kinds is drawn from it, so a repeated evaluation repeats its figures."""
+    from forecast.features import landmark_dataset
+    from forecast.training import spec_of, training_landmarks
+
+    cohort = small_sim.cohort
+    ld = training_landmarks(cohort, None, landmark_dataset(cohort))
+    seen: list[object] = []
+    real = ev.make_estimator
+
+    def recording(kind, **params):
+        seen.append(params.get("random_state"))
+        return real(kind, **params)
+
+    monkeypatch.setattr(ev, "make_estimator", recording)
+    models = {"model": ev.ModelSpec("dynamic", {}),
+              "fixed": ev.ModelSpec("dynamic", {"random_state": 5})}
+    runs = [ev.cross_validate(ld, spec_of(cohort), models, n_folds=2, seed=3) for _ in range(2)]
+    assert seen == [3, 5] * 4  # two folds, two models, two runs
+    assert np.array_equal(runs[0]["pred_lm"]["model"], runs[1]["pred_lm"]["model"],
+                          equal_nan=True)
