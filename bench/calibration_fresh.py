@@ -26,7 +26,7 @@ really are, and how much the reading depends on the estimator: it
    plus the calibration slope and AUC at 28 days with the simulator's oracle.
 
 Usage: ``python bench/calibration_fresh.py ['{"distribution": "weibull"}'] [--seed 2026]
-[--patients 5000] [--test-patients 50000] [--folds 5]``; the optional JSON
+[--kind dynamic] [--patients 5000] [--test-patients 50000] [--folds 5]``; the optional JSON
 gives estimator settings, as for ``bench/model_variants.py``. About 90 s a seed on 2 cores.
 """
 
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-patients", type=int, default=50_000)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--kind", default=None, help="model kind (default: the default kind)")
     p.add_argument("params", nargs="?", default="{}",
                    help="estimator settings as JSON (as bench/model_variants.py)")
     args = p.parse_args(argv)
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from forecast.contract import HORIZONS
     from forecast.evaluation import (
+        forecast_point_risk,
         grouped_folds,
         oracle_conditional_risks,
         survival_metrics,
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         training_landmarks,
     )
 
+    kind = args.kind or DEFAULT_KIND
     t0 = time.perf_counter()
     train = simulate(args.patients, args.seed)
     ld = training_landmarks(train.cohort, None, landmark_dataset(train.cohort))
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     o28 = survival_metrics(lo[ok], up[ok], oracle[ok], HORIZONS, uno=False,
                            calibrate=False)["by_horizon"]["28"]["auc"]
     fold = grouped_folds(ld["patient_id"].to_numpy(), args.folds, 0)
-    print(f"{DEFAULT_KIND} {json.dumps(params)}")
+    print(f"{kind} {json.dumps(params)}")
     print(f"training cohort: {args.patients} patients (seed {args.seed}); fresh cohort: "
           f"{args.test_patients} patients (seed {args.seed + 10_000}), {len(fp)} forecast-point "
           f"rows; oracle AUC(28) {o28:.3f}")
@@ -111,12 +114,11 @@ def main(argv: list[str] | None = None) -> int:
           + f" {'slope56':>7}")
     rows = []
     for k in range(args.folds):
-        X, l_, u_, g_, feats = rows_for_kind(ld[fold != k].reset_index(drop=True), spec,
-                                              DEFAULT_KIND)
+        X, l_, u_, g_, feats = rows_for_kind(ld[fold != k].reset_index(drop=True), spec, kind)
         with threadpool_limits(limits=1, user_api="blas"):
-            est = make_estimator(DEFAULT_KIND, features=feats, n_bootstrap=0,
+            est = make_estimator(kind, features=feats, n_bootstrap=0,
                                  **params).fit(X, l_, u_, g_)
-        risk = est.to_bundle().predict_risk(fp, h)
+        risk = forecast_point_risk(est.to_bundle(), fp, h)
         m = survival_metrics(lo, up, risk, HORIZONS, uno=False)["by_horizon"]
         row = {"fold": k, "family": est.family_,
                "auc28": survival_metrics(lo[ok], up[ok], risk[ok], HORIZONS, uno=False,
@@ -132,10 +134,11 @@ def main(argv: list[str] | None = None) -> int:
               + " ".join(f"{row[f'ici{d}_{w}']:>14.3f}" for d in (28, 56)
                          for w in ("austin", "pseudo", "groups"))
               + f" {row['slope56']:>7.2f}", flush=True)
-    result = {"seed": args.seed, "params": params, "patients": args.patients,
+    result = {"seed": args.seed, "kind": kind, "params": params, "patients": args.patients,
               "test_patients": args.test_patients, "test_rows": len(fp),
               "oracle_auc28": o28, "folds": rows, "seconds": time.perf_counter() - t0,
-              "command": f"python bench/calibration_fresh.py '{args.params}' --seed {args.seed} "
+              "command": f"python bench/calibration_fresh.py '{args.params}' --kind {kind} "
+                         f"--seed {args.seed} "
                          f"--patients {args.patients} --test-patients {args.test_patients}"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
