@@ -12,11 +12,11 @@ setting it prints the ICI at 28 and 56 days of the TRUE risks:
 - with Austin's Cox smoother (`evaluation.smoothed_observed`) at the
   interval midpoints, and after each waning is placed uniformly inside its
   interval (`evaluation.untied_times`: no ties from the grid; what the
-  reported `ici` uses since this bench showed the midpoints' bias);
-- with the pseudo-observation smoother (`ici_pseudo`);
+  reported `ici_austin` uses since this bench showed the midpoints' bias);
+- with the pseudo-observation smoother (the reported `ici` since 2026-12-06);
 - with Kaplan-Meier per decile of risk;
 - and the calibrated reference of `evaluation.calibrated_reference_ici`
-  (its mean over draws).
+  for Austin's smoother (its mean over draws).
 
 Every figure would be 0 with unlimited data and a perfect estimator; what
 they read is the floor of the measurement. Means over ``--reps`` cohorts.
@@ -91,7 +91,7 @@ def floor_of(lower: np.ndarray, upper: np.ndarray, risk: np.ndarray) -> dict[str
         out[f"austin_untied_{h}"] = float(np.mean(np.abs(r - aus_u)))
         out[f"pseudo_{h}"] = float(np.mean(np.abs(r - pse)))
         out[f"km_decile_{h}"] = float(np.mean(np.abs(mean_pred - km)))
-        out[f"reference_{h}"] = ref["by_horizon"][str(h)]["ici_mean"]
+        out[f"reference_{h}"] = ref["by_horizon"][str(h)]["ici_austin_mean"]
     out["censored_before_56"] = float(np.mean(~event & (time_ < 56)))
     return out
 

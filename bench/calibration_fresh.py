@@ -15,9 +15,11 @@ really are, and how much the reading depends on the estimator: it
 3. prints, per fold model and at 28 and 56 days, the ICI read three ways on
    those rows:
 
-   - ``Austin``: the library's headline (Cox hazard regression on the
-     complementary log-log of the risk, administratively censored at h);
-   - ``pseudo``: smoothed Kaplan-Meier pseudo-observations;
+   - ``Austin``: Cox hazard regression on the complementary log-log of the
+     risk, administratively censored at h (``ici_austin``; the library's
+     headline until 2026-12-06);
+   - ``pseudo``: smoothed Kaplan-Meier pseudo-observations (``ici``, the
+     headline since);
    - ``groups``: the mean absolute difference between the mean predicted risk
      and the Turnbull estimate in each of 20 groups of predicted risk, a
      nonparametric reading (no model of the calibration curve) that is
@@ -125,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                                          calibrate=False)["by_horizon"]["28"]["auc"]}
         for d in (28, 56):
             j = HORIZONS.index(d)
-            row[f"ici{d}_austin"] = m[str(d)]["ici"]
-            row[f"ici{d}_pseudo"] = m[str(d)].get("ici_pseudo")
+            row[f"ici{d}_austin"] = m[str(d)].get("ici_austin")
+            row[f"ici{d}_pseudo"] = m[str(d)]["ici"]  # the reported ICI
             row[f"ici{d}_groups"] = grouped_error(lo, up, risk[:, j], float(d))
         row["slope56"] = m["56"].get("slope")
         rows.append(row)

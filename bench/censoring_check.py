@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             r = risk[:, list(HORIZONS).index(h)]
             c = by_h[str(h)]
             print(f"{label:>22} {h:>3} {len(r):>8} {np.mean(~e & (t < h)):>6.2f} "
-                  f"{r.mean():>6.3f} {c['observed_turnbull']:>6.3f} {c['ici']:>6.3f} "
-                  f"{c['ici_pseudo']:>6.3f}")
+                  f"{r.mean():>6.3f} {c['observed_turnbull']:>6.3f} {c['ici_austin']:>6.3f} "
+                  f"{c['ici']:>6.3f}")
             print(f"{'':>22}     deciles (predicted, observed): "
                   + " ".join(f"{pr:.2f}/{ob:.2f}" for pr, ob, _ in c["deciles"]))
     return 0

@@ -59,7 +59,7 @@ def cross_validated(seed: int, kind: str, params: dict, patients: int, jobs: int
     return {"auc28": m["28"]["auc"], "oracle_auc28": o["28"]["auc"],
             "depth_oracle_auc28": depth_oracle_auc28(res, rows, ok),
             "ici28": m["28"]["ici"], "ici56": m["56"]["ici"], "citl56": m["56"].get("citl"),
-            "pseudo56": m["56"].get("ici_pseudo"), "slope56": m["56"].get("slope"),
+            "austin56": m["56"].get("ici_austin"), "slope56": m["56"].get("slope"),
             "fold_errors": out.get("errors") or {}}
 
 
@@ -94,7 +94,7 @@ def point_only(seed: int, kind: str, params: dict, patients: int) -> dict:
     return {"auc28": m["28"]["auc"], "oracle_auc28": o["28"]["auc"],
             "depth_oracle_auc28": depth_oracle_auc28(res, fp, ok),
             "ici28": m["28"]["ici"], "ici56": m["56"]["ici"], "citl56": None,
-            "pseudo56": m["56"].get("ici_pseudo"), "slope56": m["56"].get("slope"),
+            "austin56": m["56"].get("ici_austin"), "slope56": m["56"].get("slope"),
             "fold_errors": {}}
 
 
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     params = json.loads(args.params)
     print(f"{args.kind} {json.dumps(params)}" + (" (point-only)" if args.point_only else ""))
     print(f"{'seed':>6} {'AUC28':>6} {'oracle':>6} {'gap':>6} {'depth':>6} {'ICI28':>6} "
-          f"{'ICI56':>6} {'CITL56':>7} {'pICI56':>6} {'slp56':>5} {'s':>4}")
+          f"{'ICI56':>6} {'CITL56':>7} {'aICI56':>6} {'slp56':>5} {'s':>4}")
     for seed in (int(x) for x in args.seeds.split(",")):
         t0 = time.perf_counter()
         r = (point_only(seed, args.kind, params, args.patients) if args.point_only
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{seed:>6} {r['auc28']:>6.3f} {r['oracle_auc28']:>6.3f} "
               f"{r['oracle_auc28'] - r['auc28']:>6.3f} {r['depth_oracle_auc28']:>6.3f} "
               f"{r['ici28']:>6.3f} {r['ici56']:>6.3f} "
-              f"{citl:>7} {_f(r['pseudo56'])} {_f(r['slope56'], 5, 2)} "
+              f"{citl:>7} {_f(r['austin56'])} {_f(r['slope56'], 5, 2)} "
               f"{time.perf_counter() - t0:>4.0f}"
               + (f"  failed folds: {r['fold_errors']}" if r["fold_errors"] else ""), flush=True)
     return 0

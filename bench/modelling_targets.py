@@ -71,13 +71,13 @@ def main(argv: list[str] | None = None) -> int:
                    f"--folds {args.folds} --penalizer {args.penalizer}",
         "runs": runs,
     }
-    print("per seed, first forecast point (AUC gap = oracle - model; ICI..ps = ICI with the "
-          "pseudo-observation smoother)")
+    print("per seed, first forecast point (AUC gap = oracle - model; ICI = pseudo-observation "
+          "smoother, the reported ici; ICI..A = Austin's Cox smoother, ici_austin)")
     print("ICI56 calib. = what a perfectly calibrated model reads on the same rows and "
           "censoring (mean-95th percentile of draws; evaluation.calibrated_reference_ici)")
     print(f"{'seed':>6} {'family':>12} {'AUC28':>6} {'oracle':>6} {'gap':>6} {'gap 95%':>13} "
           f"{'ICI28':>6} {'ICI56':>6} {'ICI56 95%':>13} {'ICI56 calib.':>13} "
-          f"{'ICI28ps':>7} {'ICI56ps':>7} {'ICI56ps calib.':>14} {'slope28':>7} "
+          f"{'ICI28A':>7} {'ICI56A':>7} {'ICI56A calib.':>14} {'slope28':>7} "
           f"{'slope56':>7}  targets met")
     for r in runs:
         t, c = r["targets"], r["checks"]
@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{_f(t.get('ici28_model')):>6} {_f(t.get('ici56_model')):>6} "
               f"{_ci(t.get('ici56_model_ci95')):>13} "
               f"{_ci(t.get('ici56_calibrated_reference')):>13} "
-              f"{_f(t.get('ici28_model_pseudo')):>7} {_f(t.get('ici56_model_pseudo')):>7} "
-              f"{_ci(t.get('ici56_pseudo_calibrated_reference')):>14} "
+              f"{_f(t.get('ici28_model_austin')):>7} {_f(t.get('ici56_model_austin')):>7} "
+              f"{_ci(t.get('ici56_austin_calibrated_reference')):>14} "
               f"{_f(t.get('slope28_model'), 2):>7} {_f(t.get('slope56_model'), 2):>7}  "
               f"{len(met)}/{len(c)}" + ("" if len(met) == len(c) else
                                         "  missed: " + ", ".join(k for k in c if k not in met)))

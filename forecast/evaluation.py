@@ -38,10 +38,13 @@ because it wants higher = longer survival), Uno's C (scikit-survival
 (``cumulative_dynamic_auc``) and Brier score (``brier_score``) at each
 horizon, the integrated Brier score over the horizons (``integrated_brier_score``,
 trapezoid over 7..84 days), and per horizon calibration: ICI, E50 and E90
-(Austin, Harrell & van Klaveren 2020: a Cox model of the outcome, with the
-follow-up censored at the horizon, on a restricted cubic spline of
-``log(-log(1 - predicted risk))`` gives the smoothed observed risk; ICI is the
-mean absolute difference between predicted and smoothed observed risk),
+(Austin, Harrell & van Klaveren 2020: ICI is the mean absolute difference
+between predicted and smoothed observed risk; the observed risk is smoothed
+by regressing Kaplan-Meier pseudo-observations at the horizon on a restricted
+cubic spline of ``log(-log(1 - predicted risk))``. ``ici_austin`` keeps
+Austin's own smoother, a Cox model of the outcome on that spline with the
+follow-up censored at the horizon, which misread these AFT risks by up to
+0.03; see :func:`calibration`),
 calibration-in-the-large (Turnbull observed risk minus mean predicted risk)
 and a decile calibration plot (Kaplan-Meier observed risk per decile of
 predicted risk). The same metrics are reported by
@@ -481,12 +484,19 @@ def pseudo_observed(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: 
 def calibration(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: float,
                 observed_risk: float | None = None, n_bins: int = 10, *,
                 cox_time: np.ndarray | None = None) -> dict[str, Any]:
-    """ICI/E50/E90 (Austin 2020), calibration slope, calibration-in-the-large, deciles.
+    """ICI/E50/E90, calibration slope, calibration-in-the-large, deciles.
 
-    ``ici`` smooths the observed risk with Austin's Cox hazard regression;
-    ``ici_pseudo`` with pseudo-observations (:func:`pseudo_observed`), which
+    ``ici`` (with ``e50``, ``e90`` and the plotted ``curve``) smooths the
+    observed risk with pseudo-observations (:func:`pseudo_observed`), which
     needs no proportional hazards over time and matches Kaplan-Meier in the
-    large.
+    large. ``ici_austin`` smooths it with Austin et al.'s (2020) Cox hazard
+    regression (:func:`smoothed_observed`), the headline until 2026-12-06.
+    Why the change: on fresh simulated cohorts of 50,000 patients the
+    pseudo-observation ICI stayed within 0.008 of a nonparametric reading
+    (Turnbull in 20 groups of predicted risk) for every model measured,
+    while Austin's differed from it by up to 0.03, in both directions, with
+    the spread of the risks (its proportional-hazards assumption within [0,
+    h]; README, "The fold models measured on a fresh 50,000-patient cohort").
 
     ``observed_risk`` is the interval-aware (Turnbull) observed risk at ``h``
     of the same rows, used for calibration-in-the-large. ``cox_time``, when
@@ -496,7 +506,8 @@ def calibration(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: floa
     risk_h = np.asarray(risk_h, float)
     out: dict[str, Any] = {"mean_predicted": float(risk_h.mean()) if len(risk_h) else None}
     t_cox = time if cox_time is None else cox_time
-    obs = smoothed_observed(t_cox, event, risk_h, h)
+    pv = km_pseudo_risk(time, event, h)  # shared by the pseudo smoother and the slope
+    obs = pseudo_observed(time, event, risk_h, h, pseudo=pv)
     if obs is not None:
         diff = np.abs(risk_h - obs)
         out.update(ici=float(diff.mean()), e50=float(np.median(diff)),
@@ -507,9 +518,8 @@ def calibration(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: floa
                         "observed": obs[idx].round(5).tolist()}
     else:
         out.update(ici=None, e50=None, e90=None)
-    pv = km_pseudo_risk(time, event, h)  # shared by the pseudo smoother and the slope
-    pseudo = pseudo_observed(time, event, risk_h, h, pseudo=pv)
-    out["ici_pseudo"] = None if pseudo is None else float(np.mean(np.abs(risk_h - pseudo)))
+    austin = smoothed_observed(t_cox, event, risk_h, h)
+    out["ici_austin"] = None if austin is None else float(np.mean(np.abs(risk_h - austin)))
     out.update(calibration_slope(time, event, risk_h, h, cox_time=t_cox, pseudo=pv)
                or {"slope": None})
     if observed_risk is not None and out["mean_predicted"] is not None:
@@ -556,7 +566,8 @@ def _patient_resampler(patients: Any, seed: int) -> Any:
 
 
 def _ici(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: float) -> float:
-    obs = smoothed_observed(time, event, risk_h, h)
+    """The headline ICI (pseudo-observation smoother, as :func:`calibration`'s ``ici``)."""
+    obs = pseudo_observed(time, event, risk_h, h)
     return float("nan") if obs is None else float(np.mean(np.abs(risk_h - obs)))
 
 
@@ -577,8 +588,7 @@ def headline_bootstrap(lower: np.ndarray, upper: np.ndarray, risk: np.ndarray, p
     horizons = [int(h) for h in horizons]
     if reps <= 0 or 28 not in horizons or len(lower) == 0:
         return None
-    time, event = impute_times(lower, upper)
-    cox_time = untied_times(lower, upper)[0]  # the ICI's smoother, as in survival_metrics
+    time, event = impute_times(lower, upper)  # the ICI's smoother, as in survival_metrics
     risk = np.asarray(risk, dtype=float)
     cols = {h: horizons.index(h) for h in (28, 56) if h in horizons}
     draw = _patient_resampler(patients, seed)
@@ -600,7 +610,7 @@ def headline_bootstrap(lower: np.ndarray, upper: np.ndarray, risk: np.ndarray, p
                     float(td_auc(t, e, np.asarray(oracle)[idx][:, [j28]], [28])[0]) - auc)
             for h in (28, 56):
                 if with_ici and h in cols:
-                    reps_out[f"ici{h}"].append(_ici(cox_time[idx], e, risk[idx, cols[h]], h))
+                    reps_out[f"ici{h}"].append(_ici(t, e, risk[idx, cols[h]], h))
     a = (1.0 - level) / 2.0
     out: dict[str, Any] = {"reps": int(reps), "level": level, "seed": seed, "unit": "patient",
                            "note": "percentile intervals over patient-level resamples of the "
@@ -670,8 +680,9 @@ def calibrated_reference_ici(lower: np.ndarray, upper: np.ndarray, risk: np.ndar
     risk curves (so the predictions are calibrated by construction) and keeps
     the rows' censoring (a right-censored row at its own time; a row with an
     observed waning at a time drawn from the censoring distribution beyond its
-    ``upper``), then computes both ICI estimates (Austin's Cox smoother and
-    the pseudo-observation smoother) of the unchanged predictions. Their mean
+    ``upper``), then computes both ICI estimates (``ici``: the
+    pseudo-observation smoother; ``ici_austin``: Austin's Cox smoother) of
+    the unchanged predictions. Their mean
     and 95th percentile over the draws show what ICI a calibrated model gets
     on data censored like these: with most follow-up ending at boosters
     before 56 days, both smoothers read well above 0 for calibrated risks
@@ -694,7 +705,7 @@ def calibrated_reference_ici(lower: np.ndarray, upper: np.ndarray, risk: np.ndar
     h_arr = np.asarray(horizons_i, dtype=float)
     order = np.argsort(h_arr)
     rng = np.random.default_rng(seed)
-    vals: dict[int, dict[str, list[float]]] = {h: {"ici": [], "ici_pseudo": []}
+    vals: dict[int, dict[str, list[float]]] = {h: {"ici": [], "ici_austin": []}
                                                for h in horizons_i}
     with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -709,9 +720,9 @@ def calibrated_reference_ici(lower: np.ndarray, upper: np.ndarray, risk: np.ndar
                 r = risk[:, j]
                 aus = smoothed_observed(time, event, r, h)
                 pse = pseudo_observed(time, event, r, h)
-                vals[h]["ici"].append(np.nan if aus is None else float(np.mean(np.abs(r - aus))))
-                vals[h]["ici_pseudo"].append(
-                    np.nan if pse is None else float(np.mean(np.abs(r - pse))))
+                vals[h]["ici"].append(np.nan if pse is None else float(np.mean(np.abs(r - pse))))
+                vals[h]["ici_austin"].append(
+                    np.nan if aus is None else float(np.mean(np.abs(r - aus))))
     by_h: dict[str, Any] = {}
     for h, v in vals.items():
         entry: dict[str, Any] = {}
@@ -1254,9 +1265,9 @@ def targets(cv: dict[str, Any]) -> dict[str, Any]:
         if "ici_mean" in r:
             # what a perfectly calibrated model reads on these rows (mean, 95th percentile)
             out[f"ici{h}_calibrated_reference"] = [r["ici_mean"], r["ici_p95"]]
-        if "ici_pseudo_mean" in r:
-            out[f"ici{h}_pseudo_calibrated_reference"] = [r["ici_pseudo_mean"],
-                                                          r["ici_pseudo_p95"]]
+        if "ici_austin_mean" in r:
+            out[f"ici{h}_austin_calibrated_reference"] = [r["ici_austin_mean"],
+                                                          r["ici_austin_p95"]]
     out["evaluated_at"] = "first forecast point (response assessment)"
     out["episode_start"] = _targets_of(cv.get("models", {}), cv.get("on_oracle_episodes"))
     return out
@@ -1276,8 +1287,8 @@ def _targets_of(all_models: dict[str, Any], on_oracle: dict[str, Any] | None) ->
         "auc28_oracle": get("oracle", 28, "auc"),
         "ici28_model": get("model", 28, "ici"),
         "ici56_model": get("model", 56, "ici"),
-        "ici28_model_pseudo": get("model", 28, "ici_pseudo"),
-        "ici56_model_pseudo": get("model", 56, "ici_pseudo"),
+        "ici28_model_austin": get("model", 28, "ici_austin"),
+        "ici56_model_austin": get("model", 56, "ici_austin"),
         "slope28_model": get("model", 28, "slope"),
         "slope56_model": get("model", 56, "slope"),
     }

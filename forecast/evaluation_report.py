@@ -92,7 +92,7 @@ def calibrated_reference_table(fp: dict[str, Any]) -> str:
     for h, r in ref["by_horizon"].items():
         m = (model.get("by_horizon") or {}).get(h) or {}
         rows.append([f"{h} d", _fmt(m.get("ici")), _mean_p95(r, "ici"),
-                     _fmt(m.get("ici_pseudo")), _mean_p95(r, "ici_pseudo")])
+                     _fmt(m.get("ici_austin")), _mean_p95(r, "ici_austin")])
     return ("<p class='note'>What the ICI of a perfectly calibrated model would be on these "
             f"rows: {ref['reps']} draws of outcomes from the model's own risk curves, with "
             "the rows' censoring kept. Where most follow-up ends early (boosters), the ICI "
@@ -100,8 +100,8 @@ def calibrated_reference_table(fp: dict[str, Any]) -> str:
             "reference range shows no miscalibration the data can detect. The draws use "
             "exact waning times, not the assessment intervals of the real outcomes, so the "
             "reference is approximate.</p>"
-            + _table(["horizon", "model ICI", "calibrated reference ICI", "model ICI (pseudo)",
-                      "calibrated reference (pseudo)"], rows))
+            + _table(["horizon", "model ICI", "calibrated reference ICI",
+                      "model ICI (Austin's smoother)", "calibrated reference (Austin's)"], rows))
 
 
 def known_share_note(models: dict[str, Any], horizons: list[int]) -> str:
@@ -290,7 +290,9 @@ def render(metrics: dict[str, Any], *, policy_html: str | None = None) -> str:
     parts += ["<h2>Method</h2>", f"<p class='note'>{_fmt(metrics.get('conversion'))}</p>",
               "<p class='note'>Harrell's C ranks by the 28-day risk; Uno's C is truncated at the "
               "longest horizon; AUC and Brier are IPCW (scikit-survival); ICI/E50/E90 follow "
-              "Austin, Harrell &amp; van Klaveren (2020), the follow-up censored at each "
-              "horizon; CITL = Turnbull observed risk minus mean predicted risk.</p>",
+              "Austin, Harrell &amp; van Klaveren (2020), the observed risk smoothed from "
+              "Kaplan-Meier pseudo-observations at each horizon (Austin's Cox smoother, which "
+              "assumes proportional hazards within [0, h], is kept as ici_austin in "
+              "metrics.json); CITL = Turnbull observed risk minus mean predicted risk.</p>",
               "</body></html>"]
     return "\n".join(parts)

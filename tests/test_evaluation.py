@@ -68,6 +68,11 @@ def test_auc_and_brier_match_direct_computation_without_censoring() -> None:
                                       abs=1e-9)
 
 
+def _austin_ici(time, event, risk_h, h) -> float:
+    """ICI with Austin's Cox smoother on the given times (``ici_austin`` on untied times)."""
+    return float(np.mean(np.abs(risk_h - ev.smoothed_observed(time, event, risk_h, h))))
+
+
 def test_ici_small_when_calibrated_large_when_not() -> None:
     t, e, rate = _exp_data(3000, 7, censor=True)
     h = 28.0
@@ -76,6 +81,9 @@ def test_ici_small_when_calibrated_large_when_not() -> None:
     bad = ev.calibration(t, e, 0.5 * risk, h, observed_risk=None)
     assert good["ici"] < 0.015
     assert bad["ici"] > 0.05
+    # Austin's smoother, kept beside it, agrees here (exponential times: hazards proportional)
+    assert good["ici_austin"] < 0.015
+    assert bad["ici_austin"] > 0.05
     # calibration-in-the-large uses the given (Turnbull) observed risk
     obs = ev.km_risk(t, e, h)
     assert ev.calibration(t, e, 0.5 * risk, h, observed_risk=obs)["citl"] > 0.05
@@ -161,18 +169,22 @@ def test_calibrated_reference_is_the_floor_of_the_ici_under_booster_censoring() 
     time, event = ev.impute_times(lower, upper)
     ref = ev.calibrated_reference_ici(lower, upper, true, horizons, reps=10, seed=1)
     r56 = ref["by_horizon"]["56"]
-    # the floor: a calibrated model cannot read near 0 at 56 days on these rows
-    assert r56["ici_mean"] > 0.015
-    # at the interval midpoints the true risks on weekly outcomes read more (tied times)
-    assert ev._ici(time, event, true[:, 1], 56) > r56["ici_mean"]
+    # the floor: a calibrated model cannot read near 0 at 56 days on these rows, with
+    # Austin's smoother least of all
+    assert r56["ici_austin_mean"] > r56["ici_mean"] > 0.005
+    # at the interval midpoints the true risks on weekly outcomes read more with Austin's
+    # smoother (tied times)
+    assert _austin_ici(time, event, true[:, 1], 56) > r56["ici_austin_mean"]
     # too-spread risks (log-logistic scale x 1.6) read above the calibrated range
     spread = bench.ll_risk(eta, rho * 1.6)
     assert ev._ici(time, event, spread[:, 1], 56) > 2 * r56["ici_p95"]
+    assert _austin_ici(time, event, spread[:, 1], 56) > 2 * r56["ici_austin_p95"]
     # with light censoring the floor is low
     lo2, up2, eta2 = bench.cohort(6000, 8, booster_share=0.0, every=7.0)
     ref2 = ev.calibrated_reference_ici(lo2, up2, bench.ll_risk(eta2, rho), horizons,
                                        reps=10, seed=1)
-    assert ref2["by_horizon"]["56"]["ici_mean"] < r56["ici_mean"]
+    for key in ("ici_mean", "ici_austin_mean"):
+        assert ref2["by_horizon"]["56"][key] < r56[key]
     assert ev.calibrated_reference_ici(lower, upper, true, horizons, reps=0) is None
 
 
@@ -236,11 +248,12 @@ def test_reported_ici_of_true_risks_with_monthly_assessments() -> None:
     m = ev.survival_metrics(lower, upper, true, bench.HORIZONS, uno=False)["by_horizon"]
     time, event = ev.impute_times(lower, upper)
     for j, h in enumerate(bench.HORIZONS):
-        assert m[str(h)]["ici"] < 0.03
-        assert ev._ici(time, event, true[:, j], h) > 0.05  # at the midpoints
+        assert m[str(h)]["ici"] < 0.03  # pseudo-observations: Kaplan-Meier handles ties
+        assert m[str(h)]["ici_austin"] < 0.03  # Austin's, on untied times
+        assert _austin_ici(time, event, true[:, j], h) > 0.05  # Austin's at the midpoints
     # one seeded draw: the same rows give the same figures
     again = ev.survival_metrics(lower, upper, true, bench.HORIZONS, uno=False)["by_horizon"]
-    assert again["56"]["ici"] == m["56"]["ici"]
+    assert again["56"]["ici_austin"] == m["56"]["ici_austin"]
     t_u, e_u = ev.untied_times(lower, upper)
     assert np.array_equal(e_u, event)
     assert np.all((t_u[event] >= lower[event]) & (t_u[event] <= upper[event]))
@@ -521,8 +534,8 @@ def test_pseudo_smoother_matches_km_in_the_large_and_finds_miscalibration() -> N
     true = 1.0 - np.exp(-rate * 28.0)
     obs = ev.pseudo_observed(t, e, true, 28.0)
     assert np.mean(obs) == pytest.approx(ev.km_risk(t, e, 28.0), abs=2e-3)
-    good = ev.calibration(t, e, true, 28.0)["ici_pseudo"]
-    bad = ev.calibration(t, e, np.clip(true * 1.6, 0, 1), 28.0)["ici_pseudo"]
+    good = ev.calibration(t, e, true, 28.0)["ici"]
+    bad = ev.calibration(t, e, np.clip(true * 1.6, 0, 1), 28.0)["ici"]
     assert good < 0.02
     assert bad > 0.08
 
