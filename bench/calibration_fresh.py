@@ -25,7 +25,9 @@ really are, and how much the reading depends on the estimator: it
      nonparametric reading (no model of the calibration curve) that is
      accurate at this size (about 3,000 rows a group);
 
-   plus the calibration slope and AUC at 28 days with the simulator's oracle.
+   plus calibration-in-the-large at 56 days (Turnbull observed minus mean
+   predicted risk), the calibration slope, and AUC at 28 days with the
+   simulator's oracle.
 
 Usage: ``python bench/calibration_fresh.py ['{"distribution": "weibull"}'] [--seed 2026]
 [--kind dynamic] [--patients 5000] [--test-patients 50000] [--folds 5]``; the optional JSON
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'fold':>4} {'family':>11} {'AUC28':>6} "
           + " ".join(f"{'ICI' + str(d) + ' ' + w:>14}" for d in (28, 56)
                      for w in ("Austin", "pseudo", "groups"))
-          + f" {'slope56':>7}")
+          + f" {'CITL56':>7} {'slope56':>7}")
     rows = []
     for k in range(args.folds):
         X, l_, u_, g_, feats = rows_for_kind(ld[fold != k].reset_index(drop=True), spec, kind)
@@ -130,12 +132,13 @@ def main(argv: list[str] | None = None) -> int:
             row[f"ici{d}_austin"] = m[str(d)].get("ici_austin")
             row[f"ici{d}_pseudo"] = m[str(d)]["ici"]  # the reported ICI
             row[f"ici{d}_groups"] = grouped_error(lo, up, risk[:, j], float(d))
+        row["citl56"] = m["56"].get("citl")
         row["slope56"] = m["56"].get("slope")
         rows.append(row)
         print(f"{k:>4} {row['family']:>11} {row['auc28']:>6.3f} "
               + " ".join(f"{row[f'ici{d}_{w}']:>14.3f}" for d in (28, 56)
                          for w in ("austin", "pseudo", "groups"))
-              + f" {row['slope56']:>7.2f}", flush=True)
+              + f" {row['citl56']:>+7.3f} {row['slope56']:>7.2f}", flush=True)
     result = {"seed": args.seed, "kind": kind, "params": params, "patients": args.patients,
               "test_patients": args.test_patients, "test_rows": len(fp),
               "oracle_auc28": o28, "folds": rows, "seconds": time.perf_counter() - t0,
