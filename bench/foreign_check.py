@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lookback", type=int, default=120, help="A = end - lookback days")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--penalizer", default="auto", help="forecast train --penalizer")
     p.add_argument(
         "--population",
         choices=("followed", "all"),
@@ -237,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             str(args.seed),
             "--jobs",
             str(args.jobs),
+            "--penalizer",
+            str(args.penalizer),
         )
         timings["train_s"] = time.perf_counter() - t0
         card = json.loads((models / version / "bundle.json").read_text())
