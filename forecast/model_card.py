@@ -275,6 +275,9 @@ def _metrics_md(metrics: dict[str, Any]) -> list[str]:
                   "episodes; risk within h days after that date, static models conditioned on "
                   "survival to it):", ""]
         lines += _model_rows(fp["models"], horizons)
+        lines += ["", "ICI: mean |predicted - smoothed observed risk| at h, the observed risk "
+                  "smoothed from Kaplan-Meier pseudo-observations (metrics.json keeps Austin's "
+                  "Cox smoother as ici_austin)."]
         boot = fp.get("bootstrap") or {}
         cis = [f"{label} {_fmt(boot[key][0])}-{_fmt(boot[key][1])}"
                for key, label in (("auc28", "AUC 28d"), ("ici28", "ICI 28d"),

@@ -365,6 +365,13 @@ def test_evaluate_writes_report(report, trained_registry) -> None:
     mean56, p95_56 = t["ici56_calibrated_reference"]
     assert 0 < mean56 <= p95_56 == ref["by_horizon"]["56"]["ici_p95"]
     assert "calibrated reference ICI" in html
+    # the headline ICI is the pseudo-observation one; Austin's stays beside it, named
+    m56 = fp["models"]["model"]["overall"]["by_horizon"]["56"]
+    assert (t["ici56_model"], t["ici56_model_austin"]) == (m56["ici"], m56["ici_austin"])
+    assert t["ici56_austin_calibrated_reference"][1] == ref["by_horizon"]["56"]["ici_austin_p95"]
+    assert "model ICI (Austin" in html  # the calibrated-reference table's column
+    assert "ici_austin" in html
+    assert "smoothed from Kaplan-Meier pseudo-observations" in card
     # the calibration slope per horizon, in metrics.json, the report and the card
     slope28 = fp["models"]["model"]["overall"]["by_horizon"]["28"]
     assert slope28["slope_ci95"][0] < slope28["slope"] < slope28["slope_ci95"][1]
