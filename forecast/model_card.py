@@ -36,6 +36,14 @@ _ORIGIN_TEXT = {
     ),
 }
 
+_ORIGIN_TEXT["entry"] = (
+    "Dynamic model on the time since the last assessment without waning: features are "
+    "computed at the as-of date (super-landmark stacking of training episodes at several "
+    "landmarks after each episode's start), each training row's clock starts at its last "
+    "assessment that showed no waning, and the risk within h days is 1 - S(days from that "
+    "assessment to as-of + h)."
+)
+
 _CENSORING = {
     "km": "Turnbull non-parametric maximum likelihood estimator for interval-censored data "
           "(lifelines KaplanMeierFitter.fit_interval_censoring).",
@@ -46,6 +54,9 @@ _CENSORING = {
            "assessment and the first assessment showing waning, log(S(lower) - S(upper)); "
            "right-censored rows contribute log S(lower). Lower bounds of 0 (landmark rows "
            "whose event may already have happened unseen) are set to 0.001 days.",
+    "piecewise": "True interval-censored likelihood on the time since each row's last "
+                 "assessment without waning (its entry, known survived, so S = 1 there): "
+                 "log(S(lower) - S(upper)), right-censored rows log S(lower).",
 }
 
 _FAMILY_TEXT = {
@@ -55,6 +66,10 @@ _FAMILY_TEXT = {
     "cox": "Cox proportional hazards: S(t) = exp(-H0(t) exp((z - m) . beta)), Breslow H0 "
            "interpolated linearly between event times",
     "km": "Population survival curve without covariates (step function)",
+    "piecewise": "Piecewise exponential on the time t since the last assessment without "
+                 "waning: hazard exp(a_j + z . (beta + delta_j)) in window j of t (edges "
+                 "below), S(t) = exp(-H(t)); beta is the average effect over the windows "
+                 "(coefficients), delta_j each window's deviation from it",
 }
 
 
@@ -92,7 +107,8 @@ def build_card(
         "family": bundle.family,
         "formula": _FAMILY_TEXT.get(bundle.family, bundle.family),
         "time_origin": bundle.time_origin,
-        "time_origin_text": _ORIGIN_TEXT.get(bundle.time_origin, ""),
+        "time_origin_text": _ORIGIN_TEXT.get(
+            "entry" if bundle.family == "piecewise" else bundle.time_origin, ""),
         "features": None if enc is None else {
             "numeric": list(enc.numeric),
             "numeric_means": enc.means.tolist(),
@@ -114,6 +130,13 @@ def build_card(
             "seed": bundle.meta.get("random_state"),
         },
     }
+    if bundle.family == "piecewise":
+        spec["windows_days"] = bundle.meta.get("edges")
+        spec["window_log_base_hazard"] = bundle.arrays["log_base"].tolist()
+        spec["window_penalizer"] = bundle.meta.get("window_penalizer")
+        cols = bundle.encoder.columns if enc is not None else []
+        spec["window_coefficients"] = [dict(zip(cols, map(float, row), strict=True))
+                                       for row in bundle.arrays["window_coef"]]
     if bundle.family in AFT_FAMILIES:
         spec["intercept"] = float(bundle.arrays["intercept"])
         spec["log_ancillary"] = float(bundle.arrays["ancillary"])
@@ -131,13 +154,15 @@ def build_card(
             "episode at its first forecast point (the response assessment), each with the "
             "features known on that date and "
             + ("the residual time from it" if bundle.time_origin == "landmark" else
+               "the waning interval from the last assessment without waning up to that "
+               "date" if bundle.family == "piecewise" else
                "the waning interval from the episode start, left-truncated at the last "
                "assessment without waning up to that date"))
     if "ancillary_covariates" in bundle.meta:
         spec["ancillary_covariates"] = bundle.meta["ancillary_covariates"]
         spec["ancillary_coef"] = bundle.arrays["anc_coef"].tolist()
     censoring = _CENSORING["aft" if bundle.family in AFT_FAMILIES else bundle.family]
-    if bundle.time_origin == "as_of":
+    if bundle.time_origin == "as_of" and bundle.family != "piecewise":
         censoring += (
             " Left truncation: each landmark row's interval counts from the episode start and "
             "the row is known to have lasted to its last assessment without waning (entry), "

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from forecast.bundle import HAZARD_FAMILIES
 from forecast.cohort import Cohort
 from forecast.contract import HORIZONS, PREDICT_COLUMNS
 from forecast.instruments import (
@@ -641,8 +642,9 @@ def _drivers(model: Any, X: pd.DataFrame, k: int) -> list[list[dict]]:
     encoding is centred on the training mean, so a contribution says how this
     patient's value moves the prediction relative to the average training
     patient. For AFT families a positive contribution multiplies the expected
-    benefit duration by ``exp(c)`` (lengthens); for Cox a positive contribution
-    multiplies the waning hazard by ``exp(c)`` (shortens). Missingness
+    benefit duration by ``exp(c)`` (lengthens); for Cox and the piecewise kind
+    (``HAZARD_FAMILIES``) a positive contribution multiplies the waning hazard
+    by ``exp(c)`` (shortens; for piecewise, averaged over its time windows). Missingness
     indicators are folded into their feature, whose value is then shown as
     null (missing).
     """
@@ -657,7 +659,7 @@ def _drivers(model: Any, X: pd.DataFrame, k: int) -> list[list[dict]]:
     merged, indicator = _merge_missing_arrays(bundle.drivers(values))
     if not merged:
         return out
-    aft = getattr(bundle, "family", "") != "cox"
+    aft = getattr(bundle, "family", "") not in HAZARD_FAMILIES
     c = np.column_stack(list(merged.values())).astype(float, copy=False)
     names = list(merged)
     order = np.argsort(-np.abs(c), axis=1, kind="stable")[:, :k]
