@@ -30,8 +30,10 @@ really are, and how much the reading depends on the estimator: it
    simulator's oracle.
 
 Usage: ``python bench/calibration_fresh.py ['{"distribution": "weibull"}'] [--seed 2026]
-[--kind dynamic] [--patients 5000] [--test-patients 50000] [--folds 5]``; the optional JSON
-gives estimator settings, as for ``bench/model_variants.py``. About 90 s a seed on 2 cores.
+[--kind dynamic] [--patients 5000] [--test-patients 50000] [--folds 5] [--sim JSON]``; the
+optional JSON gives estimator settings, as for ``bench/model_variants.py``; ``--sim`` changes
+the simulator's mechanism (``SimulationParams`` fields) for both cohorts. About 90 s a seed
+on 2 cores.
 """
 
 from __future__ import annotations
@@ -70,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--kind", default=None, help="model kind (default: the default kind)")
+    p.add_argument("--sim", default="{}",
+                   help="SimulationParams overrides for both cohorts, as JSON "
+                        "(e.g. '{\"relapse_detect_days\": 9}')")
     p.add_argument("params", nargs="?", default="{}",
                    help="estimator settings as JSON (as bench/model_variants.py)")
     args = p.parse_args(argv)
@@ -86,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from forecast.features import landmark_dataset
     from forecast.models import DEFAULT_KIND, make_estimator
-    from forecast.simulation import simulate
+    from forecast.simulation import SimulationParams, simulate
     from forecast.training import (
         forecast_point_dataset,
         rows_for_kind,
@@ -96,10 +101,11 @@ def main(argv: list[str] | None = None) -> int:
 
     kind = args.kind or DEFAULT_KIND
     t0 = time.perf_counter()
-    train = simulate(args.patients, args.seed)
+    sim = SimulationParams(**json.loads(args.sim))
+    train = simulate(args.patients, args.seed, params=sim)
     ld = training_landmarks(train.cohort, None, landmark_dataset(train.cohort))
     spec = spec_of(train.cohort)
-    test = simulate(args.test_patients, args.seed + 10_000)
+    test = simulate(args.test_patients, args.seed + 10_000, params=sim)
     fp = forecast_point_dataset(test.cohort)
     lo, up = fp["lower"].to_numpy(float), fp["upper"].to_numpy(float)
     h = np.asarray(HORIZONS, dtype=float)
@@ -108,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     o28 = survival_metrics(lo[ok], up[ok], oracle[ok], HORIZONS, uno=False,
                            calibrate=False)["by_horizon"]["28"]["auc"]
     fold = grouped_folds(ld["patient_id"].to_numpy(), args.folds, 0)
-    print(f"{kind} {json.dumps(params)}")
+    print(f"{kind} {json.dumps(params)}; simulator {json.dumps(json.loads(args.sim))}")
     print(f"training cohort: {args.patients} patients (seed {args.seed}); fresh cohort: "
           f"{args.test_patients} patients (seed {args.seed + 10_000}), {len(fp)} forecast-point "
           f"rows; oracle AUC(28) {o28:.3f}")
@@ -139,11 +145,12 @@ def main(argv: list[str] | None = None) -> int:
               + " ".join(f"{row[f'ici{d}_{w}']:>14.3f}" for d in (28, 56)
                          for w in ("austin", "pseudo", "groups"))
               + f" {row['citl56']:>+7.3f} {row['slope56']:>7.2f}", flush=True)
-    result = {"seed": args.seed, "kind": kind, "params": params, "patients": args.patients,
+    result = {"seed": args.seed, "kind": kind, "params": params, "sim": json.loads(args.sim),
+              "patients": args.patients,
               "test_patients": args.test_patients, "test_rows": len(fp),
               "oracle_auc28": o28, "folds": rows, "seconds": time.perf_counter() - t0,
               "command": f"python bench/calibration_fresh.py '{args.params}' --kind {kind} "
-                         f"--seed {args.seed} "
+                         f"--seed {args.seed} --sim '{args.sim}' "
                          f"--patients {args.patients} --test-patients {args.test_patients}"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -28,7 +28,8 @@ who dropped out before A have no observable outcome, and their censoring is
 informative: the longer the gap since their last assessment, the higher their
 latent risk); ``all`` keeps every predicted patient.
 
-Usage: ``python bench/foreign_check.py [--train 4000] [--test 4000] [--seed 7]``.
+Usage: ``python bench/foreign_check.py [--train 4000] [--test 4000] [--seed 7]
+[--kind dynamic] [--penalizer auto]``.
 Writes bench/out/foreign_check.json.
 """
 
@@ -205,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--penalizer", default="auto", help="forecast train --penalizer")
+    p.add_argument("--kind", default="dynamic", help="forecast train --kind (default dynamic)")
     p.add_argument(
         "--population",
         choices=("followed", "all"),
@@ -240,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             str(args.jobs),
             "--penalizer",
             str(args.penalizer),
+            "--kind",
+            args.kind,
         )
         timings["train_s"] = time.perf_counter() - t0
         card = json.loads((models / version / "bundle.json").read_text())
@@ -356,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         "end": args.end,
         "as_of": a_str,
         "model_version": version,
+        "kind": args.kind,
+        "penalizer": args.penalizer,
         "family": family,
         "rejected_by_lifelines": rejected,
         "status_counts": {str(k): int(v) for k, v in status_counts.items()},
