@@ -6,8 +6,9 @@ hands its result to the next through files in a work folder:
 1. ``load``      - ``forecast.data.load_cohort`` of the simulated CSV folder (validation included)
 2. ``episodes``  - ``forecast.episodes.build_episodes``
 3. ``features``  - ``forecast.features.landmark_dataset`` (the stacked training set)
-4. ``fit``       - the default model (``DEFAULT_KIND``) with ``--bootstrap`` patient-level refits
-                   (``--jobs`` in parallel) and ``registry.save_version``, as ``forecast train``
+4. ``fit``       - the default model (``DEFAULT_KIND``, or ``--kind``) with ``--bootstrap``
+                   patient-level refits (``--jobs`` in parallel) and
+                   ``registry.save_version``, as ``forecast train``
 5. ``evaluate``  - the saved version applied to the same cohort
                    (``forecast.evaluation.evaluate_bundle``: episode-start and
                    landmark-conditional metrics)
@@ -48,7 +49,8 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def run_stage(stage: str, work: Path, bootstrap: int, jobs: int, seed: int) -> dict:
+def run_stage(stage: str, work: Path, bootstrap: int, jobs: int, seed: int,
+              kind: str | None = None) -> dict:
     """Run one stage in this process; return its timing (inputs read before the clock)."""
     import pandas as pd
 
@@ -89,14 +91,14 @@ def run_stage(stage: str, work: Path, bootstrap: int, jobs: int, seed: int) -> d
         info["rows"] = {"landmark_rows": len(ld), "columns": ld.shape[1]}
     elif stage == "fit":
         from forecast import registry
-        from forecast.models import DEFAULT_KIND
         from forecast.training import fit_kind, population_curve, training_data
 
+        kind = kind or _default_kind()
         cohort = read_cohort()
         ld = pd.read_parquet(work / "landmarks.parquet")
         t0 = time.perf_counter()
-        data = training_data(cohort, DEFAULT_KIND, landmarks=ld)
-        est = fit_kind(data, DEFAULT_KIND, n_bootstrap=bootstrap, random_state=seed, n_jobs=jobs)
+        data = training_data(cohort, kind, landmarks=ld)
+        est = fit_kind(data, kind, n_bootstrap=bootstrap, random_state=seed, n_jobs=jobs)
         t_fit = time.perf_counter() - t0
         start = ld[ld["landmark"] == 0]
         version = registry.save_version(
@@ -128,7 +130,7 @@ def run_stage(stage: str, work: Path, bootstrap: int, jobs: int, seed: int) -> d
     return info
 
 
-def run_size(n: int, seed: int, bootstrap: int, jobs: int) -> dict:
+def run_size(n: int, seed: int, bootstrap: int, jobs: int, kind: str | None = None) -> dict:
     """Simulate ``n`` patients, then run every stage in a child process."""
     with tempfile.TemporaryDirectory(prefix=f"train_scale_{n}_") as tmp:
         work = Path(tmp)
@@ -139,7 +141,8 @@ def run_size(n: int, seed: int, bootstrap: int, jobs: int) -> dict:
         for stage in STAGES:
             proc = subprocess.run(
                 [sys.executable, __file__, "--stage", stage, "--work", str(work),
-                 "--bootstrap", str(bootstrap), "--jobs", str(jobs), "--seed", str(seed)],
+                 "--bootstrap", str(bootstrap), "--jobs", str(jobs), "--seed", str(seed),
+                 *(["--kind", kind] if kind else [])],
                 capture_output=True, text=True, check=False,
             )
             if proc.returncode != 0:
@@ -184,29 +187,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bootstrap", type=int, default=30, help="bootstrap refits (train default)")
     p.add_argument("--jobs", type=int, default=2, help="parallel bootstrap refits")
     p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--kind", default=None, help="model kind (default: the default kind)")
     p.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.stage:
-        print(json.dumps(run_stage(args.stage, args.work, args.bootstrap, args.jobs, args.seed)))
+        print(json.dumps(run_stage(args.stage, args.work, args.bootstrap, args.jobs, args.seed,
+                                   args.kind)))
         return 0
     sizes = args.patients or ([10_000] if args.quick else [10_000, 100_000])
     print(f"{'patients':>9} {'stage':<9} {'wall':>10} {'peak RSS':>12}")
-    runs = [run_size(n, args.seed, args.bootstrap, args.jobs) for n in sizes]
+    runs = [run_size(n, args.seed, args.bootstrap, args.jobs, args.kind) for n in sizes]
     for r in runs:
         print(f"{r['patients']:>9} training (load+episodes+features+fit) {r['train_s']:.1f} s, "
               f"peak {r['peak_rss_mb']:.0f} MB" + ("" if r["ok"] else "  FAILED"))
     result = {
         "targets": {"train_s_100k": TARGET_TRAIN_S, "peak_rss_mb": TARGET_PEAK_MB},
         "settings": {"bootstrap": args.bootstrap, "jobs": args.jobs, "seed": args.seed,
-                     "kind": _default_kind()},
+                     "kind": args.kind or _default_kind()},
         "runs": runs,
         "cpus": os.cpu_count(),
         "loadavg": list(os.getloadavg()),
         "python": platform.python_version(),
         "command": "python bench/train_scale.py" + (" --quick" if args.quick else "")
                    + (" --patients " + " ".join(map(str, args.patients)) if args.patients else "")
-                   + f" --bootstrap {args.bootstrap} --jobs {args.jobs} --seed {args.seed}",
+                   + f" --bootstrap {args.bootstrap} --jobs {args.jobs} --seed {args.seed}"
+                   + (f" --kind {args.kind}" if args.kind else ""),
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2) + "\n")

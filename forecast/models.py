@@ -1555,8 +1555,9 @@ class PiecewiseEntry(SurvivalEstimator):
         if p and np.all(np.abs(theta[J:]) < 1e-10):
             raise ModelFitError("piecewise model: all coefficients are exactly zero "
                                 "(silent failed fit)")
-        f_raw, _ = pwe_objective(theta, Z, exp_lo, exp_up, event, np.ones(len(Z)),
-                                 self._fit_data[4], 0.0, 0.0)
+        with np.errstate(over="ignore", divide="ignore"):
+            f_raw, _ = pwe_objective(theta, Z, exp_lo, exp_up, event, np.ones(len(Z)),
+                                     self._fit_data[4], 0.0, 0.0)
         self.log_likelihood_ = -f_raw * len(Z)
         self.theta_ = theta
         self.family_ = "piecewise"
