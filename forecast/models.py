@@ -1124,6 +1124,30 @@ class LandmarkAFT(AFTEstimator):
         return total / count if count else float("inf")
 
 
+def _clock_spec(numeric: tuple[str, ...], categorical: dict[str, tuple[str, ...]]
+                ) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+    """The feature spec of the kinds on an as-of clock: ``days_since_assessment`` is their
+    clock (the entry), not a covariate."""
+    drop = CLOCK_FEATURES["since_assessment"]
+    return tuple(f for f in numeric if f != drop), categorical
+
+
+def _episode_bounds(
+    X: pd.DataFrame, lo: np.ndarray, up: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Residual bounds from the landmark -> (lower, upper, entry, start) from the episode start.
+
+    A residual lower bound of 0 means the last waning-free assessment was on
+    or before the landmark: it is the entry itself.
+    """
+    start, entry = clock_arrays(X)
+    lo_ep = np.where(lo <= MIN_LOWER, entry, lo + start)
+    lo_ep = np.maximum(np.maximum(lo_ep, entry), MIN_LOWER)
+    up_ep = up + start
+    up_ep = np.where(up_ep > lo_ep, up_ep, lo_ep + 1.0)
+    return lo_ep, up_ep, entry, start
+
+
 class DynamicAFT(LandmarkAFT):
     """Dynamic model on the episode's time scale (``--kind dynamic``, the default).
 
@@ -1179,9 +1203,7 @@ class DynamicAFT(LandmarkAFT):
                          selection, time_feature, time_interactions)
 
     def _spec(self) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
-        numeric, categorical = super()._spec()
-        drop = CLOCK_FEATURES["since_assessment"]
-        return tuple(f for f in numeric if f != drop), categorical
+        return _clock_spec(*super()._spec())
 
     def _clock_rows(
         self, X: pd.DataFrame, lo: np.ndarray, up: np.ndarray
@@ -1191,12 +1213,7 @@ class DynamicAFT(LandmarkAFT):
         A residual lower bound of 0 means the last waning-free assessment was on
         or before the landmark: it is the entry itself.
         """
-        start, entry = clock_arrays(X)
-        lo_ep = np.where(lo <= MIN_LOWER, entry, lo + start)
-        lo_ep = np.maximum(np.maximum(lo_ep, entry), MIN_LOWER)
-        up_ep = up + start
-        up_ep = np.where(up_ep > lo_ep, up_ep, lo_ep + 1.0)
-        return lo_ep, up_ep, entry, start
+        return _episode_bounds(X, lo, up)
 
     def _predict_survival(
         self, X: pd.DataFrame, times: np.ndarray, since: np.ndarray | None
@@ -1507,9 +1524,7 @@ class PiecewiseEntry(SurvivalEstimator):
             self.__dict__.pop("_fit_data", None)  # no training rows kept on the estimator
 
     def _spec(self) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
-        numeric, categorical = super()._spec()
-        drop = CLOCK_FEATURES["since_assessment"]
-        return tuple(f for f in numeric if f != drop), categorical
+        return _clock_spec(*super()._spec())
 
     def _edges(self) -> np.ndarray:
         e = np.asarray(self.edges, dtype=float)
@@ -1522,12 +1537,8 @@ class PiecewiseEntry(SurvivalEstimator):
     def _rows(self, X: pd.DataFrame, lo: np.ndarray, up: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(window exposures to lower, to upper, event) on the time since the entry."""
-        start, entry = clock_arrays(X)
-        lo_ep = np.where(lo <= MIN_LOWER, entry, lo + start)
-        lo_ep = np.maximum(lo_ep, entry)
-        up_ep = up + start
+        lo_ep, up_ep, entry, _ = _episode_bounds(X, lo, up)
         event = np.isfinite(up_ep)
-        up_ep = np.where(event & (up_ep <= lo_ep), lo_ep + 1.0, up_ep)
         e = self._edges()
         exp_lo = window_exposure(lo_ep - entry, e)
         exp_up = window_exposure(np.where(event, up_ep - entry, 0.0), e)
