@@ -34,15 +34,15 @@ _ORIGIN_TEXT = {
         "at a later as-of date are conditioned on the time already survived, "
         "1 - S(s + h) / S(s)."
     ),
+    # the piecewise kind: also read at as-of, but its clock starts at the entry
+    "entry": (
+        "Dynamic model on the time since the last assessment without waning: features are "
+        "computed at the as-of date (super-landmark stacking of training episodes at several "
+        "landmarks after each episode's start), each training row's clock starts at its last "
+        "assessment that showed no waning, and the risk within h days is 1 - S(days from that "
+        "assessment to as-of + h)."
+    ),
 }
-
-_ORIGIN_TEXT["entry"] = (
-    "Dynamic model on the time since the last assessment without waning: features are "
-    "computed at the as-of date (super-landmark stacking of training episodes at several "
-    "landmarks after each episode's start), each training row's clock starts at its last "
-    "assessment that showed no waning, and the risk within h days is 1 - S(days from that "
-    "assessment to as-of + h)."
-)
 
 _CENSORING = {
     "km": "Turnbull non-parametric maximum likelihood estimator for interval-censored data "
