@@ -213,3 +213,41 @@ def test_fit_agrees_with_lifelines_piecewise_exponential() -> None:
     theirs = ref.predict_survival_function(df.iloc[:200], times=times).to_numpy().T
     ours = est.predict_survival(X.iloc[:200], times)
     assert np.abs(ours - theirs).max() < 2e-3
+
+
+@pytest.fixture(scope="module")
+def piecewise_registry(tmp_path_factory, sim_small_folder):
+    from forecast.data import load_cohort
+    from forecast.training import train_and_save
+
+    models = tmp_path_factory.mktemp("piecewise_models")
+    train_and_save(load_cohort(sim_small_folder), models, kind="piecewise", n_bootstrap=2,
+                   seed=1, simulated=True)
+    return models
+
+
+def test_service_serves_and_audits_a_piecewise_model(make_app, piecewise_registry,
+                                                      sim_small) -> None:
+    from tests.fixtures.service import client_for
+    from tests.test_service_api import stateless_body
+
+    client = client_for(make_app(models=piecewise_registry))
+    answers = []
+    for pid in sim_small.cohort.patients["patient_id"].tolist()[:40]:
+        resp = client.post("/api/v1/forecast",
+                           stateless_body(sim_small.cohort, pid, as_of="2026-06-01"))
+        assert resp.status_code == 200, resp.json
+        answers.append(resp.json)
+    personal = [a for a in answers if a["risk"] and a["risk"].get("kind") == "personalised"]
+    assert personal, "no personalised forecast among 40 patients"
+    for a in answers:
+        assert a["decision_support"] is True
+        assert a["model_version"] == answers[0]["model_version"]
+    for a in personal:
+        risks = [h["risk"] for h in a["risk"]["horizons"]]
+        assert risks == sorted(risks)
+        assert all(h["lower"] <= h["risk"] <= h["upper"] for h in a["risk"]["horizons"])
+        for d in a["drivers"]:  # the hazard scale: a factor below 1 lengthens the benefit
+            assert d["size_meaning"].startswith("hazard ratio")
+            assert (d["size"] < 1) == (d["direction"] == "lengthens")
+    assert len(client.app.extensions["kap_store"].audit_rows()) == len(answers)
