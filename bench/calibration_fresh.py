@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
 
     kind = args.kind or DEFAULT_KIND
     t0 = time.perf_counter()
-    sim = SimulationParams(**json.loads(args.sim))
+    sim_overrides = json.loads(args.sim)
+    sim = SimulationParams(**sim_overrides)
     train = simulate(args.patients, args.seed, params=sim)
     ld = training_landmarks(train.cohort, None, landmark_dataset(train.cohort))
     spec = spec_of(train.cohort)
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     o28 = survival_metrics(lo[ok], up[ok], oracle[ok], HORIZONS, uno=False,
                            calibrate=False)["by_horizon"]["28"]["auc"]
     fold = grouped_folds(ld["patient_id"].to_numpy(), args.folds, 0)
-    print(f"{kind} {json.dumps(params)}; simulator {json.dumps(json.loads(args.sim))}")
+    print(f"{kind} {json.dumps(params)}; simulator {json.dumps(sim_overrides)}")
     print(f"training cohort: {args.patients} patients (seed {args.seed}); fresh cohort: "
           f"{args.test_patients} patients (seed {args.seed + 10_000}), {len(fp)} forecast-point "
           f"rows; oracle AUC(28) {o28:.3f}")
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
               + " ".join(f"{row[f'ici{d}_{w}']:>14.3f}" for d in (28, 56)
                          for w in ("austin", "pseudo", "groups"))
               + f" {row['citl56']:>+7.3f} {row['slope56']:>7.2f}", flush=True)
-    result = {"seed": args.seed, "kind": kind, "params": params, "sim": json.loads(args.sim),
+    result = {"seed": args.seed, "kind": kind, "params": params, "sim": sim_overrides,
               "patients": args.patients,
               "test_patients": args.test_patients, "test_rows": len(fp),
               "oracle_auc28": o28, "folds": rows, "seconds": time.perf_counter() - t0,

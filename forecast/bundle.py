@@ -647,8 +647,8 @@ class Bundle:
                 h0 = np.interp(t, a["boot_grid"], a["boot_cumhaz"][which])
             return -h0 * np.exp(lp)[:, None]
         if self.family == "piecewise":  # t: days since the last waning-free assessment
-            return -self._piecewise_cumhaz(z, np.broadcast_to(t, (len(z), np.shape(t)[-1])),
-                                           which)
+            return -self._piecewise_cumhaz(self._piecewise_rate(z, which),
+                                           np.broadcast_to(t, (len(z), np.shape(t)[-1])))
         if self.family == "km":
             if which is None:
                 s = _step(a["km_times"], a["km_surv"], t)
@@ -676,8 +676,9 @@ class Bundle:
                 return self._aft_ratio(z, base, cond, times, which)
             if self.family == "piecewise":
                 # its clock starts at the entry, where S = 1 by construction
-                h_t = self._piecewise_cumhaz(z, (base - entry)[:, None] + times[None, :], which)
-                h_c = self._piecewise_cumhaz(z, (cond - entry)[:, None], which)
+                rate = self._piecewise_rate(z, which)  # the design products once
+                h_t = self._piecewise_cumhaz(rate, (base - entry)[:, None] + times[None, :])
+                h_c = self._piecewise_cumhaz(rate, (cond - entry)[:, None])
                 return np.exp(np.minimum(h_c - h_t, 0.0))
             with np.errstate(over="ignore", invalid="ignore"):  # far tails: S -> 0
                 log_s = self._log_surv(z, base[:, None] + times[None, :], which)
@@ -706,8 +707,8 @@ class Bundle:
             out = np.array(np.broadcast_to(out, (n, times.size)))
         return out
 
-    def _piecewise_cumhaz(self, z: np.ndarray, t: np.ndarray, which: int | None) -> np.ndarray:
-        """Cumulative hazard (n, k) of a piecewise bundle at times ``t`` (n, k) from the entry."""
+    def _piecewise_rate(self, z: np.ndarray, which: int | None) -> np.ndarray:
+        """Hazard rate (n, J) of each row in each window of a piecewise bundle."""
         a = self.arrays
         if which is None:
             coef, wcoef, log_base = a["coef"], a["window_coef"], a["log_base"]
@@ -717,13 +718,16 @@ class Bundle:
         lin = z @ wcoef.T  # (n, J)
         lin += _matvec(z, coef)[:, None]
         lin += log_base
-        rate = np.exp(lin)
+        return np.exp(lin)
+
+    def _piecewise_cumhaz(self, rate: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Cumulative hazard (n, k) at times ``t`` (n, k) from the entry, given the rates."""
         # sum over windows of rate x days of [0, t] in the window; a window at a time
         # keeps memory at (n, k) for long grids (predict_median: 7,305 times a row)
-        edges = a["edges"]
+        edges = self.arrays["edges"]
         upper = np.append(edges[1:], np.inf)
         t = np.asarray(t, dtype=float)
-        out = np.zeros(np.broadcast_shapes(t.shape, (len(z), 1)))
+        out = np.zeros(np.broadcast_shapes(t.shape, (len(rate), 1)))
         for j in range(edges.size):
             days = np.minimum(t, upper[j]) - edges[j]
             np.maximum(days, 0.0, out=days)
