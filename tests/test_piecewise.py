@@ -12,7 +12,14 @@ from click.testing import CliRunner
 
 from forecast.bundle import HAZARD_FAMILIES, Bundle, clock_arrays, window_exposure
 from forecast.cli import main
-from forecast.models import FeatureSet, make_estimator, pwe_objective
+from forecast.models import (
+    FeatureSet,
+    _bootstrap_weights,
+    _prepare_bounds,
+    make_estimator,
+    pwe_hessian,
+    pwe_objective,
+)
 
 EDGES = np.array([0.0, 7.0, 14.0])
 
@@ -71,6 +78,21 @@ def test_objective_gradient_matches_finite_differences() -> None:
     num = np.array([(pwe_objective(theta + e, *args)[0] - pwe_objective(theta - e, *args)[0])
                     / (2 * eps) for e in np.eye(theta.size) * eps])
     assert np.abs(num - grad).max() < 1e-7
+
+
+def test_hessian_matches_finite_differences_of_the_gradient() -> None:
+    """The exact Hessian (Newton fit, refit preconditioner) against central differences."""
+    Z, lo, up, event, theta = _toy(4)
+    w = np.random.default_rng(6).uniform(0.0, 2.0, len(Z))  # zero weights included
+    args = (Z, window_exposure(lo, EDGES), window_exposure(np.where(event, up, 0.0), EDGES),
+            event, w, np.array([0.8, 1.4]), 0.3, 0.2)
+    hess = pwe_hessian(theta, *args, chunk=7)  # several row chunks
+    eps = 1e-6
+    num = np.column_stack([(pwe_objective(theta + e, *args)[1]
+                            - pwe_objective(theta - e, *args)[1]) / (2 * eps)
+                           for e in np.eye(theta.size) * eps])
+    assert np.abs(num - hess).max() < 1e-7
+    assert np.allclose(hess, hess.T)
 
 
 def _short_term_signal(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
@@ -147,6 +169,47 @@ def test_bundle_equals_quadrature_of_the_hazard(signal_fit, tmp_path) -> None:
     point = loaded.predict_risk(rows, horizons)
     assert np.all(lo <= point + 1e-12)
     assert np.all(point <= hi + 1e-12)
+
+
+def _fit_problem(est, X, lo, up):
+    """The fitted estimator's objective arguments rebuilt from its rows (weights set later)."""
+    from forecast.models import _pen_scale
+
+    lo, up = _prepare_bounds(lo, up)
+    Z = np.ascontiguousarray(est.encoder_.transform(X)[:, est.encoder_.active])
+    exp_lo, exp_up, event = est._rows(X, lo, up)
+    return Z, exp_lo, exp_up, event, _pen_scale(Z)
+
+
+def _lbfgs(args, x0):
+    """scipy's L-BFGS run to its tightest tolerances: the independent optimiser."""
+    from scipy.optimize import minimize
+
+    with np.errstate(all="ignore"):
+        res = minimize(pwe_objective, x0, args=args, jac=True, method="L-BFGS-B",
+                       options={"maxiter": 50_000, "gtol": 1e-12, "ftol": 1e-16,
+                                "maxcor": 50})
+    return res
+
+
+def test_newton_fit_and_refits_equal_an_independent_optimiser(signal_fit) -> None:
+    """The Newton fit and the whitened bootstrap refits reach the optimum that
+    plain L-BFGS reaches from zero when run to its tightest tolerance."""
+    X, est = signal_fit
+    _, lo, up = _short_term_signal(6000, 3)
+    Z, exp_lo, exp_up, event, sd = _fit_problem(est, X, lo, up)
+    pen = (est._penalty(), float(est.window_penalizer))
+    x0 = np.zeros_like(est.theta_)
+    x0[:exp_lo.shape[1]] = np.log(0.03)
+    full = _lbfgs((Z, exp_lo, exp_up, event, np.ones(len(Z)), sd, *pen), x0)
+    ours_f, _ = pwe_objective(est.theta_, Z, exp_lo, exp_up, event, np.ones(len(Z)), sd, *pen)
+    assert ours_f <= full.fun + 1e-12
+    assert np.abs(est.theta_ - full.x).max() < 1e-4
+    weights = _bootstrap_weights(np.arange(len(X)), est.n_bootstrap, est.random_state)
+    for b, w in enumerate(weights):
+        ref = est._unpack(_lbfgs((Z, exp_lo, exp_up, event, w, sd, *pen), x0).x)
+        for name, arr in zip(("log_base", "coef", "window_coef"), ref, strict=True):
+            assert np.abs(est.bootstrap_[f"boot_{name}"][b] - arr).max() < 1e-4, (b, name)
 
 
 def test_drivers_read_on_the_hazard_scale(signal_fit) -> None:
