@@ -1,11 +1,13 @@
 """Serving bundle vs lifelines' predict_survival_function on the same fitted model.
 
-Fits a dynamic model (``--kind``: ``dynamic``, the default kind, or
-``landmark``) on a simulated cohort once per AFT family
+Fits a dynamic model (``--kind``: ``dynamic``, ``landmark`` or
+``piecewise``) on a simulated cohort once per AFT family
 (the family the default picks depends on the data, and lifelines' own cost
 differs by family: its log-normal survival is several times slower than its
-log-logistic one), then times, in the same run, survival predictions at the
-contract horizons for 1 and for 10,000 patients:
+log-logistic one; ``piecewise`` has one family, its lifelines counterpart is
+``PiecewiseExponentialRegressionFitter`` carrying the fitted parameters),
+then times, in the same run, survival predictions at the contract horizons
+for 1 and for 10,000 patients:
 
 - model only: ``Bundle.predict_survival_design(z, horizons)`` on the encoded
   design array vs lifelines' ``fitter.predict_survival_function(design,
@@ -16,9 +18,10 @@ contract horizons for 1 and for 10,000 patients:
   horizons)`` (the same encoding, then lifelines).
 
 For the ``dynamic`` kind the risk needs S(start + h) / S(entry) with
-per-row times. lifelines' ``predict_survival_function`` takes one vector of
-times for all rows, so its model-only reference is ONE call on the union of
-the times the rows need (every distinct ``start + h`` and ``entry``), from
+per-row times (``piecewise``: S(start - entry + h) on its own clock).
+lifelines' ``predict_survival_function`` takes one vector of times for all
+rows, so its model-only reference is ONE call on the union of the times the
+rows need (every distinct ``start + h`` and ``entry``), from
 which each row's values are gathered; the end-to-end reference is the
 estimator's own lifelines path (one call per distinct ``start - entry``,
 with ``conditional_after``). Both give the bundle's numbers (max difference
@@ -31,7 +34,8 @@ encoding also speeds up that reference: the end-to-end ratio is bounded by
 Each timing is the best of several calls (perf_counter; at least 5, more
 until 0.5 s is spent on that timing). Prints a table and
 writes bench/out/bundle.json. Usage: ``python bench/bundle_vs_lifelines.py
-[--patients 2000] [--seed 7] [--families weibull,lognormal,loglogistic]``.
+[--patients 2000] [--seed 7] [--families weibull,lognormal,loglogistic]
+[--kind dynamic|landmark|piecewise]``.
 """
 
 from __future__ import annotations
@@ -70,9 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--families", default="weibull,lognormal,loglogistic",
                    help="comma-separated AFT families of the model to time")
-    p.add_argument("--kind", choices=("dynamic", "landmark"), default="dynamic",
-                   help="model kind (default: the default kind, dynamic)")
+    p.add_argument("--kind", choices=("dynamic", "landmark", "piecewise"), default=None,
+                   help="model kind (default: the default kind)")
     args = p.parse_args(argv)
+    from forecast.models import DEFAULT_KIND
+
+    args.kind = args.kind or DEFAULT_KIND
+    if args.kind == "piecewise":
+        args.families = "piecewise"
 
     from forecast.bundle import clock_arrays
     from forecast.contract import HORIZONS
@@ -86,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     models = {}
     for family in args.families.split(","):
         t0 = time.perf_counter()
-        est = fit_kind(data, args.kind, n_bootstrap=0, random_state=args.seed,
-                       distribution=family)
+        params = {} if family == "piecewise" else {"distribution": family}
+        est = fit_kind(data, args.kind, n_bootstrap=0, random_state=args.seed, **params)
         fit_s = time.perf_counter() - t0
         bundle = est.to_bundle()
         models[family] = {"design_columns": int(bundle.encoder.active.sum()),
@@ -96,20 +105,26 @@ def main(argv: list[str] | None = None) -> int:
         for n in (1, 10_000):
             X = data.X.iloc[rng.integers(0, len(data.X), size=n)].reset_index(drop=True)
             # what lifelines needs: encoded active columns, named, plus the ancillary covariates
-            design, anc = est.lifelines_input(X)
+            if family == "piecewise":  # a fitter carrying our parameters, made once
+                design, anc, fitter = est.lifelines_input(X), None, est.lifelines_fitter()
+                sf_kw = {}
+            else:
+                (design, anc), fitter = est.lifelines_input(X), est.fitter_
+                sf_kw = {"ancillary": anc}
             z = bundle.design(X)
-            clock = clock_arrays(X) if args.kind == "dynamic" else None
+            clock = clock_arrays(X) if bundle.time_origin == "as_of" else None
             ours = bundle.predict_survival(X, times)
 
-            def lifelines_model(d=design, a=anc, e=est, clock=clock):
+            def lifelines_model(d=design, f=fitter, kw=sf_kw, clock=clock,
+                                pw=family == "piecewise"):
                 if clock is None:
-                    return e.fitter_.predict_survival_function(
-                        d, times=times, ancillary=a).to_numpy().T
+                    return f.predict_survival_function(d, times=times, **kw).to_numpy().T
                 start, entry = clock
-                need = start[:, None] + times[None, :]
-                grid, inv = np.unique(np.concatenate([need.ravel(), entry]),
+                origin = entry if pw else 0.0  # the piecewise clock starts at the entry
+                need = (start - origin)[:, None] + times[None, :]
+                grid, inv = np.unique(np.concatenate([need.ravel(), entry - origin]),
                                       return_inverse=True)
-                sf = e.fitter_.predict_survival_function(d, times=grid, ancillary=a).to_numpy()
+                sf = f.predict_survival_function(d, times=grid, **kw).to_numpy()
                 k = need.size
                 rows_ = np.arange(len(start))
                 s_need = sf[inv[:k].reshape(need.shape), rows_[:, None]]

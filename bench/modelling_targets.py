@@ -17,7 +17,7 @@ The figures move with the simulated cohort (seed): ``--seeds 2026,2027,2028``
 runs one cohort per seed and prints a per-seed table of the targets.
 
 Usage: ``python bench/modelling_targets.py [--patients 5000] [--seed 2026 |
---seeds 2026,2027,2028] [--jobs 2]``.
+--seeds 2026,2027,2028] [--jobs 2] [--kind dynamic]``.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--report", type=Path, default=None, help="keep the report here")
     p.add_argument("--penalizer", default="auto", help="forecast train --penalizer")
+    p.add_argument("--kind", default=None, help="forecast train --kind (default: the default)")
     p.add_argument("--out", type=Path, default=OUT, help="where to write the JSON figures")
     args = p.parse_args(argv)
     if args.seeds is None:
@@ -111,7 +112,7 @@ def run_seed(args: argparse.Namespace, seed: int, keep_report: Path | None) -> d
         t1 = time.perf_counter()
         version = _forecast("train", str(data), "--models", str(models), "--jobs",
                             str(args.jobs), "--seed", str(seed), "--penalizer",
-                            str(args.penalizer))
+                            str(args.penalizer), *(("--kind", args.kind) if args.kind else ()))
         t2 = time.perf_counter()
         _forecast("evaluate", str(data), "--models", str(models), "--model", version,
                   "--out", str(report), "--folds", str(args.folds), "--jobs", str(args.jobs))

@@ -55,6 +55,9 @@ AFT_FAMILIES: tuple[str, ...] = ("weibull", "lognormal", "loglogistic")
 KINDS: tuple[str, ...] = (
     "km", "cox", "weibull", "lognormal", "loglogistic", "landmark", "dynamic", "piecewise"
 )
+#: The kind ``forecast train`` fits unless told otherwise (README, "The piecewise model");
+#: ``dynamic`` until 2026-12-06.
+DEFAULT_KIND = "piecewise"
 #: Families whose linear predictor is on the log-hazard scale (positive: shorter benefit);
 #: the AFT families' is on the log-time scale (positive: longer benefit).
 HAZARD_FAMILIES: tuple[str, ...] = ("cox", "piecewise")

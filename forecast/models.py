@@ -27,19 +27,28 @@ Kinds (``forecast train --kind``):
 ``weibull``, ``lognormal``, ``loglogistic``
     Static parametric AFT models from the episode start, fitted with true
     interval censoring (lifelines ``*AFTFitter.fit_interval_censoring``).
-``landmark`` (default)
-    The dynamic model: a parametric AFT fitted with interval censoring on the
-    stacked super-landmark dataset (features at landmark ``s``, residual time
-    from ``s``), so that the risk at an as-of date is
-    ``P(residual <= h | features at as-of)``. The AFT shape parameter depends
-    on the time since the episode start and on whether the response is known
-    yet (``ancillary_features``). The AFT family is chosen by a held-out Brier
-    score (patient-grouped 2-fold split of at most ``select_max_groups``
-    patients; ``selection="aic"`` uses AIC instead). Landmark rows of one
-    episode (and the episodes of one patient) are correlated: the point
-    estimates are those of a working independence model, which is
-    consistent, but lifelines' standard errors
-    are too small; uncertainty therefore comes from a patient-level bootstrap.
+``landmark``
+    A parametric AFT fitted with interval censoring on the stacked
+    super-landmark dataset (features at landmark ``s``, residual time from
+    ``s``), so that the risk at an as-of date is ``P(residual <= h | features
+    at as-of)``. The AFT family is chosen by a held-out Brier score
+    (patient-grouped 2-fold split of at most ``select_max_groups`` patients;
+    ``selection="aic"`` uses AIC instead).
+``dynamic``
+    The same rows on the episode's own clock, left-truncated at the last
+    assessment without waning (:class:`DynamicAFT`). The default until
+    2026-12-06.
+``piecewise`` (default)
+    The same rows on the clock that starts at each row's last assessment
+    without waning: a piecewise-exponential hazard whose covariate effects
+    may differ by window (:class:`PiecewiseEntry`), fitted by Newton's method
+    with the exact Hessian. Chosen as the default for its calibration at 56
+    days and on a foreign generator (README, "The piecewise model").
+
+Landmark rows of one episode (and the episodes of one patient) are
+correlated: the point estimates of the landmark kinds are those of a working
+independence model, which is consistent, but model-based standard errors are
+too small; uncertainty therefore comes from a patient-level bootstrap.
 
 Preprocessing (all kinds with covariates): numeric features standardised with
 the training mean and SD (NaN imputed by the mean), categorical features
@@ -85,6 +94,9 @@ from forecast.bundle import (
     default_horizons,
     window_exposure,
 )
+from forecast.bundle import (
+    DEFAULT_KIND as DEFAULT_KIND,  # re-exported: the kinds' module names the default
+)
 
 #: Smallest lower bound used in log-time models (days).
 MIN_LOWER = 1e-3
@@ -94,7 +106,6 @@ _AFT_PARAMS: dict[str, tuple[str, str]] = {
     "lognormal": ("mu_", "sigma_"),
     "loglogistic": ("alpha_", "beta_"),
 }
-DEFAULT_KIND = "dynamic"
 #: Penalty of ``penalizer="auto"`` for the kinds that do not tune it.
 DEFAULT_PENALIZER = 0.01
 #: Penalties the landmark model compares by held-out Brier score (``penalizer="auto"``).
@@ -1747,27 +1758,52 @@ class PiecewiseEntry(SurvivalEstimator):
             "boot_window_coef": np.stack([q[2] for q in parts]),
         }
 
+    def lifelines_fitter(self) -> Any:
+        """lifelines' ``PiecewiseExponentialRegressionFitter`` carrying this model's parameters.
+
+        lifelines' hazard in window j is ``exp(-x . b_j)`` on ``x = [z, 1]``,
+        so ``b_j = -(coef + window_coef_j)`` and its intercept ``-log_base_j``.
+        Predictions go through :meth:`lifelines_input`; the reference the
+        bundle is tested against (lifelines' own code, none of ours).
+        """
+        from lifelines import PiecewiseExponentialRegressionFitter
+
+        check_is_fitted(self)
+        active = self.encoder_.active
+        cols = [*(f"z{i}" for i in range(int(active.sum()))), "Intercept"]
+        names = [f"lambda_{j}_" for j in range(self.log_base_.size)]
+        values = [-np.append(self.coef_[active] + self.window_coef_[j, active], self.log_base_[j])
+                  for j in range(len(names))]
+        fitter = PiecewiseExponentialRegressionFitter(breakpoints=list(self._edges()[1:]))
+        fitter.params_ = pd.Series(np.concatenate(values),
+                                   index=pd.MultiIndex.from_product([names, cols]))
+        fitter.timeline = self._edges()  # read by predict even when times are given
+        return fitter
+
+    def lifelines_input(self, X: pd.DataFrame) -> np.ndarray:
+        """The design lifelines' predict methods need for ``X`` (active columns, then 1)."""
+        z = self.encoder_.transform(X)[:, self.encoder_.active]
+        return np.hstack([z, np.ones((len(z), 1))])
+
     def _predict_survival(
         self, X: pd.DataFrame, times: np.ndarray, since: np.ndarray | None
     ) -> np.ndarray:
-        """``S(start - entry + since + t) / S(cond - entry)`` from the fitted parameters.
+        """``S(start - entry + since + t) / S(cond - entry)`` by lifelines' predict.
 
-        The reference the bundle is tested against: the window exposures of
-        every time materialised, no shared code with the bundle's kernel
-        beyond :func:`forecast.bundle.window_exposure`.
+        lifelines takes one vector of times for all rows: it is called once on
+        the union of the times the rows need, and each row's values gathered.
         """
-        z = self.encoder_.transform(X)
         start, entry = clock_arrays(X)
         s = np.zeros(len(X)) if since is None else since
         base = start + s
         cond = np.where(s > 0, base, entry)
-        rate = np.exp(self.log_base_[None, :] + (z @ self.coef_)[:, None]
-                      + z @ self.window_coef_.T)  # (n, J)
-        e = self._edges()
-        h_t = np.einsum("nj,nkj->nk", rate,
-                        window_exposure((base - entry)[:, None] + times[None, :], e))
-        h_c = np.einsum("nj,nj->n", rate, window_exposure(cond - entry, e))
-        return np.exp(np.minimum(h_c[:, None] - h_t, 0.0))
+        need = (base - entry)[:, None] + times[None, :]
+        grid, inv = np.unique(np.concatenate([need.ravel(), cond - entry]), return_inverse=True)
+        sf = self.lifelines_fitter().predict_survival_function(
+            self.lifelines_input(X), times=grid).to_numpy()  # (grid, rows)
+        rows = np.arange(len(X))
+        s_need = sf[inv[:need.size].reshape(need.shape), rows[:, None]]
+        return np.minimum(s_need / sf[inv[need.size:], rows][:, None], 1.0)
 
     def _to_bundle(self) -> Bundle:
         arrays = {

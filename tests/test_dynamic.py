@@ -11,7 +11,6 @@ from scipy.stats import fisk, gumbel_l, logistic, lognorm, norm, weibull_min
 from forecast.bundle import AFT_FAMILIES, CLOCK_FEATURES, Bundle, clock_arrays
 from forecast.model_card import build_card
 from forecast.models import (
-    DEFAULT_KIND,
     DynamicAFT,
     FeatureSet,
     _pen_scale,
@@ -402,7 +401,6 @@ def test_predict_survival_design_needs_the_clock(llog, sim) -> None:
 
 
 def test_bundle_metadata_and_card(llog, sim) -> None:
-    assert DEFAULT_KIND == "dynamic"
     assert isinstance(make_estimator("dynamic"), DynamicAFT)
     bundle = llog.to_bundle()
     assert (bundle.kind, bundle.family, bundle.time_origin) == ("dynamic", "loglogistic",

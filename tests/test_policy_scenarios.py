@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from forecast.bundle import HAZARD_FAMILIES
 from forecast.policy import PolicySettings, forecast_queries
 from tests.fixtures.policy import AS_OF, all_strings, build_history, responder, risks_monotone
 
@@ -87,7 +88,10 @@ def test_flat_responder_is_routine_within_bounds(policy_model, flat_and_rising):
     for d in a["drivers"]:
         assert d["direction"] in ("shortens", "lengthens")
         assert d["size"] > 0
-        assert (d["size"] > 1) == (d["direction"] == "lengthens")
+        # a time ratio above 1 (AFT kinds) or a hazard ratio below 1 lengthens the benefit
+        hazard = policy_model.bundle.family in HAZARD_FAMILIES
+        assert (d["size"] < 1 if hazard else d["size"] > 1) == (d["direction"] == "lengthens")
+        assert d["size_meaning"].startswith("hazard ratio" if hazard else "time ratio")
 
 
 def test_rising_phq9_gets_an_earlier_date_than_flat(policy_model, flat_and_rising):

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from forecast import registry
+from forecast.bundle import DEFAULT_KIND
 from forecast.cli import main
 from forecast.models import make_estimator
 from forecast.registry import RegistryError
@@ -155,7 +156,7 @@ def test_fingerprint_changes_with_data() -> None:
 def test_trained_registry_fixture_has_no_patient_rows(trained_registry) -> None:
     m = registry.load("latest", trained_registry.models_dir)
     assert m.version == trained_registry.version
-    assert m.bundle.kind == "dynamic"  # the default kind
+    assert m.bundle.kind == DEFAULT_KIND == "piecewise"  # the default kind
     assert m.bundle.n_bootstrap > 0
     assert m.card["training_data"]["episodes"] > 0
     assert len(m.card["population_curve"]["survival"]) == 366

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from forecast.bundle import KINDS
+from forecast.bundle import DEFAULT_KIND, KINDS
 from forecast.commands import models_option
 
 COMMANDS: list[click.Command] = []
@@ -77,11 +77,12 @@ def _truth(folder: Path) -> pd.DataFrame | None:
 @click.command("train")
 @click.argument("data_dir", type=_DATA_DIR)
 @models_option("models_opt")
-@click.option("--kind", type=click.Choice(KINDS), default="dynamic", show_default=True,
-              help="Model kind: dynamic (AFT on the episode's clock, left-truncated at the "
-                   "last assessment without waning; default), landmark (AFT of the residual "
-                   "time from the as-of date), static weibull/lognormal/loglogistic AFT, "
-                   "cox, or km (population baseline).")
+@click.option("--kind", type=click.Choice(KINDS), default=DEFAULT_KIND, show_default=True,
+              help="Model kind: piecewise (piecewise-exponential hazard on the days since the "
+                   "last assessment without waning, effects by window; default), dynamic (AFT "
+                   "on the episode's clock, left-truncated at that assessment), landmark (AFT "
+                   "of the residual time from the as-of date), static "
+                   "weibull/lognormal/loglogistic AFT, cox, or km (population baseline).")
 @click.option("--bootstrap", "n_bootstrap", type=click.IntRange(min=0), default=30,
               show_default=True, help="Patient-level bootstrap refits stored for risk bands.")
 @click.option("--seed", type=int, default=0, show_default=True,
