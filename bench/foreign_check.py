@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--penalizer", default="auto", help="forecast train --penalizer")
-    p.add_argument("--kind", default="dynamic", help="forecast train --kind (default dynamic)")
+    p.add_argument("--kind", default=None, help="forecast train --kind (default: the default)")
     p.add_argument(
         "--population",
         choices=("followed", "all"),
@@ -214,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         help="evaluate predicted patients with an assessment after A (default) or all",
     )
     args = p.parse_args(argv)
+    if args.kind is None:
+        from forecast.bundle import DEFAULT_KIND
+
+        args.kind = DEFAULT_KIND
     end = pd.Timestamp(args.end)
     as_of = end - pd.Timedelta(days=args.lookback)
     a_str = as_of.strftime("%Y-%m-%d")

@@ -105,7 +105,7 @@ def _f(v: float | None, width: int = 6, digits: int = 3) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("params", nargs="?", default="{}", help="estimator settings as JSON")
-    p.add_argument("--kind", default="dynamic")
+    p.add_argument("--kind", default=None, help="model kind (default: the default kind)")
     p.add_argument("--seeds", default="2026,2027,2028")
     p.add_argument("--patients", type=int, default=5000)
     p.add_argument("--jobs", type=int, default=2)
@@ -113,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="fit on the first-forecast-point rows only (diagnostic)")
     args = p.parse_args(argv)
     params = json.loads(args.params)
+    if args.kind is None:
+        from forecast.bundle import DEFAULT_KIND
+
+        args.kind = DEFAULT_KIND
     print(f"{args.kind} {json.dumps(params)}" + (" (point-only)" if args.point_only else ""))
     print(f"{'seed':>6} {'AUC28':>6} {'oracle':>6} {'gap':>6} {'depth':>6} {'ICI28':>6} "
           f"{'ICI56':>6} {'CITL56':>7} {'aICI56':>6} {'slp56':>5} {'s':>4}")

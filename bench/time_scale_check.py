@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     from forecast.contract import HORIZONS
     from forecast.evaluation import grouped_folds, survival_metrics
     from forecast.features import landmark_dataset
-    from forecast.models import DEFAULT_KIND, make_estimator
+    from forecast.models import make_estimator
     from forecast.simulation import simulate
     from forecast.training import (
         forecast_point_dataset,
@@ -157,9 +157,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.window_penalty}, penalizer {args.penalizer}; seed {args.seed}")
     rows = []
     for k in (int(x) for x in args.folds.split(",")):
+        # the probes share the dynamic kind's rows, features and clock helpers
         X, l_, u_, _, feats = rows_for_kind(ld[fold != k].reset_index(drop=True), spec,
-                                            DEFAULT_KIND)
-        proto = make_estimator(DEFAULT_KIND, features=feats)
+                                            "dynamic")
+        proto = make_estimator("dynamic", features=feats)
         numeric, categorical = proto._spec()
         enc = Encoder.fit(X, numeric, categorical, time_feature="elapsed_days",
                           time_interactions=proto._interactions(X, numeric))
