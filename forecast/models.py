@@ -1414,6 +1414,28 @@ PIECEWISE_PENALIZER = 0.1
 PIECEWISE_WINDOW_PENALIZER = 0.01
 
 
+def _pwe_rows(
+    theta: np.ndarray, Z: np.ndarray, exp_lo: np.ndarray, exp_up: np.ndarray,
+    event: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of the piecewise likelihood: the window hazards accrued to the
+    lower bound (n, J) and between the bounds (n, J), their total between the
+    bounds (n,) and ``r = 1 / expm1(total)`` (0 for a right-censored row)."""
+    p = Z.shape[1]
+    J = exp_lo.shape[1]
+    a, beta, delta = theta[:J], theta[J:J + p], theta[J + p:].reshape(J, p)
+    lin = Z @ delta.T
+    lin += (Z @ beta)[:, None]
+    lin += a
+    rate = np.exp(np.minimum(lin, 700.0))
+    a_lo = rate * exp_lo
+    d = rate * exp_up - a_lo
+    gap = np.maximum(d.sum(axis=1), 1e-12)
+    r = np.zeros(len(Z))
+    r[event] = 1.0 / np.expm1(gap[event])
+    return a_lo, d, gap, r
+
+
 def pwe_objective(
     theta: np.ndarray,
     Z: np.ndarray,
@@ -1435,24 +1457,14 @@ def pwe_objective(
     penalizer * sum((beta * sd)^2) + 0.5 * window_penalizer * sum((delta *
     sd)^2)`` (coefficients in units of their column SD, as the AFT kinds).
     """
-    n, p = Z.shape
+    p = Z.shape[1]
     J = exp_lo.shape[1]
-    a, beta, delta = theta[:J], theta[J:J + p], theta[J + p:].reshape(J, p)
-    lin = Z @ delta.T
-    lin += (Z @ beta)[:, None]
-    lin += a
-    rate = np.exp(np.minimum(lin, 700.0))
-    a_lo = rate * exp_lo
-    a_up = rate * exp_up
-    h_lo = a_lo.sum(axis=1)
-    gap = np.maximum(a_up.sum(axis=1) - h_lo, 1e-12)
-    ll = -h_lo
+    beta, delta = theta[J:J + p], theta[J + p:].reshape(J, p)
+    a_lo, d, gap, r = _pwe_rows(theta, Z, exp_lo, exp_up, event)
+    ll = -a_lo.sum(axis=1)
     ll[event] += np.log(-np.expm1(-gap[event]))
-    r = np.zeros(n)
-    r[event] = 1.0 / np.expm1(gap[event])
-    # d ll / d lin_ij
-    g = a_up * r[:, None]
-    g -= a_lo * (1.0 + r)[:, None]
+    g = d * r[:, None]  # d ll / d lin_ij
+    g -= a_lo
     g *= w[:, None]
     sw = w.sum()
     f = -(w @ ll) / sw
@@ -1494,7 +1506,6 @@ def pwe_hessian(
     """
     n, p = Z.shape
     J = exp_lo.shape[1]
-    a, beta, delta = theta[:J], theta[J:J + p], theta[J + p:].reshape(J, p)
     q1 = p + 1
     sw = w.sum()
     B = np.zeros((J * q1, J * q1))
@@ -1502,15 +1513,8 @@ def pwe_hessian(
         sl = slice(s, min(s + chunk, n))
         ws = w[sl] / sw
         x = np.hstack([np.ones((len(ws), 1)), Z[sl]])
-        lin = Z[sl] @ delta.T
-        lin += (Z[sl] @ beta)[:, None]
-        lin += a
-        rate = np.exp(np.minimum(lin, 700.0))
-        a_lo = rate * exp_lo[sl]
-        d = rate * exp_up[sl] - a_lo
         ev = event[sl]
-        r = np.zeros(len(ws))
-        r[ev] = 1.0 / np.expm1(np.maximum(d[ev].sum(axis=1), 1e-12))
+        a_lo, d, _, r = _pwe_rows(theta, Z[sl], exp_lo[sl], exp_up[sl], ev)
         G = d * r[:, None] - a_lo
         for j in range(J):
             bj = slice(j * q1, (j + 1) * q1)
@@ -1569,6 +1573,7 @@ def _pwe_newton(theta0: np.ndarray, args: tuple, max_iter: int
     ModelFitError.
     """
     theta = np.asarray(theta0, dtype=float).copy()
+    dec = np.inf
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         f, g = pwe_objective(theta, *args)
         for _ in range(int(max_iter)):
