@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from forecast.bundle import AFT_FAMILIES, Bundle
+from forecast.bundle import AFT_FAMILIES, HAZARD_FAMILIES, Bundle
 
 _ORIGIN_TEXT = {
     "landmark": (
@@ -262,10 +262,38 @@ def render_markdown(card: dict[str, Any]) -> str:
     b = m.get("bootstrap", {})
     out.append(f"- Bootstrap: {b.get('replicates')} patient-resampled refits (seed "
                f"{b.get('seed')})")
+    edges = m.get("windows_days")
+    if edges:
+        ends = [*edges[1:], None]
+        names = [f"{a:g}-{b:g} d" if b is not None else f"{a:g} d-" for a, b in
+                 zip(edges, ends, strict=True)]
+        base = ", ".join(f"{n} {np.exp(v):.4g}" for n, v in
+                         zip(names, m.get("window_log_base_hazard", []), strict=True))
+        out.append(f"- Windows of the time since the last assessment without waning, with the "
+                   f"baseline hazard per day (every design column at 0): {base}")
+        out.append(f"- Window penalizer (on each window's deviation): "
+                   f"{_fmt(m.get('window_penalizer'))}")
     if m.get("coefficients"):
-        out += ["", "| design column | coefficient | bootstrap SD |", "|---|---|---|"]
-        out += [f"| {r['column']} | {_fmt(r['coef'])} | {_fmt(r.get('bootstrap_sd'))} |"
-                for r in m["coefficients"]]
+        scale = ("log hazard ratios per unit of the design column (positive: the benefit "
+                 "wanes sooner)" if m.get("family") in HAZARD_FAMILIES else
+                 "log time ratios per unit of the design column (positive: the benefit "
+                 "lasts longer)" if m.get("family") in AFT_FAMILIES else "")
+        if scale:
+            out.append(f"- Coefficients: {scale}; numeric columns are standardised, so a "
+                       "unit is one training SD")
+        wins = m.get("window_coefficients") if edges else None
+        extra = [f"in {n}" for n in names] if wins else []
+        out += ["", "| design column | coefficient | bootstrap SD |"
+                + "".join(f" {e} |" for e in extra), "|---|---|---|" + "---|" * len(extra)]
+        for r in m["coefficients"]:
+            cells = [_fmt(r["coef"] + w.get(r["column"], 0.0)) for w in wins] if wins else []
+            out.append(f"| {r['column']} | {_fmt(r['coef'])} | {_fmt(r.get('bootstrap_sd'))} |"
+                       + "".join(f" {c} |" for c in cells))
+        if wins:
+            out.append("")
+            out.append("For the piecewise model the coefficient is the average effect over the "
+                       "windows and each window column its effect within that window "
+                       "(average + the window's deviation).")
     out += ["", "## Training data (counts only)"]
     out += [f"- {k}: {_fmt(v)}" for k, v in card.get("training_data", {}).items()
             if not isinstance(v, dict | list)]

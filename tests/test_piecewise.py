@@ -237,6 +237,17 @@ def test_cli_trains_and_predicts_the_piecewise_kind(sim_small_folder, tmp_path) 
     loaded = registry.load(version, models)
     assert loaded.bundle.kind == "piecewise"
     assert loaded.card["model"]["windows_days"] == [0.0, 7.0, 14.0, 28.0, 42.0, 56.0, 84.0]
+    # the Markdown card shows each window's baseline hazard and each column's effect in it
+    md = (models / version / "model_card.md").read_text()
+    assert "log hazard ratios" in md
+    arrays = loaded.bundle.arrays
+    assert f"0-7 d {np.exp(arrays['log_base'][0]):.4g}" in md
+    col = loaded.bundle.encoder.columns.index("phq9_latest")
+    row = next(line for line in md.splitlines() if line.startswith("| phq9_latest |"))
+    cells = [float(c) for c in row.strip("|").split("|")[1:]]
+    expected = [arrays["coef"][col], *(arrays["coef"][col] + arrays["window_coef"][:, col])]
+    assert len(cells) == 2 + len(arrays["log_base"])
+    assert np.allclose([cells[0], *cells[2:]], expected, rtol=1e-3, atol=1e-6)
     out = tmp_path / "preds.csv"
     res = runner.invoke(main, ["predict", str(sim_small_folder), "--model", version,
                                "--models", str(models), "--as-of", "2026-06-01",
