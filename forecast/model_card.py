@@ -134,6 +134,8 @@ def build_card(
         spec["windows_days"] = bundle.meta.get("edges")
         spec["window_log_base_hazard"] = bundle.arrays["log_base"].tolist()
         spec["window_penalizer"] = bundle.meta.get("window_penalizer")
+        # versions trained before the option penalised per column SD
+        spec["penalty_scale"] = bundle.meta.get("penalty_scale", "sd")
         cols = bundle.encoder.columns if enc is not None else []
         spec["window_coefficients"] = [dict(zip(cols, map(float, row), strict=True))
                                        for row in bundle.arrays["window_coef"]]
@@ -240,7 +242,10 @@ def render_markdown(card: dict[str, Any]) -> str:
             "- Definition: " + ", ".join(f"{k}={v}" for k, v in oc.get("definition", {}).items()),
             "", "## Censoring", card.get("censoring", ""), "",
             "## Model specification", f"- Preprocessing: {m.get('preprocessing')}",
-            f"- L2 penalizer: {_fmt(m.get('penalizer'))}"]
+            f"- L2 penalizer: {_fmt(m.get('penalizer'))}"
+            + (" (per unit of each design column: an SD for the standardised numeric columns, "
+               "the indicator for a category)" if m.get("penalty_scale") == "unit" else
+               " (per column SD)" if m.get("coefficients") else "")]
     if "family_selection" in m:
         sel = m["family_selection"]
         aic = ", ".join(f"{k} {v:.1f}" for k, v in sel.get("aic", {}).items())

@@ -1412,6 +1412,9 @@ PIECEWISE_EDGES: tuple[float, ...] = (0.0, 7.0, 14.0, 28.0, 42.0, 56.0, 84.0)
 #: each window's deviation from them. Chosen on fresh simulated cohorts (README).
 PIECEWISE_PENALIZER = 0.1
 PIECEWISE_WINDOW_PENALIZER = 0.01
+#: What the piecewise penalties are per: "unit" (each design column's unit: an SD for the
+#: standardised numeric columns, the indicator for a category) or "sd" (column SD).
+PIECEWISE_PENALTY_SCALE = "unit"
 
 
 def _pwe_rows(
@@ -1640,7 +1643,14 @@ class PiecewiseEntry(SurvivalEstimator):
     feature may predict waning within the next week more strongly than
     waning two months later. ``penalizer`` (default 0.1) shrinks ``beta``,
     ``window_penalizer`` the deviations ``delta_j``; the fit is an
-    interval-censored likelihood with an analytic gradient.
+    interval-censored likelihood, minimised by Newton's method.
+    ``penalty_scale`` says per what the coefficients are penalised:
+    ``"unit"`` (default) per unit of each design column, i.e. per SD for the
+    standardised numeric columns and per indicator for a category, so a
+    rare category's effect is shrunk more than under ``"sd"``, per column SD
+    (lifelines' convention, the AFT kinds'). On fresh simulated cohorts
+    ``"unit"`` ranked better in all 15 fold models compared (AUC(28) +0.004)
+    for about 0.003 of ICI (README).
 
     Why: on fresh 50,000-patient simulated cohorts the dynamic kind's
     calibration slope falls from above 1 at 14 days to about 0.8 at 56 days
@@ -1665,6 +1675,7 @@ class PiecewiseEntry(SurvivalEstimator):
         window_penalizer: float = PIECEWISE_WINDOW_PENALIZER,
         time_feature: str | None = "elapsed_days",
         time_interactions: str | tuple[str, ...] | None = "dynamic",
+        penalty_scale: str = PIECEWISE_PENALTY_SCALE,
     ) -> None:
         super().__init__(features, penalizer, n_bootstrap, random_state, n_jobs, max_iter,
                          horizons)
@@ -1672,6 +1683,7 @@ class PiecewiseEntry(SurvivalEstimator):
         self.window_penalizer = window_penalizer
         self.time_feature = time_feature
         self.time_interactions = time_interactions
+        self.penalty_scale = penalty_scale
 
     def fit(self, X: pd.DataFrame, lower: Any, upper: Any, groups: Any = None) -> PiecewiseEntry:
         """Fit on stacked landmark rows; ``groups`` (patient ids) drive the bootstrap."""
@@ -1716,7 +1728,10 @@ class PiecewiseEntry(SurvivalEstimator):
         Z = np.ascontiguousarray(self.encoder_.transform(X)[:, active])
         exp_lo, exp_up, event = self._rows(X, lo, up)
         J, p = exp_lo.shape[1], Z.shape[1]
-        self._fit_data = (Z, exp_lo, exp_up, event, _pen_scale(Z))
+        if self.penalty_scale not in ("unit", "sd"):
+            raise ValueError(f"penalty_scale must be 'unit' or 'sd', got {self.penalty_scale!r}")
+        scale = _pen_scale(Z) if self.penalty_scale == "sd" else np.ones(Z.shape[1])
+        self._fit_data = (Z, exp_lo, exp_up, event, scale)
         theta0 = np.zeros(J + p + J * p)
         exposure = np.where(event[:, None], 0.5 * (exp_lo + exp_up), exp_lo).sum(axis=0)
         theta0[:J] = np.log(max(event.sum(), 1) / max(exposure.sum(), 1.0))
@@ -1820,6 +1835,7 @@ class PiecewiseEntry(SurvivalEstimator):
         }
         meta = {**self._meta(), "log_likelihood": self.log_likelihood_,
                 "window_penalizer": float(self.window_penalizer),
+                "penalty_scale": str(self.penalty_scale),
                 "edges": [float(x) for x in self._edges()], "clock": dict(CLOCK_FEATURES)}
         return Bundle(self.kind, "piecewise", self.time_origin, self._horizons(),
                       self.encoder_, arrays, meta)
