@@ -1458,7 +1458,8 @@ def pwe_objective(
     ``log(S(lower) - S(upper))``, a right-censored one ``log S(lower)``.
     ``theta = [a (J), beta (p), delta (J x p)]``; the penalties are ``0.5 *
     penalizer * sum((beta * sd)^2) + 0.5 * window_penalizer * sum((delta *
-    sd)^2)`` (coefficients in units of their column SD, as the AFT kinds).
+    sd)^2)`` with ``sd = pen_scale``: the column SDs (``penalty_scale="sd"``,
+    as the AFT kinds) or ones (``"unit"``, the default).
     """
     p = Z.shape[1]
     J = exp_lo.shape[1]
