@@ -718,8 +718,8 @@ class Bundle:
         else:
             coef = a["boot_coef"][which]
             wcoef, log_base = a["boot_window_coef"][which], a["boot_log_base"][which]
-        lin = z @ wcoef.T  # (n, J)
-        lin += _matvec(z, coef)[:, None]
+        # each window's full effect (average + deviation): one design product, not two
+        lin = z @ (wcoef + coef).T  # (n, J)
         lin += log_base
         return np.exp(lin)
 
