@@ -1,7 +1,8 @@
 """Which time scale limits the 56-day calibration: piecewise-exponential probes.
 
-The default (dynamic) model meets ICI(28) but not ICI(56) on the fresh
-cohorts of ``bench/calibration_fresh.py``; the landmark kind does the
+The dynamic model (the default when this probe was written) meets ICI(28)
+but not ICI(56) on the fresh cohorts of ``bench/calibration_fresh.py``; the
+landmark kind does the
 opposite. Both are AFT models, so this script asks whether the family or the
 time scale is to blame. It fits, on the training part of one or more of the
 cross-validation's folds (the folds of ``calibration_fresh.py``), a

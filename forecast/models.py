@@ -926,7 +926,7 @@ def varying_within(X: pd.DataFrame, names: Sequence[str], by: str = "episode_id"
 
 
 class LandmarkAFT(AFTEstimator):
-    """Dynamic landmark model (``--kind landmark``, the default).
+    """Residual-time landmark model (``--kind landmark``; the default until 2026-11-27).
 
     Fit it on ``forecast.features.landmark_dataset`` rows (features at the
     landmark, residual interval from the landmark); predict with the features
@@ -1161,7 +1161,7 @@ def _episode_bounds(
 
 
 class DynamicAFT(LandmarkAFT):
-    """Dynamic model on the episode's time scale (``--kind dynamic``, the default).
+    """Dynamic model on the episode's time scale (``--kind dynamic``; the default until 2026-12-06).
 
     Fitted on the same landmark rows as :class:`LandmarkAFT` (features at the
     landmark, history up to it only), but the outcome keeps the episode's own
