@@ -328,7 +328,7 @@ def smoothed_observed(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h
     then depends on no assumption about the hazards after ``h``. Fitted on
     the whole follow-up, the proportional-hazards assumption over all time
     pulled the smoothed 56-day risk about 0.03 below Kaplan-Meier on
-    simulated cohorts (README, "Calibration measured at the horizon").
+    simulated cohorts (docs/modelling-history.md, "Calibration measured at the horizon").
     The metrics pass :func:`untied_times`, not the interval midpoints, whose
     ties bias the fit.
     """
@@ -496,7 +496,8 @@ def calibration(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: floa
     (Turnbull in 20 groups of predicted risk) for every model measured,
     while Austin's differed from it by up to 0.03, in both directions, with
     the spread of the risks (its proportional-hazards assumption within [0,
-    h]; README, "The fold models measured on a fresh 50,000-patient cohort").
+    h]; docs/modelling-history.md, "The fold models measured on a fresh
+    50,000-patient cohort").
 
     ``observed_risk`` is the interval-aware (Turnbull) observed risk at ``h``
     of the same rows, used for calibration-in-the-large. ``cox_time``, when
@@ -686,7 +687,7 @@ def calibrated_reference_ici(lower: np.ndarray, upper: np.ndarray, risk: np.ndar
     and 95th percentile over the draws show what ICI a calibrated model gets
     on data censored like these: with most follow-up ending at boosters
     before 56 days, both smoothers read well above 0 for calibrated risks
-    (README, "What ICI can measure under booster censoring").
+    (docs/modelling-history.md, "What ICI can measure under booster censoring").
 
     The draws use exact waning times; the real outcomes are intervals between
     assessments, which the metrics' untied times (:func:`untied_times`) read
