@@ -11,9 +11,10 @@ oracle and ICI at 28 / 56 days at the first forecast point (the targets of
 data at that point can discriminate, free of the stacked landmark rows.
 
 ``--cohort DIR`` cross-validates on a contract folder instead (a clinic's
-data, or another generator's cohort), with ``--folds`` folds: there is no
-oracle, so it prints Harrell's C, AUC at 7 / 28 / 56 days, ICI at 28 / 56
-days and the slope at 56 days at the first forecast point.
+data, or another generator's cohort), with ``--folds`` folds (with
+``--point-only`` too): there is no oracle, so it prints Harrell's C, AUC
+at 7 / 28 / 56 days, ICI at 28 / 56 days and the slope at 56 days at the
+first forecast point.
 
 Usage::
 
@@ -69,29 +70,38 @@ def cross_validated(seed: int, kind: str, params: dict, patients: int, jobs: int
             "fold_errors": out.get("errors") or {}}
 
 
-def point_only(seed: int, kind: str, params: dict, patients: int) -> dict:
+def _point_only_predictions(cohort, kind: str, params: dict, folds: int, seed: int):
+    """(first-forecast-point rows, out-of-fold risks) of the kind fitted on those rows alone."""
     from threadpoolctl import threadpool_limits
 
     from forecast.contract import HORIZONS
-    from forecast.evaluation import grouped_folds, oracle_conditional_risks, survival_metrics
+    from forecast.evaluation import grouped_folds
     from forecast.models import make_estimator
-    from forecast.simulation import simulate
     from forecast.training import forecast_point_dataset, spec_of
 
-    res = simulate(patients, seed)
-    fp = forecast_point_dataset(res.cohort)
-    spec = spec_of(res.cohort)
-    fold = grouped_folds(fp["patient_id"].to_numpy(), 5, 0)
+    fp = forecast_point_dataset(cohort)
+    spec = spec_of(cohort)
+    fold = grouped_folds(fp["patient_id"].to_numpy(), folds, 0)
     h = np.asarray(HORIZONS, dtype=float)
     pred = np.full((len(fp), len(h)), np.nan)
     with threadpool_limits(1, "blas"):
-        for k in range(5):
+        for k in range(folds):
             train = fp[fold != k].reset_index(drop=True)
             est = make_estimator(kind, features=spec, random_state=seed, **params).fit(
                 train, train["lower"].to_numpy(float), train["upper"].to_numpy(float),
                 train["patient_id"].to_numpy(object))
             pred[fold == k] = est.to_bundle().predict_risk(
                 fp[fold == k].reset_index(drop=True), h)
+    return fp, pred
+
+
+def point_only(seed: int, kind: str, params: dict, patients: int) -> dict:
+    from forecast.contract import HORIZONS
+    from forecast.evaluation import oracle_conditional_risks, survival_metrics
+    from forecast.simulation import simulate
+
+    res = simulate(patients, seed)
+    fp, pred = _point_only_predictions(res.cohort, kind, params, 5, seed)
     orc = oracle_conditional_risks(fp, res.truth, HORIZONS)
     ok = np.all(np.isfinite(orc), axis=1)
     lo, up = fp["lower"].to_numpy(float)[ok], fp["upper"].to_numpy(float)[ok]
@@ -104,18 +114,28 @@ def point_only(seed: int, kind: str, params: dict, patients: int) -> dict:
             "fold_errors": {}}
 
 
-def on_cohort(path: str, kind: str, params: dict, folds: int, jobs: int) -> dict:
+def on_cohort(path: str, kind: str, params: dict, folds: int, jobs: int,
+              point: bool = False) -> dict:
     """First-forecast-point metrics of the cross-validation on a contract folder."""
+    from forecast.contract import HORIZONS
     from forecast.data import load_cohort
-    from forecast.evaluation import ModelSpec, evaluate_cohort
+    from forecast.evaluation import ModelSpec, evaluate_cohort, survival_metrics
 
-    out = evaluate_cohort(load_cohort(path), ModelSpec(kind, params), n_folds=folds, seed=0,
-                          jobs=jobs, baselines=(), ci_reps=0)
-    m = out["forecast_point"]["models"]["model"]["overall"]
+    cohort = load_cohort(path)
+    if point:
+        fp, pred = _point_only_predictions(cohort, kind, params, folds, 0)
+        m = survival_metrics(fp["lower"].to_numpy(float), fp["upper"].to_numpy(float), pred,
+                             HORIZONS, uno=False)
+        errors = {}
+    else:
+        out = evaluate_cohort(cohort, ModelSpec(kind, params), n_folds=folds, seed=0,
+                              jobs=jobs, baselines=(), ci_reps=0)
+        m = out["forecast_point"]["models"]["model"]["overall"]
+        errors = out.get("errors") or {}
     bh = m["by_horizon"]
     return {"harrell_c": m["harrell_c"], **{f"auc{h}": bh[str(h)]["auc"] for h in (7, 28, 56)},
             "ici28": bh["28"]["ici"], "ici56": bh["56"]["ici"], "slope56": bh["56"].get("slope"),
-            "fold_errors": out.get("errors") or {}}
+            "fold_errors": errors}
 
 
 def _f(v: float | None, width: int = 6, digits: int = 3) -> str:
@@ -143,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.kind} {json.dumps(params)}" + (" (point-only)" if args.point_only else ""))
     if args.cohort is not None:
         t0 = time.perf_counter()
-        r = on_cohort(args.cohort, args.kind, params, args.folds, args.jobs)
+        r = on_cohort(args.cohort, args.kind, params, args.folds, args.jobs, args.point_only)
         print(f"{'C':>6} {'AUC7':>6} {'AUC28':>6} {'AUC56':>6} {'ICI28':>6} {'ICI56':>6} "
               f"{'slp56':>5} {'s':>4}")
         print(f"{r['harrell_c']:>6.3f} {r['auc7']:>6.3f} {r['auc28']:>6.3f} {r['auc56']:>6.3f} "
