@@ -43,7 +43,8 @@ between predicted and smoothed observed risk; the observed risk is smoothed
 by regressing Kaplan-Meier pseudo-observations at the horizon on a restricted
 cubic spline of ``log(-log(1 - predicted risk))``. ``ici_austin`` keeps
 Austin's own smoother, a Cox model of the outcome on that spline with the
-follow-up censored at the horizon, which misread these AFT risks by up to
+follow-up censored at the horizon (fitted by :func:`cox_untied`, lifelines'
+model with vectorised risk sets), which misread these AFT risks by up to
 0.03; see :func:`calibration`),
 calibration-in-the-large (Turnbull observed risk minus mean predicted risk)
 and a decile calibration plot (Kaplan-Meier observed risk per decile of
@@ -304,16 +305,148 @@ def _cll_basis(cll: np.ndarray) -> np.ndarray:
     return cll[:, None]
 
 
-def _fit_cox(df: pd.DataFrame, penalizer: float = 0.0) -> Any:
-    """lifelines' Cox model of ``T``/``E`` on the other columns (at most
-    :data:`MAX_SMOOTHER_ROWS` rows, seeded), or None if the fit fails."""
+@dataclass
+class CoxFit:
+    """A Cox model of the calibration smoothers: coefficients, standard errors and
+    the Breslow baseline, enough to predict ``S(h | x)``."""
+
+    params_: pd.Series
+    standard_errors_: pd.Series
+    mean_: np.ndarray
+    event_times_: np.ndarray
+    baseline_cumhaz_: np.ndarray
+
+    def survival_at(self, X: pd.DataFrame, h: float) -> np.ndarray:
+        """``S(h | x)`` for each row of ``X`` (the fitted columns)."""
+        k = int(np.searchsorted(self.event_times_, h, side="right"))
+        h0 = float(self.baseline_cumhaz_[k - 1]) if k else 0.0
+        lin = (X[self.params_.index].to_numpy(float) - self.mean_) @ self.params_.to_numpy()
+        return np.exp(-h0 * np.exp(lin))
+
+
+def _risk_set_sums(T_sorted: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Sums of ``values`` over each row's risk set {j: T_j >= T_i} (rows sorted by T)."""
+    rev = np.cumsum(values[::-1], axis=0)[::-1]
+    return rev[np.searchsorted(T_sorted, T_sorted, side="left")]
+
+
+def cox_untied(X: pd.DataFrame, T: np.ndarray, E: np.ndarray, penalizer: float = 0.0,
+               max_iter: int = 50) -> CoxFit | None:
+    """Cox proportional-hazards fit, vectorised, for data whose event times are distinct.
+
+    The same model as lifelines' ``CoxPHFitter(penalizer=penalizer)`` (no l1):
+    covariates standardised with their mean and sample SD, the penalty
+    ``n * penalizer / 2 * |beta|^2`` on the standardised coefficients, the
+    Breslow baseline; without tied event times lifelines' Efron likelihood is
+    the exact partial likelihood computed here. Newton's method with step
+    halving until the Newton decrement is below 1e-12. The risk-set sums are
+    reverse cumulative sums, so a fit on 25,000 rows takes milliseconds where
+    lifelines' per-time loop took about a second (the smoothers fit hundreds
+    per evaluation). None when the fit is not finite or the Hessian is not
+    negative definite. Tested against lifelines (coefficients, standard
+    errors and predicted survival).
+    """
+    cols = list(X.columns)
+    x = X.to_numpy(float)
+    T = np.asarray(T, dtype=float)
+    E = np.asarray(E, dtype=bool)
+    n, d = x.shape
+    order = np.argsort(T, kind="stable")
+    x, T, E = x[order], T[order], E[order]
+    mean = x.mean(axis=0)
+    std = x.std(axis=0, ddof=1) if n > 1 else np.ones(d)
+    if not np.all(np.isfinite(std)) or np.any(std <= 0) or not E.any():
+        return None
+    z = (x - mean) / std
+    ze = z[E]
+    outer = z[:, :, None] * z[:, None, :]
+
+    def pieces(beta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        lin = z @ beta
+        w = np.exp(lin - lin.max())  # a common factor cancels in every ratio below
+        s0 = _risk_set_sums(T, w)[E]
+        s1 = _risk_set_sums(T, w[:, None] * z)[E] / s0[:, None]
+        s2 = _risk_set_sums(T, w[:, None, None] * outer)[E] / s0[:, None, None]
+        ll = float(np.sum(lin[E] - lin.max() - np.log(s0))) - 0.5 * n * penalizer * beta @ beta
+        g = (ze - s1).sum(axis=0) - n * penalizer * beta
+        hess = -(s2 - s1[:, :, None] * s1[:, None, :]).sum(axis=0) - n * penalizer * np.eye(d)
+        return ll, g, hess
+
+    beta = np.zeros(d)
+    with np.errstate(all="ignore"):
+        ll, g, hess = pieces(beta)
+        for _ in range(max_iter):
+            try:
+                step = np.linalg.solve(-hess, g)
+            except np.linalg.LinAlgError:
+                return None
+            if not np.all(np.isfinite(step)):
+                return None
+            # the log-likelihood is a sum over thousands of rows: its rounding is
+            # about 1e-16 of its size, so both tests are relative to it
+            noise = 1e-12 * (1.0 + abs(ll))
+            if float(g @ step) < noise:
+                break
+            t = 1.0
+            while True:
+                ll_new, g_new, hess_new = pieces(beta + t * step)
+                if np.isfinite(ll_new) and ll_new >= ll - noise:
+                    break
+                t /= 2.0
+                if t < 1e-10:
+                    return None
+            beta, ll, g, hess = beta + t * step, ll_new, g_new, hess_new
+        else:
+            return None
+        try:
+            cov = np.linalg.inv(-hess)
+        except np.linalg.LinAlgError:
+            return None
+    if not (np.all(np.isfinite(beta)) and np.all(np.diag(cov) > 0)):
+        return None
+    params = beta / std
+    se = np.sqrt(np.diag(cov)) / std
+    # Breslow baseline with covariates centred on their mean (lifelines' convention)
+    w = np.exp((x - mean) @ params)
+    risk = _risk_set_sums(T, w)
+    times = T[E]
+    cumhaz = np.cumsum(1.0 / risk[E])
+    if not np.all(np.isfinite(cumhaz)):
+        return None
+    return CoxFit(pd.Series(params, index=cols), pd.Series(se, index=cols), mean, times, cumhaz)
+
+
+class _LifelinesCox:
+    """lifelines' ``CoxPHFitter`` behind :class:`CoxFit`'s interface (tied event times)."""
+
+    def __init__(self, fitter: Any) -> None:
+        self.params_ = fitter.params_
+        self.standard_errors_ = fitter.standard_errors_
+        self._fitter = fitter
+
+    def survival_at(self, X: pd.DataFrame, h: float) -> np.ndarray:
+        return self._fitter.predict_survival_function(X, times=[h]).to_numpy()[0]
+
+
+def _fit_cox(df: pd.DataFrame, penalizer: float = 0.0) -> CoxFit | _LifelinesCox | None:
+    """Cox model of ``T``/``E`` on the other columns (at most :data:`MAX_SMOOTHER_ROWS`
+    rows, seeded), or None if the fit fails.
+
+    Distinct event times (the metrics pass :func:`untied_times`) take the
+    vectorised :func:`cox_untied`; tied ones lifelines' ``CoxPHFitter``, whose
+    Efron likelihood handles the ties.
+    """
+    df = df.iloc[_subsample(len(df), MAX_SMOOTHER_ROWS)]
+    T = df["T"].to_numpy(float)
+    E = df["E"].to_numpy(float) > 0
+    if np.unique(T[E]).size == E.sum():
+        return cox_untied(df.drop(columns=["T", "E"]), T, E, penalizer)
     from lifelines import CoxPHFitter
 
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         try:
-            return CoxPHFitter(penalizer=penalizer).fit(
-                df.iloc[_subsample(len(df), MAX_SMOOTHER_ROWS)], "T", "E")
+            return _LifelinesCox(CoxPHFitter(penalizer=penalizer).fit(df, "T", "E"))
         except Exception:  # noqa: BLE001 - any fit failure means "not estimable"
             return None
 
@@ -349,8 +482,7 @@ def smoothed_observed(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         try:
-            obs = 1.0 - cph.predict_survival_function(df.drop(columns=["T", "E"]),
-                                                      times=[h]).to_numpy()[0]
+            obs = 1.0 - cph.survival_at(df.drop(columns=["T", "E"]), h)
         except Exception:  # noqa: BLE001 - any failure means "not estimable"
             return None
     return obs if np.all(np.isfinite(obs)) else None
