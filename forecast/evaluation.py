@@ -168,23 +168,30 @@ def turnbull_survival(lower: Any, upper: Any, times: Sequence[float], *, tol: fl
     seconds per call). The support is the set of elementary intervals between
     consecutive distinct bounds; each row's event lies in ``(lower, upper]``
     (``upper = inf`` right-censored). Mass is read at the right end of its
-    elementary interval. Iterates until no mass moves by more than ``tol``
-    (survival values then stable to about 1e-4; the test suite checks that the
-    result is self-consistent and at least as likely as lifelines' estimate).
+    elementary interval. Rows with the same interval are pooled with their
+    count (the EM terms are the same), so a day-grid cohort iterates over a
+    few hundred intervals, not tens of thousands of rows. Iterates until no
+    mass moves by more than ``tol`` (survival values then stable to about
+    1e-4). Tested against Kaplan-Meier on day intervals and against a
+    row-by-row self-consistency iteration on overlapping intervals.
     """
     lo = np.asarray(lower, dtype=float)
     up = np.asarray(upper, dtype=float)
     pts = np.unique(np.r_[0.0, lo, up[np.isfinite(up)]])
+    # Rows with the same interval share every EM term: iterate over the distinct
+    # intervals with their counts (a day-grid cohort of 25,000 rows has about 200)
+    pairs, count = np.unique(np.c_[lo, up], axis=0, return_counts=True)
+    lo, up, count = pairs[:, 0], pairs[:, 1], count.astype(float)
     k = len(pts)  # elementary intervals 1..k-1 = (pts[j-1], pts[j]], and k = (pts[-1], inf)
     a = np.searchsorted(pts, lo)  # row covers intervals a+1 .. b
     b = np.where(np.isfinite(up), np.searchsorted(pts, np.where(np.isfinite(up), up, 0.0)), k)
     p = np.full(k + 1, 1.0 / k)
     p[0] = 0.0
-    n = len(lo)
+    n = count.sum()
     for _ in range(max_iter):
         c = np.cumsum(p)
         d = c[b] - c[a]
-        inv = np.where(d > 0, 1.0 / np.where(d > 0, d, 1.0), 0.0)
+        inv = np.where(d > 0, count / np.where(d > 0, d, 1.0), 0.0)
         acc = (np.bincount(a + 1, weights=inv, minlength=k + 2)
                - np.bincount(b + 1, weights=inv, minlength=k + 2))
         new = p * np.cumsum(acc)[: k + 1] / n
