@@ -279,7 +279,7 @@ def test_vectorised_cox_equals_lifelines_without_tied_event_times(penalizer: flo
 
     df = _smoother_frame(3000, 11)
     X = df.drop(columns=["T", "E"])
-    ours = ev.cox_untied(X, df["T"].to_numpy(), df["E"].to_numpy() > 0, penalizer)
+    ours = ev.cox_efron(X, df["T"].to_numpy(), df["E"].to_numpy() > 0, penalizer)
     # lifelines' default precision stops about 1e-4 short of the optimum on 3,000 rows
     ref = CoxPHFitter(penalizer=penalizer).fit(df, "T", "E", fit_options={"precision": 1e-12})
     assert ours is not None
@@ -317,7 +317,7 @@ def test_vectorised_cox_reaches_the_optimum_of_a_brute_force_partial_likelihood(
 
     best = min((minimize(nll, start, method="BFGS", options={"gtol": 1e-9})
                 for start in (np.zeros(3), np.ones(3), -np.ones(3))), key=lambda r: r.fun)
-    ours = ev.cox_untied(X, T, E, pen)
+    ours = ev.cox_efron(X, T, E, pen)
     assert ours is not None
     assert nll(ours.params_.to_numpy()) <= best.fun + 1e-8
     np.testing.assert_allclose(ours.params_.to_numpy(), best.x, atol=1e-4)
@@ -345,21 +345,34 @@ def test_vectorised_cox_fits_a_nearly_constant_risk_on_many_rows() -> None:
     assert np.abs(ours.survival_at(X, 28.0) - want).max() < 1e-6
 
 
-def test_cox_fit_of_the_smoothers_falls_back_to_lifelines_for_tied_event_times() -> None:
+@pytest.mark.parametrize("penalizer", [0.0, 1e-4])
+def test_vectorised_cox_equals_lifelines_efron_with_tied_event_times(penalizer: float) -> None:
     from lifelines import CoxPHFitter
 
-    df = _smoother_frame(600, 12)
-    df["T"] = np.ceil(df["T"])  # day-rounded: tied event times, lifelines' Efron handles them
-    fit = ev._fit_cox(df)
-    ref = CoxPHFitter().fit(df, "T", "E")
-    assert isinstance(fit, ev._LifelinesCox)
-    np.testing.assert_allclose(fit.params_.to_numpy(), ref.params_.to_numpy(), atol=1e-12)
+    df = _smoother_frame(1500, 12)
+    df["T"] = np.ceil(df["T"])  # day-rounded: up to dozens of events tied on a day
+    assert df.loc[df["E"] > 0, "T"].value_counts().max() >= 10
+    X = df.drop(columns=["T", "E"])
+    ours = ev._fit_cox(df, penalizer)
+    ref = CoxPHFitter(penalizer=penalizer).fit(df, "T", "E", fit_options={"precision": 1e-12})
+    assert isinstance(ours, ev.CoxFit)
+    assert np.abs(ours.params_.to_numpy() - ref.params_.to_numpy()).max() < 1e-6
+    assert np.abs(ours.standard_errors_.to_numpy()
+                  - ref.standard_errors_.to_numpy()).max() < 1e-6
+    for h in (14.0, 28.0):  # durations: lifelines' interpolation equals the step there
+        want = ref.predict_survival_function(X, times=[h]).to_numpy()[0]
+        assert np.abs(ours.survival_at(X, h) - want).max() < 1e-7
+    batch = CoxPHFitter(penalizer=penalizer).fit(df, "T", "E", fit_options={
+        "precision": 1e-12}, batch_mode=True)  # the same Efron model in lifelines' other path
+    assert np.abs(batch.params_.to_numpy() - ours.params_.to_numpy()).max() < 1e-6
+
+
+def test_vectorised_cox_is_not_estimable_without_information() -> None:
     untied = _smoother_frame(600, 12)
-    assert isinstance(ev._fit_cox(untied), ev.CoxFit)
     constant = untied.assign(s0=1.0, s1=2.0, s2=3.0)  # no information: not estimable
-    assert ev.cox_untied(constant.drop(columns=["T", "E"]), constant["T"].to_numpy(),
+    assert ev.cox_efron(constant.drop(columns=["T", "E"]), constant["T"].to_numpy(),
                          constant["E"].to_numpy() > 0) is None
-    assert ev.cox_untied(untied.drop(columns=["T", "E"]), untied["T"].to_numpy(),
+    assert ev.cox_efron(untied.drop(columns=["T", "E"]), untied["T"].to_numpy(),
                          np.zeros(len(untied), dtype=bool)) is None
 
 
