@@ -331,10 +331,10 @@ class CoxFit:
         return np.exp(-h0 * np.exp(lin))
 
 
-def _risk_set_sums(T_sorted: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Sums of ``values`` over each row's risk set {j: T_j >= T_i} (rows sorted by T)."""
-    rev = np.cumsum(values[::-1], axis=0)[::-1]
-    return rev[np.searchsorted(T_sorted, T_sorted, side="left")]
+def _risk_set_sums(first: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Sums of ``values`` over each row's risk set {j: T_j >= T_i}, rows sorted by T and
+    ``first`` = each row's first position among equal times (``searchsorted(T, T)``)."""
+    return np.cumsum(values[::-1], axis=0)[::-1][first]
 
 
 def cox_efron(X: pd.DataFrame, T: np.ndarray, E: np.ndarray, penalizer: float = 0.0,
@@ -368,6 +368,8 @@ def cox_efron(X: pd.DataFrame, T: np.ndarray, E: np.ndarray, penalizer: float = 
     z = (x - mean) / std
     ze = z[E]
     outer = z[:, :, None] * z[:, None, :]
+    outer_e = outer[E]
+    at = np.searchsorted(T, T, side="left")  # the risk set of row i starts at at[i]
     # Efron: the l-th of the d events tied at a time (l = 0..d-1) sees the risk
     # set minus l/d of the tied events' own sums
     te = T[E]
@@ -385,11 +387,11 @@ def cox_efron(X: pd.DataFrame, T: np.ndarray, E: np.ndarray, penalizer: float = 
         lin = z @ beta
         w = np.exp(lin - lin.max())  # a common factor cancels in every ratio below
         we = w[E]
-        s0 = _risk_set_sums(T, w)[E] - frac * tied(we)
-        s1 = (_risk_set_sums(T, w[:, None] * z)[E]
+        s0 = _risk_set_sums(at, w)[E] - frac * tied(we)
+        s1 = (_risk_set_sums(at, w[:, None] * z)[E]
               - frac[:, None] * tied(we[:, None] * ze)) / s0[:, None]
-        s2 = (_risk_set_sums(T, w[:, None, None] * outer)[E]
-              - frac[:, None, None] * tied(we[:, None, None] * outer[E])) / s0[:, None, None]
+        s2 = (_risk_set_sums(at, w[:, None, None] * outer)[E]
+              - frac[:, None, None] * tied(we[:, None, None] * outer_e)) / s0[:, None, None]
         ll = float(np.sum(lin[E] - lin.max() - np.log(s0))) - 0.5 * n * penalizer * beta @ beta
         g = (ze - s1).sum(axis=0) - n * penalizer * beta
         hess = -(s2 - s1[:, :, None] * s1[:, None, :]).sum(axis=0) - n * penalizer * np.eye(d)
@@ -432,7 +434,7 @@ def cox_efron(X: pd.DataFrame, T: np.ndarray, E: np.ndarray, penalizer: float = 
     # Breslow baseline (d events / the risk set's sum at each time) with covariates
     # centred on their mean, lifelines' convention; tied rows share their risk set
     w = np.exp((x - mean) @ params)
-    cumhaz = np.cumsum(1.0 / _risk_set_sums(T, w)[E])
+    cumhaz = np.cumsum(1.0 / _risk_set_sums(at, w)[E])
     if not np.all(np.isfinite(cumhaz)):
         return None
     return CoxFit(pd.Series(params, index=cols), pd.Series(se, index=cols), mean, te, cumhaz)

@@ -1427,8 +1427,7 @@ def _pwe_rows(
     p = Z.shape[1]
     J = exp_lo.shape[1]
     a, beta, delta = theta[:J], theta[J:J + p], theta[J + p:].reshape(J, p)
-    lin = Z @ delta.T
-    lin += (Z @ beta)[:, None]
+    lin = Z @ (delta + beta).T  # each window's full effect: one design product, not two
     lin += a
     rate = np.exp(np.minimum(lin, 700.0))
     a_lo = rate * exp_lo
