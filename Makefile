@@ -41,10 +41,10 @@ serve: model demo-store
 	$(BIN)/forecast serve --host $(HOST) --port $(PORT)
 
 lint: install
-	$(BIN)/ruff check forecast service tests bench
+	$(BIN)/ruff check forecast service tests bench research
 
 test: install
-	$(BIN)/ruff check forecast service tests bench
+	$(BIN)/ruff check forecast service tests bench research
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 bench: install

@@ -1,8 +1,8 @@
 """The one benchmark command: ``make bench`` (``.venv/bin/python bench/run.py``).
 
-It measures four things and writes them to ``bench/results.json`` (gitignored) and
-``bench/out/bench.md`` (the Markdown table of README.md (bench section)), then prints one
-table:
+It measures four things and writes them to ``bench/results.json`` and to
+``docs/benchmarks-results.md`` (both git-ignored; the docs' Benchmarks page includes the
+latter and explains each figure), then prints one table:
 
 1. serving bundle vs lifelines' ``predict_survival_function`` on the same model, for
    1 and 10,000 patients (``bench/bundle_vs_lifelines.py``, run as a subprocess);
@@ -13,7 +13,7 @@ table:
    temporary folder, a clinician token from ``forecast tokens create``) for the
    stored-patient, stateless and batch forecasts, each beside the bare
    ``GET /api/v1/health`` of the same server in the same run, at 16 connections (wrk
-   if installed, else ``bench/http_load.py``);
+   if installed, else ``tests/fixtures/http_load.py``);
 4. one-client service latencies (``bench/service_latency.py``, a subprocess).
 
 Every section is bounded in time and runs even when an earlier one failed; a failed
@@ -25,6 +25,7 @@ Usage::
     python bench/run.py            # everything (about 8 minutes on 2 idle cores)
     python bench/run.py --quick    # skip the 100k training run, 5 s per endpoint
     python bench/run.py --only http --profile --merge   # redo one section, keep the rest
+    python bench/run.py --page-only   # rewrite the docs page from bench/results.json
 """
 
 from __future__ import annotations
@@ -54,11 +55,15 @@ BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 OUT_DIR = BENCH_DIR / "out"
 RESULTS = BENCH_DIR / "results.json"
-sys.path.insert(0, str(BENCH_DIR))
+#: The generated part of the docs' Benchmarks page (git-ignored; docs/benchmarks.md
+#: includes it when it exists).
+RESULTS_PAGE = ROOT / "docs" / "benchmarks-results.md"
+sys.path.insert(0, str(ROOT))
 
-import http_load  # noqa: E402  (sibling module; bench/ is not a package)
+# The bounded loopback load generator lives with the tests, which check its safety rules.
+from tests.fixtures import http_load  # noqa: E402
 
-#: Targets of issue 7 (README "Benchmarks").
+#: Targets of issue 7 (docs/benchmarks.md).
 TARGET_BUNDLE_SPEEDUP = 100.0
 TARGET_THROUGHPUT_SHARE = 0.5
 TARGET_P99_MS = 20.0
@@ -68,7 +73,7 @@ HTTP_COHORT_PATIENTS = 400
 HTTP_COHORT_SEED = 20261127
 #: Patients per POST /api/v1/forecast/batch request.
 BATCH_SIZE = 10
-#: Gunicorn workers and threads per worker of the production server (the README's deployment).
+#: Gunicorn workers and threads per worker of the production server (docs/service.md).
 WORKERS = 2
 THREADS = 4
 
@@ -243,7 +248,7 @@ def _json_records(frame: Any, drop: tuple[str, ...] = ("patient_id",)) -> list[d
 
 
 def patient_payload(cohort: Any, patient_id: str) -> dict[str, Any]:
-    """The stateless forecast body of DESIGN.md for one patient of a canonical cohort."""
+    """The stateless forecast body (POST /api/v1/forecast) for one patient of a cohort."""
     pat = cohort.patients[cohort.patients["patient_id"] == patient_id]
     ses = cohort.sessions[cohort.sessions["patient_id"] == patient_id]
     ass = cohort.assessments[cohort.assessments["patient_id"] == patient_id]
@@ -275,7 +280,7 @@ class Server:
             str(gunicorn),
             "--workers",
             str(WORKERS),
-            # The deployment of service/app.py's docstring and the README: threaded workers.
+            # The deployment of service/app.py's docstring and docs/service.md: threaded workers.
             "--worker-class",
             "gthread",
             "--threads",
@@ -636,7 +641,7 @@ def bench_http(
 
 
 def print_table(results: dict[str, Any]) -> None:
-    """Print the results as plain-text tables (the README's table is made from these)."""
+    """Print the results as plain-text tables (the docs page holds the same figures)."""
     m = results["machine"]
     print(f"\nkap-forecast benchmark, {results['date']}")
     print(
@@ -810,15 +815,86 @@ def _md_table(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def target_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per target of the benchmark, read from the measured figures."""
+    sec = results["sections"]
+    out: list[dict[str, Any]] = []
+    bundle = sec.get("bundle")
+    if bundle is not None and "error" not in bundle:
+        for r in bundle_rows(bundle.get("figures", {})):
+            if r["path"] != "model only":
+                continue
+            fam = f"{r['family']}, " if "family" in r else ""
+            out.append(
+                {
+                    "target": f"bundle >= {TARGET_BUNDLE_SPEEDUP:.0f}x faster than lifelines, "
+                    f"{r['patients']} patient(s), model only",
+                    "measured": f"{fam}{r['speedup']}",
+                    "met?": r["target >= 100x"],
+                }
+            )
+    train = sec.get("train")
+    if train is not None and "error" not in train:
+        figures = train.get("figures", {})
+        limits = figures.get("targets", {})
+        for run in figures.get("runs", []):
+            n = f"{run['patients']:,}"
+            if run.get("meets_time") is not None:
+                out.append(
+                    {
+                        "target": f"training on {n} patients <= "
+                        f"{float(limits.get('train_s_100k', 'nan')):g} s",
+                        "measured": f"{run['train_s']:.1f} s",
+                        "met?": "met" if run["meets_time"] else "missed",
+                    }
+                )
+            if run.get("meets_memory") is not None and run["patients"] >= 100_000:
+                out.append(
+                    {
+                        "target": f"peak memory training {n} patients <= "
+                        f"{float(limits.get('peak_rss_mb', 'nan')):g} MB",
+                        "measured": f"{run['peak_rss_mb']:.0f} MB",
+                        "met?": "met" if run["meets_memory"] else "missed",
+                    }
+                )
+    http = sec.get("http")
+    if http is not None and "error" not in http:
+        rows = [r for r in http["rows"] if "meets_throughput" in r]
+        if rows:
+            shares = [r["share_of_bare"] for r in rows]
+            p99 = [r["p99_ms"] for r in rows if r["p99_ms"] is not None]
+            out.append(
+                {
+                    "target": f"forecast throughput >= {TARGET_THROUGHPUT_SHARE} of the bare "
+                    "endpoint's",
+                    "measured": f"{min(shares):.3f}-{max(shares):.3f}",
+                    "met?": "met" if all(r["meets_throughput"] for r in rows) else "missed",
+                }
+            )
+            out.append(
+                {
+                    "target": f"forecast p99 < {TARGET_P99_MS:.0f} ms at "
+                    f"{http.get('connections')} connections",
+                    "measured": f"{min(p99):.0f}-{max(p99):.0f} ms" if p99 else "-",
+                    "met?": "met" if all(r["meets_p99"] for r in rows) else "missed",
+                }
+            )
+    return out
+
+
 def markdown_report(results: dict[str, Any]) -> str:
-    """The results as Markdown, for README.md (bench section)."""
+    """The results as Markdown: the generated part of the docs' Benchmarks page."""
     m = results["machine"]
     lines = [
         f"Measured {results['date']} on {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
         f"{m['os']}, Python {m['python']}; load average (1/5/15 min) "
-        f"{m['loadavg_1_5_15']} before, {results.get('loadavg_after')} after.",
+        f"{m['loadavg_1_5_15']} before, {results.get('loadavg_after')} after"
+        + (" (`--quick`)." if results.get("quick") else "."),
         "",
     ]
+    targets = target_rows(results)
+    if targets:
+        lines += ["### Targets", "", *_md_table(targets), ""]
     sec = results["sections"]
     for key, title in (
         ("bundle", "Serving bundle vs lifelines"),
@@ -827,24 +903,29 @@ def markdown_report(results: dict[str, Any]) -> str:
         _md_external(lines, sec, key, title)
     http = sec.get("http")
     if http is not None:
-        lines.append(
-            f"**HTTP** ({http.get('server', '')}; {http.get('connections')} connections, "
-            f"{http.get('duration_s')} s per endpoint; measured {http.get('measured_at', '?')}, "
-            f"load average {http.get('loadavg_before', '?')} before)"
-        )
-        lines.append("")
+        lines += ["### HTTP", ""]
         if "error" in http:
-            lines += [f"Not measured: `{http['error'][:300]}`", ""]
-        else:
             lines += [
+                f"Not measured ({http.get('measured_at', '?')}): `{http['error'][:300]}`",
+                "",
+            ]
+        else:
+            lines.append(
+                f"{http.get('server', '')}; {http.get('connections')} connections, "
+                f"{http.get('duration_s')} s per endpoint; measured "
+                f"{http.get('measured_at', '?')}, load average "
+                f"{http.get('loadavg_before', '?')} before."
+            )
+            lines += [
+                "",
                 "| endpoint | req/s | patients/s | p50 ms | p99 ms | errors | share of bare "
                 "| targets (>= 0.5 share, p99 < 20 ms) |",
                 "|---|---:|---:|---:|---:|---:|---:|---|",
             ]
             for r in http["rows"]:
-                targets = ""
+                targets_cell = ""
                 if "meets_throughput" in r:
-                    targets = (
+                    targets_cell = (
                         ("met" if r["meets_throughput"] else "**missed**")
                         + " / "
                         + ("met" if r["meets_p99"] else "**missed**")
@@ -852,11 +933,34 @@ def markdown_report(results: dict[str, Any]) -> str:
                 lines.append(
                     f"| {r['name']} | {_fmt(r['rps'])} | {_fmt(r['patients_per_s'])} | "
                     f"{_fmt(r['p50_ms'], 2)} | {_fmt(r['p99_ms'], 2)} | {r['errors']} | "
-                    f"{_fmt(r['share_of_bare'], 3)} | {targets} |"
+                    f"{_fmt(r['share_of_bare'], 3)} | {targets_cell} |"
                 )
             lines += ["", f"Load generator: {http['rows'][0]['driver']}.", ""]
-    _md_external(lines, sec, "service", "Service latency, one client (bench/service_latency.py)")
+            prof = http.get("profile_stateless_forecast")
+            if prof:
+                lines += [
+                    f"py-spy during the stateless forecast ({prof['samples']} samples), "
+                    "inclusive share of project functions:",
+                    "",
+                    *_md_table(
+                        [{"function": fn, "share": f"{share:.1%}"}
+                         for fn, share in prof["inclusive_project"]]
+                    ),
+                    "",
+                ]
+    _md_external(lines, sec, "service", "Service latency, one client")
     return "\n".join(lines) + "\n"
+
+
+def write_results_page(results: dict[str, Any], path: Path = RESULTS_PAGE) -> Path:
+    """Write the generated results page that docs/benchmarks.md includes."""
+    text = (
+        "<!-- Generated by `make bench` (bench/run.py) from bench/results.json. "
+        "Do not edit; not committed. -->\n\n" + markdown_report(results)
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
 
 
 def _md_external(lines: list[str], sec: dict[str, Any], key: str, title: str) -> None:
@@ -864,9 +968,10 @@ def _md_external(lines: list[str], sec: dict[str, Any], key: str, title: str) ->
     part = sec.get(key)
     if part is None:
         return
+    lines += [f"### {title}", ""]
     lines.append(
-        f"**{title}** (measured {part.get('measured_at', '?')}, load average "
-        f"{part.get('loadavg_before', '?')} before)"
+        f"Measured {part.get('measured_at', '?')}, load average "
+        f"{part.get('loadavg_before', '?')} before."
     )
     lines.append("")
     if "error" in part:
@@ -896,7 +1001,7 @@ def _summarise_external(section: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the selected sections, write bench/results.json, print the table."""
-    p = argparse.ArgumentParser(description="kap-forecast benchmarks (see the README)")
+    p = argparse.ArgumentParser(description="kap-forecast benchmarks (docs/benchmarks.md)")
     p.add_argument(
         "--quick",
         action="store_true",
@@ -920,6 +1025,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", type=Path, default=RESULTS, help="results JSON path")
     p.add_argument(
+        "--page",
+        type=Path,
+        default=RESULTS_PAGE,
+        help="generated Markdown page (default docs/benchmarks-results.md)",
+    )
+    p.add_argument(
+        "--page-only",
+        action="store_true",
+        help="measure nothing: rewrite the page from the results JSON (--out)",
+    )
+    p.add_argument(
         "--merge",
         action="store_true",
         help="keep the sections of an existing results file that this run does not repeat",
@@ -930,6 +1046,12 @@ def main(argv: list[str] | None = None) -> int:
         help="sample the workers with py-spy during the stateless forecast (needs py-spy)",
     )
     args = p.parse_args(argv)
+    if args.page_only:
+        if not args.out.exists():
+            print(f"{args.out} does not exist: run make bench first", file=sys.stderr)
+            return 1
+        print(f"written: {write_results_page(json.loads(args.out.read_text()), args.page)}")
+        return 0
     duration = args.duration or (5.0 if args.quick else 10.0)
     selected = args.only or list(SECTIONS)
     results: dict[str, Any] = {
@@ -978,9 +1100,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] {name} done in {section['section_wall_s']} s", file=sys.stderr, flush=True)
     results["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    (OUT_DIR / "bench.md").write_text(markdown_report(results))
+    page = write_results_page(results, args.page)
     print_table(results)
-    print(f"\nwritten: {args.out}")
+    print(f"\nwritten: {args.out}, {page}")
     return 1 if failed else 0
 
 

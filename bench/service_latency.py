@@ -1,5 +1,4 @@
-"""Figures of the service README section (README.md (service section), "Figures" and
-"Performance notes").
+"""One-client latencies of the service (section 4 of ``make bench``; docs/benchmarks.md).
 
 1. In process (CPU time per call, so that other jobs on the machine matter
    less): the service's own steps of one forecast request (loading a stored
@@ -21,7 +20,7 @@
      for the same 1,000 histories sent in the body (stateless);
    - ``POST /api/v1/model/reload``;
 
-   then 16 connections for ``--load-seconds`` each (``bench/http_load.py``,
+   then 16 connections for ``--load-seconds`` each (``tests/fixtures/http_load.py``,
    wrk when installed) on the bare ``GET /api/v1/health``, the stored and the
    stateless forecast.
 
@@ -345,8 +344,8 @@ def http(
 def _load_runs(
     root: str, token: str, one: str, stateless_one: dict[str, Any], seconds: float
 ) -> dict[str, Any]:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from http_load import run_load
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.fixtures.http_load import run_load
 
     auth = {"Authorization": f"Bearer {token}"}
     body = json.dumps(stateless_one).encode()

@@ -111,15 +111,11 @@ def test_ici_of_true_risks_from_a_model_without_proportional_hazards() -> None:
 
 
 def _floor_bench():
-    """bench/calibration_floor.py (not a package): its calibrated-by-construction cohorts."""
-    import importlib.util
-    from pathlib import Path
+    """Calibrated-by-construction cohorts (tests/fixtures/calibrated_cohorts.py, which
+    research/calibration_floor.py measures)."""
+    from tests.fixtures import calibrated_cohorts
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "calibration_floor.py"
-    spec = importlib.util.spec_from_file_location("kap_bench_calibration_floor", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return calibrated_cohorts
 
 
 def test_draws_from_a_risk_curve_reproduce_it() -> None:

@@ -1,9 +1,8 @@
-"""The foreign generator (bench/foreign_generator.py) follows the data contract
+"""The foreign generator (tests/fixtures/foreign_generator.py) follows the data contract
 and its PHQ-9 trajectory agrees with the project's outcome definitions."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +11,7 @@ import pytest
 
 from forecast.data import load_cohort
 from forecast.episodes import build_episodes
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import foreign_generator as fg  # noqa: E402
+from tests.fixtures import foreign_generator as fg
 
 
 def test_foreign_cohort_loads_and_has_episodes(tmp_path: Path) -> None:
@@ -79,10 +76,10 @@ def test_depth_oracle_integrates_the_frailty_given_the_depth() -> None:
 @pytest.mark.slow
 def test_trained_model_is_calibrated_on_the_foreign_generator(tmp_path: Path) -> None:
     """forecast train + predict on another generator's cohorts: the mean 28/56-day risk
-    is within 0.04 of the rate of the generator's latent truth (bench/foreign_check.py)."""
+    is within 0.04 of the rate of the generator's latent truth (tests/fixtures/foreign_check.py)."""
     import json
 
-    import foreign_check as fc
+    from tests.fixtures import foreign_check as fc
 
     out = tmp_path / "fc.json"
     assert fc.main(["--train", "3000", "--test", "3000", "--seed", "7", "--jobs", "1",

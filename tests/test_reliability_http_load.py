@@ -1,38 +1,20 @@
 """The benchmark's Python load generator: loopback only, bounded, honest counts.
 
-``bench/http_load.py`` is what ``make bench`` falls back to when wrk is missing; it
+``tests/fixtures/http_load.py`` is what ``make bench`` falls back to when wrk is missing; it
 must never send traffic off this machine, must stop by itself, and must not count a
 wrong answer as throughput.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-
-
-def _load_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("kap_bench_http_load", BENCH / "http_load.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # bench/ is not a package; dataclasses need the module registered while it loads.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-http_load = _load_module()
+from tests.fixtures import http_load
 
 
 class _Handler(BaseHTTPRequestHandler):

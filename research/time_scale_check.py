@@ -1,7 +1,7 @@
 """Which time scale limits the 56-day calibration: piecewise-exponential probes.
 
 The dynamic model (the default when this probe was written) meets ICI(28)
-but not ICI(56) on the fresh cohorts of ``bench/calibration_fresh.py``; the
+but not ICI(56) on the fresh cohorts of ``research/calibration_fresh.py``; the
 landmark kind does the
 opposite. Both are AFT models, so this script asks whether the family or the
 time scale is to blame. It fits, on the training part of one or more of the
@@ -31,7 +31,7 @@ in 20 risk groups, calibration slope and calibration-in-the-large.
 A probe, not a product model: no bundle, no convergence checks beyond the
 optimiser's flag, gradients by autograd (a lifelines dependency).
 
-Usage: ``python bench/time_scale_check.py --scale session|residual [--seed 2027]
+Usage: ``python research/time_scale_check.py --scale session|residual [--seed 2027]
 [--folds 0,1] [--window-penalty 0.01] [--penalizer 0.01]``. About 20 s a fold
 plus 40 s of simulation.
 """
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
               "window_penalty": args.window_penalty, "penalizer": args.penalizer,
               "test_rows": len(fp), "folds": rows,
               "seconds": time.perf_counter() - t0,
-              "command": "python bench/time_scale_check.py " + " ".join(argv or sys.argv[1:])}
+              "command": "python research/time_scale_check.py " + " ".join(argv or sys.argv[1:])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"{result['seconds']:.0f} s; wrote {args.out}")

@@ -14,7 +14,7 @@ differs. Prints, per cohort and horizon, the share censored before h, the
 mean predicted risk, the Turnbull observed risk, the ICI by Austin's smoother
 and by pseudo-observations, and the decile points.
 
-Usage: ``python bench/censoring_check.py [--train-seed 2030] [--seed 2026]
+Usage: ``python research/censoring_check.py [--train-seed 2030] [--seed 2026]
 [--patients 5000]``.
 """
 

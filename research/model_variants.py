@@ -18,9 +18,9 @@ first forecast point.
 
 Usage::
 
-    python bench/model_variants.py '{"distribution": "weibull"}' --seeds 2026,2027,2028
-    python bench/model_variants.py '{"time_interactions": null}' --kind landmark --point-only
-    python bench/model_variants.py '{"window_penalizer": 0.1}' --cohort DIR --folds 3
+    python research/model_variants.py '{"distribution": "weibull"}' --seeds 2026,2027,2028
+    python research/model_variants.py '{"time_interactions": null}' --kind landmark --point-only
+    python research/model_variants.py '{"window_penalizer": 0.1}' --cohort DIR --folds 3
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ really are, and how much the reading depends on the estimator: it
 1. simulates the training cohort (``--patients``, default 5,000, ``--seed``)
    and fits the default model on each patient-grouped fold's training part
    (5 folds, fold seed 0, estimator seeded by 0: the fold models of
-   ``evaluate_cohort(..., seed=0)``, which ``bench/model_variants.py`` runs);
+   ``evaluate_cohort(..., seed=0)``, which ``research/model_variants.py`` runs);
 2. simulates a fresh cohort of ``--test-patients`` (default 50,000) from the
    same generator (seed + 10,000) and predicts its first-forecast-point rows
    with each fold model;
@@ -29,9 +29,9 @@ really are, and how much the reading depends on the estimator: it
    predicted risk), the calibration slope, and AUC at 28 days with the
    simulator's oracle.
 
-Usage: ``python bench/calibration_fresh.py ['{"distribution": "weibull"}'] [--seed 2026]
+Usage: ``python research/calibration_fresh.py ['{"distribution": "weibull"}'] [--seed 2026]
 [--kind dynamic] [--patients 5000] [--test-patients 50000] [--folds 5] [--sim JSON]``; the
-optional JSON gives estimator settings, as for ``bench/model_variants.py``; ``--sim`` changes
+optional JSON gives estimator settings, as for ``research/model_variants.py``; ``--sim`` changes
 the simulator's mechanism (``SimulationParams`` fields) for both cohorts. About 90 s a seed
 on 2 cores.
 """
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="SimulationParams overrides for both cohorts, as JSON "
                         "(e.g. '{\"relapse_detect_days\": 9}')")
     p.add_argument("params", nargs="?", default="{}",
-                   help="estimator settings as JSON (as bench/model_variants.py)")
+                   help="estimator settings as JSON (as research/model_variants.py)")
     args = p.parse_args(argv)
     params = {"random_state": 0, **json.loads(args.params)}
 
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
               "patients": args.patients,
               "test_patients": args.test_patients, "test_rows": len(fp),
               "oracle_auc28": o28, "folds": rows, "seconds": time.perf_counter() - t0,
-              "command": f"python bench/calibration_fresh.py '{args.params}' --kind {kind} "
+              "command": f"python research/calibration_fresh.py '{args.params}' --kind {kind} "
                          f"--seed {args.seed} --sim '{args.sim}' "
                          f"--patients {args.patients} --test-patients {args.test_patients}"}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,55 +19,29 @@ setting it prints the ICI at 28 and 56 days of the TRUE risks:
   for Austin's smoother (its mean over draws).
 
 Every figure would be 0 with unlimited data and a perfect estimator; what
-they read is the floor of the measurement. Means over ``--reps`` cohorts.
+they read is the floor of the measurement. Means over ``--reps`` cohorts. The
+cohorts come from ``tests/fixtures/calibrated_cohorts.py``, which the
+evaluation tests use too.
 
-Usage: ``python bench/calibration_floor.py [--patients 6000] [--reps 5]``.
+Usage: ``python research/calibration_floor.py [--patients 6000] [--reps 5]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.fixtures.calibrated_cohorts import HORIZONS, RHO, cohort, ll_risk  # noqa: E402
+
 OUT = Path(__file__).resolve().parent / "out" / "calibration_floor.json"
-HORIZONS = (28, 56)
-
-
-RHO = 1.6  # log-logistic shape of the drawn waning times
-
-
-def ll_risk(eta: np.ndarray, rho: float, horizons: tuple[int, ...] = HORIZONS) -> np.ndarray:
-    """Log-logistic AFT risk ``1 - S(h)`` at each horizon, shape (n, len(horizons))."""
-    h = np.asarray(horizons, dtype=float)
-    return 1.0 - 1.0 / (1.0 + (h[None, :] / np.exp(eta)[:, None]) ** rho)
-
-
-def cohort(n: int, seed: int, booster_share: float, every: float = 0.0, rho: float = RHO,
-           sd: float = 0.8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(lower, upper, eta) of one cohort; its true risks are ``ll_risk(eta, rho)``.
-
-    ``every`` > 0: the waning is seen at the next assessment of a grid of that
-    many days from the episode start (7 weekly, 28 four-weekly); 0: exactly.
-    """
-    rng = np.random.default_rng(seed)
-    eta = 4.0 + sd * rng.normal(size=n)
-    wane = np.exp(eta) * (1.0 / rng.uniform(size=n) - 1.0) ** (1.0 / rho)
-    censor = np.where(rng.uniform(size=n) < booster_share, rng.uniform(21, 35, size=n),
-                      rng.uniform(20, 300, size=n))
-    if every > 0:
-        upper = np.ceil(wane / every) * every
-        seen = upper <= censor
-        lower = np.where(seen, upper - every, np.floor(censor / every) * every)
-    else:  # exact: a one-hundredth-day interval around the waning
-        seen = wane <= censor
-        lower = np.where(seen, np.maximum(wane - 0.005, 0.0), censor)
-        upper = wane + 0.005
-    return lower, np.where(seen, upper, np.inf), eta
 
 
 def floor_of(lower: np.ndarray, upper: np.ndarray, risk: np.ndarray) -> dict[str, float]:
@@ -126,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
               + " ".join(f"{r[f'{k}_28']:>6.3f}" for k in keys) + "        | "
               + " ".join(f"{r[f'{k}_56']:>6.3f}" for k in keys))
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"command": "python bench/calibration_floor.py "
+    OUT.write_text(json.dumps({"command": "python research/calibration_floor.py "
                                f"--patients {args.patients} --reps {args.reps}",
                                "rows": rows}, indent=2) + "\n")
     print(f"wrote {OUT} in {time.perf_counter() - t0:.0f} s")
