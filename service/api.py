@@ -27,7 +27,6 @@ import csv
 import datetime as dt
 import hashlib
 import io
-import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -41,6 +40,7 @@ from service import schemas
 from service.auth import current_principal, public, require_role
 from service.errors import ApiProblem, field_errors
 from service.ingest import check_patient_id, ingest_many
+from service.jsonbody import JsonBodyError, parse_body
 from service.logging import request_id
 from service.modelstate import ModelState
 from service.store import Store
@@ -70,7 +70,10 @@ def json_body() -> Any:
     """The parsed JSON body, or a 415/400/413 problem.
 
     Only ``application/json`` (or a ``+json`` type) is accepted; the size limit
-    (``MAX_CONTENT_LENGTH``) is enforced by werkzeug before parsing.
+    (``MAX_CONTENT_LENGTH``) is enforced by werkzeug before parsing. The body
+    is strict JSON (:func:`service.jsonbody.parse_body`): a key repeated in an
+    object, ``NaN`` / ``Infinity`` and too deep nesting are 400, a repeated key
+    named by its JSON pointer in ``errors``. Also used by CDS Hooks.
     """
     mimetype = request.mimetype or ""
     if mimetype not in JSON_TYPES and not mimetype.endswith("+json"):
@@ -83,19 +86,9 @@ def json_body() -> Any:
     if not raw.strip():
         raise ApiProblem(400, "Empty body", "The request body is empty; send a JSON object.")
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
-    except RecursionError:
-        raise ApiProblem(400, "Malformed JSON", "The body is nested too deeply.") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        where = ""
-        if isinstance(exc, json.JSONDecodeError):
-            where = f" at line {exc.lineno}, column {exc.colno}"
-        raise ApiProblem(400, "Malformed JSON", f"The body is not valid JSON{where}.") from None
-
-
-def _reject_constant(name: str) -> Any:
-    # Python's parser accepts NaN and Infinity; JSON (RFC 8259) does not.
-    raise ValueError(f"{name} is not a JSON value")
+        return parse_body(raw)
+    except JsonBodyError as exc:
+        raise ApiProblem(400, exc.title, exc.detail, exc.errors) from None
 
 
 #: Earliest accepted forecast date (pandas' nanosecond timestamps start in 1677).

@@ -44,6 +44,7 @@ from forecast.fhir import (
 from service.auth import current_principal, require_role
 from service.clinic_openapi import FHIR_JSON, operation, outcome, query
 from service.errors import ApiProblem
+from service.jsonbody import JsonBodyError, fhir_path, parse_body
 from service.store import LEGACY_MERGE
 
 bp = Blueprint("fhir_api", __name__)
@@ -105,16 +106,30 @@ def _body() -> Any:
         )
     raw = request.get_data(cache=True)
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        where = (
-            f" at line {exc.lineno}, column {exc.colno}"
-            if isinstance(exc, json.JSONDecodeError)
-            else ""
-        )
-        raise FhirProblem(
-            400, [FhirIssue("error", "structure", f"the body is not valid JSON{where}", "Bundle")]
-        ) from None
+        return parse_body(raw)
+    except JsonBodyError as exc:
+        raise _body_problem(exc) from None
+
+
+def _body_problem(exc: JsonBodyError) -> FhirProblem:
+    """A body that is not strict JSON (the one place its error shape is chosen).
+
+    An OperationOutcome (code ``structure``) as every /fhir/r4 error; a repeated
+    key gets one issue per repeated member, its expression the member's path
+    (``Bundle.entry[0].resource.valueQuantity.value``), its JSON pointer in the text.
+    """
+    if not exc.errors:
+        text = exc.detail[:1].lower() + exc.detail[1:]
+        return FhirProblem(400, [FhirIssue("error", "structure", text.rstrip("."), "Bundle")])
+    return FhirProblem(
+        400,
+        [
+            FhirIssue(
+                "error", "structure", f"{e['message']} (at {e['field']})", fhir_path(e["field"])
+            )
+            for e in exc.errors
+        ],
+    )
 
 
 def _int_like(value: Any) -> Any:
