@@ -11,8 +11,12 @@
 
 Cards (they carry the same date and risks as the JSON forecast):
 
-- a *critical* card when a suicidal-ideation flag is raised (status
-  ``urgent_review``): review before any maintenance planning;
+- a *critical* card when a suicidal-ideation flag is raised (any safety level;
+  status ``urgent_review`` or ``safety_review``): review before any
+  maintenance planning;
+- otherwise, when prefetched data that could hold a suicidal-ideation answer
+  could not be read, a *warning* "Suicidal-ideation data in the EHR could not
+  be read: review it" naming them (``extension.kap-forecast.si_data_unread``);
 - otherwise "Next maintenance session by <date>" (indicator ``info``, or
   ``warning`` when the session is due now or the patient is not in response),
   with the risks at the horizons and a link to the clinician page. When the
@@ -24,13 +28,18 @@ Cards (they carry the same date and risks as the JSON forecast):
 
 Prefetched Observations / QuestionnaireResponses / Procedures of the patient
 are mapped by :mod:`forecast.fhir` and combined with the stored history for
-that one request; they are never written to the store.
+that one request; they are never written to the store. They are mapped
+together (panels with their members, a response with its total), but a
+resource that cannot be read is left out alone, and a row the data contract
+refuses is left out alone: each is named (type, id, why) in the card and the
+rest is used.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -52,6 +61,7 @@ from forecast.fhir import (
 from forecast.instruments import (
     LOINC_CSSRS_BEHAVIOR,
     LOINC_CSSRS_IDEATION,
+    LOINC_CSSRS_PANEL,
     LOINC_PHQ9_ITEMS,
     LOINC_PHQ9_PANEL,
     LOINC_PHQ9_TOTAL,
@@ -331,28 +341,301 @@ def discovery() -> Response:
 
 
 # --- the service ------------------------------------------------------------------------------
-def _prefetch_resources(prefetch: Mapping[str, Any]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+def _prefetch_resources(prefetch: Mapping[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """The prefetched resources, each with where it was in the request (for messages)."""
+    out: list[tuple[dict[str, Any], str]] = []
     for key in ("observations", "responses", "procedures"):
         doc = prefetch.get(key)
         if not isinstance(doc, Mapping):
             continue
         if doc.get("resourceType") == "Bundle":
+            entries = doc.get("entry") if isinstance(doc.get("entry"), list) else []
             out += [
-                e["resource"]
-                for e in doc.get("entry") or []
+                (e["resource"], f"prefetch.{key}.entry[{j}].resource")
+                for j, e in enumerate(entries)
                 if isinstance(e, Mapping) and isinstance(e.get("resource"), Mapping)
             ]
         elif doc.get("resourceType"):
-            out.append(dict(doc))
+            out.append((dict(doc), f"prefetch.{key}"))
     return out
 
 
-def _combined_cohort(pid: str, prefetch: Mapping[str, Any]) -> tuple[Any, list[str]]:
-    """Stored history plus prefetched rows (rows dated like a stored row are skipped)."""
+# --- prefetched data that cannot be used ------------------------------------------------------
+#: Assessment columns holding a suicidal-ideation answer (PHQ-9 item 9, the C-SSRS screener).
+SI_COLUMNS = ("phq9_9", "cssrs_ideation", "cssrs_behavior")
+#: Summary of the card when such data were prefetched but could not be used (and no
+#: safety flag makes the card critical anyway).
+UNREAD_SI_SUMMARY = "Suicidal-ideation data in the EHR could not be read: review it"
+#: Observation codes that can carry a suicidal-ideation answer: PHQ-9 item 9, the PHQ-9
+#: panel (its members), the C-SSRS screener's questions and panel.
+_SI_CODES = frozenset(
+    {
+        LOINC_PHQ9_ITEMS[8],
+        LOINC_PHQ9_PANEL,
+        *LOINC_CSSRS_IDEATION,
+        LOINC_CSSRS_BEHAVIOR,
+        LOINC_CSSRS_PANEL,
+    }
+)
+#: QuestionnaireResponse linkIds (last path segment, lower case) read as such an answer.
+_SI_LINK_IDS = frozenset(
+    {c.lower() for c in (LOINC_PHQ9_ITEMS[8], *LOINC_CSSRS_IDEATION, LOINC_CSSRS_BEHAVIOR)}
+    | {"phq-phq9-q09", "q9", "phq9_9"}
+)
+#: A questionnaire canonical naming one of these may be a PHQ-9 or C-SSRS form.
+_SI_FORM_MARKERS = ("phq", "ssrs", LOINC_PHQ9_PANEL, LOINC_CSSRS_PANEL)
+#: Named one by one in a card at most; the rest are counted.
+MAX_NAMED = 10
+_EXPR = re.compile(r"prefetch\[(\d+)\]")
+
+
+@dataclass
+class _Dropped:
+    """A prefetched resource (or a row made from some) left out of the forecast."""
+
+    what: str  # "Observation/o1", "Procedure (prefetch.procedures.entry[2].resource)", ...
+    why: str
+    si: bool  # could carry a suicidal-ideation answer
+
+
+def _codes_under(node: Any) -> set[str]:
+    """Every string ``code`` found in a JSON fragment (codings, nested concepts)."""
+    found: set[str] = set()
+    stack = [node]
+    while stack:
+        cur = stack.pop()
+        if isinstance(cur, Mapping):
+            code = cur.get("code")
+            if isinstance(code, str):
+                found.add(code.strip())
+            stack.extend(v for v in cur.values() if isinstance(v, Mapping | list))
+        elif isinstance(cur, list):
+            stack.extend(cur)
+    return found
+
+
+def _link_ids(items: Any) -> tuple[set[str], bool]:
+    """The linkIds of a QuestionnaireResponse's items (nested too) and whether all were read."""
+    found: set[str] = set()
+    readable = True
+    stack = [items]
+    while stack:
+        cur = stack.pop()
+        if cur is None:
+            continue
+        if not isinstance(cur, list):
+            readable = False
+            continue
+        for it in cur:
+            if not isinstance(it, Mapping):
+                readable = False
+                continue
+            link = it.get("linkId")
+            if isinstance(link, str):
+                found.add(link.rsplit("/", 1)[-1].strip().lower())
+            elif link is not None:
+                readable = False
+            stack.append(it.get("item"))
+            answers = it.get("answer")
+            if isinstance(answers, list):
+                stack.extend(a.get("item") for a in answers if isinstance(a, Mapping))
+            elif answers is not None:
+                readable = False
+    return found, readable
+
+
+def _form_keys(forms: Any) -> set[str]:
+    keys: set[str] = set()
+    for f in forms or ():
+        get = f.get if isinstance(f, Mapping) else lambda k, f=f: getattr(f, k, None)
+        if get("url"):
+            keys.add(str(get("url")))
+        if get("id"):
+            keys.add(f"Questionnaire/{get('id')}")
+    return keys
+
+
+def _may_carry_si(res: Mapping[str, Any], forms: set[str]) -> bool:
+    """Whether an unreadable resource could hold a suicidal-ideation answer.
+
+    When in doubt, yes: an Observation whose code cannot be read (the prefetch asks
+    only for PHQ-9 and C-SSRS codes), a QuestionnaireResponse whose items cannot be
+    walked or which names a PHQ-9 / C-SSRS or a configured form.
+    """
+    rtype = res.get("resourceType")
+    if rtype == "Observation":
+        codes = _codes_under(res.get("code"))
+        if not codes:
+            return True
+        codes |= _codes_under(res.get("component"))
+        return bool(codes & _SI_CODES)
+    if rtype == "QuestionnaireResponse":
+        canonical = res.get("questionnaire")
+        if canonical is not None and not isinstance(canonical, str):
+            return True
+        about = (canonical or "").lower()
+        if any(m in about for m in _SI_FORM_MARKERS):
+            return True
+        if canonical and canonical.split("|", 1)[0] in forms:
+            return True
+        if res.get("contained"):
+            return True
+        links, readable = _link_ids(res.get("item"))
+        return not readable or bool(links & _SI_LINK_IDS)
+    return False
+
+
+def _label(res: Mapping[str, Any], where: str) -> str:
+    rtype = str(res.get("resourceType") or "resource")
+    rid = res.get("id")
+    if isinstance(rid, str) and rid.strip():
+        return f"{rtype}/{rid.strip()[:64]}"
+    return f"{rtype} without id ({where})"
+
+
+def _map_readable(
+    resources: list[dict[str, Any]],
+    wheres: list[str],
+    first: Any,
+    pid: str,
+) -> tuple[Any, list[_Dropped]]:
+    """Map the prefetched resources together, leaving out those that cannot be read.
+
+    All resources are mapped together (panels with their members, a response
+    with its total Observation). On a :class:`FhirError` the resources its
+    errors name are dropped and the rest mapped again, until the rest maps
+    (each round drops at least one). An error naming no resource (none does
+    today) falls back to mapping each resource alone to find the unreadable
+    ones; if even that finds none, nothing is used and every resource is named.
+
+    Returns
+    -------
+    mapped : MappedRecords or None
+        None when no resource is left.
+    dropped : list of _Dropped
+    """
+    forms = current_app.extensions.get("kap_questionnaires", [])
+    form_keys = _form_keys(forms)
+    labels = [_label(r, w) for r, w in zip(resources, wheres, strict=True)]
+
+    def run(idx: list[int]) -> Any:
+        return map_resources(
+            [resources[i] for i in idx],
+            expressions=[f"prefetch[{i}].resource" for i in idx],
+            known_first_session={pid: first} if first is not None else None,
+            questionnaires=forms,
+        )
+
+    def reason(issue: Any) -> str:
+        element = _EXPR.sub("", issue.expression, count=1).removeprefix(".resource")
+        text = _EXPR.sub(lambda m: labels[int(m.group(1))], issue.diagnostics)
+        text = text.replace(".resource.", ".").replace(".resource", "")
+        return f"{element.lstrip('.')}: {text}" if element.strip(".") else text
+
+    dropped: list[_Dropped] = []
+    alive = list(range(len(resources)))
+    while alive:
+        try:
+            return run(alive), dropped
+        except FhirError as err:
+            errors = [i for i in err.issues if i.severity == "error"] or err.issues
+            blamed: dict[int, list[str]] = {}
+            for issue in errors:
+                m = _EXPR.match(issue.expression)
+                if m and int(m.group(1)) in alive:
+                    blamed.setdefault(int(m.group(1)), []).append(reason(issue))
+            if not blamed:
+                for i in alive:
+                    try:
+                        run([i])
+                    except FhirError as alone:
+                        blamed[i] = [reason(x) for x in alone.issues if x.severity == "error"]
+            if not blamed:
+                why = "could not be read together with the other prefetched resources: " + (
+                    "; ".join(reason(x) for x in errors[:3]) or str(err)
+                )
+                blamed = {i: [why] for i in alive}
+            for i, whys in blamed.items():
+                dropped.append(
+                    _Dropped(
+                        labels[i],
+                        "; ".join(whys[:3]) or "not readable",
+                        _may_carry_si(resources[i], form_keys),
+                    )
+                )
+            alive = [i for i in alive if i not in blamed]
+    return None, dropped
+
+
+def _valid_rows(
+    table: str, recs: list[dict[str, Any]], pid: str, mapped: Any, labels: dict[str, str]
+) -> tuple[Any, list[_Dropped]]:
+    """Validate one table's prefetched rows, leaving out (and naming) those refused.
+
+    Returns the validated frame of the rows kept (None when none is) and the rows
+    left out. A problem that names no row (none does for a list of rows) leaves
+    them all out.
+    """
+    from forecast.data import validate_records
+
+    dropped: list[_Dropped] = []
+    while recs:
+        rows = [{k: v for k, v in r.items() if k not in ("patient_id", "id")} for r in recs]
+        frame, problems = validate_records(table, rows, patient_id=pid, allow_id=False)
+        if not problems:
+            return frame, dropped
+        rows_of = {p.row for p in problems}
+        bad = set(range(len(recs))) if None in rows_of else rows_of
+        for k in sorted(bad):
+            rec = recs[k]
+            srcs = mapped.sources.get((table, rec["id"])) or []
+            names = [labels.get(s, s) for s in srcs] or [str(rec["id"])]
+            whys = [
+                f"{p.column}: {p.message}" if p.column else p.message
+                for p in problems
+                if p.row in (k, None)
+            ]
+            what = "session" if table == "sessions" else "assessment"
+            dropped.append(
+                _Dropped(
+                    f"the {what} of {rec.get('date')} (from {', '.join(names)})",
+                    "; ".join(whys[:3]),
+                    table == "assessments" and any(rec.get(c) is not None for c in SI_COLUMNS),
+                )
+            )
+        recs = [r for k, r in enumerate(recs) if k not in bad]
+    return None, dropped
+
+
+def _dropped_note(dropped: list[_Dropped]) -> str:
+    lines = [f"- {d.what}: {d.why}" for d in dropped[:MAX_NAMED]]
+    if len(dropped) > MAX_NAMED:
+        lines.append(f"- and {len(dropped) - MAX_NAMED} more")
+    return (
+        f"{len(dropped)} prefetched resource(s) or row(s) could not be read or used and were "
+        "left out of this forecast (the rest of the prefetch was used):\n" + "\n".join(lines)
+    )
+
+
+@dataclass
+class _Combined:
+    """What a patient-view request forecasts from."""
+
+    cohort: Any  # None: no history stored and nothing usable prefetched
+    notes: list[str]
+    #: Prefetched data that could hold a suicidal-ideation answer were left out.
+    si_unread: bool = False
+
+
+def _combined_cohort(pid: str, prefetch: Mapping[str, Any]) -> _Combined:
+    """Stored history plus prefetched rows (rows dated like a stored row are skipped).
+
+    Prefetched resources that cannot be read, and rows that fail the data
+    contract, are left out one by one and named in a note; the rest is used.
+    ``si_unread`` says whether any of them could hold a suicidal-ideation answer.
+    """
     from forecast.cohort import Cohort, canonicalize, empty_frame
     from forecast.contract import TABLES
-    from forecast.data import validate_records
 
     st = current_app.extensions["kap_store"]
     with st.read() as conn:
@@ -365,24 +648,20 @@ def _combined_cohort(pid: str, prefetch: Mapping[str, Any]) -> tuple[Any, list[s
             empty_frame("sessions"),
             empty_frame("assessments"),
         )
-    resources = [
-        r
-        for r in _prefetch_resources(prefetch)
+    found = [
+        (r, w)
+        for r, w in _prefetch_resources(prefetch)
         if r.get("resourceType") in ("Observation", "QuestionnaireResponse", "Procedure")
     ]
-    if not resources:
-        return (cohort if known else None), notes
+    if not found:
+        return _Combined(cohort if known else None, notes)
+    resources = [r for r, _ in found]
+    wheres = [w for _, w in found]
     first = cohort.sessions["date"].min() if len(cohort.sessions) else None
-    try:
-        mapped = map_resources(
-            resources,
-            expressions=[f"prefetch[{i}]" for i in range(len(resources))],
-            known_first_session={pid: first} if first is not None else None,
-            questionnaires=current_app.extensions.get("kap_questionnaires", []),
-        )
-    except FhirError:
-        notes.append("Some prefetched EHR data could not be read and were not used.")
-        return (cohort if known else None), notes
+    mapped, dropped = _map_readable(resources, wheres, first, pid)
+    if mapped is None:
+        notes.append(_dropped_note(dropped))
+        return _Combined(cohort if known else None, notes, any(d.si for d in dropped))
     # Resources skipped for their status (entered-in-error, cancelled, ...) are
     # said, never dropped silently.
     skipped = sum(i.diagnostics.startswith("not imported:") for i in mapped.issues)
@@ -400,7 +679,7 @@ def _combined_cohort(pid: str, prefetch: Mapping[str, Any]) -> tuple[Any, list[s
     # all withdrawn too: no accepted value, least of all a safety answer, is dropped.
     withdrawn = [r for r in mapped.retractions if r["patient_id"] == pid]
     if withdrawn:
-        dropped: set[tuple[str, str]] = set()
+        gone_rows: set[tuple[str, str]] = set()
         kept: set[tuple[str, str]] = set()
         if known:
             ids = {(w["table"], w["id"]) for w in withdrawn}
@@ -410,49 +689,51 @@ def _combined_cohort(pid: str, prefetch: Mapping[str, Any]) -> tuple[Any, list[s
                     if loc is None:
                         continue
                     alone = all((r["table"], o) in ids for o in loc["others"])
-                    target = dropped if alone else kept
+                    target = gone_rows if alone else kept
                     target.add((r["table"], loc["date"]))
         for table in ("sessions", "assessments"):
-            gone = [pd.Timestamp(d) for t, d in dropped if t == table]
+            gone = [pd.Timestamp(d) for t, d in gone_rows if t == table]
             if gone:
                 frames[table] = frames[table][~frames[table]["date"].isin(gone)].reset_index(
                     drop=True
                 )
         text = f"{len(withdrawn)} prefetched resource(s) are marked entered-in-error"
-        if dropped:
-            text += f"; {len(dropped)} stored row(s) made from them were left out of this forecast"
-        if kept:
+        if gone_rows:
             text += (
-                f"; {len(kept)} stored row(s) also holding other resources' values were kept"
+                f"; {len(gone_rows)} stored row(s) made from them were left out of this forecast"
             )
-        if not dropped and not kept:
+        if kept:
+            text += f"; {len(kept)} stored row(s) also holding other resources' values were kept"
+        if not gone_rows and not kept:
             text += "; no stored row was made from them"
         notes.append(text + ".")
+    labels = {f"prefetch[{i}].resource": _label(r, w) for i, (r, w) in enumerate(found)}
     added = 0
     for table in ("sessions", "assessments"):
-        rows = [
-            {k: v for k, v in r.items() if k not in ("patient_id", "id")}
-            for r in getattr(mapped, table)
-            if r["patient_id"] == pid
-        ]
+        recs = [r for r in getattr(mapped, table) if r["patient_id"] == pid]
         stored_dates = set(frames[table]["date"].dt.strftime("%Y-%m-%d"))
-        rows = [r for r in rows if r["date"] not in stored_dates]
-        if not rows:
+        recs = [r for r in recs if r["date"] not in stored_dates]
+        if not recs:
             continue
-        frame, problems = validate_records(table, rows, patient_id=pid, allow_id=False)
-        if problems:
-            notes.append(f"Some prefetched {table} were not usable and were ignored.")
+        frame, refused = _valid_rows(table, recs, pid, mapped, labels)
+        dropped += refused
+        if frame is None:
             continue
         cols = [c.name for c in TABLES[table]]
         frames[table] = canonicalize(
             table, pd.concat([frames[table][cols], frame[cols]], ignore_index=True)
         )
-        added += len(rows)
+        added += len(frame)
+    if dropped:
+        notes.append(_dropped_note(dropped))
     if added:
         notes.append(f"{added} row(s) from the EHR's prefetch were used and not stored.")
+    si_unread = any(d.si for d in dropped)
     if not known and added == 0:
-        return None, notes
-    return Cohort(cohort.patients, frames["sessions"], frames["assessments"]), notes
+        return _Combined(None, notes, si_unread)
+    return _Combined(
+        Cohort(cohort.patients, frames["sessions"], frames["assessments"]), notes, si_unread
+    )
 
 
 def _page_url(pid: str) -> str:
@@ -473,8 +754,27 @@ def _human(day: str | None) -> str:
     return f"{t.day} {t.strftime('%b %Y')}"
 
 
-def cards_for(answer: Mapping[str, Any], link: str, notes: list[str]) -> list[dict[str, Any]]:
-    """The CDS Hooks cards of one forecast answer."""
+#: Forecast statuses of a suicidal-ideation flag in force (safety level "urgent" / "review").
+SAFETY_STATUSES = frozenset({"urgent_review", "safety_review"})
+#: First paragraph of a card whose prefetch held unreadable suicidal-ideation data.
+UNREAD_SI_LEAD = (
+    "**Prefetched EHR data that can hold a suicidal-ideation answer (PHQ-9 item 9, C-SSRS) "
+    "could not be read, so the safety rules could not check them.** Review them in the EHR "
+    "before maintenance planning; they are listed next. The rest of this card leaves them out."
+)
+
+
+def cards_for(
+    answer: Mapping[str, Any], link: str, notes: list[str], *, si_unread: bool = False
+) -> list[dict[str, Any]]:
+    """The CDS Hooks cards of one forecast answer.
+
+    Critical for any safety level or a safety status (``urgent_review``,
+    ``safety_review``). Otherwise, with ``si_unread`` (prefetched data that could
+    hold a suicidal-ideation answer were left out unread), at least a warning
+    whose summary asks for a review (:data:`UNREAD_SI_SUMMARY`), never an info
+    card with a routine date.
+    """
     version = answer.get("model_version")
     source = {
         "label": f"kap-forecast (model {version})",
@@ -499,20 +799,26 @@ def cards_for(answer: Mapping[str, Any], link: str, notes: list[str]) -> list[di
         "risk_kind": (answer.get("risk") or {}).get("kind"),
         "safety_level": safety.get("level"),
     }
+    if si_unread:
+        data["si_data_unread"] = True
     tail = (
         "\n\n*Decision support for the clinician; not a suicide-risk assessment and not a "
         "clearance.*"
     )
-    extra = ("\n\n" + " ".join(notes)) if notes else ""
-    if safety.get("level") or status == "urgent_review":
+    extra = ("\n\n" + "\n\n".join(notes)) if notes else ""
+    if safety.get("level") or status in SAFETY_STATUSES:
         reasons = "\n".join(f"- {r}" for r in safety.get("reasons") or [])
+        statement = safety.get("statement") or (
+            "A suicidal-ideation flag is in force: clinical review is needed before any "
+            "maintenance planning."
+        )
         return [
             {
                 "uuid": str(uuid.uuid4()),
                 "summary": "Suicidal-ideation answer on record: clinical review needed before "
                 "maintenance planning",
                 "indicator": "critical",
-                "detail": f"**{safety.get('statement') or ''}**\n\n{reasons}\n\n"
+                "detail": f"**{statement}**\n\n{reasons}\n\n"
                 f"{sug.get('rationale') or ''}{extra}{tail}",
                 "source": source,
                 "links": links,
@@ -553,6 +859,10 @@ def cards_for(answer: Mapping[str, Any], link: str, notes: list[str]) -> list[di
         }.get(str(status), "No maintenance date suggested")
         detail = f"{answer.get('status_reason') or ''}\n\n{sug.get('rationale') or ''}"
         indicator = "warning" if status == "not_in_response" else "info"
+    if si_unread:
+        summary, indicator = UNREAD_SI_SUMMARY, "warning"
+        # What could not be read comes first, then the suggestion that leaves it out.
+        detail, extra = f"{UNREAD_SI_LEAD}{extra}\n\n{detail}", ""
     return [
         {
             "uuid": str(uuid.uuid4()),
@@ -600,23 +910,29 @@ def patient_view() -> Response:
             errors=[{"field": "/context/patientId", "message": "required: the patient's id"}],
         )
     prefetch = body.get("prefetch") if isinstance(body.get("prefetch"), Mapping) else {}
-    cohort, notes = _combined_cohort(pid, prefetch)
+    combined = _combined_cohort(pid, prefetch)
+    cohort, notes, si_unread = combined.cohort, combined.notes, combined.si_unread
+    extra = ("\n\n" + "\n\n".join(notes)) if notes else ""
     if cohort is None:
-        return jsonify(
-            {
-                "cards": [
-                    {
-                        "uuid": str(uuid.uuid4()),
-                        "summary": "kap-forecast has no ketamine-treatment history for this "
-                        "patient",
-                        "indicator": "info",
-                        "detail": "Import the patient's PHQ-9 answers and ketamine sessions "
-                        "(FHIR or the JSON API) to get maintenance timing suggestions.",
-                        "source": {"label": "kap-forecast"},
-                    }
-                ]
-            }
+        advice = (
+            "Import the patient's PHQ-9 answers and ketamine sessions "
+            "(FHIR or the JSON API) to get maintenance timing suggestions."
         )
+        card: dict[str, Any] = {
+            "uuid": str(uuid.uuid4()),
+            "summary": "kap-forecast has no ketamine-treatment history for this patient",
+            "indicator": "info",
+            "detail": advice + extra,
+            "source": {"label": "kap-forecast"},
+        }
+        if si_unread:
+            card.update(
+                summary=UNREAD_SI_SUMMARY,
+                indicator="warning",
+                detail=f"{UNREAD_SI_LEAD}{extra}\n\n{advice}",
+                extension={"kap-forecast": {"patient_id": pid, "si_data_unread": True}},
+            )
+        return jsonify({"cards": [card]})
     from service.fhir_api import forecast_for
 
     try:
@@ -625,15 +941,23 @@ def patient_view() -> Response:
         if exc.status != 503:
             raise
         # No model: the safety rules do not need one, so a flag still gets its card.
-        return jsonify({"cards": _cards_without_model(pid, cohort, exc.detail or "")})
-    return jsonify({"cards": cards_for(answer, _page_url(pid), notes)})
+        return jsonify(
+            {"cards": _cards_without_model(pid, cohort, exc.detail or "", notes, si_unread)}
+        )
+    return jsonify({"cards": cards_for(answer, _page_url(pid), notes, si_unread=si_unread)})
 
 
-def _cards_without_model(pid: str, cohort: Any, why: str) -> list[dict[str, Any]]:
+def _cards_without_model(
+    pid: str, cohort: Any, why: str, notes: list[str] | None = None, si_unread: bool = False
+) -> list[dict[str, Any]]:
     from service.pages import rule_safety
 
     safety = rule_safety(cohort)
     links = [{"label": "Open the kap-forecast page", "url": _page_url(pid), "type": "absolute"}]
+    extra = ("\n\n" + "\n\n".join(notes)) if notes else ""
+    data: dict[str, Any] = {"patient_id": pid, "safety_level": safety["level"]}
+    if si_unread:
+        data["si_data_unread"] = True
     if safety["level"]:
         reasons = "\n".join(f"- {r}" for r in safety["reasons"])
         return [
@@ -643,10 +967,22 @@ def _cards_without_model(pid: str, cohort: Any, why: str) -> list[dict[str, Any]
                 "maintenance planning",
                 "indicator": "critical",
                 "detail": f"**{safety['statement']}**\n\n{reasons}\n\nNo maintenance forecast "
-                "is available right now.",
+                f"is available right now.{extra}",
                 "source": {"label": "kap-forecast (safety rules)"},
                 "links": links,
-                "extension": {"kap-forecast": {"patient_id": pid, "safety_level": safety["level"]}},
+                "extension": {"kap-forecast": data},
+            }
+        ]
+    if si_unread:
+        return [
+            {
+                "uuid": str(uuid.uuid4()),
+                "summary": UNREAD_SI_SUMMARY,
+                "indicator": "warning",
+                "detail": f"{UNREAD_SI_LEAD}{extra}\n\n{why}\n\n{safety['statement']}",
+                "source": {"label": "kap-forecast (safety rules)"},
+                "links": links,
+                "extension": {"kap-forecast": data},
             }
         ]
     return [
@@ -654,7 +990,7 @@ def _cards_without_model(pid: str, cohort: Any, why: str) -> list[dict[str, Any]
             "uuid": str(uuid.uuid4()),
             "summary": "Maintenance forecast not available right now",
             "indicator": "info",
-            "detail": f"{why}\n\n{safety['statement']}",
+            "detail": f"{why}\n\n{safety['statement']}{extra}",
             "source": {"label": "kap-forecast"},
             "links": links,
         }
