@@ -607,6 +607,48 @@ def _valid_rows(
     return None, dropped
 
 
+def _differing_si(
+    stored: pd.DataFrame,
+    recs: list[dict[str, Any]],
+    stored_dates: set[str],
+    mapped: Any,
+    labels: dict[str, str],
+) -> list[_Dropped]:
+    """Prefetched assessments skipped for a stored row's date whose ideation answers differ.
+
+    A prefetched row dated like a stored row is not used (the stored row is,
+    and is usually the same data sent to POST /fhir/r4). When the two disagree
+    on a suicidal-ideation answer, or the stored row lacks one the prefetch
+    has, the prefetched answer would go unseen: it is named, and a review asked.
+    """
+    out: list[_Dropped] = []
+    for rec in recs:
+        if rec["date"] not in stored_dates:
+            continue
+        row = stored[stored["date"] == pd.Timestamp(rec["date"])].iloc[0]
+        differ = []
+        for col in SI_COLUMNS:
+            mine = rec.get(col)
+            theirs = row.get(col)
+            theirs = None if theirs is None or pd.isna(theirs) else float(theirs)
+            if mine is not None and (theirs is None or float(mine) != theirs):
+                shown = "none" if theirs is None else f"{theirs:g}"
+                differ.append(f"{col} {float(mine):g} here, {shown} in kap-forecast")
+        if differ:
+            srcs = mapped.sources.get(("assessments", rec["id"])) or []
+            names = [labels.get(s, s) for s in srcs] or [str(rec["id"])]
+            out.append(
+                _Dropped(
+                    f"the assessment of {rec['date']} (from {', '.join(names)})",
+                    "not used: kap-forecast has a row of the same date and it differs on "
+                    "suicidal-ideation answers (" + "; ".join(differ) + "); send the EHR's "
+                    "resources to POST /fhir/r4 or correct the stored row",
+                    True,
+                )
+            )
+    return out
+
+
 def _dropped_note(dropped: list[_Dropped]) -> str:
     lines = [f"- {d.what}: {d.why}" for d in dropped[:MAX_NAMED]]
     if len(dropped) > MAX_NAMED:
@@ -712,6 +754,8 @@ def _combined_cohort(pid: str, prefetch: Mapping[str, Any]) -> _Combined:
     for table in ("sessions", "assessments"):
         recs = [r for r in getattr(mapped, table) if r["patient_id"] == pid]
         stored_dates = set(frames[table]["date"].dt.strftime("%Y-%m-%d"))
+        if table == "assessments":
+            dropped += _differing_si(frames[table], recs, stored_dates, mapped, labels)
         recs = [r for r in recs if r["date"] not in stored_dates]
         if not recs:
             continue

@@ -392,3 +392,28 @@ def test_unread_si_data_turn_any_other_card_into_a_review_warning(status):
     assert card["detail"].startswith("**Prefetched EHR data that can hold a suicidal-ideation")
     assert "Named." in card["detail"]
     assert card["extension"]["kap-forecast"]["si_data_unread"] is True
+
+
+# --- a prefetched ideation answer on the date of a stored row -----------------------------------
+def test_prefetched_ideation_answer_on_a_stored_date_is_never_silent(clinic_client):
+    """A prefetched row dated like a stored row is not used (the stored row is).
+
+    The C-SSRS screen of that day, missing from the stored row, used to vanish
+    behind a routine info card; now it is named and a review asked.
+    """
+    c = clinic_client
+    card = card_of(c, ROUTINE, responses=[ideation_yes(ROUTINE, day(2))])
+    assert card["indicator"] == "warning"
+    assert card["summary"] == UNREAD_SI_SUMMARY
+    assert (
+        f"- the assessment of {day(2)} (from QuestionnaireResponse/c1): not used"
+        in (card["detail"])
+    )
+    assert "cssrs_ideation 4 here, none in kap-forecast" in card["detail"]
+    # The EHR re-sending what is stored (the same questionnaire) changes nothing.
+    same = phq9_qr(f"{ROUTINE}-q3", ROUTINE, day(2), (1, 1, 1, 0, 1, 1, 0, 0, 0))
+    plain = card_of(c, ROUTINE)
+    again = card_of(c, ROUTINE, responses=[same])
+    assert again["summary"] == plain["summary"]
+    assert again["indicator"] == plain["indicator"]
+    assert "left out" not in again["detail"]
