@@ -926,7 +926,10 @@ def cards_for(
     "CDS Hooks patient-view: maintenance timing cards",
     {
         "200": {"description": "cards", "content": {"application/json": {}}},
-        "400": problem("Not a patient-view request or no context.patientId"),
+        "400": problem(
+            "Not strict JSON (e.g. a repeated key), not a patient-view request or no "
+            "context.patientId"
+        ),
         "401": problem("Missing or invalid EHR JWT (signature, iss, aud, exp, jti)"),
         "503": problem("No model loaded"),
     },
