@@ -163,6 +163,7 @@ STATUSES: tuple[str, ...] = (
     "routine",
     "session_due",
     "urgent_review",
+    "safety_review",
     "not_in_response",
     "no_treatment",
     "insufficient_data",

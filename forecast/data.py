@@ -56,6 +56,7 @@ __all__ = [
     "check_stored_duplicates",
     "check_unique",
     "load_cohort",
+    "screen_only",
     "read_folder",
     "validate_patient",
     "validate_records",
@@ -634,18 +635,40 @@ def covariate_column(name: str) -> Column:
     return Column(name, "float", False, True, f"Declared covariate {name}")
 
 
+#: Items that may be answered without a total: the PHQ-2 (items 1-2) and item 9.
+SCREEN_ITEMS: tuple[int, ...] = (0, 1, 8)
+
+
+def screen_only(items: np.ndarray) -> np.ndarray:
+    """Rows whose answered PHQ-9 items are all PHQ-2 items (1, 2) or item 9.
+
+    Such a row is a screen, not a partial PHQ-9: EHRs send the PHQ-2 and item 9
+    on their own. It has no PHQ-9 total unless one is given; the models ignore
+    it and the safety rules read its item 9.
+    """
+    others = np.delete(np.asarray(items, dtype=float), list(SCREEN_ITEMS), axis=1)
+    return np.all(np.isnan(others), axis=1)
+
+
 def check_phq9_scorable(
     items: np.ndarray, total: np.ndarray, usable: np.ndarray, *, source: str, rows: np.ndarray
 ) -> list[Problem]:
-    """With 3 or more PHQ-9 items missing the total must be given.
+    """With 3 or more PHQ-9 items missing the total must be given, except for a screen.
 
-    Prorating allows at most two missing items (DOMAIN.md, "Missing items";
-    Kroenke et al. 2001), so a partial questionnaire without ``phq9_total``
-    cannot be scored. Rows with no PHQ-9 item at all are left to
-    :func:`check_any_instrument`.
+    Prorating allows at most two missing items (Kroenke et al. 2001; see the
+    docs' data contract), so a partial questionnaire without ``phq9_total``
+    cannot be scored. A row answering only PHQ-2 items and/or item 9
+    (:func:`screen_only`) is a valid screen without a total. Rows with no
+    PHQ-9 item at all are left to :func:`check_any_instrument`.
     """
     answered = np.sum(~np.isnan(items), axis=1)
-    wrong = usable & (answered > 0) & (answered < 9 - MAX_MISSING_ITEMS) & np.isnan(total)
+    wrong = (
+        usable
+        & (answered > 0)
+        & (answered < 9 - MAX_MISSING_ITEMS)
+        & np.isnan(total)
+        & ~screen_only(items)
+    )
     idx = np.flatnonzero(wrong)
     return [
         Problem(
@@ -654,7 +677,14 @@ def check_phq9_scorable(
             "phq9_total",
             f"PHQ-9 cannot be scored: {9 - int(answered[i])} of 9 items are blank and "
             f"phq9_total is blank; prorating allows at most {MAX_MISSING_ITEMS} "
-            "missing items (DOMAIN.md), so give the total or the missing items",
+            "missing items, so give the total or the missing items (a row with only "
+            "phq9_1, phq9_2 and/or phq9_9 is accepted as a screen without a total)"
+            + (
+                f"; this row's item 9 answer ({_fmt_num(items[i, 8])}) is not recorded "
+                "until the row is fixed"
+                if not np.isnan(items[i, 8])
+                else ""
+            ),
         )
         for i in idx
     ]

@@ -80,6 +80,7 @@ from forecast.instruments import (
     LOINC_PHQ9_PANEL,
     LOINC_PHQ9_TOTAL,
     LOINC_SYSTEM,
+    MAX_MISSING_ITEMS,
     SNOMED_PHQ9_SCORE,
     SNOMED_SYSTEM,
     phq9_from_items,
@@ -117,6 +118,8 @@ ORDINAL_EXTENSIONS: frozenset[str] = frozenset(
 _DIFFICULTY = "_difficulty"  # recognised, not scored (PHQ-9 question 10)
 _IGNORED_GROUP = "_group"  # panel/group codes: containers, no answer of their own
 _CSSRS_Q = tuple(f"_cssrs_q{i}" for i in range(1, 6))  # screener Q1-Q5 (yes/no)
+#: Items that make a screen without a total (PHQ-2 and item 9; forecast.data.screen_only).
+_SCREEN_ITEMS = frozenset({"phq9_1", "phq9_2", "phq9_9"})
 
 #: PHQ-9 linkIds (matched case-insensitively on the last ``/``-separated part).
 LINKID_COLUMNS: dict[str, str] = {
@@ -1232,6 +1235,21 @@ class _Mapper:
                 row.values["cssrs_ideation"] = float(max(yes) if yes else 0)
                 for q in asked:
                     del row.values[q]
+            answered = [c for c in PHQ9_ITEMS if c in row.values]
+            if (
+                answered
+                and len(answered) < 9 - MAX_MISSING_ITEMS
+                and "phq9_total" not in row.values
+                and set(answered) <= _SCREEN_ITEMS
+            ):
+                kept = " (item 9 is read by the safety rules)" if "phq9_9" in answered else ""
+                self.warn(
+                    "informational",
+                    f"PHQ-9 item(s) {', '.join(_label(c) for c in answered)} without a total do "
+                    f"not make a PHQ-9: recorded as a screen without a PHQ-9 score{kept}; the "
+                    "models ignore it",
+                    row.origin[answered[0]],
+                )
             rec: dict[str, Any] = {
                 "patient_id": row.patient_id,
                 "id": row.client_id,

@@ -22,9 +22,10 @@ Rules (see README.md (policy section) for the clinical reasons):
 - ``routine`` / ``session_due``: the personalised forecast; ``session_due``
   when the risk already exceeds the threshold within a day, or the clamped
   date is on or before as-of.
-- ``urgent_review``: a safety flag ("urgent" or "review", fixed rules of
-  :mod:`forecast.instruments`) on ANY assessment since the last session (all
-  assessments on record when there is no session). It takes precedence over
+- ``urgent_review`` / ``safety_review``: a suicidal-ideation flag in force
+  (level "urgent" / "review"; the rules of :mod:`forecast.instruments` and
+  :mod:`forecast.safety`: every flagged answer since the last session, and
+  any older one no negative screen has followed). It takes precedence over
   every other status; the safety block is filled for every status.
 """
 
@@ -42,26 +43,21 @@ from forecast.cohort import Cohort
 from forecast.contract import HORIZONS, PREDICT_COLUMNS
 from forecast.instruments import (
     DEFAULT_SAFETY_RULES,
-    REVIEW,
     URGENT,
     SafetyRules,
     score_assessments,
 )
+from forecast.safety import (
+    NO_FLAG_STATEMENT,
+    SAFETY_STATUSES,
+    STATUS_OF_LEVEL,
+    flag_levels,
+    pair_flags,
+    safety_block,
+)
 
-#: Statement attached to every safety block; a missing flag is never a clearance.
-NO_FLAG_STATEMENT = (
-    "No suicidal-ideation rule was triggered by the answers on record. "
-    "This is not a suicide-risk assessment."
-)
-FLAG_STATEMENT = (
-    "A suicidal-ideation answer since the last session needs clinical review "
-    "before any maintenance planning. This is not a suicide-risk assessment."
-)
-URGENT_STATEMENT = (
-    "A high-severity suicidal-ideation or behaviour answer since the last session "
-    "needs immediate clinical review and safety precautions. "
-    "This is not a suicide-risk assessment."
-)
+__all__ = ["NO_FLAG_STATEMENT", "PolicySettings", "forecast_queries", "forecast_frame"]
+
 DECISION_SUPPORT = "Decision support for a clinician only; it does not replace clinical judgement."
 NOT_SI_ASSESSMENT = (
     "This forecast is about the waning of the antidepressant benefit; it is not a "
@@ -327,42 +323,22 @@ def _context(
             seen & (item9 >= _def(definition, "si_item9_min", 1)), item9, np.nan
         )
 
-    # Every flagged answer on or after the last session's day (the data carry
-    # no time of day, so an answer from the session day counts: the cautious
-    # reading); with no session, every answer on record counts.
-    # Arrays instead of a merge and a groupby (the same rows, in the order of
-    # an inner merge of the queries with the flagged rows on patient_id).
+    # Every flagged answer on or before as-of, and whether it is still in force
+    # (forecast.safety: since the last session, or not closed by a negative screen).
+    pairs = pair_flags(
+        scored, scored_codes, ctx_codes, q_as_of, last_session, settings.safety_rules
+    )
     safety = scored["safety"].to_numpy(dtype=object)
-    f_rows = np.flatnonzero(pd.notna(safety))
     qi_all = q["qi"].to_numpy()
-    if len(f_rows) and n:
-        f_codes = scored_codes[f_rows]
-        order = np.argsort(f_codes, kind="stable")
-        sorted_codes = f_codes[order]
-        lo = np.searchsorted(sorted_codes, ctx_codes, side="left")
-        hi = np.searchsorted(sorted_codes, ctx_codes, side="right")
-        counts = hi - lo
-        p_q = np.repeat(np.arange(n), counts)
-        starts = np.repeat(lo - np.cumsum(counts) + counts, counts)
-        p_r = f_rows[order[starts + np.arange(len(p_q))]] if len(p_q) else f_rows[:0]
-    else:
-        p_q = np.zeros(0, dtype=np.int64)
-        p_r = np.zeros(0, dtype=np.int64)
-    p_dates = scored_dates[p_r]
-    last = last_session[p_q]
-    keep = (p_dates <= q_as_of[p_q]) & (np.isnat(last) | (p_dates >= last))
-    p_q, p_r = p_q[keep], p_r[keep]
-    f_safety = safety[p_r]
-    f_rank = np.where(f_safety == URGENT, 2, 1)
     flagged = {
-        "qi": qi_all[p_q],
-        "date": p_dates[keep],
-        "safety": f_safety,
-        "safety_reason": scored["safety_reason"].to_numpy(dtype=object)[p_r],
+        "qi": qi_all[pairs.query],
+        "date": pairs.date,
+        "safety": safety[pairs.row],
+        "safety_reason": scored["safety_reason"].to_numpy(dtype=object)[pairs.row],
+        "closed_by": pairs.closed_by,
+        "in_force": pairs.in_force,
     }
-    rank = np.zeros(n, dtype=int)
-    np.maximum.at(rank, qi_all[p_q], f_rank)
-    cols["safety"] = np.where(rank == 2, URGENT, np.where(rank == 1, REVIEW, None))
+    cols["safety"] = flag_levels(pairs, safety, n)
     assert not set(new) & set(cols)
     cols.update(new)
     return pd.DataFrame(cols, copy=False), flagged
@@ -812,7 +788,9 @@ def forecast_frame(
     fc = base_status == "forecast"
     status[fc] = np.where(sugg["due"][fc], "session_due", "routine")
     pre_safety = status.copy()
-    status[ctx["safety"].notna().to_numpy()] = "urgent_review"
+    level = ctx["safety"].to_numpy(dtype=object)
+    flagged_now = pd.notna(level)
+    status[flagged_now] = [STATUS_OF_LEVEL[v] for v in level[flagged_now]]
     return {
         "q": q,
         "ctx": ctx,
@@ -873,16 +851,18 @@ def _answers(frame: dict[str, Any], model: Any, settings: PolicySettings) -> lis
     # Stable order by (qi, date), as a stable sort of the rows by both.
     f_order = np.lexsort((flagged["date"], flagged["qi"]))
     f_dates = pd.DatetimeIndex(flagged["date"][f_order])
-    # Each query's flagged answers as (date, answer, level), in date order.
-    flag_groups: dict[int, list[tuple[str | None, str, Any]]] = {}
-    for qi, day, reason, level in zip(
+    # Each query's flagged answers (date, answer, level, closed by, in force), in date order.
+    flag_groups: dict[int, list[tuple[Any, str, str, Any, bool]]] = {}
+    for qi, day, reason, level, closed_by, in_force in zip(
         flagged["qi"][f_order].tolist(),
         list(f_dates),
         flagged["safety_reason"][f_order].tolist(),
         flagged["safety"][f_order].tolist(),
+        list(pd.DatetimeIndex(flagged["closed_by"][f_order])),
+        flagged["in_force"][f_order].tolist(),
         strict=True,
     ):
-        flag_groups.setdefault(qi, []).append((_d(day), str(reason), level))
+        flag_groups.setdefault(qi, []).append((day, str(reason), level, closed_by, in_force))
     population_text = _population_text(model)
     caveats_base = [
         DECISION_SUPPORT,
@@ -897,7 +877,9 @@ def _answers(frame: dict[str, Any], model: Any, settings: PolicySettings) -> lis
         st = str(status[i])
         base = str(pre[i])
         as_of = pd.Timestamp(c["as_of"])
-        safety = _safety_block(c, flag_groups.get(i))
+        safety = safety_block(
+            c["safety"], flag_groups.get(i, []), c["last_session"] if c["has_session"] else None
+        )
         personal = base in FORECAST_STATUSES
         population = base == "insufficient_data" and not np.isnan(daily[i]).all()
         risk = None
@@ -915,7 +897,7 @@ def _answers(frame: dict[str, Any], model: Any, settings: PolicySettings) -> lis
         if median is None and median_reason is None:
             median_reason = "No personalised forecast applies to this status."
         suggestion = _suggestion_block(c, i, sugg, base, personal, population, as_of, settings)
-        if st == "urgent_review":
+        if st in SAFETY_STATUSES:
             first = (
                 "Review the suicidal-ideation answer first; this maintenance timing applies "
                 "only after that review. "
@@ -935,7 +917,7 @@ def _answers(frame: dict[str, Any], model: Any, settings: PolicySettings) -> lis
                 "The risks shown are a population estimate from the model's training "
                 "episodes, not a personalised forecast."
             )
-        if st == "urgent_review":
+        if st in SAFETY_STATUSES:
             caveats.append(
                 "Suicidal-ideation answers override any maintenance timing; review them first."
             )
@@ -1004,27 +986,6 @@ def _population_text(model: Any) -> str:
         if isinstance(pop, str) and pop:
             return f" ({pop})"
     return ""
-
-
-def _safety_block(c: dict, flags: list[tuple[str | None, str, Any]] | None) -> dict:
-    level = c["safety"]
-    if level is None or flags is None or len(flags) == 0:
-        return {
-            "level": None,
-            "reasons": [],
-            "statement": NO_FLAG_STATEMENT,
-            "triggered_by": [],
-        }
-    reasons, triggered = [], []
-    for day, answer, flag in flags:
-        reasons.append(f"{answer} on {day}")
-        triggered.append({"date": day, "answer": answer, "level": flag})
-    return {
-        "level": level,
-        "reasons": reasons,
-        "statement": URGENT_STATEMENT if level == URGENT else FLAG_STATEMENT,
-        "triggered_by": triggered,
-    }
 
 
 def _risk_block(
@@ -1207,17 +1168,26 @@ def _status_reason(
     st: str, base: str, c: dict, sugg: dict[str, np.ndarray], i: int, safety: dict, frac: float
 ) -> str:
     """One explanatory sentence (or two) for every status, with the measured numbers."""
-    if st == "urgent_review":
+    if st in SAFETY_STATUSES:
         worst = [t for t in safety["triggered_by"] if t["level"] == safety["level"]]
         pick = worst[-1] if worst else None
-        where = f": {pick['answer']} on {pick['date']}" if pick else ""
-        kind = "an urgent" if safety["level"] == URGENT else "a review"
+        kind = "An urgent" if safety["level"] == URGENT else "A review"
+        where = ""
+        if pick:
+            when = (
+                "since the last session"
+                if pick["since_last_session"] or not c["has_session"]
+                else "before the last session, with no negative screen since"
+            )
+            where = f" ({pick['answer']} on {pick['date']}, {when})"
         more = len(safety["triggered_by"]) - 1
-        extra = f" ({more} further flagged answer(s) listed under safety)" if more > 0 else ""
-        # With no session on record the safety window is the whole history.
-        since = "since the last session" if c["has_session"] else "on record"
+        extra = (
+            f"; {more} further flagged answer{'s' if more > 1 else ''} listed under safety"
+            if more > 0
+            else ""
+        )
         return (
-            f"A safety rule raised {kind} flag {since}{where}{extra}. Clinical "
+            f"{kind} suicidal-ideation flag is in force{where}{extra}. Clinical "
             "review of the suicidal-ideation answer comes before any maintenance planning."
         )
     if st == "no_treatment":

@@ -118,6 +118,14 @@ def phq9_chart(
                 f'<circle cx="{x(d):.1f}" cy="{y(v):.1f}" r="{6 if s else 4}" '
                 f'class="point{flag}"><title>{_e(label)}</title></circle>'
             )
+    # Flagged answers without a PHQ-9 total (item 9 or C-SSRS alone) sit on the top edge.
+    si_only = assessments[assessments["phq9"].isna() & assessments["safety"].notna()]
+    for d, s, why in zip(si_only["date"], si_only["safety"], si_only["safety_reason"], strict=True):
+        label = f"{why} on {pd.Timestamp(d):%Y-%m-%d} ({s} flag; no PHQ-9 total)"
+        out.append(
+            f'<rect x="{x(d) - 5:.1f}" y="{TOP + 1}" width="10" height="10" '
+            f'class="point flag"><title>{_e(label)}</title></rect>'
+        )
     out.append(
         f'<line x1="{x(as_of):.1f}" x2="{x(as_of):.1f}" y1="{TOP}" y2="{TOP + ph}" class="asof"/>'
         f'<text x="{x(as_of) + 3:.1f}" y="{TOP + ph - 6}" class="label">today</text>'
@@ -215,7 +223,8 @@ def risk_chart(answer: Mapping[str, Any]) -> str | None:
             f'<text x="{LEFT + pw + 6}" y="{ty + 4:.1f}" class="label">threshold '
             f"{float(threshold):.0%}</text>"
         )
-    if sug.get("session_by"):
+    # No session-by line beside a safety flag in force: the review comes first.
+    if sug.get("session_by") and not (answer.get("safety") or {}).get("level"):
         sd = (pd.Timestamp(sug["session_by"]) - as_of).days
         if 0 <= sd <= dmax:
             sx = x(sd)

@@ -31,6 +31,7 @@ from flask import (
     url_for,
 )
 
+from forecast.safety import rule_safety
 from service.auth import login_session, logout_session, public, require_role
 from service.clinic_openapi import html, operation, query
 from service.errors import ApiProblem
@@ -183,7 +184,7 @@ def patient_page(patient_id: str) -> str:
         if exc.status != 503:
             raise
         model_note = exc.detail
-    safety = (answer or {}).get("safety") or rule_safety(cohort, scored)
+    safety = (answer or {}).get("safety") or rule_safety(cohort)
     as_of = pd.Timestamp(answer["as_of"]) if answer else pd.Timestamp.now("UTC").normalize()
     as_of = as_of.tz_localize(None) if as_of.tzinfo else as_of
     sug = (answer or {}).get("suggestion") or {}
@@ -194,7 +195,13 @@ def patient_page(patient_id: str) -> str:
         model_note=model_note,
         safety=safety,
         suggestion=sug,
-        phq9_svg=phq9_chart(scored, cohort.sessions, as_of, sug.get("session_by")),
+        phq9_svg=phq9_chart(
+            scored,
+            cohort.sessions,
+            as_of,
+            # No date line beside a flag in force: the review comes first.
+            None if safety.get("level") else sug.get("session_by"),
+        ),
         risk_svg=risk_chart(answer) if answer else None,
         horizons=horizon_rows(answer) if answer else [],
         n_sessions=len(cohort.sessions),
@@ -202,31 +209,6 @@ def patient_page(patient_id: str) -> str:
         withdrawn=withdrawn,
         human=_human,
     )
-
-
-def rule_safety(cohort: Any, scored: pd.DataFrame | None = None) -> dict[str, Any]:
-    """The safety block from the fixed rules alone (used when no model is loaded).
-
-    Same scope as the forecast's: answers since the last session (all answers
-    when there is no session); the flags never depend on a model.
-    """
-    from forecast.instruments import score_assessments
-    from forecast.policy import FLAG_STATEMENT, NO_FLAG_STATEMENT, URGENT_STATEMENT
-
-    if scored is None:
-        scored = score_assessments(cohort.assessments)
-    since = cohort.sessions["date"].max() if len(cohort.sessions) else None
-    rows = scored if since is None else scored[scored["date"] >= since]
-    flagged = rows[rows["safety"].notna()]
-    if not len(flagged):
-        return {"level": None, "reasons": [], "statement": NO_FLAG_STATEMENT}
-    level = "urgent" if (flagged["safety"] == "urgent").any() else "review"
-    reasons = [
-        f"{r} on {d:%Y-%m-%d}"
-        for r, d in zip(flagged["safety_reason"], flagged["date"], strict=True)
-    ]
-    statement = URGENT_STATEMENT if level == "urgent" else FLAG_STATEMENT
-    return {"level": level, "reasons": reasons, "statement": statement}
 
 
 def _human(day: str | None) -> str:

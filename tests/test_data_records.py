@@ -106,11 +106,13 @@ def test_same_clinical_rules_as_files():
             {"date": "2024-01-01", **items, "phq9_total": 17},  # sum is 18
             {"date": "2024-01-02", **{**items, "phq9_1": None}, "phq9_total": 18},  # 16*9/8
             {"date": "2024-01-03", **{**items, "phq9_1": None, "phq9_2": None}, "phq9_total": 17},
-            {"date": "2024-01-04", "phq9_1": 1, "phq9_2": 1},  # 7 missing, no total
+            {"date": "2024-01-04", "phq9_1": 1, "phq9_4": 1},  # 7 missing, no total
             {"date": "2024-01-05"},  # no instrument at all
             {"date": "2024-01-06", "cssrs_behavior": 1},  # C-SSRS only: valid
             {"date": "2024-07-01", "phq9_total": 3},  # after today
             {"date": "2024-01-08", "phq9_4": 4},
+            {"date": "2024-01-09", "phq9_1": 1, "phq9_2": 1, "phq9_9": 2},  # a screen: valid
+            {"date": "2024-01-10", "phq9_9": 1},  # item 9 alone: valid
         ]
     )
     assert where(problems) == [

@@ -219,9 +219,11 @@ def test_invariants_on_any_simulated_cohort(policy_model, seed, day, threshold):
         assert risks_monotone(a)
         if a["patient_id"] in flagged:
             assert a["safety"]["level"] in ("review", "urgent")
-            assert a["status"] == "urgent_review"
-        if a["safety"]["level"] is not None:
-            assert a["status"] == "urgent_review"
+        level = a["safety"]["level"]
+        if level is not None:
+            assert a["status"] == {"urgent": "urgent_review", "review": "safety_review"}[level]
+        else:
+            assert a["status"] not in ("urgent_review", "safety_review")
         for text in all_strings(a):
             low = f" {text.lower()} "
             assert not any(w in low for w in FORBIDDEN), text

@@ -119,7 +119,7 @@ def test_suicidal_ideation_overrides_with_the_triggering_answer(policy_model, ex
     cohort = build_history([_patient("SI")], sessions, assessments)
     a = _answer(policy_model, cohort, "SI")
     _check_common(a)
-    assert a["status"] == "urgent_review"
+    assert a["status"] == {"urgent": "urgent_review", "review": "safety_review"}[level]
     assert a["safety"]["level"] == level
     day = (AS_OF - pd.Timedelta(days=2)).strftime("%Y-%m-%d")
     assert needle in a["status_reason"]
@@ -130,21 +130,61 @@ def test_suicidal_ideation_overrides_with_the_triggering_answer(policy_model, ex
     assert a["suggestion"]["rationale"].startswith("Review the suicidal-ideation answer")
 
 
-def test_flag_before_the_last_session_does_not_trigger(policy_model):
+def test_flag_before_the_last_session_stays_until_a_negative_screen(policy_model):
+    # Item 9 = 2 and C-SSRS 3 before the last session; the PHQ-9s since carry item 9 = 0
+    # but no C-SSRS: the C-SSRS flag is still open ("no negative screen since").
     sessions, assessments = responder("OLD", after=((-7, 6), (0, 6)))
     assessments.append({"pid": "OLD", "day": -20, "phq9": 8, "item9": 2, "cssrs": 3})
-    cohort = build_history([_patient("OLD")], sessions, assessments)
-    a = _answer(policy_model, cohort, "OLD")
+    old_day = (AS_OF - pd.Timedelta(days=20)).strftime("%Y-%m-%d")
+    a = _answer(policy_model, build_history([_patient("OLD")], sessions, assessments), "OLD")
     _check_common(a)
-    assert a["safety"]["level"] is None
-    assert a["safety"]["triggered_by"] == []
-    assert a["status"] in ("routine", "session_due")
-    # ... but the same answer on the session day itself counts (no time of day in the data).
+    assert a["status"] == "safety_review"
+    assert a["safety"]["level"] == "review"
+    (flag,) = a["safety"]["triggered_by"]
+    assert flag["date"] == old_day
+    assert flag["since_last_session"] is False
+    assert flag["negative_screen_since"] is None
+    assert a["safety"]["reasons"] == [
+        f"C-SSRS screener ideation level 3 on {old_day} (before the last session); "
+        "no negative screen since"
+    ]
+    assert "before the last session, with no negative screen since" in a["status_reason"]
+    assert "No suicidal-ideation rule" not in a["safety"]["statement"]
+    assert a["suggestion"]["rationale"].startswith("Review the suicidal-ideation answer")
+
+    # A negative C-SSRS screen after it closes the flag: the answer says so.
+    screened = [*assessments, {"pid": "OLD", "day": -7, "cssrs": 0}]
+    b = _answer(policy_model, build_history([_patient("OLD")], sessions, screened), "OLD")
+    _check_common(b)
+    assert b["safety"]["level"] is None
+    assert b["status"] in ("routine", "session_due")
+    assert b["safety"]["triggered_by"] == []
+    closed_by = (AS_OF - pd.Timedelta(days=7)).strftime("%Y-%m-%d")
+    assert b["safety"]["closed"] == [
+        {
+            "date": old_day,
+            "answer": "C-SSRS screener ideation level 3",
+            "level": "review",
+            "closed_by": closed_by,
+        }
+    ]
+    assert "followed by a negative screen" in b["safety"]["statement"]
+
+    # Item 9 = 0 alone does not close a flag the C-SSRS raised, but closes an item-9 flag.
+    item9_only = [x for x in assessments if x["day"] != -20]
+    item9_only.append({"pid": "OLD", "day": -20, "phq9": 8, "item9": 2})
+    c = _answer(policy_model, build_history([_patient("OLD")], sessions, item9_only), "OLD")
+    assert c["safety"]["level"] is None
+    # (closed by the first later item 9 = 0: the PHQ-9 on the session day)
+    session_day = (AS_OF - pd.Timedelta(days=14)).strftime("%Y-%m-%d")
+    assert [x["closed_by"] for x in c["safety"]["closed"]] == [session_day]
+
+    # A flag on the session day itself counts as since the session (no time of day).
     assessments[-1]["day"] = -14
     assessments = [x for x in assessments if not (x["day"] == -14 and "cssrs" not in x)]
-    cohort = build_history([_patient("OLD")], sessions, assessments)
-    b = _answer(policy_model, cohort, "OLD")
-    assert b["status"] == "urgent_review"
+    d = _answer(policy_model, build_history([_patient("OLD")], sessions, assessments), "OLD")
+    assert d["status"] == "safety_review"
+    assert d["safety"]["triggered_by"][0]["since_last_session"] is True
 
 
 def test_relapse_after_response_is_not_in_response_with_numbers(policy_model):
@@ -196,7 +236,7 @@ def test_no_sessions_is_no_treatment_but_safety_still_applies(policy_model):
     assert a["suggestion"]["session_by"] is None
     b = _answer(policy_model, cohort, "NS2")
     _check_common(b)
-    assert b["status"] == "urgent_review"
+    assert b["status"] == "safety_review"
     assert "item 9" in b["status_reason"]
 
 
@@ -453,6 +493,6 @@ def test_waning_cause_follows_the_outcome_definition(policy_model, item9_start, 
     assessments.append({"pid": "I9", "day": -2, **later})
     a = _answer(policy_model, build_history([_patient("I9")], sessions, assessments), "I9")
     _check_common(a)
-    assert a["status"] == "urgent_review"  # item 9 >= 1 raises a review flag either way
+    assert a["status"] == "safety_review"  # item 9 >= 1 raises a review flag either way
     assert needle in a["suggestion"]["rationale"]
     assert ("suicidal ideation re-emerged" in a["suggestion"]["rationale"]) == (item9_start == 0)

@@ -63,9 +63,11 @@ def test_predict_blanks_risks_where_no_forecast_applies(predicted):
     forecast = table["status"].isin(["routine", "session_due"])
     assert forecast.any()
     assert risks[forecast].notna().all().all()
-    # Urgent review overrides the status but keeps the safety column filled.
-    assert (table.loc[table["status"] == "urgent_review", "safety"].notna()).all()
-    assert (table.loc[table["safety"].notna(), "status"] == "urgent_review").all()
+    # A safety flag overrides the status; the status names the flag's level.
+    flagged = table["safety"].notna()
+    assert (table.loc[table["status"] == "urgent_review", "safety"] == "urgent").all()
+    assert (table.loc[table["status"] == "safety_review", "safety"] == "review").all()
+    assert table.loc[flagged, "status"].isin(["urgent_review", "safety_review"]).all()
 
 
 def test_predict_risks_monotone_and_dates_in_bounds(predicted, sim_small):
