@@ -245,7 +245,7 @@ def via_folder(tmp: Path, models: Path, h: History, pid: str) -> pd.DataFrame:
 
 
 @settings(
-    max_examples=25,
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
@@ -317,6 +317,9 @@ def test_every_path_gives_the_same_safety_outcome(
     # 5. CDS Hooks with the resources as prefetch (a patient the store does not know)
     pid = f"cds{n}"
     res = resources(h, pid)[1:]
+    if h.noise:  # an item-9 answer the service cannot read: a reason for review
+        bogus = {"valueCodeableConcept": {"coding": [{"system": LOINC_SYSTEM, "code": "LA-9"}]}}
+        res.append(observation(f"{pid}-bad", pid, today, LOINC_PHQ9_ITEMS[8], bogus))
     prefetch = {
         "observations": bundle([x for x in res if x["resourceType"] == "Observation"], "searchset"),
         "responses": bundle(
@@ -335,6 +338,10 @@ def test_every_path_gives_the_same_safety_outcome(
         assert data["status"] == STATUS_OF_LEVEL[level]
         for d in dates:
             assert d in card["detail"], card
+    elif h.noise:
+        assert card["indicator"] == "warning", card
+        assert card["summary"] == "Suicidal-ideation data in the EHR could not be read: review it"
+        assert f"{pid}-bad" in card["detail"], card
     else:
         assert card["indicator"] != "critical", card
 
