@@ -67,6 +67,7 @@ from forecast.instruments import (
     LOINC_PHQ9_TOTAL,
     LOINC_SYSTEM,
 )
+from forecast.safety import SAFETY_STATUSES
 from service.auth import Principal, public
 from service.clinic_openapi import operation, problem
 from service.errors import ApiProblem
@@ -798,8 +799,6 @@ def _human(day: str | None) -> str:
     return f"{t.day} {t.strftime('%b %Y')}"
 
 
-#: Forecast statuses of a suicidal-ideation flag in force (safety level "urgent" / "review").
-SAFETY_STATUSES = frozenset({"urgent_review", "safety_review"})
 #: First paragraph of a card whose prefetch held unreadable suicidal-ideation data.
 UNREAD_SI_LEAD = (
     "**Prefetched EHR data that can hold a suicidal-ideation answer (PHQ-9 item 9, C-SSRS) "
