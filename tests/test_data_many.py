@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import forecast.data as data
+import forecast.data.cells as data
 from forecast.data import RecordsOf, validate_patient, validate_records, validate_records_many
 
 TODAY = date(2024, 6, 1)
