@@ -1,0 +1,178 @@
+"""FHIR output: forecasts as RiskAssessment resources, searchset Bundles and horizon texts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from forecast.contract import HORIZONS
+from forecast.fhir.codes import UCUM_SYSTEM
+
+DECISION_SUPPORT_NOTE = (
+    "Decision support for timing maintenance sessions, not a suicide-risk assessment and not "
+    "a clearance; clinical judgement decides."
+)
+
+
+#: Label of a risk that describes the model's training episodes, not this patient.
+POPULATION_NOTE = "population estimate, not personalised"
+
+
+def is_population(answer: Mapping[str, Any]) -> bool:
+    """Whether the answer's risks are the population estimate (``risk.kind == "population"``).
+
+    The policy gives such risks when a personalised forecast does not apply
+    (status insufficient_data): they describe the model's training episodes,
+    so every output must say so and none may present them as the patient's own.
+    """
+    return str((answer.get("risk") or {}).get("kind")) == "population"
+
+
+def risk_assessment(
+    answer: Mapping[str, Any],
+    *,
+    basis: Sequence[str] = (),
+    resource_id: str | None = None,
+) -> dict[str, Any]:
+    """A FHIR R4 RiskAssessment (JSON) for one forecast answer of forecast.policy.
+
+    Parameters
+    ----------
+    answer : mapping
+        The forecast answer (patient_id, as_of, model_version, status, safety,
+        risk.horizons, suggestion, caveats, ...).
+    basis : sequence of str
+        References (``Observation/<id>``, ``QuestionnaireResponse/<id>``) to
+        the resources the forecast used.
+    resource_id : str, optional
+        The RiskAssessment id (e.g. the audit record id).
+
+    Returns
+    -------
+    dict
+        The resource; each risk horizon is one ``prediction`` with
+        ``probabilityDecimal`` (risk that the benefit has waned by then) and
+        ``whenRange`` from 0 to the horizon in days after ``occurrenceDateTime``.
+        A population estimate (``risk.kind == "population"``) gives no
+        ``prediction``: a RiskAssessment's predictions are read as the
+        subject's own, and these numbers are not. A note says why and shows
+        them labelled "population estimate, not personalised"; ``method``
+        says so too.
+    """
+    as_of = str(answer["as_of"])[:10]
+    risk = answer.get("risk") or {}
+    population = is_population(answer)
+    predictions = []
+    for h in [] if population else risk.get("horizons") or []:
+        if h.get("risk") is None:
+            continue
+        pred: dict[str, Any] = {
+            "outcome": {
+                "text": "Benefit of ketamine treatment waned (PHQ-9 no longer in response "
+                "and >= 10, or suicidal ideation re-emerged)"
+            },
+            "probabilityDecimal": round(float(h["risk"]), 4),
+            "whenRange": {
+                "low": {"value": 0, "unit": "d", "system": UCUM_SYSTEM, "code": "d"},
+                "high": {"value": int(h["days"]), "unit": "d", "system": UCUM_SYSTEM, "code": "d"},
+            },
+        }
+        if h.get("lower") is not None and h.get("upper") is not None:
+            pred["rationale"] = (
+                f"within {int(h['days'])} days: {float(h['risk']):.0%} "
+                f"(uncertainty band {float(h['lower']):.0%}-{float(h['upper']):.0%})"
+            )
+        predictions.append(pred)
+    notes = [{"text": DECISION_SUPPORT_NOTE}]
+    safety = answer.get("safety") or {}
+    if safety.get("level"):
+        reasons = "; ".join(safety.get("reasons") or [])
+        notes.insert(
+            0,
+            {
+                "text": f"SAFETY ({safety['level']}): "
+                + (safety.get("statement") or "suicidal-ideation answers need clinical review")
+                + (f" Reasons: {reasons}." if reasons else "")
+            },
+        )
+    if population:
+        shown = horizons_text(answer)
+        notes.append(
+            {
+                "text": "No personalised prediction for this patient (status "
+                f"{answer.get('status')}), so this RiskAssessment has no prediction. "
+                f"Risk that the benefit has waned, {POPULATION_NOTE} (the model's training "
+                "episodes still without waning this long after their session)"
+                + (f": {shown}." if shown else ".")
+            }
+        )
+    sug = answer.get("suggestion") or {}
+    if sug.get("session_by"):
+        notes.append(
+            {
+                "text": f"Suggested next maintenance session by {sug['session_by']}"
+                + (f" ({POPULATION_NOTE})" if sug.get("basis") == "population" else "")
+                + (
+                    f" (window {sug.get('window_start')} to {sug.get('window_end')})"
+                    if sug.get("window_start")
+                    else ""
+                )
+                + (
+                    f"; threshold {sug['threshold']:.0%}"
+                    if sug.get("threshold") is not None
+                    else ""
+                )
+                + (f". {sug['rationale']}" if sug.get("rationale") else "")
+            }
+        )
+    elif sug.get("rationale"):
+        notes.append({"text": str(sug["rationale"])})
+    status = f"Status: {answer.get('status')}. {answer.get('status_reason') or ''}".strip()
+    notes.append({"text": status})
+    notes.extend({"text": str(c)} for c in answer.get("caveats") or [])
+    out: dict[str, Any] = {
+        "resourceType": "RiskAssessment",
+        "status": "final",
+        "subject": {"reference": f"Patient/{answer['patient_id']}"},
+        "occurrenceDateTime": as_of,
+        "method": {
+            "text": (
+                f"kap-forecast survival model, version {answer.get('model_version')}"
+                + (f"; {POPULATION_NOTE}: no prediction for this patient" if population else "")
+            ),
+        },
+        "code": {"text": "Forecast of when the benefit of ketamine treatment wanes"},
+        "note": notes,
+    }
+    if resource_id:
+        out["id"] = resource_id
+    if basis:
+        out["basis"] = [{"reference": b} for b in basis]
+    if predictions:
+        out["prediction"] = predictions
+    med = answer.get("median_remaining_days")
+    if med is not None:
+        out["note"].append({"text": f"Median remaining benefit: {med:g} days after {as_of}."})
+    return out
+
+
+def searchset(resources: Sequence[Mapping[str, Any]], self_url: str) -> dict[str, Any]:
+    """A searchset Bundle holding ``resources`` (search mode "match")."""
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(resources),
+        "link": [{"relation": "self", "url": self_url}],
+        "entry": [{"resource": dict(r), "search": {"mode": "match"}} for r in resources],
+    }
+
+
+def horizons_text(answer: Mapping[str, Any], days: Sequence[int] = HORIZONS) -> str:
+    """``"7 d 5%, 14 d 11%, ..."`` for the horizons present in the answer."""
+    risk = answer.get("risk") or {}
+    parts = [
+        f"{int(h['days'])} d {float(h['risk']):.0%}"
+        for h in risk.get("horizons") or []
+        if h.get("risk") is not None and int(h["days"]) in days
+    ]
+    return ", ".join(parts)
