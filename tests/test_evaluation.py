@@ -406,7 +406,7 @@ def test_subgroups_bands() -> None:
 @pytest.fixture(scope="module")
 def report(trained_registry, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    import forecast.policy_eval as pe
+    import forecast.policy.replay as pe
 
     mp = pytest.MonkeyPatch()
     mp.setattr(pe, "evaluate_policy", lambda cohort, model, truth, out_dir: {

@@ -233,7 +233,7 @@ def test_unit_penalty_shrinks_a_rare_category_more_than_the_sd_penalty() -> None
 
 
 def test_drivers_read_on_the_hazard_scale(signal_fit) -> None:
-    from forecast.policy import _drivers
+    from forecast.policy.drivers import feature_drivers as _drivers
 
     X, est = signal_fit
     bundle = est.to_bundle()

@@ -1,4 +1,4 @@
-"""forecast.policy_eval: replay of model-driven and fixed maintenance schedules."""
+"""forecast.policy.replay: replay of model-driven and fixed maintenance schedules."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from forecast.policy import PolicySettings
-from forecast.policy_eval import (
+from forecast.policy.replay import (
     FIXED_WEEKS,
     TABLE_COLUMNS,
     PolicyEvaluationError,

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from forecast import policy
+from forecast.policy import answers, context
 from forecast.cohort import Cohort
 from forecast.instruments import score_assessments
 from forecast.simulation import simulate
@@ -21,6 +21,12 @@ from forecast.simulation import simulate
 
 def _cohort() -> Cohort:
     return simulate(120, 31).cohort
+
+
+def _codes(a: pd.Series, b: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes of patient ids shared by two columns."""
+    codes, _ = pd.factorize(np.concatenate([a.to_numpy(dtype=object), b.to_numpy(dtype=object)]))
+    return codes[: len(a)], codes[len(a) :]
 
 
 def _queries(cohort: Cohort) -> pd.DataFrame:
@@ -54,7 +60,14 @@ def test_count_upto_equals_the_asof_merge() -> None:
         left, right, left_on="as_of", right_on="date", by="patient_id", direction="backward"
     ).sort_values("qi")
     expected = merged["k"].fillna(0).to_numpy(dtype=int)
-    np.testing.assert_array_equal(policy._count_upto(q, valid), expected)
+    q_codes, r_codes = _codes(q["patient_id"], valid["patient_id"])
+    got = context.count_rows_up_to(
+        q_codes,
+        q["as_of"].to_numpy(dtype="datetime64[ns]"),
+        r_codes,
+        valid["date"].to_numpy(dtype="datetime64[ns]"),
+    )
+    np.testing.assert_array_equal(got, expected)
     assert expected.max() > 3
 
 
@@ -82,11 +95,11 @@ def test_first_row_at_equals_the_left_merge_on_patient_and_day() -> None:
         )["item9"]
         .to_numpy(dtype=float)
     )
-    q_codes, r_codes = policy._patient_codes(q["patient_id"], rows["patient_id"])
-    at = policy._first_row_at(
+    q_codes, r_codes = _codes(q["patient_id"], rows["patient_id"])
+    at = context.first_row_on_day(
         r_codes, rows["date"].to_numpy(dtype="datetime64[ns]"), q_codes, dates
     )
-    got = policy._take(rows["item9"].to_numpy(dtype=float), at)
+    got = context.take_or_nan(rows["item9"].to_numpy(dtype=float), at)
     np.testing.assert_array_equal(got, expected)
     assert (at >= 0).sum() > 100
     assert not (got == 99.0).any()
@@ -105,7 +118,7 @@ def test_records_equal_to_dict_records() -> None:
         }
     )
     for f in (frame, frame.iloc[:0]):
-        got = policy._records(f)
+        got = answers.context_records(f)
         want = f.to_dict("records")
         assert len(got) == len(want)
         for g, w in zip(got, want, strict=True):

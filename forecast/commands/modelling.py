@@ -214,7 +214,7 @@ def evaluate_command(data_dir: Path, ref: str, out_dir: Path, models_opt: Path |
     out_dir.mkdir(parents=True, exist_ok=True)
     if with_policy:
         click.echo("replaying maintenance policies...", err=True)
-        from forecast.policy_eval import evaluate_policy  # lazy: the policy area's module
+        from forecast.policy.replay import evaluate_policy  # lazy: matplotlib
 
         try:
             result = dict(evaluate_policy(policy_cohort, model, policy_truth, out_dir))

@@ -37,7 +37,8 @@ import numpy as np
 import pandas as pd
 
 from forecast.cohort import Cohort
-from forecast.policy import PolicySettings, _definition, forecast_frame, suggest_offsets
+from forecast.policy import PolicySettings, forecast_frame, suggest_offsets
+from forecast.policy.model_access import outcome_definition
 
 #: Fixed schedules replayed against the model (weeks between sessions).
 FIXED_WEEKS: tuple[int, ...] = (2, 3, 4, 6)
@@ -99,7 +100,7 @@ def replay_episodes(
         )
     from forecast.episodes import build_episodes
 
-    eps = build_episodes(cohort, _definition(model))
+    eps = build_episodes(cohort, outcome_definition(model))
     t = truth.loc[:, ["patient_id", "episode_start", "latent_wane_days"]].copy()
     t["patient_id"] = t["patient_id"].astype(str)
     t["episode_start"] = pd.to_datetime(t["episode_start"]).astype("datetime64[ns]")
@@ -158,17 +159,17 @@ def model_bookings(
         }
     )
     frame = forecast_frame(cohort, model, q, settings)
-    base = frame["pre_safety"]
-    ctx = frame["ctx"]
+    base = frame.pre_safety
+    ctx = frame.ctx
     since = ctx["days_since_session"].to_numpy(dtype=float)
     # The last session at a decision point is the episode's start by
     # construction (points lie before the next session); keep the check cheap.
     at_day = (pts["date"] - pts["start"]).dt.days.to_numpy()
     forecastable = np.isin(base, ("routine", "session_due")) | (
-        (base == "insufficient_data") & np.isfinite(frame["daily"]).all(axis=1)
+        (base == "insufficient_data") & np.isfinite(frame.daily).all(axis=1)
     )
     waned = base == "not_in_response"
-    daily = np.nan_to_num(frame["daily"], nan=1.0)
+    daily = np.nan_to_num(frame.daily, nan=1.0)
     ep = pts["ep"].to_numpy()
     n_ep = len(episodes)
     out = np.empty((len(thresholds), n_ep))
