@@ -1,0 +1,87 @@
+"""The persistent store: SQLAlchemy 2 engine, migrations, and typed queries.
+
+One :class:`Store` per app lives in ``app.extensions["kap_store"]``. Writes go
+through :meth:`Store.write`, a transaction that
+
+- on SQLite starts with ``BEGIN IMMEDIATE`` (the database write lock is taken
+  before anything is read, so read-validate-insert cannot interleave with
+  another writer) and runs in WAL mode with ``synchronous=FULL`` and foreign
+  keys on;
+- on PostgreSQL runs at READ COMMITTED and locks the patient rows it touches
+  (``SELECT ... FOR UPDATE`` in key order, so two writers never deadlock).
+
+A write is acknowledged to a client only after :meth:`Store.write` has
+committed. Migrations run on start under a lock (PostgreSQL advisory lock,
+SQLite ``BEGIN IMMEDIATE``) so two workers starting together are safe.
+
+:class:`Store` is composed of one part per aggregate:
+
+- :mod:`service.store.base`: engine, transactions, migrations, shared settings;
+- :mod:`service.store.patients`: patients and their history rows;
+- :mod:`service.store.withdrawals`: tombstones and resources merged into rows;
+- :mod:`service.store.tokens`: bearer tokens and CDS Hooks JWT ids;
+- :mod:`service.store.audit`: the audit trail (group commit).
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from service.store.audit import AuditLog, GroupCommit
+from service.store.base import MIGRATIONS_DIR, StoreError, make_engine
+from service.store.patients import PatientRows
+from service.store.tokens import ROLES, Credentials, hash_token
+from service.store.values import row_hash, utcnow
+from service.store.withdrawals import LEGACY_MERGE, LEGACY_SOURCES_KEY, Withdrawals
+
+__all__ = [
+    "LEGACY_MERGE",
+    "LEGACY_SOURCES_KEY",
+    "MIGRATIONS_DIR",
+    "ROLES",
+    "GroupCommit",
+    "Store",
+    "StoreError",
+    "hash_token",
+    "make_engine",
+    "row_hash",
+    "utcnow",
+]
+
+
+class Store(PatientRows, Withdrawals, Credentials, AuditLog):
+    """Typed access to the service database.
+
+    Parameters
+    ----------
+    url : str or sqlalchemy.URL
+        Database URL (``sqlite:///path`` or ``postgresql+psycopg://...``).
+    covariates : sequence of str
+        Declared patient covariates kept besides the contract columns.
+    **engine_kwargs
+        Passed to :func:`sqlalchemy.create_engine` (tests pass ``connect_args``).
+    """
+
+    def __init__(
+        self, url: str | sa.URL, *, covariates: Sequence[str] = (), **engine_kwargs: Any
+    ) -> None:
+        self.engine = make_engine(url, **engine_kwargs)
+        self.covariates = tuple(dict.fromkeys(covariates))
+        self.dialect = self.engine.dialect.name
+        # gunicorn --preload forks workers after create_app: a child must not reuse
+        # the parent's pooled connections (SQLAlchemy's documented recipe).
+        ref = weakref.ref(self)
+        self._audit_group = GroupCommit(self._write_audit)
+
+        def _after_fork() -> None:
+            store = ref()
+            if store is not None:
+                store.engine.dispose(close=False)
+                store._audit_group = GroupCommit(store._write_audit)
+
+        os.register_at_fork(after_in_child=_after_fork)
