@@ -22,8 +22,8 @@ import pandas as pd
 
 from forecast.episodes import build_episodes
 from forecast.features import features_at, landmark_dataset
-from forecast.outcomes import patient_summary
 from forecast.simulation import simulate
+from forecast.summary import patient_summary
 
 
 def main() -> None:

@@ -2,7 +2,8 @@
 
 The CSV/Parquet loader, the JSON API's request schemas, the OpenAPI document and
 the simulator all read these specifications, so the rules exist once.
-See ``../shared/DESIGN.md`` ("Data contract") and the README.
+The contract is described for users on the docs' data contract page,
+docs/data-contract.md.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ TABLES: dict[str, tuple[Column, ...]] = {
     "assessments": ASSESSMENT_COLUMNS,
 }
 
-#: Columns of ``forecast predict`` output, in order (DESIGN.md).
+#: Columns of ``forecast predict`` output, in order.
 PREDICT_COLUMNS: tuple[str, ...] = (
     "patient_id",
     "as_of",

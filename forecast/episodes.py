@@ -28,7 +28,7 @@ Rules (defaults in :class:`forecast.outcomes.OutcomeDefinition`):
   moves ``lower``.
 
 Boosters are often given *because* benefit seems to wane, so censoring at the
-next session is informative; the models and the README discuss this.
+next session is informative; the docs' outcomes page (docs/outcomes.md) discusses this.
 """
 
 from __future__ import annotations
@@ -75,17 +75,11 @@ RESPONSE_STATUSES: tuple[str, ...] = (
 )
 
 
-def _by_session(values: np.ndarray, sessions: np.ndarray, n: int, fill: float) -> np.ndarray:
-    out = np.full(n, fill, dtype=float)
-    out[sessions] = values
-    return out
-
-
 def episode_arrays(prep: Prepared) -> dict[str, np.ndarray]:
     """Per-session response and episode outcome arrays (aligned with ``prep.s``).
 
     Internal workhorse of :func:`build_episodes`, :func:`session_responses`,
-    :func:`forecast.outcomes.patient_summary` and :mod:`forecast.features`.
+    :func:`forecast.summary.patient_summary` and :mod:`forecast.features`.
     Days are integers since 1970; ``*_day`` arrays are float with NaN for
     "none".
     """
@@ -302,7 +296,7 @@ def build_episodes(
     cohort : Cohort
         Canonical cohort (see :mod:`forecast.cohort`).
     definition : OutcomeDefinition, optional
-        Clinical definitions; DESIGN.md defaults when omitted.
+        Clinical definitions; the defaults of :class:`OutcomeDefinition` when omitted.
     include_non_responding : bool, default False
         Also return one row per session that started no episode
         (``responded`` False, ``episode_id`` None, ``lower``/``upper`` NaN,

@@ -577,7 +577,7 @@ def features_at(
     queries : DataFrame
         Columns ``patient_id`` and ``as_of`` (date-like); one output row each.
     definition : OutcomeDefinition, optional
-        Clinical definitions; DESIGN.md defaults when omitted.
+        Clinical definitions; the defaults of ``OutcomeDefinition`` when omitted.
 
     Returns
     -------

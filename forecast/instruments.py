@@ -1,7 +1,7 @@
 """Scoring of the PHQ-9 and the C-SSRS screener, and the fixed safety-flag rules.
 
 Everything here is a pure, vectorised function of the answers; no model is
-involved. Sources (see DOMAIN.md and the README):
+involved. Sources:
 
 - PHQ-9 bands: Kroenke, Spitzer & Williams (2001), J Gen Intern Med 16:606-613.
 - Prorating with at most two missing items: sum x 9 / answered, rounded half up
@@ -122,7 +122,7 @@ REVIEW = "review"
 class SafetyRules:
     """The fixed rules that raise a suicidal-ideation flag on one assessment.
 
-    Defaults (DESIGN.md): "urgent" for C-SSRS ideation >= 4 (some intent, or
+    Defaults: "urgent" for C-SSRS ideation >= 4 (some intent, or
     plan and intent) or any recent suicidal behaviour; "review" for PHQ-9
     item 9 >= 1 or C-SSRS ideation 1-3. No rule ever produces a "no risk"
     label: the absence of a flag only means that none of these rules fired.

@@ -8,7 +8,7 @@ record. ``forecast report DIR --out REPORT`` writes ``report.json`` and a
 self-contained ``report.html`` (plots inline as base64 PNG); the service
 serves the same report at ``GET /api/v1/reports/outcomes``.
 
-Definitions (DESIGN.md, :class:`forecast.outcomes.OutcomeDefinition`):
+Definitions (:class:`forecast.outcomes.OutcomeDefinition`):
 
 - *evaluable* patient: a baseline PHQ-9 and at least one PHQ-9 after the
   first induction session; response and remission rates use this
@@ -44,8 +44,10 @@ import numpy as np
 import pandas as pd
 
 from forecast.cohort import Cohort
+from forecast.episodes import build_episodes
 from forecast.instruments import REVIEW, URGENT, score_assessments
-from forecast.outcomes import OutcomeDefinition, patient_summary
+from forecast.outcomes import OutcomeDefinition
+from forecast.summary import patient_summary
 
 #: Report survival at these days after the episode start.
 DURATION_DAYS: tuple[int, ...] = (14, 28, 56, 84)
@@ -143,8 +145,6 @@ def turnbull_curve(lower: np.ndarray, upper: np.ndarray, max_days: int = 365) ->
 
 
 def _episodes_with_attributes(cohort: Cohort, definition: OutcomeDefinition) -> pd.DataFrame:
-    from forecast.episodes import build_episodes
-
     eps = build_episodes(cohort, definition)
     sess = cohort.sessions[["patient_id", "date", "route", "psychotherapy"]].drop_duplicates(
         ["patient_id", "date"], keep="last"
@@ -203,7 +203,7 @@ def outcome_report(
     cohort : Cohort
         The clinic's canonical cohort.
     definition : OutcomeDefinition, optional
-        Clinical definitions (DESIGN.md defaults when omitted).
+        Clinical definitions (the defaults of ``OutcomeDefinition`` when omitted).
     today : date, optional
         Date stamped on the report (default: today, UTC).
 

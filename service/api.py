@@ -536,7 +536,8 @@ def get_patient(patient_id: str) -> Response:
     """The patient's covariates, history (scored) and measured outcomes."""
     from forecast.contract import TABLES
     from forecast.instruments import score_assessments
-    from forecast.outcomes import OutcomeDefinition, patient_summary
+    from forecast.outcomes import OutcomeDefinition
+    from forecast.summary import patient_summary
 
     pid = _path_patient(patient_id)
     st = store()

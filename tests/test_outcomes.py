@@ -14,9 +14,9 @@ from forecast.outcomes import (
     OutcomeDefinition,
     assessment_states,
     baselines,
-    patient_summary,
     reliable_change_index,
 )
+from forecast.summary import patient_summary
 from tests.fixtures.episodes import day, make_cohort
 
 
