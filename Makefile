@@ -1,4 +1,4 @@
-# kap-forecast: the two commands of the README, and helpers.
+# kap-forecast: the two commands of the README (serve, test), and helpers.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,12 +6,12 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export FORECAST_MODELS ?= $(CURDIR)/models
 
-.PHONY: install serve test lint demo-data demo-store model bench clean
+.PHONY: install serve test lint docs demo-data demo-store model bench clean
 
 $(BIN)/forecast: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,docs]'
 	touch $@
 
 install: $(BIN)/forecast
@@ -22,9 +22,11 @@ data/demo/patients.csv: | install
 
 demo-data: data/demo/patients.csv
 
+# Train only when the registry holds no version (a folder with a MANIFEST.json);
+# models/README.md alone does not count.
 model: demo-data
-	@if [ -z "$$(ls -A $(FORECAST_MODELS) 2>/dev/null | grep -v '^\.')" ]; then \
-		$(BIN)/forecast train data/demo --models $(FORECAST_MODELS); fi
+	@if ! ls "$(FORECAST_MODELS)"/*/MANIFEST.json >/dev/null 2>&1; then \
+		$(BIN)/forecast train data/demo --models "$(FORECAST_MODELS)"; fi
 
 # The demo store: the demo cohort loaded through the API's idempotent ingestion
 # (a rerun stores nothing new) and one clinician token kept in instance/.
@@ -47,8 +49,13 @@ test: install
 	$(BIN)/ruff check forecast service tests bench research
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
+# The documentation site into site/ (docs/, mkdocs.yml); --strict fails on broken links.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+# Writes bench/results.json and docs/benchmarks-results.md (both git-ignored).
 bench: install
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build site *.egg-info .pytest_cache .ruff_cache
