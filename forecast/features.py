@@ -320,20 +320,91 @@ def _context(prep: Prepared) -> _Context:
 
 def _compute(ctx: _Context, q_pc: np.ndarray, q_day: np.ndarray, *, full: bool) -> pd.DataFrame:
     """Features (and, when ``full``, all context columns) for encoded queries."""
-    return pd.DataFrame(_compute_cols(ctx, q_pc, q_day, full=full), copy=False)
+    return pd.DataFrame(_query_columns(ctx, q_pc, q_day, full=full), copy=False)
 
 
-def _compute_cols(
+@dataclass
+class _AtQuery:
+    """What is known at each query's ``as_of`` (arrays with one entry per query)."""
+
+    q_pc: np.ndarray  # patient code
+    qd: np.ndarray  # as_of day (float)
+    # Treatment, baseline and the last session on or before as_of.
+    anchor: np.ndarray
+    treated: np.ndarray
+    base: np.ndarray
+    si: np.ndarray  # index of the last session (-1: none)
+    has_s: np.ndarray
+    s_day: np.ndarray
+    n_sessions: np.ndarray
+    responded: np.ndarray
+    r_day: np.ndarray
+    response_known: np.ndarray
+    in_episode: np.ndarray
+    r_phq9: np.ndarray
+    waned_seen: np.ndarray
+    elapsed: np.ndarray
+    # Previous episodes (all of them ended by the last session).
+    prev_ep: np.ndarray
+    prev_r: np.ndarray
+    first_episode: np.ndarray
+    prev_mean: np.ndarray
+    prev_share: np.ndarray
+    # Assessments up to as_of.
+    latest: np.ndarray
+    latest_day: np.ndarray
+    item9: np.ndarray
+    cssrs: np.ndarray
+    last_a_day: np.ndarray
+    n_since: np.ndarray
+    max_since: np.ndarray
+    mean_since: np.ndarray
+    slope: np.ndarray
+    s_pos: np.ndarray  # row of the worst safety flag in the window (-1: none)
+
+
+def _query_columns(
     ctx: _Context, q_pc: np.ndarray, q_day: np.ndarray, *, full: bool
 ) -> dict[str, np.ndarray]:
     """The columns of :func:`_compute`, in its order, as arrays."""
-    prep, ep, d = ctx.prep, ctx.ep, ctx.prep.definition
-    a, s = prep.a, prep.s
-    nq = len(q_pc)
+    q = _state_at(ctx, q_pc, q_day)
+    out = _feature_values(ctx, q)
+    ep_k = _take(ctx.ep_index, q.si, 0).astype(np.int64)
+    ids = ctx.prep.ids[q_pc]
+    episode_id = np.full(len(q_pc), None, dtype=object)
+    if q.in_episode.any():
+        episode_id[q.in_episode] = _episode_ids(ids[q.in_episode], ep_k[q.in_episode])
+    ctx_cols: dict[str, np.ndarray] = {
+        "patient_id": ids,
+        "as_of": days_to_dates(q.qd),
+        "episode_id": episode_id,
+        "in_episode": q.in_episode,
+    }
+    if full:
+        ctx_cols.update(_context_values(ctx, q))
+    spec = feature_spec(ctx.prep.covariates)
+    # Feature names never repeat a context name (features are filled, context is raw).
+    assert not set(spec.names) & set(ctx_cols)
+    ctx_cols.update((k, out[k]) for k in spec.names)
+    return ctx_cols
+
+
+def _state_at(ctx: _Context, q_pc: np.ndarray, q_day: np.ndarray) -> _AtQuery:
     q_key = day_key(q_pc, q_day)
     qd = q_day.astype(float)
+    session = _session_state(ctx, q_pc, qd, q_key)
+    assessed = _assessment_state(
+        ctx, q_pc, qd, q_key, session["si"], session["has_s"], session["s_day"]
+    )
+    return _AtQuery(q_pc=q_pc, qd=qd, **session, **assessed)
 
-    # --- treatment, baseline and the last session ------------------------------
+
+def _session_state(
+    ctx: _Context, q_pc: np.ndarray, qd: np.ndarray, q_key: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Treatment, baseline, the last session and the previous episodes at as_of."""
+    prep, ep = ctx.prep, ctx.ep
+    nq = len(q_pc)
     anchor = prep.anchor_day[q_pc]
     with np.errstate(invalid="ignore"):
         treated = anchor <= qd
@@ -353,7 +424,6 @@ def _compute_cols(
         waned_seen = in_episode & (_take(ep["known_day"], si) <= qd)
     elapsed = qd - s_day
 
-    # --- previous episodes (all of them ended by the last session) --------------
     prev_ep = _take(ctx.prev_ep, si, 0.0)
     prev_ev = _take(ctx.prev_events, si, 0.0)
     prev_dur = _take(ctx.prev_dur_sum, si, 0.0)
@@ -362,8 +432,41 @@ def _compute_cols(
     with np.errstate(invalid="ignore", divide="ignore"):
         prev_mean = np.where(first_episode, 0.0, prev_dur / prev_ep)
         prev_share = np.where(first_episode, 0.0, prev_ev / prev_ep)
+    return {
+        "anchor": anchor,
+        "treated": treated,
+        "base": base,
+        "si": si,
+        "has_s": has_s,
+        "s_day": s_day,
+        "n_sessions": n_sessions,
+        "responded": responded,
+        "r_day": r_day,
+        "response_known": response_known,
+        "in_episode": in_episode,
+        "r_phq9": r_phq9,
+        "waned_seen": waned_seen,
+        "elapsed": elapsed,
+        "prev_ep": prev_ep,
+        "prev_r": prev_r,
+        "first_episode": first_episode,
+        "prev_mean": prev_mean,
+        "prev_share": prev_share,
+    }
 
-    # --- assessments up to as_of ---------------------------------------------------
+
+def _assessment_state(
+    ctx: _Context,
+    q_pc: np.ndarray,
+    qd: np.ndarray,
+    q_key: np.ndarray,
+    si: np.ndarray,
+    has_s: np.ndarray,
+    s_day: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """The latest answers, the PHQ-9 since the last session, the slope and the safety flag."""
+    prep = ctx.prep
+    a = prep.a
     ai = _last_le(prep.a_key, prep.a_pc, q_key, q_pc)
     pi = _last_le(ctx.p_key, prep.a_pc[ctx.p_rows], q_key, q_pc)
     p_idx = np.where(pi >= 0, ctx.p_rows[np.clip(pi, 0, None)] if len(ctx.p_rows) else 0, -1)
@@ -390,18 +493,18 @@ def _compute_cols(
     n_p_since = np.where(p_since, pi - first_p + 1, 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_since = np.where(
-            n_p_since > 0, _range_sum(ctx.p_cum["y"], first_p, pi) / n_p_since, np.nan)
+            n_p_since > 0, _range_sum(ctx.p_cum["y"], first_p, pi) / n_p_since, np.nan
+        )
 
     # Least-squares slope over PHQ-9 rows dated in [as_of - 28, as_of].
     lo = np.searchsorted(ctx.p_key, q_key - SLOPE_WINDOW_DAYS, side="left")
     hi = np.where(pi >= 0, pi, lo - 1)
-
     n_w, sx, sy, sxx, sxy = (_range_sum(ctx.p_cum[k], lo, hi) for k in ("n", "x", "y", "xx", "xy"))
     den = n_w * sxx - sx * sx
     with np.errstate(invalid="ignore", divide="ignore"):
         slope = np.where((n_w >= 2) & (den > 1e-9), 7.0 * (n_w * sxy - sx * sy) / den, np.nan)
 
-    # --- safety: worst flag among rows dated on or after the last session's day ----
+    # Safety: worst flag among rows dated on or after the last session's day
     # (the policy's window). When the latest assessment predates the last
     # session there is no row in the window: no flag, even if that row had one.
     na = max(len(a), 1)
@@ -411,8 +514,26 @@ def _compute_cols(
     )
     code = np.where(same_grp, code_latest, -1)
     s_pos = np.where(code >= 0, code % na, -1)
+    return {
+        "latest": latest,
+        "latest_day": latest_day,
+        "item9": item9,
+        "cssrs": cssrs,
+        "last_a_day": last_a_day,
+        "n_since": n_since,
+        "max_since": max_since,
+        "mean_since": mean_since,
+        "slope": slope,
+        "s_pos": s_pos,
+    }
 
-    # --- assemble ---------------------------------------------------------------
+
+def _feature_values(ctx: _Context, q: _AtQuery) -> dict[str, np.ndarray]:
+    """Every feature column (missing values filled, with ``*_missing`` indicators)."""
+    prep = ctx.prep
+    s = prep.s
+    q_pc, si, base = q.q_pc, q.si, q.base
+    nq = len(q_pc)
     out: dict[str, np.ndarray] = {}
     pat = prep.patients
     age, age_m = _fill(
@@ -438,45 +559,47 @@ def _compute_cols(
         psychotherapy_missing=psy_m,
         dissociation=dis,
         dissociation_missing=dis_m,
-        n_prev_sessions=np.clip(n_sessions - 1, 0, None).astype(float),
-        n_prev_episodes=prev_ep,
-        first_episode=first_episode.astype(float),
-        prev_benefit_days_mean=prev_mean,
-        prev_waned_share=prev_share,
+        n_prev_sessions=np.clip(q.n_sessions - 1, 0, None).astype(float),
+        n_prev_episodes=q.prev_ep,
+        first_episode=q.first_episode.astype(float),
+        prev_benefit_days_mean=q.prev_mean,
+        prev_waned_share=q.prev_share,
         prev_response_ratio_mean=np.where(
-            first_episode | ~(base > 0), 0.0, np.nan_to_num(prev_r / np.maximum(prev_ep, 1.0)
-                                                           / np.where(base > 0, base, 1.0))),
+            q.first_episode | ~(base > 0),
+            0.0,
+            np.nan_to_num(q.prev_r / np.maximum(q.prev_ep, 1.0) / np.where(base > 0, base, 1.0)),
+        ),
     )
     for c in prep.covariates:
         v, m = _fill(pat[c].to_numpy(dtype=float)[q_pc])
         out[c] = v
         out[f"{c}_missing"] = m
     with np.errstate(invalid="ignore", divide="ignore"):
-        r_ratio = np.where(base > 0, r_phq9 / base, np.nan)
-        l_ratio = np.where(base > 0, latest / base, np.nan)
-        m_ratio = np.where(base > 0, mean_since / base, np.nan)
-    item9_f, item9_m = _fill(item9)
-    cssrs_f, cssrs_m = _fill(cssrs)
-    slope_f, slope_m = _fill(slope)
+        r_ratio = np.where(base > 0, q.r_phq9 / base, np.nan)
+        l_ratio = np.where(base > 0, q.latest / base, np.nan)
+        m_ratio = np.where(base > 0, q.mean_since / base, np.nan)
+    item9_f, item9_m = _fill(q.item9)
+    cssrs_f, cssrs_m = _fill(q.cssrs)
+    slope_f, slope_m = _fill(q.slope)
     out.update(
-        elapsed_days=np.nan_to_num(elapsed),
-        response_known=response_known.astype(float),
-        response_day=np.where(response_known, np.nan_to_num(r_day - s_day), 0.0),
-        phq9_response=np.nan_to_num(r_phq9),
+        elapsed_days=np.nan_to_num(q.elapsed),
+        response_known=q.response_known.astype(float),
+        response_day=np.where(q.response_known, np.nan_to_num(q.r_day - q.s_day), 0.0),
+        phq9_response=np.nan_to_num(q.r_phq9),
         phq9_response_ratio=np.nan_to_num(r_ratio),
-        phq9_latest=np.nan_to_num(latest),
+        phq9_latest=np.nan_to_num(q.latest),
         phq9_latest_ratio=np.nan_to_num(l_ratio),
         phq9_mean_ratio_since_session=np.nan_to_num(m_ratio),
-        phq9_change=np.nan_to_num(latest - r_phq9),
-        phq9_max_since_session=np.nan_to_num(max_since),
+        phq9_change=np.nan_to_num(q.latest - q.r_phq9),
+        phq9_max_since_session=np.nan_to_num(q.max_since),
         phq9_slope_28d=slope_f,
         slope_missing=slope_m,
         item9_latest=item9_f,
         item9_missing=item9_m,
         cssrs_latest=cssrs_f,
         cssrs_missing=cssrs_m,
-        days_since_assessment=np.nan_to_num(qd - last_a_day),
-        n_assessments_since_session=n_since.astype(float),
+        days_since_assessment=np.nan_to_num(q.qd - q.last_a_day),
+        n_assessments_since_session=q.n_since.astype(float),
     )
     sex = pat["sex"].to_numpy(dtype=object)[q_pc] if "sex" in pat else np.full(nq, None)
     sex = np.where(pd.isna(sex), "unknown", sex).astype(object)
@@ -486,63 +609,56 @@ def _compute_cols(
     )
     out["route"] = _take_obj(s["route"].to_numpy(dtype=object), si)
     out["session_kind"] = _take_obj(s["kind"].to_numpy(dtype=object), si)
+    return out
 
-    ep_k = _take(ctx.ep_index, si, 0).astype(np.int64)
-    ids = prep.ids[q_pc]
-    episode_id = np.full(nq, None, dtype=object)
-    if in_episode.any():
-        episode_id[in_episode] = _episode_ids(ids[in_episode], ep_k[in_episode])
-    ctx_cols: dict[str, np.ndarray] = {
-        "patient_id": ids,
-        "as_of": days_to_dates(qd),
-        "episode_id": episode_id,
-        "in_episode": in_episode,
+
+def _context_values(ctx: _Context, q: _AtQuery) -> dict[str, np.ndarray]:
+    """The context columns of ``full`` queries: raw values, statuses and dates."""
+    prep, ep, d = ctx.prep, ctx.ep, ctx.prep.definition
+    a, s = prep.a, prep.s
+    si, base, qd, s_day = q.si, q.base, q.qd, q.s_day
+    status = np.full(len(q.q_pc), "pending", dtype=object)
+    with np.errstate(invalid="ignore"):
+        status[~q.response_known & (qd >= s_day + d.response_window_days)] = "no_assessment"
+    status[q.response_known & q.responded] = "responded"
+    status[q.response_known & ~q.responded] = "not_responded"
+    status[np.isnan(base)] = "no_baseline"
+    status[~q.treated | ~q.has_s] = "no_treatment"
+    state = state_of(q.latest, base, q.treated, d)
+    with np.errstate(invalid="ignore"):
+        pre = ~(q.latest_day > q.anchor)
+    state[np.isin(state, ("in_response", "in_remission")) & pre] = "not_in_response"
+    state[q.treated & ~np.isnan(base) & np.isnan(q.latest)] = "not_in_response"
+    with np.errstate(invalid="ignore", divide="ignore"):
+        l_ratio = np.where(base > 0, q.latest / base, np.nan)
+    s_pos = q.s_pos
+    return {
+        "episode_start": days_to_dates(np.where(q.in_episode, s_day, np.nan)),
+        "last_session": days_to_dates(s_day),
+        "last_session_kind": _take_obj(s["kind"].to_numpy(dtype=object), si),
+        "days_since_session": q.elapsed,
+        "n_sessions": q.n_sessions.astype(np.int64),
+        "treated": q.treated,
+        "response_status": status,
+        "response_date": days_to_dates(np.where(q.response_known, q.r_day, np.nan)),
+        "response_phq9": q.r_phq9,
+        "waned_seen": q.waned_seen,
+        "waned_date": days_to_dates(np.where(q.waned_seen, _take(ep["upper_day"], si), np.nan)),
+        "baseline_phq9": base,
+        "baseline_date": days_to_dates(np.where(q.treated, prep.base_day[q.q_pc], np.nan)),
+        "response_threshold": d.response_fraction * base,
+        "latest_phq9": q.latest,
+        "latest_phq9_date": days_to_dates(q.latest_day),
+        "latest_ratio": l_ratio,
+        "severity": severity_band(q.latest),
+        "response_state": state,
+        "latest_item9": q.item9,
+        "latest_cssrs_ideation": q.cssrs,
+        "last_assessment": days_to_dates(q.last_a_day),
+        "safety": np.where(s_pos >= 0, _take_obj(a["safety"].to_numpy(dtype=object), s_pos), None),
+        "safety_reason": _take_obj(a["safety_reason"].to_numpy(dtype=object), s_pos),
+        "safety_date": days_to_dates(_take(prep.a_day, s_pos)),
     }
-    if full:
-        status = np.full(nq, "pending", dtype=object)
-        with np.errstate(invalid="ignore"):
-            status[~response_known & (qd >= s_day + d.response_window_days)] = "no_assessment"
-        status[response_known & responded] = "responded"
-        status[response_known & ~responded] = "not_responded"
-        status[np.isnan(base)] = "no_baseline"
-        status[~treated | ~has_s] = "no_treatment"
-        state = state_of(latest, base, treated, d)
-        with np.errstate(invalid="ignore"):
-            pre = ~(latest_day > anchor)
-        state[np.isin(state, ("in_response", "in_remission")) & pre] = "not_in_response"
-        state[treated & ~np.isnan(base) & np.isnan(latest)] = "not_in_response"
-        ctx_cols.update(
-            episode_start=days_to_dates(np.where(in_episode, s_day, np.nan)),
-            last_session=days_to_dates(s_day),
-            last_session_kind=_take_obj(s["kind"].to_numpy(dtype=object), si),
-            days_since_session=elapsed,
-            n_sessions=n_sessions.astype(np.int64),
-            treated=treated,
-            response_status=status,
-            response_date=days_to_dates(np.where(response_known, r_day, np.nan)),
-            response_phq9=r_phq9,
-            waned_seen=waned_seen,
-            waned_date=days_to_dates(np.where(waned_seen, _take(ep["upper_day"], si), np.nan)),
-            baseline_phq9=base,
-            baseline_date=days_to_dates(np.where(treated, prep.base_day[q_pc], np.nan)),
-            response_threshold=d.response_fraction * base,
-            latest_phq9=latest,
-            latest_phq9_date=days_to_dates(latest_day),
-            latest_ratio=l_ratio,
-            severity=severity_band(latest),
-            response_state=state,
-            latest_item9=item9,
-            latest_cssrs_ideation=cssrs,
-            last_assessment=days_to_dates(last_a_day),
-            safety=np.where(s_pos >= 0, _take_obj(a["safety"].to_numpy(dtype=object), s_pos), None),
-            safety_reason=_take_obj(a["safety_reason"].to_numpy(dtype=object), s_pos),
-            safety_date=days_to_dates(_take(prep.a_day, s_pos)),
-        )
-    spec = feature_spec(prep.covariates)
-    # Feature names never repeat a context name (features are filled, context is raw).
-    assert not set(spec.names) & set(ctx_cols)
-    ctx_cols.update((k, out[k]) for k in spec.names)
-    return ctx_cols
 
 
 def _encode_queries(prep: Prepared, queries: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -614,7 +730,7 @@ def _features_at_days(
         raise ValueError(
             f"{int((q_pc < 0).sum())} queries name a patient that is not in the cohort"
         )
-    return _compute_cols(_context(prep), q_pc.astype(np.int64), day_numbers(q_as_of), full=True)
+    return _query_columns(_context(prep), q_pc.astype(np.int64), day_numbers(q_as_of), full=True)
 
 
 def landmark_dataset(
