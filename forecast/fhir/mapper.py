@@ -355,46 +355,11 @@ class _Mapper:
                 elif column in (_DIFFICULTY, _IGNORED_GROUP) or not answers:
                     pass
                 else:
-                    if len(answers) > 1:
-                        self.error(
-                            "invalid",
-                            f"linkId {it.linkId!r} has {len(answers)} answers; one is allowed",
-                            f"{ipath}.answer",
-                        )
-                        continue
-                    apath = f"{ipath}.answer[0]"
-                    weight = (
-                        form.weight(it.linkId or "", answers[0])
-                        if form is not None and column in PHQ9_ITEMS
-                        else None
-                    )
-                    try:
-                        if weight is not None:  # scored by the form's own answerOption
-                            if not float(weight).is_integer() or not 0 <= weight <= 3:
-                                raise _Bad(
-                                    f"the Questionnaire scores this answer {weight:g}; a PHQ-9 "
-                                    "item is scored 0 to 3",
-                                    f"{apath}.valueCoding",
-                                )
-                            v = float(weight)
-                        elif column.startswith("_cssrs") or column == "cssrs_behavior":
-                            v = _yes_no(answers[0], apath, codeable="valueCoding")
-                        elif column == "phq9_total":
-                            v = _total_score(answers[0], apath)
-                        else:
-                            v = _item_score(answers[0], apath, codeable="valueCoding")
-                    except _Bad as bad:
-                        self.error("value", f"linkId {it.linkId!r}: {bad}", bad.element)
-                        continue
+                    v = self._answer_value(form, it, column, answers, ipath)
                     if v is None:
-                        self.error(
-                            "value",
-                            f"linkId {it.linkId!r}: no readable answer value",
-                            apath,
-                        )
                         continue
                     mapped += 1
-                    self.put(key, cid, column, v, apath, 0)
+                    self.put(key, cid, column, v, f"{ipath}.answer[0]", 0)
                 # Nested items: groups, and items nested under answers.
                 walk(it.item or [], ipath)
                 for k, a in enumerate(answers):
@@ -402,6 +367,52 @@ class _Mapper:
                         walk(a.item, f"{ipath}.answer[{k}]")
 
         walk(res.item or [], expr)
+        if not self._report_unmapped(unknown, mapped, expr):
+            return "QuestionnaireResponse", None
+        self.by_resource[cid] = key
+        return "QuestionnaireResponse", cid
+
+    def _answer_value(
+        self, form: QuestionnaireMap | None, it: Any, column: str, answers: list[Any], ipath: str
+    ) -> float | None:
+        """The score of a response item's one answer (None: an error says why)."""
+        if len(answers) > 1:
+            self.error(
+                "invalid",
+                f"linkId {it.linkId!r} has {len(answers)} answers; one is allowed",
+                f"{ipath}.answer",
+            )
+            return None
+        apath = f"{ipath}.answer[0]"
+        weight = (
+            form.weight(it.linkId or "", answers[0])
+            if form is not None and column in PHQ9_ITEMS
+            else None
+        )
+        try:
+            if weight is not None:  # scored by the form's own answerOption
+                if not float(weight).is_integer() or not 0 <= weight <= 3:
+                    raise _Bad(
+                        f"the Questionnaire scores this answer {weight:g}; a PHQ-9 "
+                        "item is scored 0 to 3",
+                        f"{apath}.valueCoding",
+                    )
+                v = float(weight)
+            elif column.startswith("_cssrs") or column == "cssrs_behavior":
+                v = _yes_no(answers[0], apath, codeable="valueCoding")
+            elif column == "phq9_total":
+                v = _total_score(answers[0], apath)
+            else:
+                v = _item_score(answers[0], apath, codeable="valueCoding")
+        except _Bad as bad:
+            self.error("value", f"linkId {it.linkId!r}: {bad}", bad.element)
+            return None
+        if v is None:
+            self.error("value", f"linkId {it.linkId!r}: no readable answer value", apath)
+        return v
+
+    def _report_unmapped(self, unknown: list[str], mapped: int, expr: str) -> bool:
+        """Warn about answers not imported; False when nothing of the response was."""
         if unknown:
             self.warn(
                 "not-supported",
@@ -417,9 +428,8 @@ class _Mapper:
                 "from it (see the linkId table in the README)",
                 expr,
             )
-            return "QuestionnaireResponse", None
-        self.by_resource[cid] = key
-        return "QuestionnaireResponse", cid
+            return False
+        return True
 
     def observation(
         self, res: Any, expr: str, full_url: str | None, derived: Mapping[str, tuple[str, dt.date]]
@@ -575,6 +585,17 @@ class _Mapper:
 
     # -- finish ------------------------------------------------------------------
     def finish(self) -> MappedRecords:
+        """The mapped records: sessions with their kinds, ages, assessment rows."""
+        first = self._finish_sessions()
+        self._set_ages(first)
+        for row in self.rows.values():
+            self._finish_row(row)
+        self.out.assessments.sort(key=lambda r: (r["patient_id"], r["date"]))
+        self.out.sessions.sort(key=lambda r: (r["patient_id"], r["date"]))
+        return self.out
+
+    def _finish_sessions(self) -> dict[str, dt.date]:
+        """Give sessions without a stated kind theirs; the first session day per patient."""
         # Session kind default: the patient's first session ever is the induction,
         # every other session with no kind stated is a maintenance session.
         first: dict[str, dt.date] = {}
@@ -600,7 +621,10 @@ class _Mapper:
                     )
                 )
             self.out.sessions.append(rec)
-        # Age at the first session in this import.
+        return first
+
+    def _set_ages(self, first: Mapping[str, dt.date]) -> None:
+        """Age at the first session in this import (or the first stored one)."""
         for pid, (bd, expr) in self.birth_dates.items():
             f = first.get(pid) or self.known_first.get(pid)
             if f is not None:
@@ -616,45 +640,44 @@ class _Mapper:
                         expr,
                     )
                 )
-        for row in self.rows.values():
-            self._check_total(row)
-            # C-SSRS screener: the highest question answered "yes" (Q1-Q5) is the
-            # ideation level; 0 when the questions asked were all answered "no".
-            asked = [q for q in _CSSRS_Q if q in row.values]
-            if asked:
-                yes = [i for i, q in enumerate(_CSSRS_Q, start=1) if row.values.get(q) == 1.0]
-                row.values["cssrs_ideation"] = float(max(yes) if yes else 0)
-                for q in asked:
-                    del row.values[q]
-            answered = [c for c in PHQ9_ITEMS if c in row.values]
-            if (
-                answered
-                and len(answered) < 9 - MAX_MISSING_ITEMS
-                and "phq9_total" not in row.values
-                and set(answered) <= _SCREEN_ITEMS
-            ):
-                kept = " (item 9 is read by the safety rules)" if "phq9_9" in answered else ""
-                self.warn(
-                    "informational",
-                    f"PHQ-9 item(s) {', '.join(_label(c) for c in answered)} without a total do "
-                    f"not make a PHQ-9: recorded as a screen without a PHQ-9 score{kept}; the "
-                    "models ignore it",
-                    row.origin[answered[0]],
-                )
-            rec: dict[str, Any] = {
-                "patient_id": row.patient_id,
-                "id": row.client_id,
-                "date": row.date.isoformat(),
-            }
-            rec.update({k: (int(v) if float(v).is_integer() else v) for k, v in row.values.items()})
-            self.out.assessments.append(rec)
-            self.out.sources[("assessments", row.client_id)] = row.exprs
-            others = [i for i in row.ids if i != row.client_id]
-            if others:
-                self.out.merged[("assessments", row.client_id)] = others
-        self.out.assessments.sort(key=lambda r: (r["patient_id"], r["date"]))
-        self.out.sessions.sort(key=lambda r: (r["patient_id"], r["date"]))
-        return self.out
+
+    def _finish_row(self, row: _Row) -> None:
+        """Check one assessment row, derive its C-SSRS level and record it."""
+        self._check_total(row)
+        # C-SSRS screener: the highest question answered "yes" (Q1-Q5) is the
+        # ideation level; 0 when the questions asked were all answered "no".
+        asked = [q for q in _CSSRS_Q if q in row.values]
+        if asked:
+            yes = [i for i, q in enumerate(_CSSRS_Q, start=1) if row.values.get(q) == 1.0]
+            row.values["cssrs_ideation"] = float(max(yes) if yes else 0)
+            for q in asked:
+                del row.values[q]
+        answered = [c for c in PHQ9_ITEMS if c in row.values]
+        if (
+            answered
+            and len(answered) < 9 - MAX_MISSING_ITEMS
+            and "phq9_total" not in row.values
+            and set(answered) <= _SCREEN_ITEMS
+        ):
+            kept = " (item 9 is read by the safety rules)" if "phq9_9" in answered else ""
+            self.warn(
+                "informational",
+                f"PHQ-9 item(s) {', '.join(_label(c) for c in answered)} without a total do "
+                f"not make a PHQ-9: recorded as a screen without a PHQ-9 score{kept}; the "
+                "models ignore it",
+                row.origin[answered[0]],
+            )
+        rec: dict[str, Any] = {
+            "patient_id": row.patient_id,
+            "id": row.client_id,
+            "date": row.date.isoformat(),
+        }
+        rec.update({k: (int(v) if float(v).is_integer() else v) for k, v in row.values.items()})
+        self.out.assessments.append(rec)
+        self.out.sources[("assessments", row.client_id)] = row.exprs
+        others = [i for i in row.ids if i != row.client_id]
+        if others:
+            self.out.merged[("assessments", row.client_id)] = others
 
     def _check_total(self, row: _Row) -> None:
         """Items and a given total must agree (compared after prorating)."""
