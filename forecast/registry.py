@@ -36,13 +36,17 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from forecast import model_card
 from forecast.bundle import JSON_NAME, NPZ_NAME, Bundle, BundleError
+from forecast.features import FEATURES
+from forecast.outcomes import OutcomeDefinition
 
 ENV_VAR = "FORECAST_MODELS"
 MANIFEST = "MANIFEST.json"
@@ -155,8 +159,6 @@ def fingerprint_cohort(cohort: Any, **counts: int) -> dict[str, Any]:
 
 def environment() -> dict[str, Any]:
     """Python and package versions (recorded with each version)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     pkgs: dict[str, str | None] = {}
     for name in _PACKAGES:
         try:
@@ -264,9 +266,6 @@ def save_version(
     _crash_after : str, optional
         Testing hook: raise after writing this file, to prove atomicity.
     """
-    from forecast import model_card
-    from forecast.outcomes import OutcomeDefinition
-
     root = _registry_dir(models_dir)
     root.mkdir(parents=True, exist_ok=True)
     _clean_stale_tmp(root)
@@ -348,8 +347,6 @@ class LoadedModel:
 
         Loading data for it must declare them (``load_cohort(..., covariates=...)``).
         """
-        from forecast.features import FEATURES
-
         encoder = self.bundle.encoder
         if encoder is None:
             return ()
@@ -417,8 +414,6 @@ def load(ref: str | Path = "latest", models_dir: str | Path | None = None) -> Lo
     models_dir : path, optional
         Registry folder (see :func:`models_dir`).
     """
-    from forecast.outcomes import OutcomeDefinition
-
     path = resolve(ref, models_dir)
     verify(path)
     try:

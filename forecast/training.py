@@ -24,7 +24,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from forecast import registry
+from forecast.episodes import build_episodes
+from forecast.features import feature_spec, features_at, landmark_dataset
 from forecast.models import DEFAULT_KIND, FeatureSet, SurvivalEstimator, make_estimator
+from forecast.models.nonparametric import turnbull_survival
+from forecast.outcomes import OutcomeDefinition
 
 STATIC_KINDS: tuple[str, ...] = ("km", "cox", "weibull", "lognormal", "loglogistic")
 
@@ -43,8 +48,6 @@ class TrainingData:
 
 def spec_of(cohort: Any) -> FeatureSet:
     """The feature specification of ``cohort`` (with its declared covariates)."""
-    from forecast.features import feature_spec
-
     spec = feature_spec(tuple(getattr(cohort, "covariates", ()) or ()))
     return FeatureSet(tuple(spec.numeric), {k: tuple(v) for k, v in spec.categorical.items()})
 
@@ -86,9 +89,6 @@ def forecast_point_dataset(cohort: Any, definition: Any = None) -> pd.DataFrame:
     ``upper = upper - s``. An episode right-censored at its response
     assessment carries no information after it and has no row.
     """
-    from forecast.episodes import build_episodes
-    from forecast.features import features_at
-
     ep = build_episodes(cohort, definition)
     s = ep["response_day"].to_numpy(dtype=float)
     lo = ep["lower"].to_numpy(dtype=float)
@@ -126,8 +126,6 @@ def training_landmarks(cohort: Any, definition: Any = None,
     and is dropped. Column ``grid_landmark`` marks the rows of the grid.
     Static kinds are unaffected (they use the landmark-0 rows only).
     """
-    from forecast.features import landmark_dataset
-
     ld = landmark_dataset(cohort, definition) if landmarks is None else landmarks
     fp = forecast_point_dataset(cohort, definition)
     ld = ld.assign(grid_landmark=True)
@@ -175,8 +173,6 @@ def training_data(cohort: Any, kind: str = DEFAULT_KIND, definition: Any = None,
     landmarks : DataFrame, optional
         A precomputed ``landmark_dataset`` of the cohort (saves recomputing it).
     """
-    from forecast.features import landmark_dataset
-
     ld = landmark_dataset(cohort, definition) if landmarks is None else landmarks
     if kind not in STATIC_KINDS and "grid_landmark" not in ld.columns:
         ld = training_landmarks(cohort, definition, ld)
@@ -205,7 +201,6 @@ def fit_kind(data: TrainingData, kind: str = DEFAULT_KIND, **params: Any) -> Sur
 def population_curve(lower: np.ndarray, upper: np.ndarray, max_days: int = 365
                      ) -> dict[str, list[float]]:
     """Turnbull survival of the episodes on a daily grid ``0..max_days`` (stored in the card)."""
-    from forecast.evaluation import turnbull_survival
 
     days = np.arange(0, max_days + 1, dtype=float)
     surv = turnbull_survival(lower, upper, days)
@@ -231,10 +226,6 @@ def train_and_save(
     Raises :class:`forecast.models.ModelFitError` when the fit fails and
     ``ValueError`` when the cohort has no response episode.
     """
-    from forecast import registry
-    from forecast.features import landmark_dataset
-    from forecast.outcomes import OutcomeDefinition
-
     step = progress or (lambda stage: None)
     definition = definition if definition is not None else OutcomeDefinition()
     step("features")

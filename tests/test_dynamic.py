@@ -10,13 +10,8 @@ from scipy.stats import fisk, gumbel_l, logistic, lognorm, norm, weibull_min
 
 from forecast.bundle import AFT_FAMILIES, CLOCK_FEATURES, Bundle, clock_arrays
 from forecast.model_card import build_card
-from forecast.models import (
-    DynamicAFT,
-    FeatureSet,
-    _pen_scale,
-    aft_objective,
-    make_estimator,
-)
+from forecast.models import DynamicAFT, FeatureSet, aft_objective, make_estimator
+from forecast.models.base import _pen_scale
 
 #: Weibull AFT truth of the simulated episodes: log T = B0 + BX * x + W / RHO (lifelines' form).
 B0, BX, RHO = 3.5, 0.5, 1.5

@@ -13,13 +13,11 @@ from forecast.models import (
     PENALIZER_GRID,
     FeatureSet,
     ModelFitError,
-    _bootstrap_weights,
-    _groups_codes,
-    _pen_scale,
     aft_objective,
     check_bounds,
     make_estimator,
 )
+from forecast.models.base import _bootstrap_weights, _groups_codes, _pen_scale
 from forecast.training import static_features
 
 FEATS = FeatureSet(("a", "b"), {"sex": ("female", "male", "other", "unknown")})

@@ -12,14 +12,8 @@ from click.testing import CliRunner
 
 from forecast.bundle import HAZARD_FAMILIES, Bundle, clock_arrays, window_exposure
 from forecast.cli import main
-from forecast.models import (
-    FeatureSet,
-    _bootstrap_weights,
-    _prepare_bounds,
-    make_estimator,
-    pwe_hessian,
-    pwe_objective,
-)
+from forecast.models import FeatureSet, make_estimator, pwe_hessian, pwe_objective
+from forecast.models.base import _bootstrap_weights, _prepare_bounds
 
 EDGES = np.array([0.0, 7.0, 14.0])
 
@@ -173,7 +167,7 @@ def test_bundle_equals_quadrature_of_the_hazard(signal_fit, tmp_path) -> None:
 
 def _fit_problem(est, X, lo, up):
     """The fitted estimator's objective arguments rebuilt from its rows (weights set later)."""
-    from forecast.models import _pen_scale
+    from forecast.models.base import _pen_scale
 
     lo, up = _prepare_bounds(lo, up)
     Z = np.ascontiguousarray(est.encoder_.transform(X)[:, est.encoder_.active])

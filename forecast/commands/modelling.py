@@ -169,7 +169,7 @@ def evaluate_command(data_dir: Path, ref: str, out_dir: Path, models_opt: Path |
     On simulated data (truth.csv present) the oracle's metrics are reported too.
     """
     from forecast import evaluation, registry
-    from forecast.evaluation_report import render
+    from forecast.evaluation.report import render
     from forecast.model_card import render_markdown
     try:
         model = registry.load(ref, registry.models_dir(models_opt))
