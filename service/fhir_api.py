@@ -23,15 +23,15 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, request
 
+from forecast.contract import TABLES
 from forecast.fhir import (
     FhirError,
     FhirIssue,
@@ -44,7 +44,9 @@ from forecast.fhir import (
 from service.auth import current_principal, require_role
 from service.clinic_openapi import FHIR_JSON, operation, outcome, query
 from service.errors import ApiProblem
+from service.ingest import ingest_many
 from service.jsonbody import JsonBodyError, fhir_path, parse_body
+from service.serving import forecast_for, questionnaires, store
 from service.store import LEGACY_MERGE
 
 bp = Blueprint("fhir_api", __name__)
@@ -84,10 +86,6 @@ def _outcome_for_api_problem(exc: ApiProblem, where: str = "Bundle") -> FhirProb
     text = exc.detail or exc.title
     code = _HTTP_CODE.get(exc.status, "exception")
     return FhirProblem(exc.status, [FhirIssue("error", code, text, where)])
-
-
-def _store() -> Any:
-    return current_app.extensions["kap_store"]
 
 
 def _body() -> Any:
@@ -147,9 +145,7 @@ def _patients_to_write(mapped: MappedRecords, bundle_patients: set[str]) -> list
     ones) and left alone (its covariates must not be blanked by a Bundle that
     lacks them).
     """
-    from forecast.contract import TABLES
-
-    st = _store()
+    st = store()
     ids = list(mapped.patients)
     with st.read() as conn:
         known = st.known_patients(conn, ids)
@@ -219,11 +215,9 @@ def _issues_from_fields(
 )
 def ingest_bundle() -> Response:
     """Import a FHIR R4 Bundle; answer a response Bundle or an OperationOutcome."""
-    from service.ingest import ingest_many
-
     doc = _body()
     try:
-        forms = current_app.extensions.get("kap_questionnaires", [])
+        forms = questionnaires()
         mapped = map_bundle(doc, questionnaires=forms)
         # Map again knowing what is stored: a subject that is neither a Patient
         # of the Bundle nor a stored patient is refused (as the JSON API refuses
@@ -231,8 +225,8 @@ def ingest_bundle() -> Response:
         # induction only when it is the patient's first ever.
         ids = list(mapped.patients)
         if ids:
-            with _store().read() as conn:
-                known = _store().known_patients(conn, ids)
+            with store().read() as conn:
+                known = store().known_patients(conn, ids)
             mapped = map_bundle(doc, known_first_session=_first_sessions(ids), known_patients=known,
                                 questionnaires=forms)
     except FhirError as err:
@@ -244,7 +238,7 @@ def ingest_bundle() -> Response:
     items = [(pid, table, recs, f"/{_POINTER}/{k}") for k, (pid, table, recs) in enumerate(groups)]
     try:
         result = ingest_many(
-            _store(),
+            store(),
             items,
             patients=_patients_to_write(mapped, bundle_patients),
             retractions=[
@@ -311,7 +305,7 @@ def _status_of(err: FhirError) -> int:
 def _first_sessions(ids: list[str]) -> dict[str, Any]:
     if not ids:
         return {}
-    st = _store()
+    st = store()
     with st.read() as conn:
         sessions = st.history(conn, "sessions", ids)
     if not len(sessions):
@@ -411,31 +405,9 @@ def _subject_id() -> str:
     return pid
 
 
-def forecast_for(pid: str, endpoint: str, cohort: Any = None) -> tuple[dict[str, Any], Any]:
-    """Serve (and audit) today's forecast for a stored patient.
-
-    Returns the answer and the cohort it was computed from. Raises ApiProblem
-    404 when the patient is unknown and no ``cohort`` is given, 503 without model.
-    """
-    from service import api
-
-    api.model_state().get()
-    st = _store()
-    if cohort is None:
-        with st.read() as conn:
-            if not st.known_patients(conn, [pid]):
-                raise ApiProblem(404, "Unknown patient", "No patient with this id is stored.")
-            cohort = st.cohort([pid], conn)
-    as_of = pd.Timestamp(dt.datetime.now(dt.UTC).date())
-    queries = pd.DataFrame(
-        {"patient_id": [pid], "as_of": [as_of], "threshold": [float(api.settings().threshold)]}
-    )
-    return api._serve(cohort, queries, endpoint)[0], cohort
-
-
 def _basis(pid: str, as_of: str) -> list[str]:
     """References to the FHIR resources (stored by POST /fhir/r4) the forecast used."""
-    st = _store()
+    st = store()
     with st.read() as conn:
         rows = st.history(conn, "assessments", [pid], with_ids=True)
     rows = rows[rows["date"] <= pd.Timestamp(as_of)]
@@ -460,7 +432,7 @@ def _basis(pid: str, as_of: str) -> list[str]:
 def risk_assessments() -> Response:
     """Search RiskAssessment by subject: the patient's current forecast."""
     pid = _subject_id()
-    st = _store()
+    st = store()
     with st.read() as conn:
         known = bool(st.known_patients(conn, [pid]))
     if not known:

@@ -12,7 +12,7 @@ Python's parser is lenient where RFC 8259 leaves room or says no:
 :func:`parse_body` refuses both, and a body nested deeper than the parser can
 follow, with :class:`JsonBodyError`. Each surface renders that error in its own
 shape (problem+json on /api/v1 and CDS Hooks, an OperationOutcome on /fhir/r4)
-with one helper: :func:`service.api.json_body` and ``service.fhir_api._body``.
+with one helper: :func:`json_body` and ``service.fhir_api._body``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,12 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from service.errors import pointer
+from flask import request
 
+from service.errors import ApiProblem, pointer
+
+#: Media types accepted by :func:`json_body` (besides any ``+json`` type).
+JSON_TYPES = ("application/json",)
 #: At most this many repeated keys are listed in one answer.
 MAX_LISTED = 20
 
@@ -158,3 +162,28 @@ def fhir_path(where: str, root: str = "Bundle") -> str:
         token = token.replace("~1", "/").replace("~0", "~")
         out += f"[{token}]" if token.isdigit() else f".{token}"
     return out
+
+
+def json_body() -> Any:
+    """The request's parsed JSON body, or a 415/400/413 problem (/api/v1 and CDS Hooks).
+
+    Only ``application/json`` (or a ``+json`` type) is accepted; the size limit
+    (``MAX_CONTENT_LENGTH``) is enforced by werkzeug before parsing. The body
+    is strict JSON (:func:`parse_body`): a key repeated in an object, ``NaN`` /
+    ``Infinity`` and too deep nesting are 400, a repeated key named by its JSON
+    pointer in ``errors``.
+    """
+    mimetype = request.mimetype or ""
+    if mimetype not in JSON_TYPES and not mimetype.endswith("+json"):
+        raise ApiProblem(
+            415,
+            detail="Send the body as JSON with 'Content-Type: application/json'.",
+            errors=[{"field": "header/Content-Type", "message": f"got {mimetype or 'none'!r}"}],
+        )
+    raw = request.get_data(cache=True)  # raises 413 beyond MAX_CONTENT_LENGTH
+    if not raw.strip():
+        raise ApiProblem(400, "Empty body", "The request body is empty; send a JSON object.")
+    try:
+        return parse_body(raw)
+    except JsonBodyError as exc:
+        raise ApiProblem(400, exc.title, exc.detail, exc.errors) from None

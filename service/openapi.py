@@ -13,9 +13,11 @@ import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Flask
+from flask import Flask, Response, current_app, jsonify, request
 
 from service import schemas
+from service.auth import current_principal, public
+from service.errors import ApiProblem
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -244,11 +246,6 @@ def _reject_unknown_query_parameters() -> None:
     :func:`describe`. A caller without a valid token still gets the view's 401
     first (the check waits for authentication on protected views).
     """
-    from flask import current_app, request
-
-    from service.auth import current_principal
-    from service.errors import ApiProblem
-
     if not request.args or request.endpoint is None:
         return
     view = current_app.view_functions.get(request.endpoint)
@@ -271,8 +268,18 @@ def _reject_unknown_query_parameters() -> None:
 
 
 def init_app(app: Flask) -> None:
-    """Reject undocumented query parameters on documented routes."""
+    """Serve the document at ``/openapi.json``; reject undocumented query parameters."""
+    app.add_url_rule("/openapi.json", "openapi", openapi_document)
     app.before_request(_reject_unknown_query_parameters)
+
+
+@public
+def openapi_document() -> Response:
+    """The OpenAPI 3 document of this app (open; built once, on the first request)."""
+    doc = current_app.extensions.get("kap_openapi")
+    if doc is None:
+        doc = current_app.extensions["kap_openapi"] = build_document(current_app)
+    return jsonify(doc)
 
 
 def build_document(app: Flask) -> dict[str, Any]:

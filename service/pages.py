@@ -22,7 +22,6 @@ import pandas as pd
 from flask import (
     Blueprint,
     Response,
-    current_app,
     make_response,
     redirect,
     render_template,
@@ -31,10 +30,13 @@ from flask import (
     url_for,
 )
 
+from forecast.instruments import score_assessments
 from forecast.safety import rule_safety
 from service.auth import login_session, logout_session, public, require_role
 from service.clinic_openapi import html, operation, query
 from service.errors import ApiProblem
+from service.page_charts import horizon_rows, phq9_chart, risk_chart
+from service.serving import forecast_for, store
 
 bp = Blueprint("pages", __name__, template_folder="templates")
 
@@ -152,9 +154,8 @@ def patient_lookup() -> Response | str:
 
 
 def _history(pid: str) -> tuple[Any, pd.DataFrame, list[dict[str, Any]]]:
-    from forecast.instruments import score_assessments
-
-    st = current_app.extensions["kap_store"]
+    """The patient's stored cohort, scored assessments and withdrawals (404 if unknown)."""
+    st = store()
     with st.read() as conn:
         if not st.known_patients(conn, [pid]):
             raise ApiProblem(404, "Unknown patient", "No patient with this id is stored.")
@@ -172,9 +173,6 @@ def _history(pid: str) -> tuple[Any, pd.DataFrame, list[dict[str, Any]]]:
 )
 def patient_page(patient_id: str) -> str:
     """The clinician page of one patient."""
-    from service.fhir_api import forecast_for
-    from service.page_charts import horizon_rows, phq9_chart, risk_chart
-
     cohort, scored, withdrawn = _history(patient_id)
     answer = None
     model_note = None

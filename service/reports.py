@@ -9,11 +9,15 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
+from forecast.outcomes import OutcomeDefinition
+from forecast.report import outcome_report, render_html
+from service import db
 from service.auth import require_role
 from service.clinic_openapi import operation, problem, query
 from service.errors import ApiProblem
+from service.serving import model_state, store
 
 bp = Blueprint("reports", __name__)
 
@@ -34,10 +38,6 @@ bp = Blueprint("reports", __name__)
 )
 def outcomes() -> Response:
     """The clinic outcome report (JSON, or HTML with ``?format=html``)."""
-    from forecast.outcomes import OutcomeDefinition
-    from forecast.report import outcome_report, render_html
-    from service import db
-
     fmt = request.args.get("format", "json")
     if fmt not in ("json", "html"):
         raise ApiProblem(
@@ -45,13 +45,13 @@ def outcomes() -> Response:
             "Invalid format",
             errors=[{"field": "query/format", "message": f"got {fmt!r}; allowed: json, html"}],
         )
-    st = current_app.extensions["kap_store"]
+    st = store()
     with st.read() as conn:
         ids = list(conn.execute(sa.select(db.patients.c.patient_id)).scalars())
         cohort = st.cohort(ids, conn)
     if not len(cohort.patients):
         raise ApiProblem(404, "No data", "The store holds no patients yet; nothing to report.")
-    live = current_app.extensions["kap_model"].current
+    live = model_state().current
     definition = getattr(live, "definition", None) or OutcomeDefinition()
     report = outcome_report(cohort, definition)
     if fmt == "html":

@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from forecast.instruments import LOINC_PHQ9_TOTAL
-from service.cds import CdsConfigError, cards_for, load_clients
+from service.cds_auth import CdsConfigError, load_clients
+from service.cds_cards import cards_for
 from tests.fixtures.clinic import (
     CDS_AUDIENCE,
     CDS_ISS,
@@ -99,7 +100,7 @@ def test_card_matches_json_forecast_and_is_audited(clinic_client):
     assert "by " in card["summary"]
     assert len(card["summary"]) <= 140
     # The date and the 28-day risk as the JSON forecast gives them.
-    from service.cds import _human
+    from service.cds_cards import _human
 
     assert _human(by) in card["summary"]
     risk28 = next(h["risk"] for h in forecast["risk"]["horizons"] if h["days"] == 28)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from forecast.instruments import LOINC_PHQ9_ITEMS, LOINC_PHQ9_TOTAL, LOINC_SYSTEM
-from service.cds import UNREAD_SI_SUMMARY, cards_for
+from service.cds_cards import UNREAD_SI_SUMMARY, cards_for
 from tests.fixtures.clinic import (
     CDS_AUDIENCE,
     CDS_ISS,

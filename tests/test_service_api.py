@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from forecast.cohort import Cohort
-from service.api import _records_json, records_json
+from service.histories import frame_json as _records_json
+from service.histories import records_json
 from tests.fixtures.service import Client, assert_problem
 
 AS_OF = "2026-06-01"

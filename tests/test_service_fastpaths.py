@@ -16,8 +16,9 @@ import pytest
 
 from forecast.cohort import Cohort, canonicalize
 from forecast.contract import TABLES
-from service.api import _lines, _lines_pandas, inputs_hashes, records_json
+from service.histories import records_json
 from service.ingest import ingest_many
+from service.serving import _lines, _lines_pandas, inputs_hashes
 from service.store import Store, row_hash
 
 
@@ -146,7 +147,7 @@ def test_audit_lines_equal_to_csv_lines() -> None:
 
 
 def test_inputs_hashes_equal_those_of_the_csv_writer(monkeypatch: pytest.MonkeyPatch) -> None:
-    import service.api as api
+    import service.serving as api
 
     cohort = _tricky_cohort()
     queries = pd.DataFrame(

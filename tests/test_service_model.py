@@ -147,7 +147,8 @@ def test_model_with_declared_covariates_is_refused_unless_the_service_declares_t
     assert declared.get("/api/v1/model").json["version"] == second
     from forecast.data import load_cohort
     from forecast.policy import forecast_rows
-    from service.api import _records_json, records_json
+    from service.histories import frame_json as _records_json
+    from service.histories import records_json
 
     as_of = "2026-05-15"
     cohort = load_cohort(folder, covariates=("bmi",))

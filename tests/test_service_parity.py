@@ -19,7 +19,8 @@ from click.testing import CliRunner
 
 from forecast.cli import main
 from forecast.contract import HORIZONS
-from service.api import _records_json, records_json
+from service.histories import frame_json as _records_json
+from service.histories import records_json
 
 AS_OF = "2026-05-15"
 #: Patients posted through the API (predict runs on the whole folder).

@@ -1,0 +1,276 @@
+"""Shared serving state and the one forecast path of every route.
+
+Resources are attached to the app by :func:`init_app` (the store, the default
+policy settings, the clinic's Questionnaires; the live model by
+:func:`service.modelstate.init_app`) and kept in ``app.extensions``; the
+accessors below read them for the current request. Blueprints import this
+module, never each other.
+
+Every forecast served goes through :func:`serve_forecasts`, which writes it to
+the audit table before it is returned; if that write fails, the client gets a
+5xx problem, not a forecast.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from flask import Flask, current_app, g, has_app_context
+
+from forecast.cohort import Cohort
+from forecast.contract import TABLES
+from forecast.fhir import load_questionnaires
+from forecast.policy import PolicySettings, forecast_queries
+from service.config import ConfigError
+from service.errors import ApiProblem
+from service.logging import request_id
+from service.modelstate import ModelState
+from service.store import Store
+
+
+# --------------------------------------------------------------------------- resources
+def init_app(app: Flask) -> None:
+    """Attach the store, the default policy settings and the Questionnaires to ``app``."""
+    init_store(app)
+    _init_settings(app)
+    _init_questionnaires(app)
+
+
+def init_store(app: Flask) -> Store:
+    """Open the store named by the config, migrate it, keep it in ``app.extensions``."""
+    store = Store(
+        app.config["KAP_DATABASE_URL"],
+        covariates=app.config.get("KAP_COVARIATES", ()),
+        **app.config.get("KAP_ENGINE_OPTIONS", {}),
+    )
+    if app.config.get("KAP_MIGRATE", True):
+        store.migrate()
+    app.extensions["kap_store"] = store
+    return store
+
+
+def _init_settings(app: Flask) -> None:
+    knobs: dict[str, Any] = {"threshold": float(app.config["KAP_THRESHOLD"])}
+    if app.config.get("KAP_MIN_INTERVAL_DAYS") is not None:
+        knobs["min_interval_days"] = int(app.config["KAP_MIN_INTERVAL_DAYS"])
+    if app.config.get("KAP_MAX_INTERVAL_DAYS") is not None:
+        knobs["max_interval_days"] = int(app.config["KAP_MAX_INTERVAL_DAYS"])
+    # Validates the combination once at start (e.g. min > the policy's max).
+    app.extensions["kap_settings"] = PolicySettings(**knobs)
+
+
+def _init_questionnaires(app: Flask) -> None:
+    """The clinic's Questionnaires (``FORECAST_QUESTIONNAIRES``), read once at start."""
+    folder = app.config.get("KAP_QUESTIONNAIRES_DIR")
+    forms: list[Any] = []
+    if folder:
+        if not Path(folder).is_dir():
+            raise ConfigError(f"FORECAST_QUESTIONNAIRES={folder}: not a folder")
+        try:
+            forms = load_questionnaires(folder)
+        except ValueError as exc:
+            raise ConfigError(f"FORECAST_QUESTIONNAIRES: {exc}") from None
+    app.extensions["kap_questionnaires"] = forms
+
+
+def store() -> Store:
+    """The app's store."""
+    return current_app.extensions["kap_store"]
+
+
+def model_state() -> ModelState:
+    """The app's live-model holder."""
+    return current_app.extensions["kap_model"]
+
+
+def settings() -> Any:
+    """The default ``PolicySettings`` of this app."""
+    return current_app.extensions["kap_settings"]
+
+
+def questionnaires() -> list[Any]:
+    """The clinic's Questionnaires (empty when none are configured)."""
+    return current_app.extensions.get("kap_questionnaires", [])
+
+
+def declared_covariates() -> tuple[str, ...]:
+    """The declared covariates of the running app's store (none outside an app)."""
+    if not has_app_context() or "kap_store" not in current_app.extensions:
+        return ()
+    return tuple(store().covariates)
+
+
+
+
+# --------------------------------------------------------------------------- audit hashes
+def _lines(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+    """Each row of ``frame`` as one CSV line (the canonical form hashed for the audit).
+
+    Formats every cell as :func:`_lines_pandas` does (``DataFrame.to_csv`` with
+    ``%.10g`` numbers, ``YYYY-MM-DD`` dates, empty blanks) and quotes them with
+    the same ``csv`` writer, without the cost of ``to_csv`` (a millisecond per
+    call, most of a one-patient hash); a test checks both agree.
+    """
+    n = len(frame)
+    if not n:
+        return np.array([], dtype=object)
+    cells: list[list[str]] = []
+    for name in columns:
+        v = frame[name].to_numpy()
+        if v.dtype.kind == "f":
+            cells.append(["" if x != x else format(x, ".10g") for x in v.tolist()])
+        elif v.dtype.kind == "M":
+            text = np.datetime_as_string(v.astype("datetime64[D]"), unit="D").astype(object)
+            text[np.isnat(v)] = ""
+            cells.append(text.tolist())
+        elif v.dtype == object:
+            blank = pd.isna(v)
+            cells.append(
+                ["" if b else str(x) for x, b in zip(v.tolist(), blank.tolist(), strict=True)]
+            )
+        else:
+            return _lines_pandas(frame, columns)
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(zip(*cells, strict=True))
+    return np.array(buf.getvalue().split("\n")[:-1], dtype=object)
+
+
+def _lines_pandas(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+    """:func:`_lines` by ``DataFrame.to_csv``: the reference form, used for other column types."""
+    if not len(frame):
+        return np.array([], dtype=object)
+    text = frame[list(columns)].to_csv(
+        header=False,
+        index=False,
+        date_format="%Y-%m-%d",
+        float_format="%.10g",
+        na_rep="",
+        lineterminator="\n",
+    )
+    return np.array(text.split("\n")[:-1], dtype=object)
+
+
+def inputs_hashes(cohort: Cohort, queries: pd.DataFrame, model_version: str | None) -> list[str]:
+    """sha256 of each query's canonical inputs (history up to as-of, as-of, threshold, model).
+
+    The canonical form is the contract columns written as CSV lines (dates
+    ``YYYY-MM-DD``, numbers ``%.10g``, blanks empty) in the cohort's order, so
+    the same history gives the same hash whichever route delivered it.
+    """
+    tables: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for name in ("patients", "sessions", "assessments"):
+        frame: pd.DataFrame = getattr(cohort, name)
+        cols = [c.name for c in TABLES[name]]
+        pids = frame["patient_id"].to_numpy(dtype=object)
+        if pd.api.types.infer_dtype(pids, skipna=False) not in ("string", "empty"):
+            pids = pids.astype(str).astype(object)
+        dates = (
+            frame["date"].to_numpy(dtype="datetime64[ns]")
+            if "date" in frame
+            else np.zeros(len(frame), dtype="datetime64[ns]")
+        )
+        tables[name] = (pids, dates, _lines(frame, cols))
+    out = []
+    for pid, as_of, threshold in zip(
+        queries["patient_id"].astype(str).tolist(),
+        pd.to_datetime(queries["as_of"]).to_numpy(dtype="datetime64[ns]"),
+        queries["threshold"].to_numpy(dtype=float).tolist(),
+        strict=True,
+    ):
+        h = hashlib.sha256()
+        h.update(
+            f"model={model_version}\nas_of={str(as_of)[:10]}\nthreshold={threshold:.10g}\n".encode()
+        )
+        for name, (pids, dates, lines) in tables.items():
+            # Frames are sorted by patient then date: slice instead of scanning.
+            lo = np.searchsorted(pids, pid, side="left")
+            hi = np.searchsorted(pids, pid, side="right")
+            if name != "patients":
+                hi = lo + np.searchsorted(dates[lo:hi], as_of, side="right")
+            h.update(f"{name}\n".encode())
+            h.update("\n".join(lines[lo:hi]).encode())
+            h.update(b"\n")
+        out.append(h.hexdigest())
+    return out
+
+
+# --------------------------------------------------------------------------- serving
+def serve_forecasts(cohort: Cohort, queries: pd.DataFrame, endpoint: str) -> list[dict[str, Any]]:
+    """Forecast the queries with the live model and audit every answer before returning.
+
+    The one serving path of every route that answers a forecast (JSON API,
+    FHIR RiskAssessment, CDS Hooks, pages).
+
+    Parameters
+    ----------
+    cohort : Cohort
+        Histories of the queried patients.
+    queries : DataFrame
+        ``patient_id``, ``as_of`` and ``threshold`` per forecast.
+    endpoint : str
+        Short name of the route, written to the audit row.
+
+    Returns
+    -------
+    list of dict
+        The policy's answers, in query order; each is in the audit table.
+
+    Raises
+    ------
+    ApiProblem
+        503 when no model is loaded.
+    """
+    model = model_state().get()  # one reference for the whole request
+    answers = forecast_queries(cohort, model, queries, settings())
+    version = str(getattr(model, "version", None))
+    hashes = inputs_hashes(cohort, queries, version)
+    principal = g.get("principal")
+    # A forecast without a principal means a route forgot its auth: the audit shows it.
+    token_name = principal.name if principal is not None else "(unauthenticated)"
+    rows = []
+    for answer, digest in zip(answers, hashes, strict=True):
+        sugg = answer.get("suggestion") or {}
+        by = sugg.get("session_by")
+        rows.append(
+            {
+                "token_name": token_name,
+                "patient_id": str(answer["patient_id"]),
+                "as_of": dt.date.fromisoformat(str(answer["as_of"])[:10]),
+                "model_version": version,
+                "inputs_hash": digest,
+                "status": str(answer["status"]),
+                "suggested_date": dt.date.fromisoformat(by) if by else None,
+                "request_id": request_id(),
+                "endpoint": endpoint,
+            }
+        )
+    store().add_audit(rows)
+    return answers
+
+
+def forecast_for(pid: str, endpoint: str, cohort: Any = None) -> tuple[dict[str, Any], Any]:
+    """Serve (and audit) today's forecast for a stored patient.
+
+    Returns the answer and the cohort it was computed from. Raises ApiProblem
+    404 when the patient is unknown and no ``cohort`` is given, 503 without model.
+    """
+    model_state().get()
+    st = store()
+    if cohort is None:
+        with st.read() as conn:
+            if not st.known_patients(conn, [pid]):
+                raise ApiProblem(404, "Unknown patient", "No patient with this id is stored.")
+            cohort = st.cohort([pid], conn)
+    as_of = pd.Timestamp(dt.datetime.now(dt.UTC).date())
+    queries = pd.DataFrame(
+        {"patient_id": [pid], "as_of": [as_of], "threshold": [float(settings().threshold)]}
+    )
+    return serve_forecasts(cohort, queries, endpoint)[0], cohort
