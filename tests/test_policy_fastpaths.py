@@ -13,9 +13,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from forecast.policy import answers, context
 from forecast.cohort import Cohort
 from forecast.instruments import score_assessments
+from forecast.policy import answers, context
 from forecast.simulation import simulate
 
 
