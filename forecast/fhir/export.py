@@ -60,10 +60,40 @@ def risk_assessment(
         says so too.
     """
     as_of = str(answer["as_of"])[:10]
-    risk = answer.get("risk") or {}
     population = is_population(answer)
+    predictions = [] if population else _predictions(answer)
+    notes = _notes(answer, population)
+    out: dict[str, Any] = {
+        "resourceType": "RiskAssessment",
+        "status": "final",
+        "subject": {"reference": f"Patient/{answer['patient_id']}"},
+        "occurrenceDateTime": as_of,
+        "method": {
+            "text": (
+                f"kap-forecast survival model, version {answer.get('model_version')}"
+                + (f"; {POPULATION_NOTE}: no prediction for this patient" if population else "")
+            ),
+        },
+        "code": {"text": "Forecast of when the benefit of ketamine treatment wanes"},
+        "note": notes,
+    }
+    if resource_id:
+        out["id"] = resource_id
+    if basis:
+        out["basis"] = [{"reference": b} for b in basis]
+    if predictions:
+        out["prediction"] = predictions
+    med = answer.get("median_remaining_days")
+    if med is not None:
+        out["note"].append({"text": f"Median remaining benefit: {med:g} days after {as_of}."})
+    return out
+
+
+def _predictions(answer: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One RiskAssessment ``prediction`` per horizon with a risk."""
+    risk = answer.get("risk") or {}
     predictions = []
-    for h in [] if population else risk.get("horizons") or []:
+    for h in risk.get("horizons") or []:
         if h.get("risk") is None:
             continue
         pred: dict[str, Any] = {
@@ -83,6 +113,11 @@ def risk_assessment(
                 f"(uncertainty band {float(h['lower']):.0%}-{float(h['upper']):.0%})"
             )
         predictions.append(pred)
+    return predictions
+
+
+def _notes(answer: Mapping[str, Any], population: bool) -> list[dict[str, str]]:
+    """The RiskAssessment notes: safety first, decision support, population, suggestion, status."""
     notes = [{"text": DECISION_SUPPORT_NOTE}]
     safety = answer.get("safety") or {}
     if safety.get("level"):
@@ -130,30 +165,7 @@ def risk_assessment(
     status = f"Status: {answer.get('status')}. {answer.get('status_reason') or ''}".strip()
     notes.append({"text": status})
     notes.extend({"text": str(c)} for c in answer.get("caveats") or [])
-    out: dict[str, Any] = {
-        "resourceType": "RiskAssessment",
-        "status": "final",
-        "subject": {"reference": f"Patient/{answer['patient_id']}"},
-        "occurrenceDateTime": as_of,
-        "method": {
-            "text": (
-                f"kap-forecast survival model, version {answer.get('model_version')}"
-                + (f"; {POPULATION_NOTE}: no prediction for this patient" if population else "")
-            ),
-        },
-        "code": {"text": "Forecast of when the benefit of ketamine treatment wanes"},
-        "note": notes,
-    }
-    if resource_id:
-        out["id"] = resource_id
-    if basis:
-        out["basis"] = [{"reference": b} for b in basis]
-    if predictions:
-        out["prediction"] = predictions
-    med = answer.get("median_remaining_days")
-    if med is not None:
-        out["note"].append({"text": f"Median remaining benefit: {med:g} days after {as_of}."})
-    return out
+    return notes
 
 
 def searchset(resources: Sequence[Mapping[str, Any]], self_url: str) -> dict[str, Any]:

@@ -92,12 +92,30 @@ def map_resources(
         With every error found (structure, codes of required bindings, values,
         unknown patients, disagreements).
     """
-    from fhir.resources.R4B import get_fhir_model_class
-
     n = len(resources)
     exprs = list(expressions or [f"Bundle.entry[{i}].resource" for i in range(n)])
     urls = list(full_urls or [None] * n)
     m = _Mapper(known_first_session, known_patients)
+    parsed = _parse_resources(m, resources, exprs, urls)
+    results = _map_parsed(m, parsed, exprs, urls, questionnaires)
+    _warn_absent_members(m, parsed, results, exprs)
+    out = m.finish()
+    if m.errors:
+        raise FhirError(m.errors + out.issues)
+    out.entries = [(t or "", cid) for t, cid in results]
+    return out
+
+
+def _parse_resources(
+    m: _Mapper,
+    resources: Sequence[Mapping[str, Any]],
+    exprs: Sequence[str],
+    urls: Sequence[str | None],
+) -> list[Any]:
+    """Validate each resource with fhir.resources (None where it is not imported)."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    n = len(resources)
     parsed: list[Any] = [None] * n
     for i, raw in enumerate(resources):
         rtype = raw.get("resourceType") if isinstance(raw, Mapping) else None
@@ -124,6 +142,20 @@ def map_resources(
                 pid = parsed[i].id or _restful_id(urls[i], "Patient")
                 if pid is not None:
                     m.patient_full_urls[urls[i]] = pid
+    return parsed
+
+
+def _map_parsed(
+    m: _Mapper,
+    parsed: Sequence[Any],
+    exprs: Sequence[str],
+    urls: Sequence[str | None],
+    questionnaires: Sequence[Any],
+) -> list[tuple[str, str | None]]:
+    """Map parsed resources in dependency order; (type, client id) per resource."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    n = len(parsed)
     # Questionnaires first (the caller's, then the Bundle's own), so responses can use them.
     for res in questionnaires:
         m.register_form(
@@ -160,7 +192,16 @@ def map_resources(
             results[i] = m.observation(res, exprs[i], urls[i], derived)
         elif rtype == "Procedure":
             results[i] = m.procedure(res, exprs[i], urls[i])
-    # hasMember references that are not in the input cannot be followed.
+    return results
+
+
+def _warn_absent_members(
+    m: _Mapper,
+    parsed: Sequence[Any],
+    results: Sequence[tuple[str, str | None]],
+    exprs: Sequence[str],
+) -> None:
+    """Warn about hasMember references that are not in the input (they cannot be followed)."""
     present = {cid for _, cid in results if cid} | set(m.full_urls)
     for i, res in enumerate(parsed):
         if res is not None and res.get_resource_type() == "Observation":
@@ -177,11 +218,6 @@ def map_resources(
                         "in the same Bundle",
                         f"{exprs[i]}.hasMember[{k}]",
                     )
-    out = m.finish()
-    if m.errors:
-        raise FhirError(m.errors + out.issues)
-    out.entries = [(t or "", cid) for t, cid in results]
-    return out
 
 
 def map_bundle(
