@@ -83,10 +83,7 @@ def episode_arrays(prep: Prepared) -> dict[str, np.ndarray]:
     Days are integers since 1970; ``*_day`` arrays are float with NaN for
     "none".
     """
-    d = prep.definition
-    a = prep.a
     ns = len(prep.s_pc)
-    na = len(prep.a_pc)
     s_pc, s_day = prep.s_pc, prep.s_day
 
     same_next = np.zeros(ns, dtype=bool)
@@ -99,9 +96,56 @@ def episode_arrays(prep: Prepared) -> dict[str, np.ndarray]:
     with np.errstate(invalid="ignore"):
         eligible = s_day >= anchor
 
+    r = _responses(prep, next_day, eligible, anchor, base)
+    responded = r["responded"]
+    w = _waning(prep, r["r_idx"], responded, r["r_item9"])
+    event = w["event"]
+    lower_day, upper_day = w["lower_day"], w["upper_day"]
+
+    censor = np.full(ns, None, dtype=object)
+    cmask = responded & ~event
+    censor[cmask & np.isfinite(next_day)] = "next_session"
+    censor[cmask & ~np.isfinite(next_day)] = "end_of_follow_up"
+
+    lower = np.where(responded, lower_day - s_day, np.nan)
+    upper = np.where(responded, upper_day - s_day, np.nan)
+    return {
+        "next_day": next_day,
+        "eligible": eligible,
+        "responded": responded,
+        "status": r["status"],
+        "r_idx": r["r_idx"],
+        "r_day": r["r_day"],
+        "r_phq9": r["r_phq9"],
+        "r_item9": r["r_item9"],
+        "event": event & responded,
+        "lower": lower,
+        "upper": upper,
+        "lower_day": np.where(responded, lower_day, np.nan),
+        "upper_day": np.where(responded & event, upper_day, np.nan),
+        "known_day": np.where(responded & event, w["known_day"], np.nan),
+        "event_reason": w["reason"],
+        "censor_reason": censor,
+        "n_assessments": w["n_assessments"],
+        "base": base,
+    }
+
+
+def _responses(
+    prep: Prepared,
+    next_day: np.ndarray,
+    eligible: np.ndarray,
+    anchor: np.ndarray,
+    base: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Each session's response assessment, whether it responded, and its status."""
+    d = prep.definition
+    a = prep.a
+    ns = len(prep.s_pc)
+    na = len(prep.a_pc)
+    s_pc, s_day = prep.s_pc, prep.s_day
     phq9 = a["phq9"].to_numpy(dtype=float)
     item9 = a["item9"].to_numpy(dtype=float)
-    cssrs = a["cssrs_ideation"].to_numpy(dtype=float)
 
     # Response assessment: the first PHQ-9 row strictly after the session day.
     p_rows = np.flatnonzero(~np.isnan(phq9))
@@ -127,6 +171,28 @@ def episode_arrays(prep: Prepared) -> dict[str, np.ndarray]:
     status[~eligible & ~np.isnan(anchor)] = "before_induction"
     status[np.isnan(anchor)] = "no_baseline"
     status[responded] = "responded"
+    return {
+        "r_idx": r_idx,
+        "r_day": r_day,
+        "r_phq9": r_phq9,
+        "r_item9": r_item9,
+        "responded": responded,
+        "status": status,
+    }
+
+
+def _waning(
+    prep: Prepared, r_idx: np.ndarray, responded: np.ndarray, r_item9: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The first waning event of each episode and its interval, or the censoring day."""
+    d = prep.definition
+    a = prep.a
+    ns = len(prep.s_pc)
+    na = len(prep.a_pc)
+    s_pc, s_day = prep.s_pc, prep.s_day
+    phq9 = a["phq9"].to_numpy(dtype=float)
+    item9 = a["item9"].to_numpy(dtype=float)
+    cssrs = a["cssrs_ideation"].to_numpy(dtype=float)
 
     # Each assessment belongs to the last session dated strictly before it.
     own = np.searchsorted(prep.s_key, prep.a_key, side="left") - 1
@@ -156,20 +222,7 @@ def episode_arrays(prep: Prepared) -> dict[str, np.ndarray]:
     J = np.flatnonzero(in_ep & (informative | is_r))
     own_J = own[J]
     day_J = prep.a_day[J]
-    c_J = crit[J]
-    si_J = si[J] & ~is_r[J]
-    has_next = np.zeros(len(J), dtype=bool)
-    has_next[:-1] = own_J[1:] == own_J[:-1]
-    if d.confirm_waning:
-        nxt_c = np.zeros(len(J), dtype=bool)
-        nxt_c[:-1] = c_J[1:] & has_next[:-1]
-        ev_J = si_J | (c_J & nxt_c)
-        pending_J = c_J & ~si_J & ~has_next
-        known_J = np.where(si_J, day_J, np.r_[day_J[1:], 0] if len(J) else day_J)
-    else:
-        ev_J = c_J
-        pending_J = np.zeros(len(J), dtype=bool)
-        known_J = day_J
+    ev_J, pending_J, known_J = _events_among(d, own_J, day_J, crit[J], si[J] & ~is_r[J])
 
     event = np.zeros(ns, dtype=bool)
     lower_day = np.full(ns, np.nan)
@@ -202,33 +255,38 @@ def episode_arrays(prep: Prepared) -> dict[str, np.ndarray]:
     lower_day[sess_c[cens]] = day_J[rows_np[first[cens]]]
 
     n_ass = np.bincount(own[in_ep], minlength=ns) if ns else np.zeros(0, dtype=np.int64)
-    censor = np.full(ns, None, dtype=object)
-    cmask = responded & ~event
-    censor[cmask & np.isfinite(next_day)] = "next_session"
-    censor[cmask & ~np.isfinite(next_day)] = "end_of_follow_up"
-
-    lower = np.where(responded, lower_day - s_day, np.nan)
-    upper = np.where(responded, upper_day - s_day, np.nan)
     return {
-        "next_day": next_day,
-        "eligible": eligible,
-        "responded": responded,
-        "status": status,
-        "r_idx": r_idx,
-        "r_day": r_day,
-        "r_phq9": r_phq9,
-        "r_item9": r_item9,
-        "event": event & responded,
-        "lower": lower,
-        "upper": upper,
-        "lower_day": np.where(responded, lower_day, np.nan),
-        "upper_day": np.where(responded & event, upper_day, np.nan),
-        "known_day": np.where(responded & event, known_day, np.nan),
-        "event_reason": reason,
-        "censor_reason": censor,
+        "event": event,
+        "lower_day": lower_day,
+        "upper_day": upper_day,
+        "known_day": known_day,
+        "reason": reason,
         "n_assessments": n_ass,
-        "base": base,
     }
+
+
+def _events_among(
+    d: OutcomeDefinition, own_J: np.ndarray, day_J: np.ndarray, c_J: np.ndarray, si_J: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which decisive rows are events, which await confirmation, and when each is known.
+
+    ``c_J`` marks rows meeting a waning criterion, ``si_J`` those meeting a
+    suicidal-ideation criterion (never waiting for confirmation).
+    """
+    n = len(day_J)
+    has_next = np.zeros(n, dtype=bool)
+    has_next[:-1] = own_J[1:] == own_J[:-1]
+    if d.confirm_waning:
+        nxt_c = np.zeros(n, dtype=bool)
+        nxt_c[:-1] = c_J[1:] & has_next[:-1]
+        ev_J = si_J | (c_J & nxt_c)
+        pending_J = c_J & ~si_J & ~has_next
+        known_J = np.where(si_J, day_J, np.r_[day_J[1:], 0] if n else day_J)
+    else:
+        ev_J = c_J
+        pending_J = np.zeros(n, dtype=bool)
+        known_J = day_J
+    return ev_J, pending_J, known_J
 
 
 def _table(prep: Prepared, ep: dict[str, np.ndarray], rows: np.ndarray) -> pd.DataFrame:
