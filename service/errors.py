@@ -20,7 +20,8 @@ from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any
 
-from flask import Flask, Response, g, json
+import sqlalchemy.exc as sa_exc
+from flask import Flask, Response, g, has_app_context, json
 from werkzeug.exceptions import HTTPException
 
 PROBLEM_MIMETYPE = "application/problem+json"
@@ -75,7 +76,7 @@ class ApiProblem(Exception):
         body: dict[str, Any] = {"type": self.type, "title": self.title, "status": self.status}
         if self.detail:
             body["detail"] = self.detail
-        request_id = g.get("request_id") if _has_app_context() else None
+        request_id = g.get("request_id") if has_app_context() else None
         if request_id:
             body["instance"] = f"urn:request:{request_id}"
         if self.errors:
@@ -88,12 +89,6 @@ class ApiProblem(Exception):
         for key, value in self.headers.items():
             resp.headers[key] = value
         return resp
-
-
-def _has_app_context() -> bool:
-    from flask import has_app_context
-
-    return has_app_context()
 
 
 def field_errors(problems: Iterable[Any], prefix: str = "") -> list[dict[str, str]]:
@@ -196,8 +191,6 @@ def _unexpected(exc: Exception) -> Response:
 
 def init_app(app: Flask) -> None:
     """Register the problem+json handlers on ``app``."""
-    import sqlalchemy.exc as sa_exc
-
     app.register_error_handler(ApiProblem, lambda exc: exc.response())
     app.register_error_handler(HTTPException, _http_exception)
     app.register_error_handler(sa_exc.IntegrityError, _write_conflict)

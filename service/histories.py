@@ -100,7 +100,6 @@ def stateless_cohort(
     entries: list[tuple[Any, str]],
 ) -> tuple[Cohort, list[str]]:
     """Validate stateless histories (body, pointer prefix) into one cohort."""
-    from forecast.contract import TABLES
     declared = declared_covariates()
     errors: list[dict[str, str]] = []
     frames: dict[str, list[pd.DataFrame]] = {"patients": [], "sessions": [], "assessments": []}

@@ -33,6 +33,12 @@ from typing import Any
 import numpy as np
 from sqlalchemy.engine import Connection
 
+from forecast.data import (
+    MAX_CLIENT_ID_LENGTH,
+    RecordsOf,
+    validate_patient,
+    validate_records_many,
+)
 from service.errors import ApiProblem, field_errors, pointer
 from service.store import Store, row_hash
 
@@ -152,8 +158,6 @@ def _patient_records(
     patients: Sequence[Any] | None, covariates: Sequence[str] = ()
 ) -> tuple[list[tuple[dict[str, Any], str]], list[dict[str, str]]]:
     """Validate patient records: (canonical record, pointer) pairs and field errors."""
-    from forecast.data import validate_patient
-
     out: list[tuple[dict[str, Any], str]] = []
     errors: list[dict[str, str]] = []
     seen: set[str] = set()
@@ -196,8 +200,6 @@ class _Plan:
 
 def _retractions(raw: Sequence[Any] | None) -> tuple[list[Retraction], list[dict[str, str]]]:
     """Parse retractions (``Retraction`` or mappings ``patient_id, table, id[, pointer]``)."""
-    from forecast.data import MAX_CLIENT_ID_LENGTH
-
     out: list[Retraction] = []
     errors: list[dict[str, str]] = []
     seen: set[tuple[str, str, str]] = set()
@@ -260,8 +262,6 @@ def _plan(
     or withdrawn in the same request; otherwise it is ``kept``, so that no
     accepted value (a C-SSRS answer beside a wrong PHQ-9, say) is lost.
     """
-    from forecast.data import RecordsOf, validate_records_many
-
     ids = sorted({it.patient_id for it in items} | {r.patient_id for r in retractions})
     known = store.known_patients(conn, ids) | new_patients
     tables = sorted({it.table for it in items} | {r.table for r in retractions})
@@ -276,57 +276,76 @@ def _plan(
         for r in retractions
         if r.patient_id not in known
     ]
-    # Resources present in this request, per (table, patient): sent (as records or
-    # merged into one) or withdrawn. A merged row may go only when all it holds is here.
-    present: dict[tuple[str, str], set[str]] = {}
-    for it in items:
-        bucket = present.setdefault((it.table, it.patient_id), set())
-        bucket.update(
-            r["id"] for r in it.records if isinstance(r, Mapping) and isinstance(r.get("id"), str)
-        )
-    for (pid, table, _), merged in (sources or {}).items():
-        present.setdefault((table, pid), set()).update(merged)
-    for r in retractions:
-        present.setdefault((r.table, r.patient_id), set()).add(r.client_id)
-    decisions: list[tuple[Retraction, str, dict[str, Any] | None]] = []
-    freed: dict[str, dict[str, set[str]]] = {t: {} for t in tables}  # rows deleted here
-    for r in retractions:
-        if r.patient_id not in known:
-            continue
-        if r.client_id in withdrawn[r.table].get(r.patient_id, ()):
-            date = store.withdrawn_date(conn, r.table, r.patient_id, r.client_id)
-            decisions.append((r, "already retracted", {"date": date}))
-            continue
-        loc = store.locate(conn, r.table, r.patient_id, r.client_id)
-        if loc is not None:
-            missing = [o for o in loc["others"] if o not in present[(r.table, r.patient_id)]]
-            if missing:
-                decisions.append((r, "kept", {**loc, "missing": missing}))
-                continue
-            freed[r.table].setdefault(r.patient_id, set()).add(loc["client_id"])
-        decisions.append((r, "recorded" if loc is None else "retracted", loc))
-    for r, action, _ in decisions:
-        if action != "kept":
-            withdrawn[r.table].setdefault(r.patient_id, set()).add(r.client_id)
-    # Each patient's stored rows as arrays: dates, client ids, content hashes.
-    stored: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    for table in tables:
-        frame = store.history(conn, table, ids, with_ids=True)
-        if not len(frame):
-            continue
-        # Rows are sorted by patient: slice each patient's block instead of grouping.
-        pids = frame["patient_id"].to_numpy(dtype=object)
-        dates = frame["date"].to_numpy(dtype="datetime64[ns]")
-        cids = frame["client_id"].to_numpy(dtype=object)
-        hashes = frame["content_hash"].to_numpy(dtype=object)
-        starts = np.flatnonzero(np.r_[True, pids[1:] != pids[:-1]])
-        ends = np.r_[starts[1:], len(pids)]
-        for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
-            stored[(table, str(pids[lo]))] = (dates[lo:hi], cids[lo:hi], hashes[lo:hi])
+    present = _present_resources(items, retractions, sources)
+    decisions, freed = _decide_retractions(
+        store, conn, retractions, known, withdrawn, present, tables
+    )
+    stored = _stored_rows(store, conn, tables, ids)
     # Problems of the patients come first, then those of the rows: one 422 lists all.
     errors: list[dict[str, str]] = list(prior_errors) + retraction_errors
     conflicts: list[dict[str, str]] = []
     # Every item of a table is validated in one pass of the data contract's rules.
+    entries, position, kept_of = _validation_entries(items, stored, withdrawn, freed, known, tables)
+    checked = {
+        t: validate_records_many(t, entries[t], today=today, as_rows=True) if entries[t] else []
+        for t in tables
+    }
+    plans: list[tuple[IngestItem, list[dict[str, Any]], list[dict[str, Any]]]] = []
+    for it, (table, k), kept in zip(items, position, kept_of, strict=True):
+        rows, problems, order = checked[table][k]
+        if problems:
+            errors += field_errors(
+                [p if p.row is None else replace(p, row=int(kept[p.row])) for p in problems],
+                it.pointer,
+            )
+            continue
+        validated = set(kept.tolist())
+        withdrawn_results = [
+            {
+                "index": i,
+                "id": r["id"],
+                "date": str(r.get("date"))[:10] if r.get("date") is not None else None,
+                "result": "retracted",  # withdrawn as entered in error: never stored again
+            }
+            for i, r in enumerate(it.records)
+            if i not in validated
+        ]
+        if not rows:
+            plans.append((it, [], withdrawn_results))
+            continue
+        inserts, results, clashes = _row_results(
+            it, rows, order, kept, stored.get((it.table, it.patient_id)), freed
+        )
+        conflicts += clashes
+        results = sorted(results + withdrawn_results, key=lambda e: e["index"])
+        plans.append((it, inserts, results))
+    if errors:
+        raise ApiProblem(
+            422, "Invalid data", f"{len(errors)} problem(s) in the submitted rows", errors
+        )
+    if conflicts:
+        raise ApiProblem(
+            409,
+            "Conflicting retry",
+            f"{len(conflicts)} item(s) reuse a stored id with other content; nothing was stored",
+            conflicts,
+        )
+    return _Plan(plans, snapshot, decisions)
+
+
+def _validation_entries(
+    items: Sequence[IngestItem],
+    stored: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]],
+    withdrawn: dict[str, dict[str, set[str]]],
+    freed: dict[str, dict[str, set[str]]],
+    known: set[str],
+    tables: Sequence[str],
+) -> tuple[dict[str, list[RecordsOf]], list[tuple[str, int]], list[np.ndarray]]:
+    """The records of every item to validate, per table, with the stored rows they meet.
+
+    Returns the entries per table, each item's (table, position) among them and,
+    per item, the posted index of each record to validate.
+    """
     entries: dict[str, list[RecordsOf]] = {t: [] for t in tables}
     position: list[tuple[str, int]] = []
     kept_of: list[np.ndarray] = []  # per item: posted index of each validated record
@@ -359,82 +378,138 @@ def _plan(
         entries[it.table].append(
             RecordsOf(it.patient_id, [records[i] for i in kept], it.patient_id in known, existing)
         )
-    checked = {
-        t: validate_records_many(t, entries[t], today=today, as_rows=True) if entries[t] else []
-        for t in tables
-    }
-    plans: list[tuple[IngestItem, list[dict[str, Any]], list[dict[str, Any]]]] = []
-    for it, (table, k), kept in zip(items, position, kept_of, strict=True):
-        rows, problems, order = checked[table][k]
-        if problems:
-            errors += field_errors(
-                [p if p.row is None else replace(p, row=int(kept[p.row])) for p in problems],
-                it.pointer,
-            )
-            continue
-        validated = set(kept.tolist())
-        withdrawn_results = [
-            {
-                "index": i,
-                "id": r["id"],
-                "date": str(r.get("date"))[:10] if r.get("date") is not None else None,
-                "result": "retracted",  # withdrawn as entered in error: never stored again
-            }
-            for i, r in enumerate(it.records)
-            if i not in validated
-        ]
-        if not rows:
-            plans.append((it, [], withdrawn_results))
-            continue
-        found = stored.get((it.table, it.patient_id))
-        stored_hash: dict[str, str] = {}
-        if found is not None:
-            # A row deleted by a withdrawal here is no longer stored: its id is new again.
-            gone_rows = freed[it.table].get(it.patient_id, set())
-            stored_hash = {
-                str(c): h
-                for c, h in zip(found[1], found[2], strict=True)
-                if c is not None and c not in gone_rows
-            }
-        inserts: list[dict[str, Any]] = []
-        results: list[dict[str, Any]] = [{} for _ in rows]
-        for j, row in enumerate(rows):
-            index = int(kept[int(order[j])])
-            digest = row_hash(it.table, row)
-            cid = row.get("client_id")
-            entry = {
-                "index": index,
-                "id": cid,
-                "date": row["date"].strftime("%Y-%m-%d"),
-            }
-            if cid is not None and cid in stored_hash:
-                if stored_hash[cid] != digest:
-                    conflicts.append(
-                        {
-                            "field": f"{it.pointer}/{index}/id",
-                            "message": f"id {cid!r} is already stored with different content; "
-                            "a stored row is never changed by a retry: send a new id",
-                        }
-                    )
-                entry["result"] = "unchanged"
-            else:
-                entry["result"] = "created"
-                inserts.append({**row, "content_hash": digest})
-            results[j] = entry
-        results = sorted(results + withdrawn_results, key=lambda e: e["index"])
-        plans.append((it, inserts, results))
-    if errors:
-        raise ApiProblem(
-            422, "Invalid data", f"{len(errors)} problem(s) in the submitted rows", errors
+    return entries, position, kept_of
+
+
+def _present_resources(
+    items: Sequence[IngestItem],
+    retractions: Sequence[Retraction],
+    sources: Mapping[tuple[str, str, str], Sequence[str]] | None,
+) -> dict[tuple[str, str], set[str]]:
+    """Resources present in this request, per (table, patient): sent or withdrawn.
+
+    Sent means as records or merged into one. A merged row may go only when all
+    it holds is here.
+    """
+    present: dict[tuple[str, str], set[str]] = {}
+    for it in items:
+        bucket = present.setdefault((it.table, it.patient_id), set())
+        bucket.update(
+            r["id"] for r in it.records if isinstance(r, Mapping) and isinstance(r.get("id"), str)
         )
-    if conflicts:
-        raise ApiProblem(
-            409,
-            "Conflicting retry",
-            f"{len(conflicts)} item(s) reuse a stored id with other content; nothing was stored",
-            conflicts,
-        )
-    return _Plan(plans, snapshot, decisions)
+    for (pid, table, _), merged in (sources or {}).items():
+        present.setdefault((table, pid), set()).update(merged)
+    for r in retractions:
+        present.setdefault((r.table, r.patient_id), set()).add(r.client_id)
+    return present
+
+
+def _decide_retractions(
+    store: Store,
+    conn: Connection,
+    retractions: Sequence[Retraction],
+    known: set[str],
+    withdrawn: dict[str, dict[str, set[str]]],
+    present: dict[tuple[str, str], set[str]],
+    tables: Sequence[str],
+) -> tuple[list[tuple[Retraction, str, dict[str, Any] | None]], dict[str, dict[str, set[str]]]]:
+    """What becomes of each retraction, and the stored rows it deletes (``freed``).
+
+    ``withdrawn`` (stored tombstones per table and patient) gains the ids
+    withdrawn in this request.
+    """
+    decisions: list[tuple[Retraction, str, dict[str, Any] | None]] = []
+    freed: dict[str, dict[str, set[str]]] = {t: {} for t in tables}  # rows deleted here
+    for r in retractions:
+        if r.patient_id not in known:
+            continue
+        if r.client_id in withdrawn[r.table].get(r.patient_id, ()):
+            date = store.withdrawn_date(conn, r.table, r.patient_id, r.client_id)
+            decisions.append((r, "already retracted", {"date": date}))
+            continue
+        loc = store.locate(conn, r.table, r.patient_id, r.client_id)
+        if loc is not None:
+            missing = [o for o in loc["others"] if o not in present[(r.table, r.patient_id)]]
+            if missing:
+                decisions.append((r, "kept", {**loc, "missing": missing}))
+                continue
+            freed[r.table].setdefault(r.patient_id, set()).add(loc["client_id"])
+        decisions.append((r, "recorded" if loc is None else "retracted", loc))
+    for r, action, _ in decisions:
+        if action != "kept":
+            withdrawn[r.table].setdefault(r.patient_id, set()).add(r.client_id)
+    return decisions, freed
+
+
+def _stored_rows(
+    store: Store, conn: Connection, tables: Sequence[str], ids: Sequence[str]
+) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Each patient's stored rows as arrays: dates, client ids, content hashes."""
+    stored: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for table in tables:
+        frame = store.history(conn, table, ids, with_ids=True)
+        if not len(frame):
+            continue
+        # Rows are sorted by patient: slice each patient's block instead of grouping.
+        pids = frame["patient_id"].to_numpy(dtype=object)
+        dates = frame["date"].to_numpy(dtype="datetime64[ns]")
+        cids = frame["client_id"].to_numpy(dtype=object)
+        hashes = frame["content_hash"].to_numpy(dtype=object)
+        starts = np.flatnonzero(np.r_[True, pids[1:] != pids[:-1]])
+        ends = np.r_[starts[1:], len(pids)]
+        for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
+            stored[(table, str(pids[lo]))] = (dates[lo:hi], cids[lo:hi], hashes[lo:hi])
+    return stored
+
+
+def _row_results(
+    it: IngestItem,
+    rows: list[dict[str, Any]],
+    order: Any,
+    kept: np.ndarray,
+    found: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    freed: dict[str, dict[str, set[str]]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, str]]]:
+    """The rows of one item to insert, its per-record results and its conflicting retries.
+
+    ``found`` is the patient's stored rows of the table (:func:`_stored_rows`).
+    """
+    conflicts: list[dict[str, str]] = []
+    stored_hash: dict[str, str] = {}
+    if found is not None:
+        # A row deleted by a withdrawal here is no longer stored: its id is new again.
+        gone_rows = freed[it.table].get(it.patient_id, set())
+        stored_hash = {
+            str(c): h
+            for c, h in zip(found[1], found[2], strict=True)
+            if c is not None and c not in gone_rows
+        }
+    inserts: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = [{} for _ in rows]
+    for j, row in enumerate(rows):
+        index = int(kept[int(order[j])])
+        digest = row_hash(it.table, row)
+        cid = row.get("client_id")
+        entry = {
+            "index": index,
+            "id": cid,
+            "date": row["date"].strftime("%Y-%m-%d"),
+        }
+        if cid is not None and cid in stored_hash:
+            if stored_hash[cid] != digest:
+                conflicts.append(
+                    {
+                        "field": f"{it.pointer}/{index}/id",
+                        "message": f"id {cid!r} is already stored with different content; "
+                        "a stored row is never changed by a retry: send a new id",
+                    }
+                )
+            entry["result"] = "unchanged"
+        else:
+            entry["result"] = "created"
+            inserts.append({**row, "content_hash": digest})
+        results[j] = entry
+    return inserts, results, conflicts
 
 
 def _apply(

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
+from forecast import registry
 from service.errors import ApiProblem
 
 if TYPE_CHECKING:
@@ -74,8 +75,6 @@ class ModelState:
     @property
     def models_dir(self) -> Path:
         """The registry folder this state loads from."""
-        from forecast import registry
-
         return Path(registry.models_dir(self._option))
 
     @property
@@ -118,8 +117,6 @@ class ModelState:
         declared there would fail each forecast, so it is refused like a
         damaged one, naming the covariates.
         """
-        from forecast import registry
-
         loaded = registry.load(ref, self.models_dir)
         declared = () if self._store is None else self._store.covariates
         missing = [c for c in loaded.covariates if c not in declared]
@@ -134,8 +131,6 @@ class ModelState:
 
     def _newest_valid(self) -> Any:
         """The newest version that verifies (a damaged latest one is skipped, and logged)."""
-        from forecast import registry
-
         versions = registry.list_versions(self.models_dir)
         if not versions:
             raise registry.RegistryError(f"no trained model in {self.models_dir}")
@@ -221,8 +216,6 @@ class ModelState:
             409 when the latest version cannot be loaded (missing, tampered,
             unreadable); the previous version stays live.
         """
-        from forecast import registry
-
         with self._lock:  # one reload at a time; readers never wait on this lock
             previous = self.version
             try:

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictStr, create_model
 from pydantic import ValidationError as PydanticValidationError
+from pydantic.json_schema import models_json_schema
 
 from forecast.contract import TABLES, Column
 from service.errors import ApiProblem, pointer
@@ -248,8 +249,6 @@ def _message(err: dict[str, Any], loc: list[Any]) -> str:
 
 def schema_components() -> dict[str, Any]:
     """JSON schemas of every request model for ``components/schemas`` of OpenAPI."""
-    from pydantic.json_schema import models_json_schema
-
     models = [
         AssessmentsBody,
         SessionsBody,
