@@ -3,8 +3,7 @@
 A card states the intended users and population, the outcome and its
 horizons, how censoring was handled, the full model specification, a training
 data summary (counts only, never patient rows), the metrics if the model was
-evaluated, and the limitations (DOMAIN.md, "Reporting a clinical prediction
-model").
+evaluated, and the limitations (see docs/models.md).
 """
 
 from __future__ import annotations
@@ -90,17 +89,8 @@ def _coefficients(bundle: Bundle) -> list[dict[str, Any]]:
     return rows
 
 
-def build_card(
-    bundle: Bundle,
-    *,
-    version: str,
-    definition: Any,
-    training: dict[str, Any],
-    fingerprint: dict[str, Any],
-    metrics: dict[str, Any] | None,
-    environment: dict[str, Any],
-) -> dict[str, Any]:
-    """Assemble the model card of a version (a JSON-able dict)."""
+def _model_spec(bundle: Bundle) -> dict[str, Any]:
+    """The card's ``model`` section: kind, formula, features, coefficients, windows."""
     enc = bundle.encoder
     spec: dict[str, Any] = {
         "kind": bundle.kind,
@@ -163,6 +153,11 @@ def build_card(
     if "ancillary_covariates" in bundle.meta:
         spec["ancillary_covariates"] = bundle.meta["ancillary_covariates"]
         spec["ancillary_coef"] = bundle.arrays["anc_coef"].tolist()
+    return spec
+
+
+def _censoring_text(bundle: Bundle) -> str:
+    """How the version's likelihood handles interval censoring (and left truncation)."""
     censoring = _CENSORING["aft" if bundle.family in AFT_FAMILIES else bundle.family]
     if bundle.time_origin == "as_of" and bundle.family != "piecewise":
         censoring += (
@@ -170,6 +165,20 @@ def build_card(
             "the row is known to have lasted to its last assessment without waning (entry), "
             "so its contribution is log(S(lower) - S(upper)) - log S(entry) (lifelines' "
             "entry_col).")
+    return censoring
+
+
+def build_card(
+    bundle: Bundle,
+    *,
+    version: str,
+    definition: Any,
+    training: dict[str, Any],
+    fingerprint: dict[str, Any],
+    metrics: dict[str, Any] | None,
+    environment: dict[str, Any],
+) -> dict[str, Any]:
+    """Assemble the model card of a version (a JSON-able dict)."""
     return {
         "title": "kap-forecast: time until the benefit of a ketamine session wanes",
         "version": version,
@@ -193,8 +202,8 @@ def build_card(
             "horizons_days": [int(h) for h in bundle.horizons],
             "time_origin": bundle.time_origin,
         },
-        "censoring": censoring,
-        "model": spec,
+        "censoring": _censoring_text(bundle),
+        "model": _model_spec(bundle),
         "training_data": {k: v for k, v in training.items() if k != "patient_ids"},
         "data_fingerprint": fingerprint,
         "metrics": metrics,

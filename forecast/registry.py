@@ -19,8 +19,8 @@ fsynced, and then renamed into place with one ``os.rename``: a killed
 the next save removes when it is older than an hour), never a half version.
 :func:`load` verifies the manifest and every checksum before reading anything
 and refuses tampered, truncated, foreign or unknown-format files with a
-:class:`RegistryError` naming the file (DESIGN.md: verify checksums, load only
-from the registry folder).
+:class:`RegistryError` naming the file: checksums are verified and versions
+are loaded only from the registry folder (see docs/registry.md).
 """
 
 from __future__ import annotations

@@ -423,7 +423,7 @@ class Bundle:
         """Median remaining time (days after ``since``); ``inf`` when never reached.
 
         Found on a 0.25-day grid up to 5 years, which is finer than any visit
-        schedule. Callers must turn ``inf`` into "not reached" (STYLE.md).
+        schedule. Callers must turn ``inf`` into "not reached"; it is never shown as a number.
         """
         grid = np.arange(0.0, 5 * 365.25, 0.25)
         surv = self.predict_survival(X_frame, grid, since)

@@ -72,7 +72,8 @@ def smoothed_observed(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h
     then depends on no assumption about the hazards after ``h``. Fitted on
     the whole follow-up, the proportional-hazards assumption over all time
     pulled the smoothed 56-day risk about 0.03 below Kaplan-Meier on
-    simulated cohorts (docs/modelling-history.md, "Calibration measured at the horizon").
+    simulated cohorts (see docs/design-decisions.md, "Untied event times and
+    horizon censoring in the smoothers").
     The metrics pass :func:`untied_times`, not the interval midpoints, whose
     ties bias the fit.
     """
@@ -114,7 +115,7 @@ def calibration_slope(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h
     ``slope_cox``: the Cox coefficient of the same ``cll`` with the follow-up
     censored at ``h`` (Wald interval). It assumes proportional hazards within
     [0, h]; for log-logistic waning, whose hazard ratios fade over time, it
-    reads about 1.1-1.3 for the true risks (README, the slope under "Commands"),
+    reads about 1.1-1.3 for the true risks (see docs/evaluation.md, "Commands"),
     so it is kept beside the other, not in its place.
 
     1 means the risks spread as much as the outcomes; below 1 they are too
@@ -231,14 +232,13 @@ def calibration(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: floa
     observed risk with pseudo-observations (:func:`pseudo_observed`), which
     needs no proportional hazards over time and matches Kaplan-Meier in the
     large. ``ici_austin`` smooths it with Austin et al.'s (2020) Cox hazard
-    regression (:func:`smoothed_observed`), the headline until 2026-12-06.
-    Why the change: on fresh simulated cohorts of 50,000 patients the
-    pseudo-observation ICI stayed within 0.008 of a nonparametric reading
-    (Turnbull in 20 groups of predicted risk) for every model measured,
-    while Austin's differed from it by up to 0.03, in both directions, with
-    the spread of the risks (its proportional-hazards assumption within [0,
-    h]; docs/modelling-history.md, "The fold models measured on a fresh
-    50,000-patient cohort").
+    regression (:func:`smoothed_observed`). Why ``ici`` is the headline: on
+    fresh simulated cohorts of 50,000 patients the pseudo-observation ICI is
+    within 0.008 of a nonparametric reading (Turnbull in 20 groups of
+    predicted risk) for every model measured, while Austin's differs from it
+    by up to 0.03, in both directions, with the spread of the risks (its
+    proportional-hazards assumption within [0, h]; see
+    docs/design-decisions.md, "Headline ICI from pseudo-observations").
 
     ``observed_risk`` is the interval-aware (Turnbull) observed risk at ``h``
     of the same rows, used for calibration-in-the-large. ``cox_time``, when
@@ -350,11 +350,11 @@ def calibrated_reference_ici(lower: np.ndarray, upper: np.ndarray, risk: np.ndar
     and 95th percentile over the draws show what ICI a calibrated model gets
     on data censored like these: with most follow-up ending at boosters
     before 56 days, both smoothers read well above 0 for calibrated risks
-    (docs/modelling-history.md, "What ICI can measure under booster censoring").
+    (see docs/design-decisions.md, "A calibrated reference beside every ICI").
 
     The draws use exact waning times; the real outcomes are intervals between
     assessments, which the metrics' untied times (:func:`untied_times`) read
-    close to exact ones (``bench/calibration_floor.py``), so the reference is
+    close to exact ones (``research/calibration_floor.py``), so the reference is
     an approximate floor, not an exact one. (A draw of the intervals
     themselves, widths from the rows' own at a random phase, overstated it:
     weekly assessments that fall on the horizons blur nothing, and the

@@ -56,7 +56,7 @@ def untied_times(lower: Any, upper: Any, seed: int = 0) -> tuple[np.ndarray, np.
     with assessments every 28 days, thousands of tied times. Efron's handling of
     ties then biases those fits: risks calibrated by construction read an ICI
     of 0.07 at midpoints, 0.01-0.02 placed inside their intervals
-    (``bench/calibration_floor.py``). One seeded draw keeps the metrics
+    (``research/calibration_floor.py``). One seeded draw keeps the metrics
     reproducible. Censored rows keep ``lower``.
     """
     lo = np.asarray(lower, dtype=float)

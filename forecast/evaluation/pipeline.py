@@ -105,19 +105,27 @@ def evaluate_cohort(
     out["forecast_point"] = _forecast_point_block(fp, cv["pred_fp"], cv["fp_fold"], truth,
                                                   horizons, ci_reps=ci_reps, seed=seed)
     if cv["pred_lm"].get("model") is not None:
-        p = cv["pred_lm"]["model"]
-        ok = np.all(np.isfinite(p), axis=1)  # rows of a failed fold have no prediction
-        if "grid_landmark" in ld.columns:  # the grid rows only; the forecast point is above
-            ok &= ld["grid_landmark"].to_numpy(dtype=bool)
-        if ok.any():
-            out["landmark_conditional"] = {
-                "n_rows": int(ok.sum()),
-                "note": "all landmark rows of the test patients; rows of one episode are "
-                        "correlated, metrics are pooled point estimates (Uno's C skipped)",
-                **survival_metrics(ld["lower"].to_numpy(float)[ok],
-                                   ld["upper"].to_numpy(float)[ok], p[ok], horizons, uno=False),
-            }
+        block = _landmark_conditional_block(ld, cv["pred_lm"]["model"], horizons)
+        if block is not None:
+            out["landmark_conditional"] = block
     return out
+
+
+def _landmark_conditional_block(ld: pd.DataFrame, pred: np.ndarray, horizons: Sequence[int]
+                                ) -> dict[str, Any] | None:
+    """Pooled metrics of the out-of-fold predictions on the grid landmark rows (None if none)."""
+    ok = np.all(np.isfinite(pred), axis=1)  # rows of a failed fold have no prediction
+    if "grid_landmark" in ld.columns:  # the grid rows only; the forecast point has its block
+        ok &= ld["grid_landmark"].to_numpy(dtype=bool)
+    if not ok.any():
+        return None
+    return {
+        "n_rows": int(ok.sum()),
+        "note": "all landmark rows of the test patients; rows of one episode are "
+                "correlated, metrics are pooled point estimates (Uno's C skipped)",
+        **survival_metrics(ld["lower"].to_numpy(float)[ok],
+                           ld["upper"].to_numpy(float)[ok], pred[ok], horizons, uno=False),
+    }
 
 
 FORECAST_POINT_NOTE = (

@@ -51,7 +51,7 @@ def varying_within(X: pd.DataFrame, names: Sequence[str], by: str = "episode_id"
 
 
 class LandmarkAFT(AFTEstimator):
-    """Residual-time landmark model (``--kind landmark``; the default until 2026-11-27).
+    """Residual-time landmark model (``--kind landmark``).
 
     Fit it on ``forecast.features.landmark_dataset`` rows (features at the
     landmark, residual interval from the landmark); predict with the features
@@ -260,7 +260,7 @@ class LandmarkAFT(AFTEstimator):
 
 
 class DynamicAFT(LandmarkAFT):
-    """Dynamic model on the episode's time scale (``--kind dynamic``; the default until 2026-12-06).
+    """Dynamic model on the episode's time scale (``--kind dynamic``).
 
     Fitted on the same landmark rows as :class:`LandmarkAFT` (features at the
     landmark, history up to it only), but the outcome keeps the episode's own
@@ -280,10 +280,11 @@ class DynamicAFT(LandmarkAFT):
     ``elapsed_days``, ``days_since_assessment``, ``n_assessments_since_session``);
     ``days_since_assessment`` therefore is not a covariate of the location.
 
-    Why: the residual-time landmark model over-predicted the 28-day risk on a
-    cohort of an independent generator by 0.05-0.08 against its latent truth
-    (bench/foreign_check.py), most at 14-70 days after the session; on the
-    same cohorts this formulation was within 0.02 (README, foreign check).
+    Why: the residual-time landmark model over-predicts the 28-day risk on a
+    cohort of an independent generator by 0.05-0.08 against its latent truth,
+    most at 14-70 days after the session; on the same cohorts this
+    formulation is within 0.02 (see docs/models.md and docs/evaluation.md,
+    "Checked on a cohort from another generator").
 
     Parameters as :class:`LandmarkAFT`; the ancillary (shape) covariates
     default to ``response_known`` only, the time scale itself carrying the

@@ -37,7 +37,8 @@ from forecast.models.landmark import LandmarkAFT
 #: last window is open.
 PIECEWISE_EDGES: tuple[float, ...] = (0.0, 7.0, 14.0, 28.0, 42.0, 56.0, 84.0)
 #: Penalties of the piecewise kind: on the average effects (``penalizer="auto"``) and on
-#: each window's deviation from them. Chosen on fresh simulated cohorts (README).
+#: each window's deviation from them. Chosen on fresh simulated cohorts (see
+#: docs/design-decisions.md, "Piecewise penalties per unit, window penalty 0.01").
 PIECEWISE_PENALIZER = 0.1
 PIECEWISE_WINDOW_PENALIZER = 0.01
 #: What the piecewise penalties are per: "unit" (each design column's unit: an SD for the
@@ -278,13 +279,13 @@ class PiecewiseExponentialModel(SurvivalEstimator):
     rare category's effect is shrunk more than under ``"sd"``, per column SD
     (lifelines' convention, the AFT kinds'). On fresh simulated cohorts
     ``"unit"`` ranked better in all 15 fold models compared (AUC(28) +0.004)
-    for about 0.003 of ICI (README).
+    for about 0.003 of ICI (see docs/design-decisions.md).
 
     Why: on fresh 50,000-patient simulated cohorts the dynamic kind's
     calibration slope falls from above 1 at 14 days to about 0.8 at 56 days
     whatever its AFT family or baseline; piecewise-exponential probes showed
-    that the time scale, not the family, decides it (``bench/time_scale_check.py``,
-    README). The bundle stores the window rates and effects (no rows).
+    that the time scale, not the family, decides it (``research/time_scale_check.py``;
+    see docs/models.md). The bundle stores the window rates and effects (no rows).
     """
 
     kind = "piecewise"
