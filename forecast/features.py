@@ -33,6 +33,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from forecast.arrays import (
+    episode_ids,
+    fill_missing,
+    group_cumsum,
+    last_at_or_before,
+    range_sum,
+    run_cummax,
+    take,
+    take_objects,
+)
 from forecast.cohort import Cohort
 from forecast.contract import DIAGNOSES, ROUTES, SESSION_KINDS, SEXES
 from forecast.episodes import episode_arrays
@@ -140,82 +150,6 @@ def feature_spec(covariates: tuple[str, ...] | list[str] = ()) -> FeatureSpec:
 FEATURES: FeatureSpec = feature_spec(())
 
 
-# --- internals ----------------------------------------------------------------
-
-
-def _last_le(keys: np.ndarray, pcs: np.ndarray, q_key: np.ndarray, q_pc: np.ndarray) -> np.ndarray:
-    """Index of the last row with key <= query key of the same patient, else -1."""
-    if len(keys) == 0:
-        return np.full(len(q_key), -1, dtype=np.int64)
-    i = np.searchsorted(keys, q_key, side="right") - 1
-    ok = i >= 0
-    ok[ok] = pcs[i[ok]] == q_pc[ok]
-    return np.where(ok, i, -1)
-
-
-def _take(values: np.ndarray, idx: np.ndarray, fill: float = np.nan) -> np.ndarray:
-    """``values[idx]`` with ``fill`` where ``idx`` is -1 (float result)."""
-    if len(values) == 0:
-        return np.full(len(idx), fill)
-    out = np.asarray(values, dtype=float)[np.clip(idx, 0, None)]
-    return np.where(idx >= 0, out, fill)
-
-
-def _take_obj(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    out = np.full(len(idx), None, dtype=object)
-    ok = idx >= 0
-    if ok.any():
-        out[ok] = np.asarray(values, dtype=object)[idx[ok]]
-    return out
-
-
-def _group_cumsum(x: np.ndarray, group: np.ndarray) -> np.ndarray:
-    """Inclusive cumulative sum of ``x`` within runs of equal sorted ``group``."""
-    if len(x) == 0:
-        return np.zeros(0)
-    cs = np.cumsum(x, dtype=float)
-    start = np.r_[True, group[1:] != group[:-1]]
-    first = np.maximum.accumulate(np.where(start, np.arange(len(x)), 0))
-    return cs - (cs[first] - x[first])
-
-
-def _run_cummax(values: np.ndarray, group: np.ndarray) -> np.ndarray:
-    """Running maximum of non-negative-or--1 int ``values`` within runs of equal ``group``.
-
-    Each run is lifted above all earlier runs so that one global
-    ``np.maximum.accumulate`` never carries a value across a run boundary.
-    """
-    values = np.asarray(values, dtype=np.int64)
-    start = np.r_[True, group[1:] != group[:-1]]
-    run = np.cumsum(start) - 1
-    span = int(values.max()) + 2 if len(values) else 2
-    lifted = run * span + (values + 1)
-    return np.maximum.accumulate(lifted) - run * span - 1
-
-
-def _episode_ids(ids: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """``"<patient_id>#<k>"`` for aligned arrays (object result)."""
-    if len(ids) == 0:
-        return np.zeros(0, dtype=object)
-    text = np.char.add(np.char.add(np.asarray(ids, dtype=str), "#"), np.asarray(k).astype(str))
-    return text.astype(object)
-
-
-def _range_sum(cum: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Sums of rows ``lo..hi`` (inclusive) from the cumulative sums ``cum``; 0 if hi < lo."""
-    if len(cum) == 0:
-        return np.zeros(len(lo))
-    upper_sum = np.where(hi >= 0, cum[np.clip(hi, 0, len(cum) - 1)], 0.0)
-    lower_sum = np.where(lo > 0, cum[np.clip(lo - 1, 0, len(cum) - 1)], 0.0)
-    return np.where(hi >= lo, upper_sum - lower_sum, 0.0)
-
-
-def _fill(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(value with NaN -> 0, 0/1 missing indicator)."""
-    miss = np.isnan(values)
-    return np.where(miss, 0.0, values), miss.astype(float)
-
-
 @dataclass
 class _Context:
     """Everything precomputed once per cohort for many queries."""
@@ -252,12 +186,12 @@ def _context(prep: Prepared) -> _Context:
     ev = (ep["event"] & ep["responded"]).astype(float)
     dur = np.where(ep["event"], (ep["lower"] + ep["upper"]) / 2.0, ep["lower"])
     dur = np.where(ep["responded"], dur, 0.0)
-    cum_ep = _group_cumsum(resp, prep.s_pc)
+    cum_ep = group_cumsum(resp, prep.s_pc)
     prev_ep = cum_ep - resp
-    prev_events = _group_cumsum(ev, prep.s_pc) - ev
-    prev_dur_sum = _group_cumsum(dur, prep.s_pc) - dur
+    prev_events = group_cumsum(ev, prep.s_pc) - ev
+    prev_dur_sum = group_cumsum(dur, prep.s_pc) - dur
     r_sc = np.where(ep["responded"], np.nan_to_num(ep["r_phq9"].astype(float)), 0.0)
-    prev_r_sum = _group_cumsum(r_sc, prep.s_pc) - r_sc
+    prev_r_sum = group_cumsum(r_sc, prep.s_pc) - r_sc
     ep_index = np.where(ep["responded"], cum_ep, 0).astype(np.int64)
 
     phq9 = a["phq9"].to_numpy(dtype=float)
@@ -283,7 +217,7 @@ def _context(prep: Prepared) -> _Context:
     own = np.where(own_ok, own, -1 - prep.a_pc)  # per-patient group before any session
     p_owner = own[p_rows]
     p_max_since = (
-        _run_cummax(y.astype(np.int64), p_owner).astype(float) if len(p_rows) else np.zeros(0)
+        run_cummax(y.astype(np.int64), p_owner).astype(float) if len(p_rows) else np.zeros(0)
     )
 
     item9 = a["item9"].to_numpy(dtype=float)
@@ -296,7 +230,7 @@ def _context(prep: Prepared) -> _Context:
     na = len(a)
     rank = prep.a_rank
     code = np.where(rank > 0, rank * max(na, 1) + np.arange(na), -1)
-    safety_code = _run_cummax(code, own2) if na else np.zeros(0, dtype=np.int64)
+    safety_code = run_cummax(code, own2) if na else np.zeros(0, dtype=np.int64)
     return _Context(
         prep=prep,
         ep=ep,
@@ -369,11 +303,11 @@ def _query_columns(
     """The columns of :func:`_compute`, in its order, as arrays."""
     q = _state_at(ctx, q_pc, q_day)
     out = _feature_values(ctx, q)
-    ep_k = _take(ctx.ep_index, q.si, 0).astype(np.int64)
+    ep_k = take(ctx.ep_index, q.si, 0).astype(np.int64)
     ids = ctx.prep.ids[q_pc]
     episode_id = np.full(len(q_pc), None, dtype=object)
     if q.in_episode.any():
-        episode_id[q.in_episode] = _episode_ids(ids[q.in_episode], ep_k[q.in_episode])
+        episode_id[q.in_episode] = episode_ids(ids[q.in_episode], ep_k[q.in_episode])
     ctx_cols: dict[str, np.ndarray] = {
         "patient_id": ids,
         "as_of": days_to_dates(q.qd),
@@ -409,25 +343,25 @@ def _session_state(
     with np.errstate(invalid="ignore"):
         treated = anchor <= qd
     base = np.where(treated, prep.base_phq9[q_pc], np.nan)
-    si = _last_le(prep.s_key, prep.s_pc, q_key, q_pc)
+    si = last_at_or_before(prep.s_key, prep.s_pc, q_key, q_pc)
     has_s = si >= 0
     si0 = np.clip(si, 0, None)
-    s_day = _take(prep.s_day, si)
+    s_day = take(prep.s_day, si)
     n_sessions = np.where(has_s, si - ctx.s_first[q_pc] + 1, 0)
     responded = has_s & ep["responded"][si0] if len(prep.s_pc) else np.zeros(nq, dtype=bool)
-    r_day = _take(ep["r_day"], si)
+    r_day = take(ep["r_day"], si)
     with np.errstate(invalid="ignore"):
         response_known = has_s & (r_day <= qd)
     in_episode = responded & response_known & treated
-    r_phq9 = np.where(response_known, _take(ep["r_phq9"], si), np.nan)
+    r_phq9 = np.where(response_known, take(ep["r_phq9"], si), np.nan)
     with np.errstate(invalid="ignore"):
-        waned_seen = in_episode & (_take(ep["known_day"], si) <= qd)
+        waned_seen = in_episode & (take(ep["known_day"], si) <= qd)
     elapsed = qd - s_day
 
-    prev_ep = _take(ctx.prev_ep, si, 0.0)
-    prev_ev = _take(ctx.prev_events, si, 0.0)
-    prev_dur = _take(ctx.prev_dur_sum, si, 0.0)
-    prev_r = _take(ctx.prev_r_sum, si, 0.0)
+    prev_ep = take(ctx.prev_ep, si, 0.0)
+    prev_ev = take(ctx.prev_events, si, 0.0)
+    prev_dur = take(ctx.prev_dur_sum, si, 0.0)
+    prev_r = take(ctx.prev_r_sum, si, 0.0)
     first_episode = prev_ep == 0
     with np.errstate(invalid="ignore", divide="ignore"):
         prev_mean = np.where(first_episode, 0.0, prev_dur / prev_ep)
@@ -467,16 +401,16 @@ def _assessment_state(
     """The latest answers, the PHQ-9 since the last session, the slope and the safety flag."""
     prep = ctx.prep
     a = prep.a
-    ai = _last_le(prep.a_key, prep.a_pc, q_key, q_pc)
-    pi = _last_le(ctx.p_key, prep.a_pc[ctx.p_rows], q_key, q_pc)
+    ai = last_at_or_before(prep.a_key, prep.a_pc, q_key, q_pc)
+    pi = last_at_or_before(ctx.p_key, prep.a_pc[ctx.p_rows], q_key, q_pc)
     p_idx = np.where(pi >= 0, ctx.p_rows[np.clip(pi, 0, None)] if len(ctx.p_rows) else 0, -1)
-    latest = _take(a["phq9"].to_numpy(dtype=float), p_idx)
-    latest_day = _take(prep.a_day, p_idx)
-    i9i = _last_le(prep.a_key[ctx.i9_rows], prep.a_pc[ctx.i9_rows], q_key, q_pc)
-    item9 = _take(a["item9"].to_numpy(dtype=float)[ctx.i9_rows], i9i)
-    ci = _last_le(prep.a_key[ctx.c_rows], prep.a_pc[ctx.c_rows], q_key, q_pc)
-    cssrs = _take(a["cssrs_ideation"].to_numpy(dtype=float)[ctx.c_rows], ci)
-    last_a_day = _take(prep.a_day, ai)
+    latest = take(a["phq9"].to_numpy(dtype=float), p_idx)
+    latest_day = take(prep.a_day, p_idx)
+    i9i = last_at_or_before(prep.a_key[ctx.i9_rows], prep.a_pc[ctx.i9_rows], q_key, q_pc)
+    item9 = take(a["item9"].to_numpy(dtype=float)[ctx.i9_rows], i9i)
+    ci = last_at_or_before(prep.a_key[ctx.c_rows], prep.a_pc[ctx.c_rows], q_key, q_pc)
+    cssrs = take(a["cssrs_ideation"].to_numpy(dtype=float)[ctx.c_rows], ci)
+    last_a_day = take(prep.a_day, ai)
 
     # Assessments since the session: dated strictly after it, on or before as_of.
     s_key_q = np.where(has_s, day_key(q_pc, np.nan_to_num(s_day).astype(np.int64)), 0)
@@ -486,20 +420,20 @@ def _assessment_state(
         - np.searchsorted(prep.a_key, s_key_q, side="right"),
         0,
     )
-    p_since = (pi >= 0) & has_s & (_take(ctx.p_owner, pi, -1) == si)
-    max_since = np.where(p_since, _take(ctx.p_max_since, pi), np.nan)
+    p_since = (pi >= 0) & has_s & (take(ctx.p_owner, pi, -1) == si)
+    max_since = np.where(p_since, take(ctx.p_max_since, pi), np.nan)
     # Mean PHQ-9 since the session: its PHQ-9 rows form one run (sorted by day).
     first_p = np.searchsorted(ctx.p_key, s_key_q, side="right")
     n_p_since = np.where(p_since, pi - first_p + 1, 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_since = np.where(
-            n_p_since > 0, _range_sum(ctx.p_cum["y"], first_p, pi) / n_p_since, np.nan
+            n_p_since > 0, range_sum(ctx.p_cum["y"], first_p, pi) / n_p_since, np.nan
         )
 
     # Least-squares slope over PHQ-9 rows dated in [as_of - 28, as_of].
     lo = np.searchsorted(ctx.p_key, q_key - SLOPE_WINDOW_DAYS, side="left")
     hi = np.where(pi >= 0, pi, lo - 1)
-    n_w, sx, sy, sxx, sxy = (_range_sum(ctx.p_cum[k], lo, hi) for k in ("n", "x", "y", "xx", "xy"))
+    n_w, sx, sy, sxx, sxy = (range_sum(ctx.p_cum[k], lo, hi) for k in ("n", "x", "y", "xx", "xy"))
     den = n_w * sxx - sx * sx
     with np.errstate(invalid="ignore", divide="ignore"):
         slope = np.where((n_w >= 2) & (den > 1e-9), 7.0 * (n_w * sxy - sx * sy) / den, np.nan)
@@ -508,9 +442,9 @@ def _assessment_state(
     # (the policy's window). When the latest assessment predates the last
     # session there is no row in the window: no flag, even if that row had one.
     na = max(len(a), 1)
-    code_latest = _take(ctx.safety_code, ai, -1).astype(np.int64)
+    code_latest = take(ctx.safety_code, ai, -1).astype(np.int64)
     same_grp = (ai >= 0) & (
-        _take(ctx.a_owner2, ai, 0).astype(np.int64) == np.where(has_s, si, -1 - q_pc)
+        take(ctx.a_owner2, ai, 0).astype(np.int64) == np.where(has_s, si, -1 - q_pc)
     )
     code = np.where(same_grp, code_latest, -1)
     s_pos = np.where(code >= 0, code % na, -1)
@@ -536,17 +470,17 @@ def _feature_values(ctx: _Context, q: _AtQuery) -> dict[str, np.ndarray]:
     nq = len(q_pc)
     out: dict[str, np.ndarray] = {}
     pat = prep.patients
-    age, age_m = _fill(
+    age, age_m = fill_missing(
         pat["age"].to_numpy(dtype=float)[q_pc] if "age" in pat else np.full(nq, np.nan)
     )
-    prior, prior_m = _fill(
+    prior, prior_m = fill_missing(
         pat["prior_treatments"].to_numpy(dtype=float)[q_pc]
         if "prior_treatments" in pat
         else np.full(nq, np.nan)
     )
-    dose, dose_m = _fill(_take(s["dose_mg_per_kg"].to_numpy(dtype=float), si))
-    psy, psy_m = _fill(_take(s["psychotherapy"].to_numpy(dtype=float), si))
-    dis, dis_m = _fill(_take(s["dissociation"].to_numpy(dtype=float), si))
+    dose, dose_m = fill_missing(take(s["dose_mg_per_kg"].to_numpy(dtype=float), si))
+    psy, psy_m = fill_missing(take(s["psychotherapy"].to_numpy(dtype=float), si))
+    dis, dis_m = fill_missing(take(s["dissociation"].to_numpy(dtype=float), si))
     out.update(
         age=age,
         age_missing=age_m,
@@ -571,16 +505,16 @@ def _feature_values(ctx: _Context, q: _AtQuery) -> dict[str, np.ndarray]:
         ),
     )
     for c in prep.covariates:
-        v, m = _fill(pat[c].to_numpy(dtype=float)[q_pc])
+        v, m = fill_missing(pat[c].to_numpy(dtype=float)[q_pc])
         out[c] = v
         out[f"{c}_missing"] = m
     with np.errstate(invalid="ignore", divide="ignore"):
         r_ratio = np.where(base > 0, q.r_phq9 / base, np.nan)
         l_ratio = np.where(base > 0, q.latest / base, np.nan)
         m_ratio = np.where(base > 0, q.mean_since / base, np.nan)
-    item9_f, item9_m = _fill(q.item9)
-    cssrs_f, cssrs_m = _fill(q.cssrs)
-    slope_f, slope_m = _fill(q.slope)
+    item9_f, item9_m = fill_missing(q.item9)
+    cssrs_f, cssrs_m = fill_missing(q.cssrs)
+    slope_f, slope_m = fill_missing(q.slope)
     out.update(
         elapsed_days=np.nan_to_num(q.elapsed),
         response_known=q.response_known.astype(float),
@@ -607,8 +541,8 @@ def _feature_values(ctx: _Context, q: _AtQuery) -> dict[str, np.ndarray]:
     out["diagnosis"] = (
         pat["diagnosis"].to_numpy(dtype=object)[q_pc] if "diagnosis" in pat else np.full(nq, None)
     )
-    out["route"] = _take_obj(s["route"].to_numpy(dtype=object), si)
-    out["session_kind"] = _take_obj(s["kind"].to_numpy(dtype=object), si)
+    out["route"] = take_objects(s["route"].to_numpy(dtype=object), si)
+    out["session_kind"] = take_objects(s["kind"].to_numpy(dtype=object), si)
     return out
 
 
@@ -635,7 +569,7 @@ def _context_values(ctx: _Context, q: _AtQuery) -> dict[str, np.ndarray]:
     return {
         "episode_start": days_to_dates(np.where(q.in_episode, s_day, np.nan)),
         "last_session": days_to_dates(s_day),
-        "last_session_kind": _take_obj(s["kind"].to_numpy(dtype=object), si),
+        "last_session_kind": take_objects(s["kind"].to_numpy(dtype=object), si),
         "days_since_session": q.elapsed,
         "n_sessions": q.n_sessions.astype(np.int64),
         "treated": q.treated,
@@ -643,7 +577,7 @@ def _context_values(ctx: _Context, q: _AtQuery) -> dict[str, np.ndarray]:
         "response_date": days_to_dates(np.where(q.response_known, q.r_day, np.nan)),
         "response_phq9": q.r_phq9,
         "waned_seen": q.waned_seen,
-        "waned_date": days_to_dates(np.where(q.waned_seen, _take(ep["upper_day"], si), np.nan)),
+        "waned_date": days_to_dates(np.where(q.waned_seen, take(ep["upper_day"], si), np.nan)),
         "baseline_phq9": base,
         "baseline_date": days_to_dates(np.where(q.treated, prep.base_day[q.q_pc], np.nan)),
         "response_threshold": d.response_fraction * base,
@@ -655,9 +589,11 @@ def _context_values(ctx: _Context, q: _AtQuery) -> dict[str, np.ndarray]:
         "latest_item9": q.item9,
         "latest_cssrs_ideation": q.cssrs,
         "last_assessment": days_to_dates(q.last_a_day),
-        "safety": np.where(s_pos >= 0, _take_obj(a["safety"].to_numpy(dtype=object), s_pos), None),
-        "safety_reason": _take_obj(a["safety_reason"].to_numpy(dtype=object), s_pos),
-        "safety_date": days_to_dates(_take(prep.a_day, s_pos)),
+        "safety": np.where(
+            s_pos >= 0, take_objects(a["safety"].to_numpy(dtype=object), s_pos), None
+        ),
+        "safety_reason": take_objects(a["safety_reason"].to_numpy(dtype=object), s_pos),
+        "safety_date": days_to_dates(take(prep.a_day, s_pos)),
     }
 
 
@@ -788,7 +724,7 @@ def landmark_dataset(
     frame = _compute(ctx, q_pc, q_day, full=False)
     ids = prep.ids[q_pc]
     k = ctx.ep_index[sess]
-    frame["episode_id"] = _episode_ids(ids, k)
+    frame["episode_id"] = episode_ids(ids, k)
     frame.insert(2, "landmark", s_rep.astype(np.int64))
     frame.insert(3, "lower", np.maximum(lower[e_rep] - s_rep, 0.0))
     frame.insert(4, "upper", upper[e_rep] - s_rep)
