@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
+from forecast.contract import TABLES
+
 
 @dataclass(frozen=True)
 class FhirIssue:
@@ -165,8 +167,6 @@ class MappedRecords:
         """
 
         def frame(rows: list[dict[str, Any]], table: str) -> pd.DataFrame:
-            from forecast.contract import TABLES
-
             names = [c.name for c in TABLES[table]]
             df = pd.DataFrame([{k: r.get(k) for k in names} for r in rows], columns=names)
             return df.map(_cell)
