@@ -66,6 +66,10 @@ report). The estimators it uses (Kaplan-Meier, Turnbull, Cox) live in
 
 from __future__ import annotations
 
+from typing import Any
+
+from forecast.evaluation import crossval
+
 # The ``name as name`` imports keep names reachable from this package for the callers that
 # read them off it (tests, research scripts, the fold models' factory of cross_validate);
 # each is defined in the module it is imported from.
@@ -84,12 +88,7 @@ from forecast.evaluation.calibration import _cll_basis as _cll_basis
 from forecast.evaluation.calibration import _draw_from_risk_curve as _draw_from_risk_curve
 from forecast.evaluation.calibration import _fit_cox as _fit_cox
 from forecast.evaluation.calibration import _ici as _ici
-from forecast.evaluation.crossval import (
-    ModelSpec,
-    cross_validate,
-    forecast_point_risk,
-    grouped_folds,
-)
+from forecast.evaluation.crossval import ModelSpec, forecast_point_risk, grouped_folds
 from forecast.evaluation.intervals import DEFAULT_CI_REPS, headline_bootstrap
 from forecast.evaluation.intervals import _patient_resampler as _patient_resampler
 from forecast.evaluation.metrics import (
@@ -162,3 +161,11 @@ __all__ = [
     "uno_c",
     "untied_times",
 ]
+
+
+def cross_validate(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """:func:`forecast.evaluation.crossval.cross_validate` with the fold estimators built by
+    this package's ``make_estimator``, read at each call: replacing
+    ``forecast.evaluation.make_estimator`` lets a caller observe the fold models."""
+    kwargs.setdefault("estimator_factory", make_estimator)
+    return crossval.cross_validate(*args, **kwargs)

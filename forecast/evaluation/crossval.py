@@ -91,13 +91,15 @@ def forecast_point_risk(bundle: Any, rows: pd.DataFrame, horizons: Sequence[floa
 def cross_validate(ld: pd.DataFrame, spec: FeatureSet, models: dict[str, ModelSpec], *,
                    n_folds: int = 5, seed: int = 0, jobs: int = 1,
                    horizons: Sequence[int] = HORIZONS, progress: Any = None,
-                   fp: pd.DataFrame | None = None) -> dict[str, Any]:
+                   fp: pd.DataFrame | None = None,
+                   estimator_factory: Any = make_estimator) -> dict[str, Any]:
     """Out-of-fold predictions of each model (patient-grouped K-fold on the landmark dataset).
 
     ``seed`` draws the folds and seeds every fold's model whose settings give
     no ``random_state``, so a repeated call gives the same predictions.
     ``fp`` (optional, :func:`forecast.training.forecast_point_dataset`) gets
     out-of-fold predictions too; its rows go to the fold of their patient.
+    ``estimator_factory(kind, **params)`` builds each fold's estimator.
     """
     fold = grouped_folds(ld["patient_id"].to_numpy(), n_folds, seed)
     fp_fold = None
@@ -106,14 +108,9 @@ def cross_validate(ld: pd.DataFrame, spec: FeatureSet, models: dict[str, ModelSp
         fold_of = fold_of[~fold_of.index.duplicated()]
         fp_fold = (fold_of.reindex(fp["patient_id"].astype(str).to_numpy())
                    .fillna(-1).to_numpy(dtype=int))
-    # The estimator factory is read from the package at each call, not bound at import:
-    # ``forecast.evaluation.make_estimator`` is where a caller (a test) observes the fold
-    # models. A local import: the package imports this module.
-    from forecast import evaluation
-
     jobs_out = Parallel(n_jobs=jobs)(
         delayed(_fit_and_predict_fold)(ld, spec, fold, k, models, horizons, fp, fp_fold, seed,
-                           evaluation.make_estimator)
+                                       estimator_factory)
         for k in range(n_folds)
     )
     n0 = int((ld["landmark"] == 0).sum())

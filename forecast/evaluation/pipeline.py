@@ -15,12 +15,7 @@ from forecast.evaluation.intervals import DEFAULT_CI_REPS, headline_bootstrap
 from forecast.evaluation.metrics import fairness, subgroups, survival_metrics
 from forecast.evaluation.oracle import oracle_conditional_risks, oracle_risks
 from forecast.features import landmark_dataset
-from forecast.training import (
-    STATIC_KINDS,
-    forecast_point_dataset,
-    spec_of,
-    training_landmarks,
-)
+from forecast.training import STATIC_KINDS, forecast_point_dataset, spec_of, training_landmarks
 
 
 def _model_block(lower: np.ndarray, upper: np.ndarray, risk: np.ndarray,

@@ -17,10 +17,7 @@ from scipy.special import expit, log_ndtr, ndtr
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
-from forecast.bundle import (
-    Bundle,
-    Encoder,
-)
+from forecast.bundle import Bundle, Encoder
 from forecast.models.base import (
     ModelFitError,
     SurvivalEstimator,

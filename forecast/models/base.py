@@ -19,12 +19,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
-from forecast.bundle import (
-    CLOCK_FEATURES,
-    Bundle,
-    clock_arrays,
-    default_horizons,
-)
+from forecast.bundle import CLOCK_FEATURES, Bundle, clock_arrays, default_horizons
 from forecast.features import FEATURES
 
 #: Smallest lower bound used in log-time models (days).

@@ -15,10 +15,7 @@ import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 
-from forecast.bundle import (
-    Bundle,
-    Encoder,
-)
+from forecast.bundle import Bundle, Encoder
 from forecast.models.base import MIN_LOWER, SurvivalEstimator, _check_estimates, _run_lifelines
 
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from forecast.bundle import (
-    KINDS,
-)
+from forecast.bundle import KINDS
 from forecast.models.aft import LogLogisticAFT, LogNormalAFT, WeibullAFT
 from forecast.models.base import SurvivalEstimator
 from forecast.models.cox import CoxPH

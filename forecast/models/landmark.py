@@ -8,13 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from forecast.bundle import (
-    AFT_FAMILIES,
-    CLOCK_FEATURES,
-    Bundle,
-    aft_log_survival,
-    clock_arrays,
-)
+from forecast.bundle import AFT_FAMILIES, CLOCK_FEATURES, Bundle, aft_log_survival, clock_arrays
 from forecast.models.aft import AFTEstimator
 from forecast.models.base import (
     DEFAULT_PENALIZER,

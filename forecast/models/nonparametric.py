@@ -16,9 +16,7 @@ import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 
-from forecast.bundle import (
-    Bundle,
-)
+from forecast.bundle import Bundle
 from forecast.models.base import ModelFitError, SurvivalEstimator, _run_lifelines
 
 

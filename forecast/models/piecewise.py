@@ -17,13 +17,7 @@ from scipy.linalg import LinAlgError, cho_solve, cholesky, solve_triangular
 from scipy.optimize import minimize
 from sklearn.utils.validation import check_is_fitted
 
-from forecast.bundle import (
-    CLOCK_FEATURES,
-    Bundle,
-    Encoder,
-    clock_arrays,
-    window_exposure,
-)
+from forecast.bundle import CLOCK_FEATURES, Bundle, Encoder, clock_arrays, window_exposure
 from forecast.models.base import (
     ModelFitError,
     SurvivalEstimator,
