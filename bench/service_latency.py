@@ -96,7 +96,10 @@ def _load() -> list[float]:
 
 def _histories(cohort: Any) -> tuple[dict[str, dict[str, list]], list[dict[str, Any]]]:
     """JSON items per table and patient, and the patients' covariate records."""
-    from service.api import records_json
+    try:
+        from service.histories import records_json
+    except ImportError:  # a baseline tree from before the service restructure
+        from service.api import records_json
 
     by = {
         t: {p: records_json(g, t) for p, g in getattr(cohort, t).groupby("patient_id")}
@@ -119,7 +122,11 @@ def inprocess(repeat: int, models: str | None) -> dict[str, Any]:
     import pandas as pd
 
     from forecast.simulation import simulate
-    from service.api import _stateless_cohort, inputs_hashes
+    try:
+        from service.histories import stateless_cohort as _stateless_cohort
+        from service.serving import inputs_hashes
+    except ImportError:  # a baseline tree from before the service restructure
+        from service.api import _stateless_cohort, inputs_hashes
     from service.ingest import ingest_many
     from service.store import Store
 
