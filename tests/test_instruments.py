@@ -25,7 +25,7 @@ ROWS = st.lists(st.lists(ITEM, min_size=9, max_size=9), min_size=1, max_size=30)
 
 
 def reference_total(row: list[int | None]) -> float:
-    """Prorated PHQ-9 total by exact rational arithmetic (DOMAIN.md: at most 2 missing)."""
+    """Prorated PHQ-9 total by exact rational arithmetic (at most 2 missing)."""
     answered = [x for x in row if x is not None]
     if len(answered) < 7:
         return float("nan")

@@ -10,7 +10,7 @@ import click
 
 
 def models_option(param: str = "models") -> Callable[[Any], Any]:
-    """The ``--models DIR`` option every registry command shares (DESIGN.md).
+    """The ``--models DIR`` option every registry command shares.
 
     Resolution of an unset option (``FORECAST_MODELS``, else ``./models``) is
     done once, by :func:`forecast.registry.models_dir`.

@@ -1,7 +1,7 @@
 """``forecast serve`` and ``forecast tokens create|list|revoke``.
 
 ``serve`` runs the service for one user with werkzeug's threaded server
-(production: gunicorn, see the README). The token commands open the same
+(production: gunicorn, see docs/service.md). The token commands open the same
 store as the service (``FORECAST_DATABASE_URL``, else the SQLite file in the
 instance folder) without loading a model.
 """

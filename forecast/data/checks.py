@@ -249,7 +249,7 @@ def check_phq9_agrees(
                 "phq9_total",
                 f"got {_fmt_num(total[i])} but the {int(answered[i])} answered items prorate "
                 f"to {_fmt_num(prorated[i])} (sum {_fmt_num(s[i])} x 9 / {int(answered[i])}, "
-                "rounded half up; DOMAIN.md); phq9_total must equal the prorated total",
+                "rounded half up); phq9_total must equal the prorated total",
             )
         )
     few = given & (answered < 9 - MAX_MISSING_ITEMS)

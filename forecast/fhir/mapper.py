@@ -425,7 +425,7 @@ class _Mapper:
             self.warn(
                 "not-supported",
                 "no PHQ-9 or C-SSRS answer found in this QuestionnaireResponse; nothing imported "
-                "from it (see the linkId table in the README)",
+                "from it (see the linkId table in docs/fhir-cds.md)",
                 expr,
             )
             return False
@@ -543,7 +543,7 @@ class _Mapper:
         if not is_ketamine_procedure(res):
             self.warn(
                 "not-supported",
-                "Procedure is not recognised as a ketamine session (see the README for the "
+                "Procedure is not recognised as a ketamine session (see docs/fhir-cds.md for the "
                 "accepted codes and texts); ignored",
                 f"{expr}.code",
             )

@@ -1,7 +1,7 @@
 """Maintenance-timing suggestions with fixed safety overrides.
 
 The policy turns a patient's history and a trained model into the forecast
-answer of DESIGN.md: a status, the safety block, the conditional risk curve,
+forecast answer: a status, the safety block, the conditional risk curve,
 the suggested session-by date with a window, the drivers and the caveats.
 
 Everything is computed for many (patient, as-of) queries at once: the history

@@ -19,7 +19,7 @@ def outcome_definition(model: Any) -> Any:
 
 
 def definition_value(definition: Any, name: str, default: float) -> float:
-    """Read one threshold of the outcome definition (defaults of DESIGN.md)."""
+    """One threshold of the outcome definition (``default`` when the definition lacks it)."""
     return float(getattr(definition, name, default))
 
 

@@ -32,7 +32,7 @@ FORECAST_STATUSES = ("routine", "session_due")
 
 @dataclass(frozen=True)
 class PolicySettings:
-    """Knobs of the suggestion and status rules (defaults documented in the README).
+    """Knobs of the suggestion and status rules (defaults documented in docs/suggestions.md).
 
     Parameters
     ----------
