@@ -18,12 +18,10 @@ of the clinically shown numbers are in the context columns.
 Context columns (not features) serve the policy and the explanations: the
 episode, the last session, whether the response is known yet, whether waning
 has been seen, the latest PHQ-9 / severity / response state with the baseline
-and the response threshold, and the safety flag (the most severe flag among
-the assessments dated on or after the last session's day, the data having
-no time of day; all history when there is no session yet). An assessment
-dated before the last session's day never counts, not even the latest one:
-that is the rule of :mod:`forecast.policy`, whose safety override must agree
-with this column).
+and the response threshold, and the safety flag (the most severe flag in
+force by the rule of :mod:`forecast.safety`, which every answer uses: any
+flagged answer since the last session's day, and any older one no negative
+screen has closed).
 """
 
 from __future__ import annotations
@@ -56,6 +54,7 @@ from forecast.outcomes import (
     prepare,
     state_of,
 )
+from forecast.safety import pair_flags
 
 #: Landmarks (days after the episode start) of the training set.
 DEFAULT_LANDMARKS: tuple[int, ...] = (0, 7, 14, 21, 28, 35, 42, 56, 70, 84, 112, 140)
@@ -169,8 +168,6 @@ class _Context:
     p_owner: np.ndarray
     i9_rows: np.ndarray
     c_rows: np.ndarray
-    safety_code: np.ndarray  # per assessment: running worst flag since session
-    a_owner2: np.ndarray
 
 
 def _context(prep: Prepared) -> _Context:
@@ -222,15 +219,6 @@ def _context(prep: Prepared) -> _Context:
 
     item9 = a["item9"].to_numpy(dtype=float)
     cssrs = a["cssrs_ideation"].to_numpy(dtype=float)
-    # Safety window: rows dated on or after the last session's day.
-    own2 = np.searchsorted(prep.s_key, prep.a_key, side="right") - 1
-    ok2 = own2 >= 0
-    ok2[ok2] = prep.s_pc[own2[ok2]] == prep.a_pc[ok2]
-    own2 = np.where(ok2, own2, -1 - prep.a_pc)
-    na = len(a)
-    rank = prep.a_rank
-    code = np.where(rank > 0, rank * max(na, 1) + np.arange(na), -1)
-    safety_code = run_cummax(code, own2) if na else np.zeros(0, dtype=np.int64)
     return _Context(
         prep=prep,
         ep=ep,
@@ -247,8 +235,6 @@ def _context(prep: Prepared) -> _Context:
         p_owner=p_owner,
         i9_rows=np.flatnonzero(~np.isnan(item9)),
         c_rows=np.flatnonzero(~np.isnan(cssrs)),
-        safety_code=safety_code,
-        a_owner2=own2,
     )
 
 
@@ -294,7 +280,6 @@ class _AtQuery:
     max_since: np.ndarray
     mean_since: np.ndarray
     slope: np.ndarray
-    s_pos: np.ndarray  # row of the worst safety flag in the window (-1: none)
 
 
 def _query_columns(
@@ -438,16 +423,6 @@ def _assessment_state(
     with np.errstate(invalid="ignore", divide="ignore"):
         slope = np.where((n_w >= 2) & (den > 1e-9), 7.0 * (n_w * sxy - sx * sy) / den, np.nan)
 
-    # Safety: worst flag among rows dated on or after the last session's day
-    # (the policy's window). When the latest assessment predates the last
-    # session there is no row in the window: no flag, even if that row had one.
-    na = max(len(a), 1)
-    code_latest = take(ctx.safety_code, ai, -1).astype(np.int64)
-    same_grp = (ai >= 0) & (
-        take(ctx.a_owner2, ai, 0).astype(np.int64) == np.where(has_s, si, -1 - q_pc)
-    )
-    code = np.where(same_grp, code_latest, -1)
-    s_pos = np.where(code >= 0, code % na, -1)
     return {
         "latest": latest,
         "latest_day": latest_day,
@@ -458,7 +433,6 @@ def _assessment_state(
         "max_since": max_since,
         "mean_since": mean_since,
         "slope": slope,
-        "s_pos": s_pos,
     }
 
 
@@ -546,6 +520,28 @@ def _feature_values(ctx: _Context, q: _AtQuery) -> dict[str, np.ndarray]:
     return out
 
 
+def _safety_rows(prep: Prepared, q: _AtQuery) -> np.ndarray:
+    """Per query, the assessment row of the most severe (then latest) flag in force.
+
+    The flags in force are those of :mod:`forecast.safety` (since the last
+    session, or not closed by a later negative screen), the rule every
+    answer uses; -1 where none is in force.
+    """
+    n = len(q.q_pc)
+    out = np.full(n, -1, dtype=np.int64)
+    a = prep.a
+    pairs = pair_flags(a, prep.a_pc, q.q_pc, days_to_dates(q.qd), days_to_dates(q.s_day))
+    live = np.flatnonzero(pairs.in_force)
+    if not len(live):
+        return out
+    rank = prep.a_rank[pairs.row[live]]
+    order = np.lexsort((pairs.date[live], rank, pairs.query[live]))
+    query = pairs.query[live][order]
+    last = np.r_[query[1:] != query[:-1], True]
+    out[query[last]] = pairs.row[live][order][last]
+    return out
+
+
 def _context_values(ctx: _Context, q: _AtQuery) -> dict[str, np.ndarray]:
     """The context columns of ``full`` queries: raw values, statuses and dates."""
     prep, ep, d = ctx.prep, ctx.ep, ctx.prep.definition
@@ -565,7 +561,7 @@ def _context_values(ctx: _Context, q: _AtQuery) -> dict[str, np.ndarray]:
     state[q.treated & ~np.isnan(base) & np.isnan(q.latest)] = "not_in_response"
     with np.errstate(invalid="ignore", divide="ignore"):
         l_ratio = np.where(base > 0, q.latest / base, np.nan)
-    s_pos = q.s_pos
+    s_pos = _safety_rows(prep, q)
     return {
         "episode_start": days_to_dates(np.where(q.in_episode, s_day, np.nan)),
         "last_session": days_to_dates(s_day),

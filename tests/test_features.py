@@ -123,12 +123,11 @@ def test_states_before_and_around_treatment():
     assert pending["response_status"] == "pending"
     assert pending["response_known"] == 0.0
     assert not pending["in_episode"]
-    # The day -2 item 9 = 1 is the latest assessment but predates the session
-    # of day 0: it is outside the safety window (on or after the last session's
-    # day), as in forecast.policy, whose override this column must agree with.
-    # (This asserted "review" while the latest row always counted.)
-    assert pending["safety"] is None
-    assert pending["safety_reason"] is None
+    # The day -2 item 9 = 1 predates the session of day 0, but no negative screen
+    # has followed it: it stays in force (forecast.safety, the rule of every answer).
+    assert pending["safety"] == "review"
+    assert pending["safety_date"] == day(-2)
+    assert "item 9" in pending["safety_reason"]
     # An answer from the session day itself counts (the data have no time of day).
     same_day = make_cohort([("s", 0, "induction")], [("s", 0, 20, 1)])
     assert at(same_day, "s", 3)["safety"] == "review"
@@ -289,9 +288,18 @@ def reference_features(cohort: Cohort, pid: str, as_of: pd.Timestamp) -> dict:
         y = np.array([r["phq9"] for r in window], dtype=float)
         if np.ptp(x) > 0:
             slope = 7 * np.polyfit(x, y, 1)[0]
-    # The policy's window: rows on or after the last session's day (all rows
-    # before any session); the latest row gets no exception.
-    flagged = [r for r in a if last is None or r["date"] >= last]
+    # Flags in force (docs: safety rules): since the last session's day, or not
+    # closed by a later negative screen (a C-SSRS flag only by a negative C-SSRS).
+    def closed(r: dict) -> bool:
+        by_cssrs = r["cssrs_ideation"] >= 1 or r["cssrs_behavior"] == 1
+        later = [g for g in a if g["date"] > r["date"] and g["safety"] is None]
+        if by_cssrs:
+            return any(g["cssrs_ideation"] == 0 for g in later)
+        return any(g["cssrs_ideation"] == 0 or g["item9"] == 0 for g in later)
+
+    flagged = [
+        r for r in a if r["safety"] and (last is None or r["date"] >= last or not closed(r))
+    ]
     rank = {"urgent": 2, "review": 1}
     worst = max((rank.get(r["safety"], 0) for r in flagged), default=0)
     return {
