@@ -131,8 +131,16 @@ OBSERVATION_CODES: dict[str, str] = {
 
 #: Codes recognised but not imported (said so in a warning).
 NOT_IMPORTED_CODES: dict[str, str] = {
-    LOINC_PHQ2_PANEL: "PHQ-2 is not part of the data contract",
-    LOINC_PHQ2_TOTAL: "PHQ-2 is not part of the data contract",
+    LOINC_PHQ2_PANEL: (
+        "ignored as PHQ-9: a PHQ-2 panel (LOINC 55757-9) is not a PHQ-9 and nothing of it is "
+        "stored (PHQ-2 items sent as their own Observations are kept as a screen row, which "
+        "the models ignore too)"
+    ),
+    LOINC_PHQ2_TOTAL: (
+        "ignored as PHQ-9: a PHQ-2 total (LOINC 55758-7) is not a PHQ-9 score and nothing of it "
+        "is stored (PHQ-2 items sent as their own Observations are kept as a screen row, which "
+        "the models ignore too)"
+    ),
     LOINC_PHQ9_DIFFICULTY: "the PHQ-9 difficulty question is not scored",
     LOINC_CSSRS_RISK: "the C-SSRS risk level is recomputed from the answers",
 }

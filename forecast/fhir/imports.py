@@ -13,8 +13,11 @@ from pydantic import ValidationError
 
 from forecast.fhir.codes import BUNDLE_TYPES
 from forecast.fhir.mapper import _Mapper
+from forecast.fhir.questionnaires import questionnaire_keys
 from forecast.fhir.results import FhirError, FhirIssue, MappedRecords, _validation_issues
+from forecast.fhir.triage import ignore_reason, raw_form_keys
 from forecast.fhir.values import _restful_id
+from forecast.fhir.versions import resource_version_issues, version_issues
 
 
 def _lenient(raw: Mapping[str, Any], expr: str, m: _Mapper) -> dict[str, Any]:
@@ -96,9 +99,10 @@ def map_resources(
     exprs = list(expressions or [f"Bundle.entry[{i}].resource" for i in range(n)])
     urls = list(full_urls or [None] * n)
     m = _Mapper(known_first_session, known_patients)
-    parsed = _parse_resources(m, resources, exprs, urls)
+    parsed, present = _parse_resources(m, resources, exprs, urls, questionnaires)
     results = _map_parsed(m, parsed, exprs, urls, questionnaires)
-    _warn_absent_members(m, parsed, results, exprs)
+    _warn_absent_members(m, parsed, present, exprs)
+    _link_panels(m, results, exprs, urls)
     out = m.finish()
     if m.errors:
         raise FhirError(m.errors + out.issues)
@@ -106,21 +110,53 @@ def map_resources(
     return out
 
 
+def _form_keys(
+    resources: Sequence[Mapping[str, Any]],
+    urls: Sequence[str | None],
+    questionnaires: Sequence[Any],
+) -> set[str]:
+    """References of every Questionnaire known: the caller's and the input's own."""
+    keys: set[str] = set()
+    for q in questionnaires:
+        keys.update(raw_form_keys(q) if isinstance(q, Mapping) else questionnaire_keys(q))
+    for raw, url in zip(resources, urls, strict=True):
+        if isinstance(raw, Mapping) and raw.get("resourceType") == "Questionnaire":
+            keys.update(raw_form_keys(raw, url))
+    return keys
+
+
 def _parse_resources(
     m: _Mapper,
     resources: Sequence[Mapping[str, Any]],
     exprs: Sequence[str],
     urls: Sequence[str | None],
-) -> list[Any]:
-    """Validate each resource with fhir.resources (None where it is not imported)."""
+    questionnaires: Sequence[Any] = (),
+) -> tuple[list[Any], set[str]]:
+    """Validate each resource that is read (None where it is not) with fhir.resources.
+
+    A resource the service does not import is checked only for its type and
+    what decides that it is not imported (:func:`forecast.fhir.triage.ignore_reason`),
+    so an invalid element elsewhere in it cannot fail the Bundle. Returns the
+    parsed resources and the references (``Type/id``, fullUrl) of every entry.
+    """
     from fhir.resources.R4B import get_fhir_model_class
 
     n = len(resources)
     parsed: list[Any] = [None] * n
+    present: set[str] = set()
+    forms = _form_keys(resources, urls, questionnaires)
     for i, raw in enumerate(resources):
         rtype = raw.get("resourceType") if isinstance(raw, Mapping) else None
-        if not isinstance(raw, Mapping) or not rtype:
+        if not isinstance(raw, Mapping) or not rtype or not isinstance(rtype, str):
             m.error("required", "resource has no resourceType", exprs[i])
+            continue
+        if isinstance(raw.get("id"), str):
+            present.add(f"{rtype}/{raw['id']}")
+        if urls[i]:
+            present.add(str(urls[i]))
+        older = resource_version_issues(raw, exprs[i])
+        if older:
+            m.errors.extend(older)
             continue
         if rtype not in _HANDLED:
             try:
@@ -129,6 +165,11 @@ def _parse_resources(
                 m.error("not-supported", f"{rtype!r} is not a FHIR R4 resource type", exprs[i])
                 continue
             m.warn("not-supported", f"{rtype} resources are not imported; ignored", exprs[i])
+            continue
+        reason = ignore_reason(raw, forms)
+        if reason is not None:
+            element = ".code" if rtype in ("Observation", "Procedure") else ""
+            m.warn("not-supported", reason, exprs[i] + element)
             continue
         raw = _lenient(raw, exprs[i], m)
         try:
@@ -142,7 +183,7 @@ def _parse_resources(
                 pid = parsed[i].id or _restful_id(urls[i], "Patient")
                 if pid is not None:
                     m.patient_full_urls[urls[i]] = pid
-    return parsed
+    return parsed, present
 
 
 def _map_parsed(
@@ -198,26 +239,68 @@ def _map_parsed(
 def _warn_absent_members(
     m: _Mapper,
     parsed: Sequence[Any],
-    results: Sequence[tuple[str, str | None]],
+    present: set[str],
     exprs: Sequence[str],
 ) -> None:
-    """Warn about hasMember references that are not in the input (they cannot be followed)."""
-    present = {cid for _, cid in results if cid} | set(m.full_urls)
+    """Warn about hasMember references to no entry of the input (they cannot be followed).
+
+    A member that is an entry but was not read (the PHQ-9 difficulty question,
+    say) is in the Bundle: it is not reported as missing.
+    """
     for i, res in enumerate(parsed):
         if res is not None and res.get_resource_type() == "Observation":
             for k, ref in enumerate(res.hasMember or []):
                 r = ref.reference or ""
-                if (
-                    r not in present
-                    and r not in m.by_resource
-                    and not any(r.endswith("/" + p) for p in present)
-                ):
-                    m.warn(
-                        "not-found",
-                        f"hasMember {r!r} is not in this Bundle; send the member Observations "
-                        "in the same Bundle",
-                        f"{exprs[i]}.hasMember[{k}]",
-                    )
+                if r in present or any(p.endswith("/" + r) for p in present):
+                    continue
+                if any(r.endswith("/" + p) for p in present if "/" in p):
+                    continue
+                m.warn(
+                    "not-found",
+                    f"hasMember {r!r} is not in this Bundle; send the member Observations "
+                    "in the same Bundle",
+                    f"{exprs[i]}.hasMember[{k}]",
+                )
+
+
+def _link_panels(
+    m: _Mapper,
+    results: list[tuple[str, str | None]],
+    exprs: Sequence[str],
+    urls: Sequence[str | None],
+) -> None:
+    """A panel carrying no value itself joins the row of its members (for its answer entry).
+
+    A panel none of whose members became part of a row imported nothing: its
+    entry says so (no id), after the warnings about its members.
+    """
+    if not m.panels:
+        return
+    entry_of: dict[str, str] = {}
+    for i, (_, cid) in enumerate(results):
+        if cid:
+            entry_of[cid] = exprs[i]
+        if urls[i]:
+            entry_of[str(urls[i])] = exprs[i]
+    index = {e: i for i, e in enumerate(exprs)}
+    for expr, refs in m.panels:
+        members = {entry_of[r] for r in refs if r in entry_of}
+        members |= {
+            e for r in refs for cid, e in entry_of.items() if cid.endswith("/" + r) or
+            r.endswith("/" + cid)
+        }
+        rows = [row for row in m.rows.values() if members & set(row.exprs)]
+        for row in rows:
+            row.exprs.append(expr)
+            if members & row.phq_exprs:
+                row.phq_exprs.add(expr)
+        if not rows:
+            results[index[expr]] = ("Observation", None)
+            m.warn(
+                "not-supported",
+                "nothing imported from this panel: none of its hasMember Observations was read",
+                expr,
+            )
 
 
 def map_bundle(
@@ -246,6 +329,11 @@ def map_bundle(
         raise FhirError(
             [FhirIssue("error", "structure", f"expected a Bundle resource; got {got!r}", "Bundle")]
         )
+    # An STU3 or DSTU2 Bundle is refused as a whole, naming the version seen,
+    # before any element of it is read as R4 (never a partial import).
+    older = version_issues(bundle)
+    if older:
+        raise FhirError(older)
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):
         raise FhirError(

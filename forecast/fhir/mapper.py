@@ -78,6 +78,7 @@ class _Row:
     exprs: list[str] = field(default_factory=list)
     priority: int = 9
     ids: list[str] = field(default_factory=list)  # client ids of the resources merged
+    phq_exprs: set[str] = field(default_factory=set)  # resources that gave PHQ-9 items
 
 
 class _Mapper:
@@ -98,6 +99,8 @@ class _Mapper:
         self.full_urls: dict[str, str] = {}
         self.patient_full_urls: dict[str, str] = {}
         self.pending_sessions: list[tuple[dict[str, Any], bool, str]] = []
+        #: Panels that carry no value of their own: (expression, hasMember references).
+        self.panels: list[tuple[str, list[str]]] = []
         self.birth_dates: dict[str, tuple[dt.date, str]] = {}
         self.known_first = {
             str(k): _as_date(pd.Timestamp(v).date()) for k, v in (known_first_session or {}).items()
@@ -265,6 +268,8 @@ class _Mapper:
         base = expr.split(".resource", 1)[0] + ".resource"
         if base not in row.exprs:
             row.exprs.append(base)
+        if column in PHQ9_ITEMS:
+            row.phq_exprs.add(base)
         if client_id not in row.ids:
             row.ids.append(client_id)
         old = row.values.get(column)
@@ -508,6 +513,8 @@ class _Mapper:
             return "Observation", None
         if mapped:
             self.by_resource[cid] = key
+        else:  # a panel whose values are its members: it shares their row
+            self.panels.append((expr, [ref.reference or "" for ref in res.hasMember or []]))
         return "Observation", cid
 
     def _obs_value(
@@ -662,11 +669,12 @@ class _Mapper:
             kept = " (item 9 is read by the safety rules)" if "phq9_9" in answered else ""
             self.warn(
                 "informational",
-                f"PHQ-9 item(s) {', '.join(_label(c) for c in answered)} without a total do "
-                f"not make a PHQ-9: recorded as a screen without a PHQ-9 score{kept}; the "
-                "models ignore it",
+                f"ignored as PHQ-9: item(s) {', '.join(_label(c) for c in answered)} without a "
+                f"total do not make a PHQ-9; recorded as a screen without a PHQ-9 score{kept}; "
+                "the models ignore it",
                 row.origin[answered[0]],
             )
+            self.out.screens.update(row.phq_exprs)
         rec: dict[str, Any] = {
             "patient_id": row.patient_id,
             "id": row.client_id,

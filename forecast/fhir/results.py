@@ -131,8 +131,12 @@ class MappedRecords:
     issues: list[FhirIssue] = field(default_factory=list)
     retractions: list[dict[str, str]] = field(default_factory=list)
     merged: dict[tuple[str, str], list[str]] = field(default_factory=dict)
-    #: Per entry index: (resourceType, id) of what it became, for response bundles.
+    #: Per entry index: (resourceType, id) of what it became, for response bundles
+    #: (id None: nothing of the resource is stored; ``issues`` say why).
     entries: list[tuple[str, str | None]] = field(default_factory=list)
+    #: Expressions (``Bundle.entry[i].resource``) of the resources whose PHQ-9 items
+    #: made only a screen row (no PHQ-9: items 1, 2 and/or 9 without a total).
+    screens: set[str] = field(default_factory=set)
 
     def items(self) -> list[tuple[str, str, list[dict[str, Any]]]]:
         """Group the records as ``(patient_id, table, records)`` for ``ingest_many``.
