@@ -8,7 +8,12 @@ Rules (defaults in :class:`forecast.outcomes.OutcomeDefinition`):
 - A session *responds* when the first PHQ-9 dated after it, within
   ``response_window_days`` (14) and not after the next session, is <= 50 % of
   the patient's baseline. That PHQ-9 is the *response assessment*; the
-  episode's time origin is the session date. Sessions before the first
+  episode's time origin is the session date.
+- A maintenance session given while the patient is in response responds on
+  that evidence: the latest PHQ-9 on or before its day, at most
+  ``pre_session_window_days`` (7) before it, is in response and meets no
+  C-SSRS waning criterion. That pre-session PHQ-9 is then its response
+  assessment (``response_day`` <= 0), whatever follows the session. Sessions before the first
   induction session, and patients without a baseline, start no episode.
 - The event (benefit waned) is the first assessment after the response
   assessment, and on or before the next session, at which the patient is no
@@ -164,6 +169,17 @@ def _responses(
     r_item9 = np.where(has_r, item9[r_safe] if na else np.nan, np.nan)
     with np.errstate(invalid="ignore"):
         responded = eligible & has_r & (r_phq9 <= d.response_fraction * base)
+    pre = _pre_session_responses(prep, eligible, base, p_rows)
+    if pre is not None:
+        # The pre-session evidence wins: it is complete on the session's day.
+        use = pre >= 0
+        r_idx[use] = pre[use]
+        r_safe = np.clip(r_idx, 0, None)
+        has_r = r_idx >= 0
+        r_phq9 = np.where(has_r, phq9[r_safe], np.nan)
+        r_day = np.where(has_r, prep.a_day[r_safe], np.nan)
+        r_item9 = np.where(has_r, item9[r_safe], np.nan)
+        responded = responded | use
 
     status = np.full(ns, "not_responded", dtype=object)
     status[~has_r] = "no_assessment"
@@ -179,6 +195,41 @@ def _responses(
         "responded": responded,
         "status": status,
     }
+
+
+def _pre_session_responses(
+    prep: Prepared, eligible: np.ndarray, base: np.ndarray, p_rows: np.ndarray
+) -> np.ndarray | None:
+    """Per session, the pre-session PHQ-9 row that shows response (-1: none).
+
+    Only maintenance sessions qualify: the latest PHQ-9 on or before the
+    session's day, at most ``pre_session_window_days`` before it, is in
+    response and meets no C-SSRS waning criterion (None: rule off).
+    """
+    d = prep.definition
+    ns = len(prep.s_pc)
+    if d.pre_session_window_days is None or not ns or not len(p_rows):
+        return None
+    a = prep.a
+    j = np.searchsorted(prep.a_key[p_rows], prep.s_key, side="right") - 1
+    row = p_rows[np.clip(j, 0, None)]
+    found = (
+        (j >= 0)
+        & (prep.a_pc[row] == prep.s_pc)
+        & (prep.a_day[row] >= prep.s_day - d.pre_session_window_days)
+    )
+    phq9 = a["phq9"].to_numpy(dtype=float)[row]
+    cssrs = a["cssrs_ideation"].to_numpy(dtype=float)[row]
+    maintenance = prep.s["kind"].to_numpy(dtype=object) == "maintenance"
+    with np.errstate(invalid="ignore"):
+        ok = (
+            found
+            & eligible
+            & maintenance
+            & (phq9 <= d.response_fraction * base)
+            & ~(cssrs >= d.si_cssrs_min)
+        )
+    return np.where(ok, row, -1)
 
 
 def _waning(
@@ -254,6 +305,8 @@ def _waning(
     cens = ~event[sess_c]
     lower_day[sess_c[cens]] = day_J[rows_np[first[cens]]]
 
+    # An episode with no row yet (a pre-session response) is censored at its start.
+    lower_day = np.where(responded & np.isnan(lower_day), s_day, lower_day)
     n_ass = np.bincount(own[in_ep], minlength=ns) if ns else np.zeros(0, dtype=np.int64)
     return {
         "event": event,

@@ -327,7 +327,10 @@ def _session_state(
     anchor = prep.anchor_day[q_pc]
     with np.errstate(invalid="ignore"):
         treated = anchor <= qd
-    base = np.where(treated, prep.base_phq9[q_pc], np.nan)
+    # A fallback baseline (after the first session) is known from its own day only.
+    with np.errstate(invalid="ignore"):
+        base_known = treated & (prep.base_day[q_pc] <= qd)
+    base = np.where(base_known, prep.base_phq9[q_pc], np.nan)
     si = last_at_or_before(prep.s_key, prep.s_pc, q_key, q_pc)
     has_s = si >= 0
     si0 = np.clip(si, 0, None)
@@ -575,7 +578,7 @@ def _context_values(ctx: _Context, q: _AtQuery) -> dict[str, np.ndarray]:
         "waned_seen": q.waned_seen,
         "waned_date": days_to_dates(np.where(q.waned_seen, take(ep["upper_day"], si), np.nan)),
         "baseline_phq9": base,
-        "baseline_date": days_to_dates(np.where(q.treated, prep.base_day[q.q_pc], np.nan)),
+        "baseline_date": days_to_dates(np.where(np.isnan(q.base), np.nan, prep.base_day[q.q_pc])),
         "response_threshold": d.response_fraction * base,
         "latest_phq9": q.latest,
         "latest_phq9_date": days_to_dates(q.latest_day),

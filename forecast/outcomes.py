@@ -87,6 +87,21 @@ class OutcomeDefinition:
     response_window_days : int, default 14
         A session starts an episode when the first PHQ-9 dated after it,
         within this many days and not after the next session, shows response.
+    pre_session_window_days : int or None, default 7
+        A maintenance session given while the patient is in response starts
+        an episode on that evidence: the latest PHQ-9 on or before the
+        session's day, at most this many days before it, shows response and
+        meets no suicidal-ideation waning criterion (C-SSRS ideation below
+        ``si_cssrs_min``). Many clinics take the PHQ-9 at check-in, before
+        the session, so no score follows a booster until the next visit.
+        This evidence is complete on the session's day, so the rule reads
+        the same at any later date. None: only the post-session rule.
+    baseline_after_days : int or None, default 7
+        Fallback when no PHQ-9 lies in the baseline window: the first PHQ-9
+        at most this many days after the first induction session is the
+        baseline. It is conservative: a score taken after the first infusion
+        is likely lowered by ketamine's rapid effect, which makes response
+        (<= 50 % of it) harder to reach, never easier. None: no fallback.
     reliable_change_points : float, default 5
         A change of at least this many points is reliable (Loewe et al. 2004).
     """
@@ -100,6 +115,8 @@ class OutcomeDefinition:
     confirm_waning: bool = False
     response_window_days: int = 14
     reliable_change_points: float = 5.0
+    pre_session_window_days: int | None = 7
+    baseline_after_days: int | None = 7
 
     def __post_init__(self) -> None:
         if not 0 < self.response_fraction < 1:
@@ -113,6 +130,10 @@ class OutcomeDefinition:
             raise ValueError("si_item9_min and si_cssrs_min must be >= 1 (0 means 'no SI')")
         if self.reliable_change_points <= 0:
             raise ValueError("reliable_change_points must be positive")
+        for name in ("pre_session_window_days", "baseline_after_days"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0 or None, got {value}")
 
     def to_dict(self) -> dict[str, float | int | bool]:
         """The definition as plain JSON-ready values (for model cards and the registry)."""
@@ -120,11 +141,16 @@ class OutcomeDefinition:
 
     @classmethod
     def from_dict(cls, values: dict[str, float | int | bool]) -> OutcomeDefinition:
-        """Rebuild a definition saved with :meth:`to_dict` (unknown keys are an error)."""
+        """Rebuild a definition saved with :meth:`to_dict` (unknown keys are an error).
+
+        Rules added after a version was saved are off for it (None), so a
+        model is always served with the rules it was trained with.
+        """
         unknown = set(values) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown OutcomeDefinition fields: {sorted(unknown)}")
-        return cls(**values)
+        later = dict.fromkeys(("pre_session_window_days", "baseline_after_days"))
+        return cls(**{**later, **values})
 
 
 def reliable_change_index(sd: float, reliability: float) -> float:
@@ -299,6 +325,20 @@ def prepare(
         )
         base_phq9[has_anchor[ok]] = a["phq9"].to_numpy()[row[ok]]
         base_day[has_anchor[ok]] = a_day[row[ok]]
+        if definition.baseline_after_days is not None:
+            # Fallback: the first PHQ-9 after the anchor day, within the window.
+            miss = has_anchor[~ok]
+            q_key = day_key(miss, anchor_day[miss].astype(np.int64))
+            j = np.searchsorted(p_key, q_key, side="right")
+            jj = np.clip(j, 0, len(p_rows) - 1)
+            row = p_rows[jj]
+            ok2 = (
+                (j < len(p_rows))
+                & (a_pc[row] == miss)
+                & (a_day[row] <= anchor_day[miss] + definition.baseline_after_days)
+            )
+            base_phq9[miss[ok2]] = a["phq9"].to_numpy()[row[ok2]]
+            base_day[miss[ok2]] = a_day[row[ok2]]
 
     return Prepared(
         definition=definition,

@@ -283,6 +283,10 @@ def reference_episodes(cohort, d: OutcomeDefinition) -> dict[tuple[str, pd.Times
         anchor = inductions[0]
         window = pd.Timedelta(days=d.baseline_window_days)
         pre = [r for r in rows if anchor - window <= r["date"] <= anchor and r["phq9"] == r["phq9"]]
+        if not pre and d.baseline_after_days is not None:
+            # Fallback: the first PHQ-9 shortly after the first induction session.
+            after = anchor + pd.Timedelta(days=d.baseline_after_days)
+            pre = [r for r in rows if anchor < r["date"] <= after and r["phq9"] == r["phq9"]][:1]
         if not pre:
             continue
         base = pre[-1]["phq9"]
@@ -295,7 +299,23 @@ def reference_episodes(cohort, d: OutcomeDefinition) -> dict[tuple[str, pd.Times
             firsts = [
                 i for i in own if rows[i]["date"] <= limit and rows[i]["phq9"] == rows[i]["phq9"]
             ]
-            if not firsts or not rows[firsts[0]]["phq9"] <= d.response_fraction * base:
+            # A maintenance session given in response: the latest PHQ-9 on or before its day.
+            earlier = [
+                i
+                for i, r in enumerate(rows)
+                if d.pre_session_window_days is not None
+                and start - pd.Timedelta(days=d.pre_session_window_days) <= r["date"] <= start
+                and r["phq9"] == r["phq9"]
+            ]
+            pre_ok = (
+                kinds[k] == "maintenance"
+                and earlier
+                and rows[earlier[-1]]["phq9"] <= d.response_fraction * base
+                and not rows[earlier[-1]]["cssrs_ideation"] >= d.si_cssrs_min
+            )
+            if pre_ok:
+                firsts = [earlier[-1]]
+            elif not firsts or not rows[firsts[0]]["phq9"] <= d.response_fraction * base:
                 continue
             r_i = firsts[0]
             start_item9 = rows[r_i]["item9"]
@@ -317,7 +337,8 @@ def reference_episodes(cohort, d: OutcomeDefinition) -> dict[tuple[str, pd.Times
                 if not d.confirm_waning or si or (j + 1 < len(seq) and seq[j + 1][1]):
                     event_at = j
                     break
-            day = {i: (rows[i]["date"] - start).days for i, _, _ in seq}
+            # A pre-session response row counts as the episode's start (day 0).
+            day = {i: max(0, (rows[i]["date"] - start).days) for i, _, _ in seq}
             if event_at is not None:
                 e_day = day[seq[event_at][0]]
                 before = [day[i] for i, _, _ in seq if day[i] < e_day]
@@ -337,3 +358,74 @@ def test_vectorised_episodes_match_the_reference_loops(cohort, confirm):
     eps = build_episodes(cohort, d)
     got = {(r.patient_id, r.start): (r.lower, r.upper, bool(r.event)) for r in eps.itertuples()}
     assert got == reference_episodes(cohort, d)
+
+
+# --- responses read before a booster, and the baseline fallback -----------------------------
+def _ep(cohort, definition=None):
+    return build_episodes(cohort, definition or OutcomeDefinition(), include_non_responding=True)
+
+
+def test_a_booster_given_in_response_starts_an_episode_on_the_check_in_score():
+    # Induction 0, 3; response at 10 (PHQ-9 6 of 20); booster at 30 with its PHQ-9 taken
+    # at check-in the same day (7: in response), the next score only at the next visit.
+    sessions = [("p", 0, "induction"), ("p", 3, "induction"), ("p", 30, "maintenance"),
+                ("p", 51, "maintenance")]
+    scores = [("p", 0, 20), ("p", 10, 6), ("p", 30, 7), ("p", 51, 14)]
+    e = _ep(make_cohort(sessions, scores)).set_index("start")
+    booster = e.loc[day(30)]
+    assert booster["responded"]
+    assert booster["response_date"] == day(30)  # the pre-session score
+    assert booster["response_day"] == 0
+    assert booster["response_phq9"] == 7
+    # PHQ-9 14 at the next visit (day 51, > 10 and > 50 % of 20): waned in (0, 21].
+    assert (booster["lower"], booster["upper"], booster["event"]) == (0, 21, True)
+    # The visit on day 51 has no score after it: an episode censored at its start.
+    last = e.loc[day(51)]
+    assert not last["responded"]  # 14 is not a response (pre-session score out of response)
+    # The same history without the rule: the booster has no post-session score.
+    off = _ep(make_cohort(sessions, scores), OutcomeDefinition(pre_session_window_days=None))
+    assert off.set_index("start").loc[day(30), "response_status"] == "no_assessment"
+
+
+def test_pre_session_rule_limits():
+    base = [("p", 0, "induction"), ("p", 3, "induction")]
+    scores = [("p", 0, 20), ("p", 10, 6)]
+    # Too old: the latest score is 9 days before the booster (window 7).
+    e = _ep(make_cohort([*base, ("p", 19, "maintenance")], scores))
+    assert not e.set_index("start").loc[day(19), "responded"]
+    # An induction session never responds on a pre-session score.
+    e = _ep(make_cohort([*base, ("p", 12, "induction")], scores))
+    assert not e.set_index("start").loc[day(12), "responded"]
+    # A pre-session score with C-SSRS ideation >= 2 is no evidence of benefit.
+    e = _ep(make_cohort([*base, ("p", 12, "maintenance")], [*scores, ("p", 12, 6, 0, 2)]))
+    assert not e.set_index("start").loc[day(12), "responded"]
+    # Within the window and in response: responds, censored at its start (nothing after).
+    e = _ep(make_cohort([*base, ("p", 14, "maintenance")], scores)).set_index("start")
+    row = e.loc[day(14)]
+    assert row["responded"]
+    assert row["response_day"] == -4
+    assert (row["lower"], row["upper"], row["event"]) == (0, math.inf, False)
+    assert row["censor_reason"] == "end_of_follow_up"
+
+
+def test_baseline_fallback_after_the_first_session():
+    sessions = [("p", 0, "induction"), ("p", 3, "induction")]
+    later = make_cohort(sessions, [("p", 2, 18), ("p", 12, 8)])
+    e = _ep(later).set_index("start")
+    assert e.loc[day(3), "baseline_phq9"] == 18  # the score 2 days after the first session
+    assert e.loc[day(3), "responded"]  # 8 <= 9
+    too_late = make_cohort([("p", 0, "induction"), ("p", 3, "induction")],
+                           [("p", 8, 18), ("p", 12, 8)])
+    assert _ep(too_late)["response_status"].eq("no_baseline").all()
+    off = _ep(later, OutcomeDefinition(baseline_after_days=None))
+    assert off["response_status"].eq("no_baseline").all()
+
+
+def test_definitions_saved_before_the_new_rules_keep_them_off():
+    saved = OutcomeDefinition().to_dict()
+    for key in ("pre_session_window_days", "baseline_after_days"):
+        saved.pop(key)
+    old = OutcomeDefinition.from_dict(saved)
+    assert old.pre_session_window_days is None
+    assert old.baseline_after_days is None
+    assert OutcomeDefinition.from_dict(OutcomeDefinition().to_dict()) == OutcomeDefinition()

@@ -151,5 +151,7 @@ def test_patient_summary_hand_checked():
 
 
 def test_patient_summary_no_baseline_state():
-    c = make_cohort([("p", 0, "induction")], [("p", -45, 20), ("p", 7, 6)])
+    # A score 45 days before treatment is too old, and 8 days after the first
+    # session is too late for the fallback baseline (7 days).
+    c = make_cohort([("p", 0, "induction")], [("p", -45, 20), ("p", 8, 6)])
     assert patient_summary(c).loc[0, "current_state"] == "no_baseline"

@@ -258,8 +258,25 @@ def test_no_baseline_is_insufficient_data_with_population_estimate(policy_model)
     assert a["drivers"] == []
 
 
-def test_as_of_before_any_assessment_after_the_session(policy_model):
+def test_a_booster_given_in_response_is_forecast_from_its_check_in_score(policy_model):
+    # The booster 3 days ago had its PHQ-9 (8, baseline 20) taken at check-in; none since.
     sessions, assessments = responder("PEND", last_session=-3, after=())
+    a = _answer(policy_model, build_history([_patient("PEND")], sessions, assessments), "PEND")
+    _check_common(a)
+    assert a["status"] in ("routine", "session_due")
+    assert a["risk"]["kind"] == "personalised"
+    check_in = (AS_OF - pd.Timedelta(days=3)).strftime("%Y-%m-%d")
+    assert f"pre-session PHQ-9 8 of {check_in}" in a["status_reason"]
+    assert "no PHQ-9 since the session yet" in a["status_reason"]
+    assert any("pre-session PHQ-9 8" in x for x in a["caveats"])
+    assert a["current"]["response_state"] in ("in_response", "in_remission")
+    assert _date(a["suggestion"]["session_by"]) >= AS_OF + pd.Timedelta(days=4)
+
+
+def test_as_of_before_any_assessment_after_the_session(policy_model):
+    # No score at check-in: the response to the booster is not known yet.
+    sessions, assessments = responder("PEND", last_session=-3, after=())
+    assessments = [x for x in assessments if x["day"] != -3]
     cohort = build_history([_patient("PEND")], sessions, assessments)
     a = _answer(policy_model, cohort, "PEND")
     _check_common(a)
@@ -300,7 +317,8 @@ def test_item9_zero_everywhere_never_reads_as_a_clearance(policy_model):
     pids = ["Z1", "Z2", "Z3", "Z4"]
     s1, a1 = responder("Z1", after=((-7, 3), (0, 2)))  # remission
     s2, a2 = responder("Z2", after=((-7, 6), (-1, 15)))  # relapse
-    s3, a3 = responder("Z3", last_session=-2, after=())  # pending
+    s3, a3 = responder("Z3", last_session=-2, after=())
+    a3 = [x for x in a3 if x["day"] != -2]  # pending: no score at or after the booster
     a4 = [{"pid": "Z4", "day": -3, "phq9": 12}]  # untreated
     for x in a1 + a2 + a3 + a4:
         if x.get("phq9") is not None:
@@ -395,6 +413,7 @@ def test_safety_is_evaluated_when_no_forecast_applies(policy_model, history, und
         assessments = [{"pid": "S", "day": -40, "phq9": 22}, {"pid": "S", "day": -25, "phq9": 18}]
     elif history == "pending":
         sessions, assessments = responder("S", last_session=-3, after=())
+        assessments = [x for x in assessments if x["day"] != -3]  # no check-in score
     else:
         sessions = [("S", -60 + k, "induction") for k in (0, 3, 6)]
         assessments = [{"pid": "S", "day": -45, "phq9": 6}]

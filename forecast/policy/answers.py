@@ -20,6 +20,7 @@ from forecast.policy.settings import (
 from forecast.policy.texts import (
     iso_day,
     population_text,
+    pre_session_basis,
     risk_block,
     status_reason,
     suggestion_block,
@@ -56,9 +57,20 @@ def _drivers_per_query(frame: ForecastFrame, model: Any, k: int) -> list[list[di
 
 
 def _caveats(
-    base: list[str], status: str, personal: bool, population: bool, unknown: list[str]
+    base: list[str],
+    status: str,
+    personal: bool,
+    population: bool,
+    unknown: list[str],
+    c: dict[str, Any],
 ) -> list[str]:
     caveats = list(base)
+    basis = pre_session_basis(c)
+    if personal and basis is not None:
+        caveats.append(
+            f"The response to the last session rests on {basis}, taken at or before the "
+            "session; the scores after it will confirm or revise this forecast."
+        )
     if personal and unknown:
         caveats.append(
             "Not recorded or not seen in training: "
@@ -163,7 +175,9 @@ def build_answers(frame: ForecastFrame, model: Any, settings: PolicySettings) ->
                 "median_reason": median_reason,
                 "suggestion": suggestion,
                 "drivers": drivers[i],
-                "caveats": _caveats(caveats_base, st, personal, population, frame.unknown[i]),
+                "caveats": _caveats(
+                    caveats_base, st, personal, population, frame.unknown[i], c
+                ),
                 "decision_support": True,
             }
         )

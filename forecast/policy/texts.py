@@ -314,14 +314,33 @@ def status_reason(
     return f"{responded_clause(c, rule)}; the suggestion follows the personalised forecast."
 
 
+def pre_session_basis(c: dict) -> str | None:
+    """``"the pre-session PHQ-9 7 of 2026-05-18"`` when the last session's response
+    rests on the score taken at or before it (a booster given in response), else None."""
+    day, last = c.get("response_date"), c.get("last_session")
+    if not c.get("has_session") or day is None or pd.isna(day) or pd.Timestamp(day) > last:
+        return None
+    return f"the pre-session PHQ-9 {whole(c['response_phq9'])} of {iso_day(day)}"
+
+
 def responded_clause(c: dict, rule: str) -> str:
     """The first clause of routine / session_due, true to ``current.response_state``.
 
     The forecast applies from the session's response until waning is seen;
     a latest score above the response threshold but below the waning
-    cut-off is neither "in response" nor "waned", and is said as such.
+    cut-off is neither "in response" nor "waned", and is said as such. A
+    response read before a booster says so.
     """
     latest = f"PHQ-9 {whole(c['latest_phq9'])} on {iso_day(c['latest_phq9_date'])}"
+    basis = pre_session_basis(c)
+    if basis is not None:
+        since = pd.Timestamp(c["latest_phq9_date"]) > pd.Timestamp(c["last_session"])
+        later = f"; latest {latest}" if since else "; no PHQ-9 since the session yet"
+        state = "in response" if in_response_now(c) else "above the response threshold"
+        return (
+            f"In response at the last session on {iso_day(c['last_session'])} ({basis}"
+            f"{later}, {state}; {rule})"
+        )
     if in_response_now(c):
         return f"In response after the last session ({latest}; {rule})"
     return (
