@@ -558,10 +558,11 @@ def _context_values(ctx: _Context, q: _AtQuery) -> dict[str, np.ndarray]:
     status[np.isnan(base)] = "no_baseline"
     status[~q.treated | ~q.has_s] = "no_treatment"
     state = state_of(q.latest, base, q.treated, d)
+    # No score after the baseline yet: the response is not measured, whatever the
+    # baseline itself says.
     with np.errstate(invalid="ignore"):
-        pre = ~(q.latest_day > q.anchor)
-    state[np.isin(state, ("in_response", "in_remission")) & pre] = "not_in_response"
-    state[q.treated & ~np.isnan(base) & np.isnan(q.latest)] = "not_in_response"
+        pre = ~(q.latest_day > prep.base_day[q.q_pc])
+    state[q.treated & ~np.isnan(base) & (pre | np.isnan(q.latest))] = "not_measured_yet"
     with np.errstate(invalid="ignore", divide="ignore"):
         l_ratio = np.where(base > 0, q.latest / base, np.nan)
     s_pos = _safety_rows(prep, q)

@@ -36,6 +36,7 @@ STATES: tuple[str, ...] = (
     "in_remission",
     "in_response",
     "not_in_response",
+    "not_measured_yet",
     "no_baseline",
     "no_treatment",
 )
@@ -99,9 +100,11 @@ class OutcomeDefinition:
     baseline_after_days : int or None, default 7
         Fallback when no PHQ-9 lies in the baseline window: the first PHQ-9
         at most this many days after the first induction session is the
-        baseline. It is conservative: a score taken after the first infusion
-        is likely lowered by ketamine's rapid effect, which makes response
-        (<= 50 % of it) harder to reach, never easier. None: no fallback.
+        baseline, provided it is at least ``waned_phq9_min`` (a lower score is
+        no reference for response). It is conservative: a score taken after
+        the first infusion is likely lowered by ketamine's rapid effect, which
+        makes response (<= 50 % of it) harder to reach, never easier. None:
+        no fallback.
     reliable_change_points : float, default 5
         A change of at least this many points is reliable (Loewe et al. 2004).
     """
@@ -336,6 +339,8 @@ def prepare(
                 (j < len(p_rows))
                 & (a_pc[row] == miss)
                 & (a_day[row] <= anchor_day[miss] + definition.baseline_after_days)
+                # A lower score after the first infusion is no reference for response.
+                & (a["phq9"].to_numpy()[row] >= definition.waned_phq9_min)
             )
             base_phq9[miss[ok2]] = a["phq9"].to_numpy()[row[ok2]]
             base_day[miss[ok2]] = a_day[row[ok2]]

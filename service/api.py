@@ -49,46 +49,20 @@ from service.histories import (
 )
 from service.ingest import check_patient_id, ingest_many
 from service.jsonbody import json_body
-from service.serving import declared_covariates, model_state, serve_forecasts, settings, store
+from service.serving import (
+    declared_covariates,
+    model_state,
+    parse_as_of,
+    serve_forecasts,
+    settings,
+    store,
+)
 from service.store import LEGACY_MERGE, StoreError
 
 bp = Blueprint("api", __name__)
 
 
 # --------------------------------------------------------------------------- request values
-#: Earliest accepted forecast date (pandas' nanosecond timestamps start in 1677).
-EARLIEST_AS_OF = dt.date(1900, 1, 1)
-
-
-def parse_as_of(value: str | None, field: str) -> pd.Timestamp:
-    """A forecast date (``YYYY-MM-DD`` from 1900 to today UTC; default today)."""
-    today = pd.Timestamp(dt.datetime.now(dt.UTC).date())
-    if value is None or value == "":
-        return today
-    try:
-        if not isinstance(value, str) or len(value) != 10:
-            raise ValueError
-        parsed = dt.date.fromisoformat(value)
-        if parsed < EARLIEST_AS_OF:
-            raise ValueError
-        day = pd.Timestamp(parsed)
-    except ValueError:
-        raise ApiProblem(
-            422,
-            "Invalid date",
-            errors=[
-                {"field": field, "message": f"got {value!r}; allowed: a date YYYY-MM-DD from 1900"}
-            ],
-        ) from None
-    if day > today:
-        raise ApiProblem(
-            422,
-            "Invalid date",
-            errors=[{"field": field, "message": "a forecast date may not be in the future"}],
-        )
-    return day
-
-
 def parse_threshold(value: Any, field: str) -> float:
     """A risk threshold strictly between 0 and 1 (default: the service's)."""
     if value is None or value == "":

@@ -36,7 +36,7 @@ from service.auth import login_session, logout_session, public, require_role
 from service.clinic_openapi import html, operation, query
 from service.errors import ApiProblem
 from service.page_charts import horizon_rows, phq9_chart, risk_chart
-from service.serving import forecast_for, store
+from service.serving import forecast_for, parse_as_of, store
 
 bp = Blueprint("pages", __name__, template_folder="templates")
 
@@ -168,22 +168,24 @@ def _history(pid: str) -> tuple[Any, pd.DataFrame, list[dict[str, Any]]]:
 @require_role("clinician", allow_session=True)
 @operation(
     "The clinician page of one patient",
-    {"200": html("The page"), "404": html("Unknown patient")},
+    {"200": html("The page"), "404": html("Unknown patient"), "422": html("Invalid as_of")},
+    parameters=[query("as_of", "Forecast date YYYY-MM-DD (default today); the API's answer")],
     html_errors=True,
 )
 def patient_page(patient_id: str) -> str:
     """The clinician page of one patient."""
+    as_of_arg = parse_as_of(request.args.get("as_of"), "query/as_of")
     cohort, scored, withdrawn = _history(patient_id)
     answer = None
     model_note = None
     try:
-        answer, _ = forecast_for(patient_id, "page", cohort)
+        answer, _ = forecast_for(patient_id, "page", cohort, as_of=as_of_arg)
     except ApiProblem as exc:
         if exc.status != 503:
             raise
         model_note = exc.detail
-    safety = (answer or {}).get("safety") or rule_safety(cohort)
-    as_of = pd.Timestamp(answer["as_of"]) if answer else pd.Timestamp.now("UTC").normalize()
+    safety = (answer or {}).get("safety") or rule_safety(cohort, as_of_arg)
+    as_of = pd.Timestamp(answer["as_of"]) if answer else as_of_arg
     as_of = as_of.tz_localize(None) if as_of.tzinfo else as_of
     sug = (answer or {}).get("suggestion") or {}
     return render_template(

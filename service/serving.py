@@ -256,8 +256,10 @@ def serve_forecasts(cohort: Cohort, queries: pd.DataFrame, endpoint: str) -> lis
     return answers
 
 
-def forecast_for(pid: str, endpoint: str, cohort: Any = None) -> tuple[dict[str, Any], Any]:
-    """Serve (and audit) today's forecast for a stored patient.
+def forecast_for(
+    pid: str, endpoint: str, cohort: Any = None, as_of: pd.Timestamp | None = None
+) -> tuple[dict[str, Any], Any]:
+    """Serve (and audit) the forecast of a stored patient (``as_of`` default: today).
 
     Returns the answer and the cohort it was computed from. Raises ApiProblem
     404 when the patient is unknown and no ``cohort`` is given, 503 without model.
@@ -269,8 +271,42 @@ def forecast_for(pid: str, endpoint: str, cohort: Any = None) -> tuple[dict[str,
             if not st.known_patients(conn, [pid]):
                 raise ApiProblem(404, "Unknown patient", "No patient with this id is stored.")
             cohort = st.cohort([pid], conn)
-    as_of = pd.Timestamp(dt.datetime.now(dt.UTC).date())
+    if as_of is None:
+        as_of = pd.Timestamp(dt.datetime.now(dt.UTC).date())
     queries = pd.DataFrame(
         {"patient_id": [pid], "as_of": [as_of], "threshold": [float(settings().threshold)]}
     )
     return serve_forecasts(cohort, queries, endpoint)[0], cohort
+
+
+#: Earliest accepted forecast date (pandas' nanosecond timestamps start in 1677).
+EARLIEST_AS_OF = dt.date(1900, 1, 1)
+
+
+def parse_as_of(value: str | None, field: str) -> pd.Timestamp:
+    """A forecast date (``YYYY-MM-DD`` from 1900 to today UTC; default today)."""
+    today = pd.Timestamp(dt.datetime.now(dt.UTC).date())
+    if value is None or value == "":
+        return today
+    try:
+        if not isinstance(value, str) or len(value) != 10:
+            raise ValueError
+        parsed = dt.date.fromisoformat(value)
+        if parsed < EARLIEST_AS_OF:
+            raise ValueError
+        day = pd.Timestamp(parsed)
+    except ValueError:
+        raise ApiProblem(
+            422,
+            "Invalid date",
+            errors=[
+                {"field": field, "message": f"got {value!r}; allowed: a date YYYY-MM-DD from 1900"}
+            ],
+        ) from None
+    if day > today:
+        raise ApiProblem(
+            422,
+            "Invalid date",
+            errors=[{"field": field, "message": "a forecast date may not be in the future"}],
+        )
+    return day

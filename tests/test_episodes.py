@@ -287,6 +287,7 @@ def reference_episodes(cohort, d: OutcomeDefinition) -> dict[tuple[str, pd.Times
             # Fallback: the first PHQ-9 shortly after the first induction session.
             after = anchor + pd.Timedelta(days=d.baseline_after_days)
             pre = [r for r in rows if anchor < r["date"] <= after and r["phq9"] == r["phq9"]][:1]
+            pre = [r for r in pre if r["phq9"] >= d.waned_phq9_min]
         if not pre:
             continue
         base = pre[-1]["phq9"]
@@ -419,6 +420,9 @@ def test_baseline_fallback_after_the_first_session():
     assert _ep(too_late)["response_status"].eq("no_baseline").all()
     off = _ep(later, OutcomeDefinition(baseline_after_days=None))
     assert off["response_status"].eq("no_baseline").all()
+    # A score below 10 after the first infusion is no reference for response.
+    low = make_cohort(sessions, [("p", 2, 8), ("p", 12, 3)])
+    assert _ep(low)["response_status"].eq("no_baseline").all()
 
 
 def test_definitions_saved_before_the_new_rules_keep_them_off():

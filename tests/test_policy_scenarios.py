@@ -253,8 +253,9 @@ def test_no_baseline_is_insufficient_data_with_population_estimate(policy_model)
     assert "baseline" in a["status_reason"]
     assert a["risk"]["kind"] == "population"
     assert a["risk"]["label"] == "population estimate, not personalised"
-    assert a["suggestion"]["basis"] == "population"
-    assert "population estimate" in a["suggestion"]["rationale"]
+    # No response has ever been measured: no benefit to maintain, so no date at all.
+    assert a["suggestion"]["session_by"] is None
+    assert "no response to treatment has been measured yet" in a["suggestion"]["rationale"]
     assert a["drivers"] == []
 
 
@@ -283,7 +284,10 @@ def test_as_of_before_any_assessment_after_the_session(policy_model):
     assert a["status"] == "insufficient_data"
     assert "not known" in a["status_reason"]
     assert a["risk"]["kind"] == "population"
-    # A population suggestion still respects the minimum interval after the session.
+    # An earlier response was measured: a population date, labelled as such, which
+    # still respects the minimum interval after the session.
+    assert a["suggestion"]["basis"] == "population"
+    assert "population estimate" in a["suggestion"]["rationale"]
     assert _date(a["suggestion"]["session_by"]) >= AS_OF + pd.Timedelta(days=4)
 
 

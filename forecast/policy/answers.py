@@ -63,6 +63,7 @@ def _caveats(
     population: bool,
     unknown: list[str],
     c: dict[str, Any],
+    risk: dict[str, Any] | None,
 ) -> list[str]:
     caveats = list(base)
     basis = pre_session_basis(c)
@@ -77,6 +78,15 @@ def _caveats(
             + ", ".join(unknown)
             + "; the model used the average effect of the training patients for it."
         )
+    if personal and risk:
+        at28 = next((h for h in risk["horizons"] if h["days"] == 28), None)
+        if at28 and at28["lower"] is not None and at28["upper"] - at28["lower"] > 0.5:
+            caveats.append(
+                f"This forecast is uncertain: the 28-day risk could lie anywhere from "
+                f"{100 * at28['lower']:.0f} % to {100 * at28['upper']:.0f} % (the model refitted "
+                "on resampled training patients disagrees), usually because few training "
+                "patients resemble this one. Weigh it accordingly."
+            )
     if population:
         caveats.append(
             "The risks shown are a population estimate from the model's training "
@@ -176,7 +186,7 @@ def build_answers(frame: ForecastFrame, model: Any, settings: PolicySettings) ->
                 "suggestion": suggestion,
                 "drivers": drivers[i],
                 "caveats": _caveats(
-                    caveats_base, st, personal, population, frame.unknown[i], c
+                    caveats_base, st, personal, population, frame.unknown[i], c, risk
                 ),
                 "decision_support": True,
             }

@@ -19,6 +19,68 @@ MISSING_INDICATOR_OF: dict[str, str] = {
 }
 
 
+#: Plain clinical label and unit of each feature (``"%"``: a share shown in per cent,
+#: ``"yes/no"``: a 0/1 flag, ``""``: a count or a category).
+FEATURE_LABELS: dict[str, tuple[str, str]] = {
+    "age": ("Age", "years"),
+    "prior_treatments": ("Failed antidepressant trials before ketamine", ""),
+    "phq9_baseline": ("PHQ-9 before treatment (baseline)", "points"),
+    "dose_mg_per_kg": ("Ketamine dose at the last session", "mg/kg"),
+    "psychotherapy": ("Psychotherapy with the last session", "yes/no"),
+    "dissociation": ("Dissociation at the last session", "of 100"),
+    "n_prev_sessions": ("Sessions before the last one", ""),
+    "n_prev_episodes": ("Earlier benefit episodes", ""),
+    "first_episode": ("First benefit episode", "yes/no"),
+    "prev_benefit_days_mean": ("Mean length of earlier benefit episodes", "days"),
+    "prev_waned_share": ("Earlier episodes whose benefit waned", "%"),
+    "prev_response_ratio_mean": ("Mean PHQ-9 at earlier responses, share of baseline", "%"),
+    "elapsed_days": ("Days since the last session", "days"),
+    "response_known": ("Response to the last session measured", "yes/no"),
+    "response_day": ("Days from the last session to its response PHQ-9", "days"),
+    "phq9_response": ("PHQ-9 at the response to the last session", "points"),
+    "phq9_response_ratio": ("PHQ-9 at the response, share of baseline", "%"),
+    "phq9_latest": ("Latest PHQ-9", "points"),
+    "phq9_latest_ratio": ("Latest PHQ-9, share of baseline", "%"),
+    "phq9_mean_ratio_since_session": ("Mean PHQ-9 since the last session, share of baseline", "%"),
+    "phq9_change": ("PHQ-9 change since the response", "points"),
+    "phq9_max_since_session": ("Highest PHQ-9 since the last session", "points"),
+    "phq9_slope_28d": ("PHQ-9 change over the last 4 weeks", "points per week"),
+    "item9_latest": ("Latest PHQ-9 item 9 answer", "of 3"),
+    "cssrs_latest": ("Latest C-SSRS ideation level", "of 5"),
+    "days_since_assessment": ("Days since the latest questionnaire", "days"),
+    "n_assessments_since_session": ("Questionnaires since the last session", ""),
+    "sex": ("Sex", ""),
+    "diagnosis": ("Diagnosis", ""),
+    "route": ("Route of the last session", ""),
+    "session_kind": ("Kind of the last session", ""),
+}
+
+
+def _number(x: float) -> str:
+    return f"{int(x)}" if float(x).is_integer() else f"{x:.1f}"
+
+
+def describe_value(feature: str, value: Any) -> tuple[str, str]:
+    """``(label, shown value)`` of a driver: never blank ("not recorded" when missing)."""
+    label, unit = FEATURE_LABELS.get(feature, (feature.replace("_", " ").capitalize(), ""))
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return label, "not recorded"
+    if isinstance(value, str):
+        return label, value.replace("_", " ")
+    x = float(value)
+    if unit == "yes/no":
+        return label, "yes" if x >= 0.5 else "no"
+    if unit == "%":
+        return label, f"{100 * x:.0f} %"
+    if feature == "phq9_slope_28d":
+        # Per week in the model; said over the four weeks a clinician reads it over.
+        return label, f"{4 * x:+.1f} points"
+    if feature == "phq9_change":
+        return label, f"{x:+.0f} points"
+    text = _number(x)
+    return label, f"{text} {unit}".strip() if unit else text
+
+
 def fold_missing_indicators(
     contrib: pd.DataFrame,
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -85,10 +147,13 @@ def feature_drivers(model: Any, X: pd.DataFrame, k: int) -> list[list[dict]]:
             value = None if missing or feat not in values else jsonable(values.at[r, feat])
             longer = (v > 0) == aft
             factor = float(np.exp(v))
+            label, shown = describe_value(feat, value)
             items.append(
                 {
                     "feature": feat,
+                    "label": label,
                     "value": value,
+                    "shown": shown,
                     "direction": "lengthens" if longer else "shortens",
                     "size": round(factor, 2),
                     "size_meaning": meaning,

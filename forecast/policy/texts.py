@@ -129,6 +129,14 @@ def suggestion_block(
             ),
         }
         return {**empty, "rationale": reasons.get(base, "No maintenance date is suggested.")}
+    if population and not c.get("n_prev_episodes"):
+        # No benefit has been measured yet (mid-induction, or the first response
+        # unknown): a maintenance date would plan around a benefit not shown.
+        return {
+            **empty,
+            "rationale": "No maintenance date is suggested: no response to treatment has been "
+            "measured yet, so there is no benefit to maintain.",
+        }
     by = as_of + pd.Timedelta(days=int(sugg["session_by"][i]))
     ws = as_of + pd.Timedelta(days=int(sugg["window_start"][i]))
     risk_at = float(sugg["risk_at"][i])
@@ -264,7 +272,8 @@ def status_reason(
                 f"{iso_day(c['last_session'])}, so its response was not measured; " + population
             )
         return (
-            f"Only {int(c['n_phq9'])} PHQ-9 score(s) on record; too few for a personalised "
+            f"Only {int(c['n_phq9'])} PHQ-9 score{'' if int(c['n_phq9']) == 1 else 's'} on "
+            "record; too few for a personalised "
             "forecast; " + population
         )
     if st == "not_in_response":
