@@ -11,6 +11,8 @@ Layout::
         environment.json                 python and package versions
         outcome_definition.json          the OutcomeDefinition used
         MANIFEST.json                    format, version id, sha256 and size of every file
+        MANIFEST.sig                     Ed25519 signature of MANIFEST.json (forecast.signing)
+      LIFECYCLE.jsonl                    status changes and evaluations (forecast.lifecycle)
       .tmp-...                           a write in progress (ignored by readers)
 
 A version is written into a temporary folder inside the registry, every file
@@ -43,7 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from forecast import model_card
+from forecast import model_card, signing
 from forecast.bundle import JSON_NAME, NPZ_NAME, Bundle, BundleError
 from forecast.features import FEATURES
 from forecast.outcomes import OutcomeDefinition
@@ -106,7 +108,8 @@ def resolve(ref: str | Path, models_dir_: str | Path | None = None) -> Path:
     if VERSION_RE.match(ref_s):
         path = root / ref_s
         if not path.is_dir():
-            raise RegistryError(f"unknown model version {ref_s} in {root}")
+            raise RegistryError(f"unknown model version {ref_s} in {root}; "
+                                + available_text(root))
         return path
     path = Path(ref_s).expanduser().resolve()
     root_r = root.expanduser().resolve()
@@ -116,8 +119,38 @@ def resolve(ref: str | Path, models_dir_: str | Path | None = None) -> Path:
             f"{root} (give a version id, 'latest', or a version folder inside it)"
         )
     if not VERSION_RE.match(path.name) or not path.is_dir():
-        raise RegistryError(f"{ref_s} is not a model version folder of {root}")
+        raise RegistryError(f"{ref_s} is not a model version folder of {root}; "
+                            + available_text(root))
     return path
+
+
+def available_text(root: str | Path) -> str:
+    """``available: A, B`` (newest last, at most 8) or how to train a first version."""
+    versions = list_versions(root)
+    if not versions:
+        return f"the registry holds no version yet (run `forecast train DIR --models {root}`)"
+    shown = versions[-8:]
+    more = f" (and {len(versions) - len(shown)} older)" if len(versions) > len(shown) else ""
+    return "available: " + ", ".join(shown) + more + " (see `forecast models list`)"
+
+
+def check_writable(root: str | Path) -> Path:
+    """Create the registry folder if needed and prove it writable, before any long work.
+
+    Raises :class:`RegistryError` naming the folder and what to do.
+    """
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f"{_TMP_PREFIX}probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise RegistryError(
+            f"the model registry {root} is not writable ({exc.strerror or exc}); give a "
+            "writable folder with --models DIR or FORECAST_MODELS"
+        ) from None
+    return root
 
 
 # --------------------------------------------------------------------------- hashing
@@ -243,6 +276,7 @@ def save_version(
     metrics: Mapping[str, Any] | None = None,
     fingerprint: Mapping[str, Any] | None = None,
     training: Mapping[str, Any] | None = None,
+    signing_key: Any = "env",
     _crash_after: str | None = None,
 ) -> str:
     """Write a new version atomically and return its id.
@@ -263,11 +297,20 @@ def save_version(
         :func:`fingerprint_cohort` of the training data.
     training : mapping, optional
         Training summary (counts, settings; never patient rows).
+    signing_key : Ed25519PrivateKey, None or "env"
+        Key that signs the manifest (``MANIFEST.sig``); ``"env"`` reads the
+        configured key (:func:`forecast.signing.signing_key`), None leaves
+        the version unsigned.
     _crash_after : str, optional
         Testing hook: raise after writing this file, to prove atomicity.
     """
     root = _registry_dir(models_dir)
     root.mkdir(parents=True, exist_ok=True)
+    if signing_key == "env":
+        try:
+            signing_key = signing.signing_key()
+        except signing.SignatureError as exc:
+            raise RegistryError(str(exc)) from None
     _clean_stale_tmp(root)
     definition = definition if definition is not None else OutcomeDefinition()
     tmp = root / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
@@ -314,6 +357,10 @@ def save_version(
         }
         (tmp / MANIFEST).write_text(dumps(manifest))
         _fsync_file(tmp / MANIFEST)
+        if signing_key is not None:
+            (tmp / signing.SIGNATURE).write_text(
+                signing.sign((tmp / MANIFEST).read_bytes(), signing_key))
+            _fsync_file(tmp / signing.SIGNATURE)
         _fsync_dir(tmp)
         os.rename(tmp, root / version)
         _fsync_dir(root)
@@ -335,6 +382,8 @@ class LoadedModel:
     definition: Any
     metrics: dict[str, Any] = field(default_factory=dict)
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    #: ``verified``, ``unsigned`` or ``unchecked`` (signed, no key configured to check it)
+    signature: str = "unsigned"
 
     @property
     def population_curve(self) -> dict[str, list[float]] | None:
@@ -386,7 +435,7 @@ def verify(path: str | Path) -> dict[str, Any]:
         raise RegistryError(f"{MANIFEST}: names version {manifest.get('version')!r}, "
                             f"but the folder is {path.name} (copied or renamed)")
     listed = manifest["files"]
-    present = {p.name for p in path.iterdir()} - {MANIFEST}
+    present = {p.name for p in path.iterdir()} - {MANIFEST, signing.SIGNATURE}
     for name in sorted(present - set(listed)):
         raise RegistryError(f"{name}: file not listed in {MANIFEST} (foreign file)")
     for name in sorted(listed):
@@ -404,7 +453,34 @@ def verify(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load(ref: str | Path = "latest", models_dir: str | Path | None = None) -> LoadedModel:
+def check_signature(path: Path, require: bool = False,
+                    env: Mapping[str, str] | None = None) -> str:
+    """Check the signature of a verified version folder; return its state.
+
+    A signature that is present is checked whenever a key is configured and
+    must verify. ``require`` (the service) also refuses a version that is
+    unsigned or cannot be checked, unless ``FORECAST_ALLOW_UNSIGNED`` allows it.
+    """
+    env = dict(os.environ if env is None else env)
+    try:
+        public = signing.verify_key(env)
+        state = signing.check(path, public).state
+    except signing.SignatureError as exc:
+        raise RegistryError(f"{path.name}: {exc}") from None
+    if require and state != "verified" and not signing.allow_unsigned(env):
+        why = ("is not signed" if state == "unsigned"
+               else "is signed but no verification key is configured")
+        raise RegistryError(
+            f"{path.name} {why}; configure {signing.VERIFY_FILE_ENV} (or "
+            f"{signing.KEY_FILE_ENV}) and train with the key, or set "
+            f"{signing.ALLOW_UNSIGNED_ENV}=1 for development (docs/registry.md)"
+        )
+    return state
+
+
+def load(ref: str | Path = "latest", models_dir: str | Path | None = None, *,
+         require_signature: bool = False, env: Mapping[str, str] | None = None
+         ) -> LoadedModel:
     """Resolve ``ref`` in the registry, verify the version and return it.
 
     Parameters
@@ -413,9 +489,16 @@ def load(ref: str | Path = "latest", models_dir: str | Path | None = None) -> Lo
         Version id, ``"latest"`` or the path of a version folder inside the registry.
     models_dir : path, optional
         Registry folder (see :func:`models_dir`).
+    require_signature : bool
+        Refuse a version whose signature is missing or unchecked (the service;
+        see :func:`check_signature`). A signature that does not verify is
+        refused in any case.
+    env : mapping, optional
+        Where the key settings are read (default ``os.environ``).
     """
     path = resolve(ref, models_dir)
     verify(path)
+    signature = check_signature(path, require_signature, env)
     try:
         bundle = Bundle.load(path)
     except BundleError as exc:
@@ -427,4 +510,4 @@ def load(ref: str | Path = "latest", models_dir: str | Path | None = None) -> Lo
         raise RegistryError(f"{DEFINITION}: not a valid outcome definition ({exc})") from exc
     metrics = _read_json(path / METRICS) if (path / METRICS).is_file() else {}
     fp = _read_json(path / FINGERPRINT) if (path / FINGERPRINT).is_file() else {}
-    return LoadedModel(path.name, path, card, bundle, definition, metrics, fp)
+    return LoadedModel(path.name, path, card, bundle, definition, metrics, fp, signature)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from forecast import registry
+from forecast import registry, signing
 from forecast.episodes import build_episodes
 from forecast.features import feature_spec, features_at, landmark_dataset
 from forecast.models import DEFAULT_KIND, FeatureSet, SurvivalEstimator, make_estimator
@@ -223,10 +223,18 @@ def train_and_save(
     """Train ``kind`` on ``cohort`` and save a new registry version; return its id.
 
     ``progress`` (optional) is called with a stage name before each stage.
-    Raises :class:`forecast.models.ModelFitError` when the fit fails and
-    ``ValueError`` when the cohort has no response episode.
+    Raises :class:`forecast.models.ModelFitError` when the fit fails,
+    ``ValueError`` when the cohort has no response episode, and
+    :class:`forecast.registry.RegistryError` BEFORE any work when the
+    registry is not writable or the configured signing key cannot be read.
+    The version is signed with the configured key (``forecast.signing``).
     """
     step = progress or (lambda stage: None)
+    root = registry.check_writable(registry.models_dir(models_dir))
+    try:
+        key = signing.signing_key()
+    except signing.SignatureError as exc:
+        raise registry.RegistryError(str(exc)) from None
     definition = definition if definition is not None else OutcomeDefinition()
     step("features")
     ld = landmark_dataset(cohort, definition)
@@ -255,6 +263,6 @@ def train_and_save(
     )
     curve = population_curve(start["lower"].to_numpy(float), start["upper"].to_numpy(float))
     return registry.save_version(
-        bundle, models_dir=registry.models_dir(models_dir), definition=definition,
-        fingerprint=fp, training=training, card={"population_curve": curve},
+        bundle, models_dir=root, definition=definition,
+        fingerprint=fp, training=training, card={"population_curve": curve}, signing_key=key,
     )

@@ -5,9 +5,14 @@ takes :meth:`ModelState.get` once and uses that ``LoadedModel`` object to the
 end, so a reload in the middle of a request never mixes two versions.
 
 Reload (``POST /api/v1/model/reload``, or SIGHUP under ``forecast serve``)
-loads the registry's latest version completely (the registry verifies every
-checksum) and only then replaces the one reference; if loading fails, the
-previous version keeps serving and the caller gets a 409 problem.
+loads the registry's promoted version (``forecast models promote``; the
+newest version only in a registry where nothing was ever promoted)
+completely and only then replaces the one reference; if loading fails, the
+previous version keeps serving and the caller gets a 409 problem. Loading
+verifies every checksum, the version's signature (``forecast.signing``;
+unsigned versions only with ``FORECAST_ALLOW_UNSIGNED=1``) and the
+plausibility of its risks on a built-in synthetic reference set
+(``forecast.plausibility``).
 
 Several workers (gunicorn) share the choice through the store: a successful
 reload records the version as ``live_model_version``; every worker checks
@@ -29,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
-from forecast import registry
+from forecast import lifecycle, plausibility, registry
 from service.errors import ApiProblem
 
 if TYPE_CHECKING:
@@ -63,8 +68,10 @@ class ModelState:
         models_dir: str | os.PathLike[str] | None,
         store: Store | None = None,
         sync_seconds: float = 2.0,
+        settings: dict[str, str] | None = None,
     ) -> None:
         self._option = models_dir
+        self._settings = dict(settings or {})
         self._store = store
         self._sync_seconds = float(sync_seconds)
         self._next_sync = 0.0
@@ -117,7 +124,8 @@ class ModelState:
         declared there would fail each forecast, so it is refused like a
         damaged one, naming the covariates.
         """
-        loaded = registry.load(ref, self.models_dir)
+        env = {**os.environ, **self._settings}
+        loaded = registry.load(ref, self.models_dir, require_signature=True, env=env)
         declared = () if self._store is None else self._store.covariates
         missing = [c for c in loaded.covariates if c not in declared]
         if missing:
@@ -127,7 +135,27 @@ class ModelState:
                 f"with FORECAST_COVARIATES={','.join(loaded.covariates)} (and store them "
                 "with PUT /api/v1/patients/{id}), or use forecast predict for this one"
             )
+        try:
+            plausibility.check(loaded)
+        except plausibility.ImplausibleModel as exc:
+            raise registry.RegistryError(f"{exc}; refused") from None
         return loaded
+
+    def _target(self, reload: bool = False) -> Any:
+        """The promoted version; if nothing was ever promoted, the newest one.
+
+        Without a promotion, a worker that starts takes the newest version that
+        verifies; a reload takes the latest version or refuses (409).
+        """
+        root = self.models_dir
+        if lifecycle.ever_promoted(root):
+            live = lifecycle.live_version(root)
+            if live is None:
+                raise registry.RegistryError(
+                    f"the promoted version is no longer in {root}; promote another with "
+                    "`forecast models promote VERSION`")
+            return self._load(live)
+        return self._load("latest") if reload else self._newest_valid()
 
     def _newest_valid(self) -> Any:
         """The newest version that verifies (a damaged latest one is skipped, and logged)."""
@@ -167,9 +195,9 @@ class ModelState:
                         "recorded live model refused",
                         extra={"event": "model_refused", "version": pinned},
                     )
-                    self._current = self._newest_valid()
+                    self._current = self._target()
             else:
-                self._current = self._newest_valid()
+                self._current = self._target()
             self.last_error = None
             log.info("model loaded", extra={"event": "model_loaded", "version": self.version})
         except Exception as exc:  # noqa: BLE001 - the service runs without a model (503)
@@ -203,7 +231,7 @@ class ModelState:
             self._lock.release()
 
     def reload(self) -> Any:
-        """Switch to the registry's latest version, or keep the current one.
+        """Switch to the registry's promoted version, or keep the current one.
 
         Returns
         -------
@@ -213,13 +241,13 @@ class ModelState:
         Raises
         ------
         ApiProblem
-            409 when the latest version cannot be loaded (missing, tampered,
-            unreadable); the previous version stays live.
+            409 when the promoted (else latest) version cannot be loaded (missing,
+            tampered, unsigned, implausible); the previous version stays live.
         """
         with self._lock:  # one reload at a time; readers never wait on this lock
             previous = self.version
             try:
-                loaded = self._load("latest")
+                loaded = self._target(reload=True)
             except (registry.RegistryError, OSError, ValueError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning(
@@ -230,7 +258,7 @@ class ModelState:
                 raise ApiProblem(
                     409,
                     "Model reload refused",
-                    f"The registry's latest version could not be loaded ({exc}); {kept}.",
+                    f"The registry's promoted version could not be loaded ({exc}); {kept}.",
                 ) from exc
             if self._store is not None:
                 # Recorded first: if this fails, nothing changed anywhere.
@@ -251,10 +279,21 @@ def init_app(app: Flask) -> None:
         app.config.get("KAP_MODELS_DIR"),
         app.extensions.get("kap_store"),
         float(app.config.get("KAP_MODEL_SYNC_SECONDS", 2.0)),
+        _signature_settings(app.config),
     )
     app.extensions["kap_model"] = state
     if app.config.get("KAP_LOAD_MODEL", True):
         state.load_initial()
+
+
+def _signature_settings(config: Any) -> dict[str, str]:
+    """Key settings given in the app config (they override the environment)."""
+    out = {}
+    if config.get("KAP_MODEL_VERIFY_KEY_FILE"):
+        out["FORECAST_VERIFY_KEY_FILE"] = str(config["KAP_MODEL_VERIFY_KEY_FILE"])
+    if config.get("KAP_ALLOW_UNSIGNED_MODELS") is not None:
+        out["FORECAST_ALLOW_UNSIGNED"] = "1" if config["KAP_ALLOW_UNSIGNED_MODELS"] else "0"
+    return out
 
 
 def install_sighup(app: Flask) -> None:

@@ -46,8 +46,10 @@ def test_save_and_load(reg, bundle) -> None:
     for key in ("intended_use", "outcome", "censoring", "model", "training_data", "limitations"):
         assert key in m.card
     manifest = json.loads((root / version / registry.MANIFEST).read_text())
+    # Every file but the manifest and its signature is listed (and so covered by it).
     assert set(manifest["files"]) == {p.name for p in (root / version).iterdir()} - {
-        registry.MANIFEST}
+        registry.MANIFEST, "MANIFEST.sig"}
+    assert m.signature == "verified"
 
 
 def test_latest_is_newest_and_ignores_temp(reg, bundle) -> None:
