@@ -1,35 +1,44 @@
-"""FHIR R4 endpoints (blueprint ``fhir_api``).
+"""FHIR R4 facade (blueprint ``fhir_api``) at ``/fhir/r4``.
 
+- ``GET /fhir/r4/metadata`` (open): the CapabilityStatement, listing exactly
+  what is answered here (:mod:`forecast.fhir.capability`).
 - ``POST /fhir/r4`` [clinician]: a Bundle (transaction, batch or collection)
   of Patient, QuestionnaireResponse, Observation and Procedure resources. The
   resources are validated and mapped by :mod:`forecast.fhir`, then written by
   :func:`service.ingest.ingest_many` (the JSON API's validation, one
-  transaction, idempotent by the client id ``"<ResourceType>/<id>"``). The
-  answer is a ``transaction-response`` (or ``batch-response``) Bundle; any
-  error answers an OperationOutcome naming ``Bundle.entry[i].resource`` and
-  the element, and nothing is written. A batch is processed all-or-nothing
-  too (stricter than FHIR's batch semantics, on purpose: a half-imported
-  questionnaire history would give wrong forecasts). Refused with 422: codes
-  outside a required value set (``Patient.gender``, the ``status`` of
-  Observation / QuestionnaireResponse / Procedure), a Patient without an id,
-  a ``subject`` that is neither a Patient of the Bundle nor stored. Resources
-  whose status is valid but not imported (``entered-in-error``, ``cancelled``,
-  ``in-progress``, ...) are listed in the response: their entry has no
-  ``location`` and an ``outcome`` warning that starts "not imported".
-- ``GET /fhir/r4/RiskAssessment?subject=Patient/{id}`` [clinician]: a
-  searchset Bundle with the patient's current forecast as a RiskAssessment
-  (audited like every forecast served).
+  transaction, idempotent by the client id ``"<ResourceType>/<id>"``, and by
+  content for a row re-sent in another shape). Every Bundle type is
+  all-or-nothing for what it imports. The answer is a ``transaction-response``
+  (or ``batch-response``) Bundle whose every entry names its import result
+  (:data:`IMPORT_RESULT`): ``201 Created`` / ``200 OK`` with a ``location``
+  for what is stored, ``204 No Content`` without one for what is ignored.
+  An STU3 / DSTU2 Bundle, or a media type naming another ``fhirVersion``, is
+  refused naming the version.
+- ``GET /fhir/r4/RiskAssessment?patient=|subject=[&_count=]`` [clinician]: a
+  searchset Bundle with the patient's forecast as of today (audited like
+  every forecast served); ``GET /fhir/r4/RiskAssessment/{id}`` reads one
+  served before, while it can be made again exactly.
+- ``GET /fhir/r4/Patient/{id}`` [clinician]: a stored patient.
+
+Every error under ``/fhir/r4`` is an OperationOutcome (``application/fhir+json``),
+including 401, 403, 404 and 405 answered before any view runs: the service's
+problem+json answers are turned into OperationOutcomes on the way out
+(:func:`_errors_as_outcomes`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-import uuid
+import os
+import re
 from collections.abc import Mapping
+from importlib import metadata
 from typing import Any
 
 import pandas as pd
-from flask import Blueprint, Response, request
+import sqlalchemy as sa
+from flask import Blueprint, Response, current_app, request
 
 from forecast.contract import TABLES
 from forecast.fhir import (
@@ -41,26 +50,43 @@ from forecast.fhir import (
     risk_assessment,
     searchset,
 )
-from service.auth import current_principal, require_role
+from forecast.fhir.answers import response_bundle
+from forecast.fhir.capability import SEARCH_PARAMETERS, capability_statement
+from forecast.fhir.resend import Resent, compare_with_stored
+from forecast.fhir.results import outcome_from_problem
+from forecast.fhir.versions import media_type_issue
+from service import db
+from service.auth import current_principal, public, require_role
 from service.clinic_openapi import FHIR_JSON, operation, outcome, query
-from service.errors import ApiProblem
+from service.errors import PROBLEM_MIMETYPE, ApiProblem
 from service.ingest import ingest_many
 from service.jsonbody import JsonBodyError, fhir_path, parse_body
-from service.serving import forecast_for, questionnaires, store
+from service.serving import (
+    forecast_for,
+    inputs_hashes,
+    model_state,
+    questionnaires,
+    serve_forecasts,
+    settings,
+    store,
+)
 from service.store import LEGACY_MERGE
 
 bp = Blueprint("fhir_api", __name__)
 
+PREFIX = "/fhir/r4"
 _POINTER = "fhir-item"
 _PATIENT_POINTER = "fhir-patient"
 _HTTP_CODE = {
     400: "invalid",
     404: "not-found",
     409: "conflict",
+    410: "deleted",
     422: "processing",
     503: "transient",
 }
-
+#: A FHIR id (what a read can name).
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 class FhirProblem(Exception):
     """An error answered as an OperationOutcome (status and issues)."""
@@ -81,11 +107,43 @@ def _fhir_problem(exc: FhirProblem) -> Response:
     return fhir_response(operation_outcome(exc.issues), exc.status)
 
 
+@bp.after_app_request
+def _errors_as_outcomes(resp: Response) -> Response:
+    """Every problem+json answer under /fhir/r4 as an OperationOutcome (same status, headers).
+
+    This covers what no view of this blueprint answers itself: 401/403 of
+    the token check, 404/405 of the router, 413, 422 of unknown query
+    parameters, 500.
+    """
+    if not (request.path == PREFIX or request.path.startswith(PREFIX + "/")):
+        return resp
+    if resp.mimetype != PROBLEM_MIMETYPE:
+        return resp
+    try:
+        problem = json.loads(resp.get_data(as_text=True))
+    except ValueError:
+        problem = {}
+    body = outcome_from_problem(problem if isinstance(problem, Mapping) else {}, resp.status_code)
+    resp.set_data(json.dumps(body, ensure_ascii=False))
+    resp.mimetype = FHIR_JSON
+    return resp
+
+
 def _outcome_for_api_problem(exc: ApiProblem, where: str = "Bundle") -> FhirProblem:
     """An ApiProblem (503 no model, 404, ...) as an OperationOutcome."""
     text = exc.detail or exc.title
     code = _HTTP_CODE.get(exc.status, "exception")
     return FhirProblem(exc.status, [FhirIssue("error", code, text, where)])
+
+
+def _base() -> str:
+    """The facade's base URL (``FORECAST_PUBLIC_URL`` when set, else the request's host)."""
+    root = (
+        current_app.config.get("KAP_PUBLIC_URL")
+        or os.environ.get("FORECAST_PUBLIC_URL")
+        or request.host_url
+    )
+    return root.rstrip("/") + PREFIX
 
 
 def _body() -> Any:
@@ -102,6 +160,9 @@ def _body() -> Any:
                 )
             ],
         )
+    other = media_type_issue(request.headers.get("Content-Type"))
+    if other is not None:
+        raise FhirProblem(415, [other])
     raw = request.get_data(cache=True)
     try:
         return parse_body(raw)
@@ -170,6 +231,102 @@ def _patients_to_write(mapped: MappedRecords, bundle_patients: set[str]) -> list
     return out
 
 
+def _patients_to_write(mapped: MappedRecords, bundle_patients: set[str]) -> list[dict[str, Any]]:
+    """Patient records for ingest_many.
+
+    A patient with a Patient resource in the Bundle is created or updated
+    (covariates the resource does not carry keep their stored value); a
+    patient only referenced is stored already (the mapping refused unknown
+    ones) and left alone (its covariates must not be blanked by a Bundle that
+    lacks them).
+    """
+    st = store()
+    ids = list(mapped.patients)
+    with st.read() as conn:
+        known = st.known_patients(conn, ids)
+        stored = st.history(conn, "patients", sorted(known & bundle_patients)) if known else None
+    stored_by_id: dict[str, dict[str, Any]] = {}
+    if stored is not None and len(stored):
+        names = [c.name for c in TABLES["patients"]] + list(st.covariates)
+        for rec in stored[names].to_dict("records"):
+            stored_by_id[str(rec["patient_id"])] = {
+                k: _int_like(v) for k, v in rec.items() if v is not None and not pd.isna(v)
+            }
+    out = []
+    for pid, rec in mapped.patients.items():
+        if pid in bundle_patients:
+            merged = {
+                **stored_by_id.get(pid, {}),
+                **{k: v for k, v in rec.items() if v is not None},
+            }
+            out.append({"record": merged, "pointer": f"/{_PATIENT_POINTER}/{pid}"})
+        elif pid not in known:
+            out.append({"record": {"patient_id": pid}, "pointer": f"/{_PATIENT_POINTER}/{pid}"})
+    return out
+
+
+def _resent(mapped: MappedRecords) -> dict[str, list[Resent]]:
+    """Mapped rows dated like a stored row of another id, per table (compared by content).
+
+    Ids withdrawn before (refused anyway), ids stored already (answered by
+    id) and rows withdrawn by this Bundle (their date is free) are left out.
+    """
+    st = store()
+    ids = sorted(mapped.patients)
+    out: dict[str, list[Resent]] = {}
+    if not ids:
+        return out
+    with st.read() as conn:
+        tombs, _ = st.tombstones(conn, ids)
+        freed = set()
+        for r in mapped.retractions:
+            loc = st.locate(conn, r["table"], r["patient_id"], r["id"])
+            if loc is not None:
+                freed.add(loc["client_id"])
+        for table in ("sessions", "assessments"):
+            records = getattr(mapped, table)
+            if not records:
+                continue
+            stored = st.history(conn, table, ids, with_ids=True)
+            skip = {c for by_pid in tombs.get(table, {}).values() for c in by_pid}
+            skip |= {str(c) for c in stored["client_id"].dropna()} if len(stored) else set()
+            found = compare_with_stored(table, records, stored, skip_ids=skip, freed=freed)
+            if found:
+                out[table] = found
+    return out
+
+
+def _resent_conflicts(mapped: MappedRecords, resent: Mapping[str, list[Resent]]) -> None:
+    """Raise the 409 naming both rows when a row re-sent in another shape differs."""
+    issues = []
+    for table, found in resent.items():
+        what = "session" if table == "sessions" else "assessment"
+        for r in found:
+            if r.same:
+                continue
+            exprs = mapped.sources.get((table, r.record_id)) or ["Bundle"]
+            issues.append(
+                FhirIssue(
+                    "error",
+                    "conflict",
+                    f"the {what} of {r.date} is stored already from {r.stored_id} with other "
+                    f"content ({'; '.join(r.differences)}); this Bundle sends it as "
+                    f"{r.record_id}. A stored row is never changed by a re-send: withdraw "
+                    f"{r.stored_id} (entered-in-error) to replace it",
+                    exprs[0],
+                )
+            )
+    if issues:
+        raise FhirProblem(409, issues)
+
+
+def _without_resent(mapped: MappedRecords, resent: Mapping[str, list[Resent]]) -> None:
+    """Drop the rows that are stored content again: nothing of them is written."""
+    for table, found in resent.items():
+        gone = {r.record_id for r in found if r.same}
+        setattr(mapped, table, [r for r in getattr(mapped, table) if r["id"] not in gone])
+
+
 def _issues_from_fields(
     exc: ApiProblem, mapped: MappedRecords, groups: list[tuple[str, str, list[dict[str, Any]]]]
 ) -> list[FhirIssue]:
@@ -193,7 +350,7 @@ def _issues_from_fields(
     return issues
 
 
-@bp.post("/fhir/r4")
+@bp.post(PREFIX)
 @require_role("clinician")
 @operation(
     "Import a FHIR R4 Bundle (transaction, batch or collection)",
@@ -203,9 +360,12 @@ def _issues_from_fields(
             "content": {FHIR_JSON: {"schema": {"type": "object"}}},
         },
         "400": outcome("Not JSON or not a usable Bundle"),
-        "409": outcome("A resource id re-sent with different content; nothing written"),
-        "415": outcome("Content-Type is not JSON"),
-        "422": outcome("Invalid resources; issues name Bundle.entry[i].resource and element"),
+        "409": outcome("Stored content re-sent changed (same id, or same date); nothing written"),
+        "415": outcome("Content-Type is not JSON, or names a fhirVersion other than 4.0"),
+        "422": outcome(
+            "Invalid resources, or an STU3/DSTU2 Bundle; issues name Bundle.entry[i].resource "
+            "and element"
+        ),
         "503": outcome("The store is not available"),
     },
     request_body={
@@ -231,11 +391,15 @@ def ingest_bundle() -> Response:
                                 questionnaires=forms)
     except FhirError as err:
         raise FhirProblem(_status_of(err), err.issues) from None
+    resent = _resent(mapped)
+    _resent_conflicts(mapped, resent)
+    _without_resent(mapped, resent)
     bundle_patients = {
         pid for (rtype, pid) in mapped.entries if rtype == "Patient" and pid is not None
     }
     groups = mapped.items()
     items = [(pid, table, recs, f"/{_POINTER}/{k}") for k, (pid, table, recs) in enumerate(groups)]
+    kept = {r["id"] for r in mapped.assessments}
     try:
         result = ingest_many(
             store(),
@@ -248,7 +412,7 @@ def ingest_bundle() -> Response:
             sources={
                 (rec["patient_id"], "assessments", rec["id"]): merged
                 for rec in mapped.assessments
-                if (merged := mapped.merged.get(("assessments", rec["id"])))
+                if (merged := mapped.merged.get(("assessments", rec["id"]))) and rec["id"] in kept
             },
             actor=None if (who := current_principal()) is None else who.name,
         )
@@ -256,50 +420,7 @@ def ingest_bundle() -> Response:
         if exc.status in (409, 422):
             raise FhirProblem(exc.status, _issues_from_fields(exc, mapped, groups)) from None
         raise _outcome_for_api_problem(exc) from None
-    return fhir_response(_response_bundle(doc, mapped, result, groups))
-
-
-def _withdrawal_issue(done: Mapping[str, Any], expr: str) -> FhirIssue:
-    """What became of an ``entered-in-error`` resource (``ingest_many``'s retraction result)."""
-    what = "session" if done["table"] == "sessions" else "assessment"
-    if done["result"] == "retracted":
-        text = (f"withdrawn: the {what} of {done['date']} stored as {done['id']} is removed; "
-                "forecasts no longer use it")
-    elif done["result"] == "already retracted":
-        text = f"withdrawn before: {done['id']} was already removed (nothing changed)"
-    elif done["result"] == "kept" and LEGACY_MERGE in done["missing"]:
-        return FhirIssue(
-            "warning",
-            "business-rule",
-            f"not withdrawn: the {what} of {done['date']} was imported before kap-forecast "
-            "recorded which resources a row merges, and it holds both PHQ-9 and C-SSRS "
-            "answers: removing it could drop a C-SSRS answer of another resource; correct it "
-            "by hand",
-            expr,
-        )
-    elif done["result"] == "kept":
-        return FhirIssue(
-            "warning",
-            "business-rule",
-            f"not withdrawn: the {what} of {done['date']} holds {done['id']} together with "
-            + ", ".join(done["missing"])
-            + " (merged on import), whose values would be lost with it; send those resources "
-            "again (or entered-in-error) in the same Bundle as this one to withdraw it",
-            expr,
-        )
-    else:
-        text = (f"recorded: no stored {what} carries the id {done['id']} (a value merged into "
-                "a questionnaire's row goes only with that questionnaire); the id will not be "
-                "imported later")
-    return FhirIssue("information", "informational", text, expr)
-
-
-def _status_of(err: FhirError) -> int:
-    """400 when the document is not a usable Bundle at all, else 422 (resource problems)."""
-    errors = [i for i in err.issues if i.severity == "error"]
-    if errors and all(".resource" not in i.expression for i in errors):
-        return 400
-    return 422
+    return fhir_response(response_bundle(doc, mapped, result, resent, legacy=LEGACY_MERGE))
 
 
 def _first_sessions(ids: list[str]) -> dict[str, Any]:
@@ -313,136 +434,276 @@ def _first_sessions(ids: list[str]) -> dict[str, Any]:
     return sessions.groupby("patient_id")["date"].min().to_dict()
 
 
-def _response_bundle(
-    doc: Mapping[str, Any],
-    mapped: MappedRecords,
-    result: Mapping[str, Any],
-    groups: list[tuple[str, str, list[dict[str, Any]]]],
-) -> dict[str, Any]:
-    """One response entry per request entry: status, location, warnings."""
-    by_id: dict[str, str] = {}
-    for item in result.get("items", []):
-        for r in item["results"]:
-            if r.get("id"):
-                by_id[str(r["id"])] = r["result"]
-    patient_result = {p["patient_id"]: p["result"] for p in result.get("patients", [])}
-    # Resources merged into one row share that row's result.
-    row_of: dict[str, str] = {}
-    for table in ("sessions", "assessments"):
-        for (t, cid), exprs in mapped.sources.items():
-            if t == table:
-                for e in exprs:
-                    row_of[e] = cid
-    warnings: dict[str, list[FhirIssue]] = {}
-    for issue in mapped.issues:
-        key = issue.expression.split(".resource", 1)[0] + ".resource"
-        warnings.setdefault(key, []).append(issue)
-    withdrawn = {r["pointer"]: r for r in result.get("retractions", [])}
-    entries = []
-    for i, (rtype, rid) in enumerate(mapped.entries):
-        expr = f"Bundle.entry[{i}].resource"
-        status = "200 OK"
-        location = None
-        if rtype == "Patient" and rid is not None:
-            res = patient_result.get(rid, "unchanged")
-            status = "201 Created" if res == "created" else "200 OK"
-            location = f"Patient/{rid}"
-        elif expr in withdrawn:
-            warnings.setdefault(expr, []).append(_withdrawal_issue(withdrawn[expr], expr))
-        elif rid is not None:
-            cid = row_of.get(expr, rid)
-            status = "201 Created" if by_id.get(cid) == "created" else "200 OK"
-            location = rid
-            if by_id.get(cid) == "retracted":
-                warnings.setdefault(expr, []).append(
-                    FhirIssue(
-                        "warning",
-                        "business-rule",
-                        f"not imported: {cid} was withdrawn as entered-in-error before; "
-                        "a withdrawn resource is never stored again (send the correction "
-                        "with a new id)",
-                        expr,
-                    )
-                )
-        entry: dict[str, Any] = {"response": {"status": status}}
-        if location:
-            entry["response"]["location"] = location
-        if expr in warnings:
-            entry["response"]["outcome"] = operation_outcome(warnings[expr])
-        entries.append(entry)
-    kind = "transaction-response" if doc.get("type") == "transaction" else "batch-response"
-    return {"resourceType": "Bundle", "type": kind, "entry": entries}
+
+def _status_of(err: FhirError) -> int:
+    """400 when the document is not a usable Bundle at all, else 422 (resource problems)."""
+    errors = [i for i in err.issues if i.severity == "error"]
+    if errors and all(".resource" not in i.expression for i in errors):
+        return 400
+    return 422
 
 
-# --- RiskAssessment ----------------------------------------------------------------------------
-def _subject_id() -> str:
-    raw = request.args.get("subject") or request.args.get("patient")
-    if not raw:
+# --- the facade: metadata, RiskAssessment search and read, Patient read -------------------------
+@bp.get(f"{PREFIX}/metadata")
+@public
+@operation(
+    "The CapabilityStatement of the FHIR facade (open)",
+    {
+        "200": {
+            "description": "CapabilityStatement",
+            "content": {FHIR_JSON: {"schema": {"type": "object"}}},
+        }
+    },
+    public=True,
+)
+def capabilities() -> Response:
+    """CapabilityStatement: exactly the interactions, search parameters and formats answered."""
+    try:
+        version = metadata.version("kap-forecast")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
+        version = "unknown"
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    return fhir_response(capability_statement(_base(), version, today))
+
+
+def _patient_param() -> str:
+    """The patient of a RiskAssessment search (``patient`` or ``subject``: Patient/<id> or <id>)."""
+    given = {k: request.args.getlist(k) for k in ("patient", "subject") if k in request.args}
+    values = [v for vs in given.values() for v in vs]
+    if not values:
         raise FhirProblem(
             400,
             [
                 FhirIssue(
                     "error",
                     "required",
-                    "search parameter subject is required: subject=Patient/<id>",
+                    "search parameter patient (or subject) is required: patient=Patient/<id>",
                     "RiskAssessment.subject",
                 )
             ],
         )
-    pid = raw.split("/", 1)[1] if raw.startswith("Patient/") else raw
-    if "/" in pid or not pid.strip():
+    ids = set()
+    for raw in values:
+        pid = raw.split("/", 1)[1] if raw.startswith("Patient/") else raw
+        if "/" in pid or not pid.strip():
+            raise FhirProblem(
+                400,
+                [
+                    FhirIssue(
+                        "error",
+                        "value",
+                        f"patient and subject must be Patient/<id> or <id>; got {raw!r}",
+                        "RiskAssessment.subject",
+                    )
+                ],
+            )
+        ids.add(pid)
+    if len(ids) > 1:
         raise FhirProblem(
             400,
             [
                 FhirIssue(
                     "error",
                     "value",
-                    f"subject must be Patient/<id>; got {raw!r}",
+                    "patient and subject name different patients: " + ", ".join(sorted(ids)),
                     "RiskAssessment.subject",
                 )
             ],
         )
-    return pid
+    return ids.pop()
+
+
+def _count_param() -> int | None:
+    raw = request.args.get("_count")
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise FhirProblem(
+            400,
+            [FhirIssue("error", "value", f"_count must be a whole number >= 0; got {raw!r}",
+                       "_count")],
+        )
+    return int(raw)
 
 
 def _basis(pid: str, as_of: str) -> list[str]:
-    """References to the FHIR resources (stored by POST /fhir/r4) the forecast used."""
+    """Every FHIR resource (stored by POST /fhir/r4) the forecast as of ``as_of`` used.
+
+    The resource each session and assessment row was imported with and the
+    resources merged into a row (a total Observation beside its response),
+    dated up to ``as_of``; rows from the JSON API have no FHIR resource.
+    """
     st = store()
+    cutoff = pd.Timestamp(as_of)
+    refs: list[tuple[Any, str]] = []
     with st.read() as conn:
-        rows = st.history(conn, "assessments", [pid], with_ids=True)
-    rows = rows[rows["date"] <= pd.Timestamp(as_of)]
-    ids = rows["client_id"].dropna().astype(str)
-    return [i for i in ids if i.split("/", 1)[0] in ("Observation", "QuestionnaireResponse")]
+        for table in ("sessions", "assessments"):
+            rows = st.history(conn, table, [pid], with_ids=True)
+            rows = rows[rows["date"] <= cutoff]
+            ids = [str(c) for c in rows["client_id"] if c is not None]
+            refs += [(d, str(c)) for d, c in zip(rows["date"], rows["client_id"], strict=True)
+                     if c is not None]
+            if ids:
+                src = db.row_sources
+                merged = conn.execute(
+                    sa.select(src.c.client_id, src.c.source_id).where(
+                        src.c.patient_id == pid,
+                        src.c.table_name == table,
+                        src.c.client_id.in_(ids),
+                    )
+                ).all()
+                day = dict(zip(rows["client_id"], rows["date"], strict=True))
+                refs += [(day[c], str(s)) for c, s in merged]
+    refs.sort(key=lambda x: (x[0], x[1]))
+    out: list[str] = []
+    for _, ref in refs:
+        if ref.split("/", 1)[0] in ("Observation", "QuestionnaireResponse", "Procedure") and (
+            ref not in out
+        ):
+            out.append(ref)
+    return out
 
 
-@bp.get("/fhir/r4/RiskAssessment")
+def _resource_id(cohort: Any, answer: Mapping[str, Any]) -> str:
+    """The RiskAssessment id: the audited inputs hash of its forecast (read finds it by it)."""
+    queries = pd.DataFrame(
+        {
+            "patient_id": [str(answer["patient_id"])],
+            "as_of": [pd.Timestamp(str(answer["as_of"])[:10])],
+            "threshold": [float(settings().threshold)],
+        }
+    )
+    return inputs_hashes(cohort, queries, str(answer.get("model_version")))[0]
+
+
+@bp.get(f"{PREFIX}/RiskAssessment")
 @require_role("clinician")
 @operation(
-    "The patient's current forecast as a RiskAssessment (searchset Bundle)",
+    "The patient's forecast as of today as a RiskAssessment (searchset Bundle)",
     {
         "200": {
             "description": "searchset Bundle (empty for an unknown patient)",
             "content": {FHIR_JSON: {"schema": {"type": "object"}}},
         },
-        "400": outcome("subject missing or not Patient/<id>"),
+        "400": outcome("patient/subject missing or not Patient/<id>; _count not a number"),
+        "422": outcome("Unknown search parameter"),
         "503": outcome("No model loaded"),
     },
-    parameters=[query("subject", "Patient/<id>", required=True)],
+    parameters=[
+        query(name, text) for name, (_, _, text) in SEARCH_PARAMETERS.items()
+    ],
 )
 def risk_assessments() -> Response:
-    """Search RiskAssessment by subject: the patient's current forecast."""
-    pid = _subject_id()
+    """Search RiskAssessment by patient (or subject): the patient's forecast as of today."""
+    pid = _patient_param()
+    count = _count_param()
     st = store()
     with st.read() as conn:
         known = bool(st.known_patients(conn, [pid]))
     if not known:
-        return fhir_response(searchset([], request.url))
+        return fhir_response(searchset([], request.url, base=_base()))
+    if count == 0:  # the total only: no forecast is made (nor audited)
+        return fhir_response(searchset([], request.url, base=_base(), total=1))
     try:
-        answer, _ = forecast_for(pid, "fhir_risk_assessment")
+        answer, cohort = forecast_for(pid, "fhir_risk_assessment")
     except ApiProblem as exc:
         raise _outcome_for_api_problem(exc, "RiskAssessment") from None
-    rid = uuid.uuid5(
-        uuid.NAMESPACE_URL, f"kap-forecast:{pid}:{answer['as_of']}:{answer.get('model_version')}"
-    ).hex
-    ra = risk_assessment(answer, basis=_basis(pid, answer["as_of"]), resource_id=rid)
-    return fhir_response(searchset([ra], request.url))
+    ra = risk_assessment(
+        answer, basis=_basis(pid, answer["as_of"]), resource_id=_resource_id(cohort, answer)
+    )
+    return fhir_response(searchset([ra], request.url, base=_base()))
+
+
+def _not_found(what: str, rid: str) -> FhirProblem:
+    return FhirProblem(404, [FhirIssue("error", "not-found", f"no {what} with id {rid!r}", what)])
+
+
+@bp.get(f"{PREFIX}/RiskAssessment/<rid>")
+@require_role("clinician")
+@operation(
+    "Read a RiskAssessment served before (made again from the same inputs)",
+    {
+        "200": {"description": "RiskAssessment", "content": {FHIR_JSON: {}}},
+        "404": outcome("No RiskAssessment with this id was served"),
+        "410": outcome("Its inputs (history up to its date, threshold, model) changed since"),
+        "503": outcome("No model loaded"),
+    },
+)
+def read_risk_assessment(rid: str) -> Response:
+    """One RiskAssessment served by a search, while it can be made again exactly.
+
+    The id is the audited hash of the forecast's inputs (the history up to
+    its date, the date, the threshold and the model version). A read finds
+    the audit row, makes the forecast again as of that date and answers it
+    when the inputs hash the same; otherwise 410 Gone says what changed.
+    """
+    if not _FHIR_ID.match(rid):
+        raise _not_found("RiskAssessment", rid)
+    a = db.audit
+    st = store()
+    with st.read() as conn:
+        row = conn.execute(
+            sa.select(a.c.patient_id, a.c.as_of, a.c.model_version)
+            .where(a.c.inputs_hash == rid)
+            .order_by(a.c.audit_id.desc())
+            .limit(1)
+        ).first()
+        if row is None:
+            raise _not_found("RiskAssessment", rid)
+        pid, as_of, version = str(row[0]), pd.Timestamp(row[1]), row[2]
+        cohort = st.cohort([pid], conn)
+    try:
+        live = str(getattr(model_state().get(), "version", None))
+    except ApiProblem as exc:
+        raise _outcome_for_api_problem(exc, "RiskAssessment") from None
+    queries = pd.DataFrame(
+        {"patient_id": [pid], "as_of": [as_of], "threshold": [float(settings().threshold)]}
+    )
+    if live != str(version) or inputs_hashes(cohort, queries, live)[0] != rid:
+        why = (
+            f"it was made by model {version} and the service now runs {live}"
+            if live != str(version)
+            else f"the patient's history up to {as_of.date().isoformat()} or the threshold "
+            "changed since"
+        )
+        raise FhirProblem(
+            410,
+            [
+                FhirIssue(
+                    "error",
+                    "deleted",
+                    f"RiskAssessment {rid} can no longer be made again exactly: {why}; search "
+                    f"RiskAssessment?patient=Patient/{pid} for the current one",
+                    "RiskAssessment",
+                )
+            ],
+        )
+    try:
+        answer = serve_forecasts(cohort, queries, "fhir_risk_assessment")[0]
+    except ApiProblem as exc:
+        raise _outcome_for_api_problem(exc, "RiskAssessment") from None
+    return fhir_response(risk_assessment(answer, basis=_basis(pid, answer["as_of"]),
+                                         resource_id=rid))
+
+
+@bp.get(f"{PREFIX}/Patient/<pid>")
+@require_role("clinician")
+@operation(
+    "Read a stored patient",
+    {
+        "200": {"description": "Patient", "content": {FHIR_JSON: {}}},
+        "404": outcome("No stored patient with this id"),
+    },
+)
+def read_patient(pid: str) -> Response:
+    """A stored patient as a Patient resource (id and gender; no birth date is kept)."""
+    st = store()
+    with st.read() as conn:
+        rows = st.history(conn, "patients", [pid]) if _FHIR_ID.match(pid) else None
+    if rows is None or not len(rows):
+        raise _not_found("Patient", pid)
+    sex = rows.iloc[0].get("sex")
+    out: dict[str, Any] = {"resourceType": "Patient", "id": pid}
+    if isinstance(sex, str) and sex in ("female", "male", "other", "unknown"):
+        out["gender"] = sex
+    return fhir_response(out)

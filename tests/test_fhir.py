@@ -322,8 +322,16 @@ def test_risk_assessment_is_valid_r4_and_carries_the_forecast():
     assert str(parsed.occurrenceDateTime) == "2025-06-01"
     assert "20250601-abc" in parsed.method.text
     assert [float(p.probabilityDecimal) for p in parsed.prediction] == [0.05, 0.31]
-    assert [float(p.whenRange.high.value) for p in parsed.prediction] == [7, 28]
-    assert {p.whenRange.high.code for p in parsed.prediction} == {"d"}
+    # Absolute dates from the as-of date: no receiver can read the horizon as an age.
+    periods = [(str(p.whenPeriod.start), str(p.whenPeriod.end)) for p in parsed.prediction]
+    assert periods == [("2025-06-01", "2025-06-08"), ("2025-06-01", "2025-06-29")]
+    assert all(p.whenRange is None for p in parsed.prediction)
+    # The model that made it, as the performer: a contained Device with the version.
+    (device,) = parsed.contained
+    assert device.get_resource_type() == "Device"
+    assert parsed.performer.reference == f"#{device.id}"
+    assert [v.value for v in device.version] == ["20250601-abc"]
+    assert parsed.method.coding[0].code == "survival-model"
     notes = [n.text for n in parsed.note]
     assert notes[0].startswith("SAFETY (review)")
     assert any("2025-06-19" in n for n in notes)

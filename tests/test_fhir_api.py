@@ -35,6 +35,13 @@ def outcome(resp, status):
     return doc
 
 
+def result_of(response):
+    """An entry's import result: the code of its outcome's first issue."""
+    (coding,) = response["outcome"]["issue"][0]["details"]["coding"]
+    assert coding["system"] == "urn:kap-forecast:fhir:import-result"
+    return coding["code"]
+
+
 def stored(c, pid):
     r = c.get(f"/api/v1/patients/{pid}")
     assert r.status_code == 200, r.get_data(as_text=True)
@@ -244,17 +251,22 @@ def test_statuses_not_imported_are_listed_in_the_response(fhir_client):
     entries = [e["response"] for e in doc["entry"]]
     for k in (1, 2):
         assert "location" not in entries[k]
-    (issue,) = entries[2]["outcome"]["issue"]
+    # Not imported: a status of its own, never "200 OK" as if it were stored.
+    assert entries[2]["status"] == "204 No Content"
+    assert result_of(entries[2]) == "ignored"
+    (issue,) = entries[2]["outcome"]["issue"][1:]
     assert issue["severity"] == "warning"
     assert issue["diagnostics"].startswith("not imported:")
     assert repr("in-progress") in issue["diagnostics"]
     assert issue["expression"] == ["Bundle.entry[2].resource.status"]
     # entered-in-error is a withdrawal: nothing was stored under the id, so it is only
     # recorded, and refuses the id later (tests/test_fhir_withdrawal.py).
-    (issue,) = entries[1]["outcome"]["issue"]
+    assert result_of(entries[1]) == "withdrawn"
+    (issue,) = entries[1]["outcome"]["issue"][1:]
     assert issue["severity"] == "information"
     assert issue["diagnostics"].startswith("recorded: no stored assessment carries")
     assert entries[3]["location"] == "Observation/o-pre"
+    assert (entries[3]["status"], result_of(entries[3])) == ("201 Created", "created")
     rows = stored(c, "pe")["assessments"]
     assert [(r["date"], r["phq9"]) for r in rows] == [("2025-01-07", 12)]
 

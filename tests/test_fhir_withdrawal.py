@@ -47,8 +47,14 @@ def rows(c, pid, table="assessments"):
     return r.get_json()[table]
 
 
+def result(entry):
+    """The entry's import result (the coded first issue of its outcome)."""
+    return entry["outcome"]["issue"][0]["details"]["coding"][0]["code"]
+
+
 def issue(entry):
-    (only,) = entry["outcome"]["issue"]
+    """The one note after the import result."""
+    (only,) = entry["outcome"]["issue"][1:]
     return only["severity"], only["diagnostics"]
 
 

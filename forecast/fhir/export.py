@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from forecast.contract import HORIZONS
-from forecast.fhir.codes import UCUM_SYSTEM
+
+#: Our code system of the RiskAssessment's ``code`` and ``method`` (and the CDS card topic).
+KAP_FHIR_CODES = "urn:kap-forecast:fhir:codes"
+
+#: The id of the contained Device (the model) that ``performer`` references.
+MODEL_DEVICE_ID = "kap-forecast-model"
 
 DECISION_SUPPORT_NOTE = (
     "Decision support for timing maintenance sessions, not a suicide-risk assessment and not "
@@ -28,6 +34,20 @@ def is_population(answer: Mapping[str, Any]) -> bool:
     return str((answer.get("risk") or {}).get("kind")) == "population"
 
 
+def model_device(version: Any) -> dict[str, Any]:
+    """The Device (software) that made a forecast: kap-forecast with its model version."""
+    return {
+        "resourceType": "Device",
+        "id": MODEL_DEVICE_ID,
+        "status": "active",
+        "deviceName": [
+            {"name": "kap-forecast maintenance-timing model", "type": "model-name"},
+        ],
+        "type": {"text": "Clinical decision support software (survival model)"},
+        "version": [{"value": str(version)}],
+    }
+
+
 def risk_assessment(
     answer: Mapping[str, Any],
     *,
@@ -42,8 +62,8 @@ def risk_assessment(
         The forecast answer (patient_id, as_of, model_version, status, safety,
         risk.horizons, suggestion, caveats, ...).
     basis : sequence of str
-        References (``Observation/<id>``, ``QuestionnaireResponse/<id>``) to
-        the resources the forecast used.
+        References (``Observation/<id>``, ``QuestionnaireResponse/<id>``,
+        ``Procedure/<id>``) to every resource the forecast used.
     resource_id : str, optional
         The RiskAssessment id (e.g. the audit record id).
 
@@ -52,7 +72,10 @@ def risk_assessment(
     dict
         The resource; each risk horizon is one ``prediction`` with
         ``probabilityDecimal`` (risk that the benefit has waned by then) and
-        ``whenRange`` from 0 to the horizon in days after ``occurrenceDateTime``.
+        ``whenPeriod`` from the as-of date to the as-of date plus the horizon
+        (absolute dates, so no receiver reads the horizon as an age).
+        ``performer`` references a contained Device naming the model version;
+        ``method`` and ``code`` carry codes of :data:`KAP_FHIR_CODES`.
         A population estimate (``risk.kind == "population"``) gives no
         ``prediction``: a RiskAssessment's predictions are read as the
         subject's own, and these numbers are not. A note says why and shows
@@ -61,24 +84,48 @@ def risk_assessment(
     """
     as_of = str(answer["as_of"])[:10]
     population = is_population(answer)
-    predictions = [] if population else _predictions(answer)
+    predictions = [] if population else _predictions(answer, as_of)
     notes = _notes(answer, population)
-    out: dict[str, Any] = {
-        "resourceType": "RiskAssessment",
-        "status": "final",
-        "subject": {"reference": f"Patient/{answer['patient_id']}"},
-        "occurrenceDateTime": as_of,
-        "method": {
-            "text": (
-                f"kap-forecast survival model, version {answer.get('model_version')}"
-                + (f"; {POPULATION_NOTE}: no prediction for this patient" if population else "")
-            ),
-        },
-        "code": {"text": "Forecast of when the benefit of ketamine treatment wanes"},
-        "note": notes,
-    }
+    version = answer.get("model_version")
+    out: dict[str, Any] = {"resourceType": "RiskAssessment"}
     if resource_id:
         out["id"] = resource_id
+    out.update(
+        {
+            "contained": [model_device(version)],
+            "status": "final",
+            "method": {
+                "coding": [
+                    {
+                        "system": KAP_FHIR_CODES,
+                        "code": "population-estimate" if population else "survival-model",
+                        "display": POPULATION_NOTE if population else "personalised survival model",
+                    }
+                ],
+                "text": (
+                    f"kap-forecast survival model, version {version}"
+                    + (f"; {POPULATION_NOTE}: no prediction for this patient" if population else "")
+                ),
+            },
+            "code": {
+                "coding": [
+                    {
+                        "system": KAP_FHIR_CODES,
+                        "code": "kap-maintenance",
+                        "display": "Ketamine maintenance timing",
+                    }
+                ],
+                "text": "Forecast of when the benefit of ketamine treatment wanes",
+            },
+            "subject": {"reference": f"Patient/{answer['patient_id']}"},
+            "occurrenceDateTime": as_of,
+            "performer": {
+                "reference": f"#{MODEL_DEVICE_ID}",
+                "display": f"kap-forecast model {version}",
+            },
+            "note": notes,
+        }
+    )
     if basis:
         out["basis"] = [{"reference": b} for b in basis]
     if predictions:
@@ -89,7 +136,7 @@ def risk_assessment(
     return out
 
 
-def _predictions(answer: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _predictions(answer: Mapping[str, Any], as_of: str) -> list[dict[str, Any]]:
     """One RiskAssessment ``prediction`` per horizon with a risk."""
     risk = answer.get("risk") or {}
     predictions = []
@@ -102,10 +149,7 @@ def _predictions(answer: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "and >= 10, or suicidal ideation re-emerged)"
             },
             "probabilityDecimal": round(float(h["risk"]), 4),
-            "whenRange": {
-                "low": {"value": 0, "unit": "d", "system": UCUM_SYSTEM, "code": "d"},
-                "high": {"value": int(h["days"]), "unit": "d", "system": UCUM_SYSTEM, "code": "d"},
-            },
+            "whenPeriod": _period(as_of, int(h["days"])),
         }
         if h.get("lower") is not None and h.get("upper") is not None:
             pred["rationale"] = (
@@ -114,6 +158,12 @@ def _predictions(answer: Mapping[str, Any]) -> list[dict[str, Any]]:
             )
         predictions.append(pred)
     return predictions
+
+
+def _period(as_of: str, days: int) -> dict[str, str]:
+    """``whenPeriod``: from the as-of date to as-of plus ``days`` (calendar dates)."""
+    start = dt.date.fromisoformat(as_of)
+    return {"start": start.isoformat(), "end": (start + dt.timedelta(days=days)).isoformat()}
 
 
 def _notes(answer: Mapping[str, Any], population: bool) -> list[dict[str, str]]:
@@ -168,15 +218,43 @@ def _notes(answer: Mapping[str, Any], population: bool) -> list[dict[str, str]]:
     return notes
 
 
-def searchset(resources: Sequence[Mapping[str, Any]], self_url: str) -> dict[str, Any]:
-    """A searchset Bundle holding ``resources`` (search mode "match")."""
-    return {
+def searchset(
+    resources: Sequence[Mapping[str, Any]],
+    self_url: str,
+    *,
+    base: str | None = None,
+    total: int | None = None,
+) -> dict[str, Any]:
+    """A searchset Bundle holding ``resources`` (search mode "match").
+
+    Parameters
+    ----------
+    resources : sequence of mapping
+        The matches shown (at most ``_count`` of them).
+    self_url : str
+        The search's own URL (``link`` relation "self").
+    base : str, optional
+        The server's base URL (``.../fhir/r4``): each entry's ``fullUrl`` is
+        ``<base>/<type>/<id>``.
+    total : int, optional
+        The number of matches (default: ``len(resources)``).
+    """
+    entries = []
+    for r in resources:
+        e: dict[str, Any] = {}
+        if base and r.get("id"):
+            e["fullUrl"] = f"{base.rstrip('/')}/{r['resourceType']}/{r['id']}"
+        e.update({"resource": dict(r), "search": {"mode": "match"}})
+        entries.append(e)
+    out: dict[str, Any] = {
         "resourceType": "Bundle",
         "type": "searchset",
-        "total": len(resources),
+        "total": len(resources) if total is None else total,
         "link": [{"relation": "self", "url": self_url}],
-        "entry": [{"resource": dict(r), "search": {"mode": "match"}} for r in resources],
     }
+    if entries:
+        out["entry"] = entries
+    return out
 
 
 def horizons_text(answer: Mapping[str, Any], days: Sequence[int] = HORIZONS) -> str:

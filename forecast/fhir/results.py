@@ -6,7 +6,7 @@ Issues are :class:`FhirIssue` objects (an OperationOutcome issue each);
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,3 +191,55 @@ def _cell(v: Any) -> str:
     if isinstance(v, float) and v.is_integer():
         return str(int(v))
     return str(v)
+
+
+#: OperationOutcome issue type of an HTTP status (an error answered without its own issues).
+HTTP_ISSUE_CODES: dict[int, str] = {
+    400: "invalid",
+    401: "login",
+    403: "forbidden",
+    404: "not-found",
+    405: "not-supported",
+    406: "not-supported",
+    409: "conflict",
+    410: "deleted",
+    412: "conflict",
+    413: "too-costly",
+    415: "not-supported",
+    422: "processing",
+    429: "throttled",
+    500: "exception",
+    503: "transient",
+}
+
+
+def outcome_from_problem(problem: Mapping[str, Any], status: int) -> dict[str, Any]:
+    """An RFC 9457 problem document as an OperationOutcome (every error of the FHIR facade).
+
+    Each field-level error becomes one issue (its JSON pointer or query
+    parameter in the text); a problem without them becomes one issue with
+    its ``detail`` (or ``title``).
+    """
+    code = HTTP_ISSUE_CODES.get(status, "exception" if status >= 500 else "processing")
+    severity = "fatal" if status >= 500 else "error"
+    title = str(problem.get("title") or "")
+    detail = str(problem.get("detail") or title or f"HTTP {status}")
+    errors = problem.get("errors") or []
+    issues = []
+    for e in errors if isinstance(errors, list) else []:
+        if not isinstance(e, Mapping):
+            continue
+        where = str(e.get("field") or "")
+        text = str(e.get("message") or detail)
+        issues.append(
+            {
+                "severity": severity,
+                "code": code,
+                "diagnostics": f"{title}: {where}: {text}" if where else f"{title}: {text}",
+            }
+        )
+    if not issues:
+        issues.append({"severity": severity, "code": code, "diagnostics": detail})
+    if problem.get("instance"):  # the request id, which names the log entry
+        issues[0]["diagnostics"] += f" (request {str(problem['instance']).rsplit(':', 1)[-1]})"
+    return {"resourceType": "OperationOutcome", "issue": issues}
