@@ -20,7 +20,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from service.auth import public
 from service.cds_auth import authenticate_ehr, client_settings
 from service.cds_cards import cards_for, cards_without_model, no_history_card
-from service.cds_prefetch import PREFETCH, combined_cohort
+from service.cds_prefetch import PREFETCH, combined_cohort, link_patient, patient_links
 from service.clinic_openapi import operation, problem
 from service.errors import ApiProblem
 from service.jsonbody import json_body
@@ -36,6 +36,7 @@ def _load_at_start(setup: Any) -> None:
     # Read the clients file when the app is built, so a broken file stops the
     # service at start with a clear message instead of failing EHR calls later.
     client_settings(setup.app)
+    patient_links(setup.app)
 
 
 # --- discovery ------------------------------------------------------------------------------
@@ -62,8 +63,10 @@ def discovery() -> Response:
                     ),
                     "prefetch": PREFETCH,
                     "usageRequirements": (
-                        "The EHR's patient id must equal the kap-forecast patient_id; sign "
-                        "requests with a JWT (keys configured in FORECAST_CDS_CLIENTS)."
+                        "Sign requests with a JWT (keys configured in FORECAST_CDS_CLIENTS). "
+                        "The EHR's patient is the kap-forecast patient of the same id, or the "
+                        "one its prefetched Patient's identifiers map to "
+                        "(FORECAST_CDS_PATIENT_IDS)."
                     ),
                 }
             ]
@@ -117,8 +120,16 @@ def patient_view() -> Response:
             errors=[{"field": "/context/patientId", "message": "required: the patient's id"}],
         )
     prefetch = body.get("prefetch") if isinstance(body.get("prefetch"), Mapping) else {}
-    combined = combined_cohort(pid, prefetch)
+    # The EHR's patient id may differ from kap-forecast's: the prefetched Patient's
+    # identifiers name the stored patient (FORECAST_CDS_PATIENT_IDS).
+    linked = link_patient(pid, prefetch, patient_links())
+    pid = linked.patient_id or linked.context_id
+    combined = combined_cohort(
+        pid, prefetch, aliases=linked.aliases, use_stored=linked.patient_id is not None
+    )
     cohort, notes, si_unread = combined.cohort, combined.notes, combined.si_unread
+    if linked.note:
+        notes = [linked.note, *notes]
     if cohort is None:
         return jsonify({"cards": [no_history_card(pid, notes, si_unread)]})
     try:

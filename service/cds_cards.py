@@ -5,13 +5,13 @@
   maintenance planning;
 - otherwise, when prefetched data that could hold a suicidal-ideation answer
   could not be read, a *warning* "Suicidal-ideation data in the EHR could not
-  be read: review it" naming them (``extension.kap-forecast.si_data_unread``);
+  be read: review it" naming them (``extension["org.kap-forecast.forecast"].si_data_unread``);
 - otherwise "Next maintenance session by <date>" (indicator ``info``, or
   ``warning`` when the session is due now or the patient is not in response),
   with the risks at the horizons and a link to the clinician page. When the
   risks are the population estimate (``risk.kind == "population"``, status
   insufficient_data), the summary and the risk line say "population
-  estimate, not personalised" and ``extension.kap-forecast.risk_kind`` is
+  estimate, not personalised" and the extension's ``risk_kind`` is
   ``population``: the numbers describe the model's training episodes, not the
   patient.
 """
@@ -25,7 +25,17 @@ from typing import Any
 import pandas as pd
 
 from forecast.fhir import POPULATION_NOTE, horizons_text, is_population
+from forecast.fhir.export import KAP_FHIR_CODES
 from forecast.safety import SAFETY_STATUSES, rule_safety
+
+#: The cards' ``extension`` key (reverse-domain, as CDS Hooks 2.0 asks of extensions).
+EXTENSION_KEY = "org.kap-forecast.forecast"
+#: ``source.topic``: a Coding with a system.
+TOPIC = {
+    "system": KAP_FHIR_CODES,
+    "code": "kap-maintenance",
+    "display": "Ketamine maintenance timing",
+}
 
 #: Summary of the card when prefetched data that could hold a suicidal-ideation answer
 #: could not be used (and no safety flag makes the card critical anyway).
@@ -60,7 +70,7 @@ def cards_for(
     version = answer.get("model_version")
     source = {
         "label": f"kap-forecast (model {version})",
-        "topic": {"code": "kap-maintenance", "display": "Ketamine maintenance timing"},
+        "topic": dict(TOPIC),
     }
     links = [{"label": "Open the kap-forecast page", "url": link, "type": "absolute"}]
     safety = answer.get("safety") or {}
@@ -88,7 +98,7 @@ def cards_for(
                 f"{sug.get('rationale') or ''}{extra}{tail}",
                 "source": source,
                 "links": links,
-                "extension": {"kap-forecast": data},
+                "extension": {EXTENSION_KEY: data},
             }
         ]
     summary, detail, indicator = _timing_text(answer)
@@ -104,7 +114,7 @@ def cards_for(
             "detail": detail + extra + tail,
             "source": source,
             "links": links,
-            "extension": {"kap-forecast": data},
+            "extension": {EXTENSION_KEY: data},
         }
     ]
 
@@ -186,14 +196,14 @@ def no_history_card(pid: str, notes: list[str], si_unread: bool) -> dict[str, An
         "summary": "kap-forecast has no ketamine-treatment history for this patient",
         "indicator": "info",
         "detail": advice + extra,
-        "source": {"label": "kap-forecast"},
+        "source": {"label": "kap-forecast", "topic": dict(TOPIC)},
     }
     if si_unread:
         card.update(
             summary=UNREAD_SI_SUMMARY,
             indicator="warning",
             detail=f"{UNREAD_SI_LEAD}{extra}\n\n{advice}",
-            extension={"kap-forecast": {"patient_id": pid, "si_data_unread": True}},
+            extension={EXTENSION_KEY: {"patient_id": pid, "si_data_unread": True}},
         )
     return card
 
@@ -223,9 +233,9 @@ def cards_without_model(
                 "indicator": "critical",
                 "detail": f"**{safety['statement']}**\n\n{reasons}\n\nNo maintenance forecast "
                 f"is available right now.{extra}",
-                "source": {"label": "kap-forecast (safety rules)"},
+                "source": {"label": "kap-forecast (safety rules)", "topic": dict(TOPIC)},
                 "links": links,
-                "extension": {"kap-forecast": data},
+                "extension": {EXTENSION_KEY: data},
             }
         ]
     if si_unread:
@@ -235,9 +245,9 @@ def cards_without_model(
                 "summary": UNREAD_SI_SUMMARY,
                 "indicator": "warning",
                 "detail": f"{UNREAD_SI_LEAD}{extra}\n\n{why}\n\n{safety['statement']}",
-                "source": {"label": "kap-forecast (safety rules)"},
+                "source": {"label": "kap-forecast (safety rules)", "topic": dict(TOPIC)},
                 "links": links,
-                "extension": {"kap-forecast": data},
+                "extension": {EXTENSION_KEY: data},
             }
         ]
     return [
@@ -246,7 +256,7 @@ def cards_without_model(
             "summary": "Maintenance forecast not available right now",
             "indicator": "info",
             "detail": f"{why}\n\n{safety['statement']}{extra}",
-            "source": {"label": "kap-forecast"},
+            "source": {"label": "kap-forecast", "topic": dict(TOPIC)},
             "links": links,
         }
     ]

@@ -206,7 +206,7 @@ def _map_readable(
     resources: list[dict[str, Any]],
     wheres: list[str],
     first: Any,
-    pid: str,
+    pids: frozenset[str],
 ) -> tuple[Any, list[_Dropped]]:
     """Map the prefetched resources together, leaving out those that cannot be read.
 
@@ -231,7 +231,7 @@ def _map_readable(
         return map_resources(
             [resources[i] for i in idx],
             expressions=[f"prefetch[{i}].resource" for i in idx],
-            known_first_session={pid: first} if first is not None else None,
+            known_first_session=dict.fromkeys(pids, first) if first is not None else None,
             questionnaires=forms,
         )
 
@@ -376,16 +376,24 @@ class Combined:
     si_unread: bool = False
 
 
-def combined_cohort(pid: str, prefetch: Mapping[str, Any]) -> Combined:
+def combined_cohort(
+    pid: str,
+    prefetch: Mapping[str, Any],
+    *,
+    aliases: frozenset[str] = frozenset(),
+    use_stored: bool = True,
+) -> Combined:
     """Stored history plus prefetched rows (rows dated like a stored row are skipped).
 
     Prefetched resources that cannot be read, and rows that fail the data
     contract, are left out one by one and named in a note; the rest is used.
     ``si_unread`` says whether any of them could hold a suicidal-ideation answer.
+    ``aliases`` are the other ids the prefetch names the patient by (the EHR's
+    id, :func:`link_patient`); without ``use_stored`` no stored history is read.
     """
     st = store()
     with st.read() as conn:
-        known = bool(st.known_patients(conn, [pid]))
+        known = use_stored and bool(st.known_patients(conn, [pid]))
         cohort = st.cohort([pid], conn) if known else None
     notes: list[str] = []
     if cohort is None:
@@ -404,7 +412,11 @@ def combined_cohort(pid: str, prefetch: Mapping[str, Any]) -> Combined:
     resources = [r for r, _ in found]
     wheres = [w for _, w in found]
     first = cohort.sessions["date"].min() if len(cohort.sessions) else None
-    mapped, dropped = _map_readable(resources, wheres, first, pid)
+    mapped, dropped = _map_readable(resources, wheres, first, aliases | {pid})
+    if mapped is not None:  # the EHR's id of the patient is this patient
+        for r in (*mapped.sessions, *mapped.assessments, *mapped.retractions):
+            if r["patient_id"] in aliases:
+                r["patient_id"] = pid
     if mapped is None:
         notes.append(_dropped_note(dropped))
         return Combined(cohort if known else None, notes, any(d.si for d in dropped))
@@ -493,3 +505,178 @@ def _leave_out_withdrawn(
     if not gone_rows and not kept:
         text += "; no stored row was made from them"
     return text + "."
+
+
+# --- which kap-forecast patient the EHR's patient is ------------------------------------------
+class PatientLinkError(ValueError):
+    """The patient-identifier mapping (``FORECAST_CDS_PATIENT_IDS``) cannot be used."""
+
+
+@dataclass(frozen=True)
+class PatientLinks:
+    """How an EHR's Patient identifiers name kap-forecast patients.
+
+    Attributes
+    ----------
+    systems : tuple of str
+        Identifier systems whose value *is* the kap-forecast ``patient_id``
+        (the EHR's MRN system, when the clinic imported patients under it).
+    identifiers : dict
+        ``(system, value)`` -> ``patient_id``, one by one.
+    context_fallback : bool
+        When no identifier maps, use ``context.patientId`` as the
+        kap-forecast id (off by default: two systems' ids that happen to be
+        equal may be two different people).
+    """
+
+    systems: tuple[str, ...] = ()
+    identifiers: Mapping[tuple[str, str], str] | None = None
+    context_fallback: bool = False
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.systems or self.identifiers)
+
+
+def load_patient_links(source: Any) -> PatientLinks:
+    """Read the mapping: a JSON file path or the parsed document.
+
+    The document::
+
+        {"systems": ["https://ehr.example.org/fhir/sid/mrn"],
+         "identifiers": [{"system": "https://ehr.example.org/fhir/sid/mrn",
+                          "value": "000123", "patient_id": "P001"}],
+         "context_fallback": false}
+
+    Raises
+    ------
+    PatientLinkError
+        Naming the file and the entry that cannot be used.
+    """
+    import json
+    from pathlib import Path
+
+    where = "FORECAST_CDS_PATIENT_IDS"
+    if isinstance(source, str | Path):
+        where = f"{where}={source}"
+        try:
+            doc = json.loads(Path(source).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise PatientLinkError(f"{where}: cannot read ({exc})") from None
+    else:
+        doc = source
+    if not isinstance(doc, Mapping):
+        raise PatientLinkError(f"{where}: a JSON object is needed")
+    unknown = set(doc) - {"systems", "identifiers", "context_fallback"}
+    if unknown:
+        raise PatientLinkError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: systems, "
+                               "identifiers, context_fallback")
+    systems = doc.get("systems") or []
+    if not isinstance(systems, list) or not all(isinstance(s, str) and s for s in systems):
+        raise PatientLinkError(f"{where}: systems must be a list of identifier system URIs")
+    table: dict[tuple[str, str], str] = {}
+    for k, e in enumerate(doc.get("identifiers") or []):
+        ok = isinstance(e, Mapping) and all(
+            isinstance(e.get(f), str) and e.get(f) for f in ("system", "value", "patient_id")
+        )
+        if not ok:
+            raise PatientLinkError(f"{where}: identifiers[{k}] needs system, value and patient_id")
+        key = (e["system"], e["value"])
+        if table.get(key, e["patient_id"]) != e["patient_id"]:
+            raise PatientLinkError(f"{where}: identifiers[{k}] maps {key} a second time")
+        table[key] = e["patient_id"]
+    fallback = doc.get("context_fallback", False)
+    if not isinstance(fallback, bool):
+        raise PatientLinkError(f"{where}: context_fallback must be true or false")
+    return PatientLinks(tuple(systems), table, fallback)
+
+
+def patient_links(app: Any = None) -> PatientLinks:
+    """The app's mapping (``KAP_CDS_PATIENT_IDS`` or ``FORECAST_CDS_PATIENT_IDS``; read once)."""
+    import os
+
+    from flask import current_app
+
+    app = app or current_app
+    links = app.extensions.get("kap_cds_patient_ids")
+    if links is None:
+        source = app.config.get("KAP_CDS_PATIENT_IDS") or os.environ.get(
+            "FORECAST_CDS_PATIENT_IDS"
+        )
+        links = load_patient_links(source) if source else PatientLinks()
+        app.extensions["kap_cds_patient_ids"] = links
+    return links
+
+
+@dataclass(frozen=True)
+class Linked:
+    """Whose stored history a patient-view request uses.
+
+    ``patient_id`` is the kap-forecast id (None: no stored history is used,
+    the forecast is made from the prefetch alone under ``context_id``);
+    ``aliases`` are the ids the prefetched resources may name the patient
+    by; ``note`` says how the patient was found, or why not.
+    """
+
+    patient_id: str | None
+    context_id: str
+    aliases: frozenset[str]
+    note: str | None = None
+
+
+def _prefetched_patient(prefetch: Mapping[str, Any], context_id: str) -> Mapping[str, Any] | None:
+    doc = prefetch.get("patient")
+    if isinstance(doc, Mapping) and doc.get("resourceType") == "Bundle":
+        entries = doc.get("entry") if isinstance(doc.get("entry"), list) else []
+        found = [e.get("resource") for e in entries if isinstance(e, Mapping)]
+        doc = next((r for r in found if isinstance(r, Mapping)), None)
+    if not isinstance(doc, Mapping) or doc.get("resourceType") != "Patient":
+        return None
+    if doc.get("id") not in (None, context_id):
+        return None  # not the patient of this request
+    return doc
+
+
+def link_patient(context_id: str, prefetch: Mapping[str, Any], links: PatientLinks) -> Linked:
+    """The kap-forecast patient of a patient-view request.
+
+    Without a mapping, ``context.patientId`` is the kap-forecast id. With
+    one, the prefetched Patient's identifiers (system and value) decide:
+    one kap-forecast id found is used; none or several use no stored
+    history (unless ``context_fallback``), and a note says so, so that a
+    wrong link never shows another patient's history.
+    """
+    aliases = frozenset({context_id})
+    if not links.configured:
+        return Linked(context_id, context_id, aliases)
+    res = _prefetched_patient(prefetch, context_id)
+    found: dict[str, list[str]] = {}
+    for ident in (res or {}).get("identifier") or []:
+        if not isinstance(ident, Mapping):
+            continue
+        system, value = ident.get("system"), ident.get("value")
+        if not isinstance(system, str) or not isinstance(value, str) or not value:
+            continue
+        pid = (links.identifiers or {}).get((system, value))
+        if pid is None and system in links.systems:
+            pid = value
+        if pid is not None:
+            found.setdefault(pid, []).append(f"{system}|{value}")
+    if len(found) == 1:
+        ((pid, via),) = found.items()
+        return Linked(pid, context_id, aliases | {pid},
+                      f"EHR patient {context_id} is kap-forecast patient {pid} ({via[0]}).")
+    if len(found) > 1:
+        named = "; ".join(f"{p} ({', '.join(v)})" for p, v in sorted(found.items()))
+        why = (f"the EHR patient's identifiers name several kap-forecast patients: {named}; "
+               "fix FORECAST_CDS_PATIENT_IDS")
+    elif res is None:
+        why = "no Patient was prefetched (prefetch key 'patient'), so its identifiers are unknown"
+    else:
+        why = "no identifier of the EHR's Patient is mapped (FORECAST_CDS_PATIENT_IDS)"
+    if links.context_fallback and len(found) <= 1:
+        return Linked(context_id, context_id, aliases,
+                      f"{why}; context.patientId {context_id} is used as the kap-forecast id.")
+    return Linked(None, context_id, aliases,
+                  f"{why}. kap-forecast's stored history is not used; this card reads only "
+                  "the prefetched data.")

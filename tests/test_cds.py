@@ -89,7 +89,7 @@ def test_card_matches_json_forecast_and_is_audited(clinic_client):
     assert r.status_code == 200, r.get_data(as_text=True)
     (card,) = r.get_json()["cards"]
     forecast = c.get(f"/api/v1/patients/{ROUTINE}/forecast").get_json()
-    data = card["extension"]["kap-forecast"]
+    data = card["extension"]["org.kap-forecast.forecast"]
     assert data["as_of"] == forecast["as_of"]
     assert data["status"] == forecast["status"]
     assert data["session_by"] == forecast["suggestion"]["session_by"]
@@ -120,7 +120,7 @@ def test_patient_with_si_gets_the_critical_card(clinic_client):
     assert card["indicator"] == "critical"
     assert "review" in card["summary"].lower()
     assert "C-SSRS screener ideation level 4" in card["detail"]
-    assert card["extension"]["kap-forecast"]["safety_level"] == "urgent"
+    assert card["extension"]["org.kap-forecast.forecast"]["safety_level"] == "urgent"
 
 
 @pytest.mark.slow
@@ -151,7 +151,7 @@ def test_prefetch_is_used_for_the_request_and_never_stored(clinic_client):
     r = call(c, body, token())
     assert r.status_code == 200, r.get_data(as_text=True)
     (card,) = r.get_json()["cards"]
-    assert card["extension"]["kap-forecast"]["patient_id"] == pid
+    assert card["extension"]["org.kap-forecast.forecast"]["patient_id"] == pid
     assert "used and not stored" in card["detail"]
     assert "1 prefetched resource(s) are marked entered-in-error; no stored row" in card["detail"]
     assert c.get(f"/api/v1/patients/{pid}").status_code == 404
@@ -336,10 +336,10 @@ def test_population_numbers_are_labelled_in_the_card():
         "Risk that the benefit has waned (after 2026-11-27), population estimate, not "
         "personalised (the model's training episodes, not this patient): 7 d 10%, 28 d 30%."
     ) in card["detail"]
-    assert card["extension"]["kap-forecast"]["risk_kind"] == "population"
+    assert card["extension"]["org.kap-forecast.forecast"]["risk_kind"] == "population"
     (mine,) = cards_for(_answer("personalised"), "http://x/patients/p1", [])
     assert "population" not in mine["summary"] + mine["detail"]
-    assert mine["extension"]["kap-forecast"]["risk_kind"] == "personalised"
+    assert mine["extension"]["org.kap-forecast.forecast"]["risk_kind"] == "personalised"
 
 
 def test_prefetched_entered_in_error_leaves_its_row_out_but_never_a_safety_answer(clinic_client):
@@ -364,8 +364,9 @@ def test_prefetched_entered_in_error_leaves_its_row_out_but_never_a_safety_answe
     assert post.status_code == 200
     assert len(c.get(f"/api/v1/patients/{ROUTINE}").get_json()["assessments"]) == 3
     forecast = c.get(f"/api/v1/patients/{ROUTINE}/forecast").get_json()
-    data = card["extension"]["kap-forecast"]
-    assert data["risks"] != plain["extension"]["kap-forecast"]["risks"]  # the row mattered
+    data = card["extension"]["org.kap-forecast.forecast"]
+    # the row mattered
+    assert data["risks"] != plain["extension"]["org.kap-forecast.forecast"]["risks"]
     assert data["risks"] == {str(h["days"]): h["risk"] for h in forecast["risk"]["horizons"]}
     assert data["session_by"] == forecast["suggestion"]["session_by"]
 

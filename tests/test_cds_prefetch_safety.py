@@ -150,7 +150,7 @@ def test_unreadable_resource_without_si_is_named_and_the_rest_used(clinic_client
     # A PHQ-9 total cannot hold an ideation answer: no review is asked for it.
     assert card["summary"] != UNREAD_SI_SUMMARY
     assert card["indicator"] == plain["indicator"]
-    assert "si_data_unread" not in card["extension"]["kap-forecast"]
+    assert "si_data_unread" not in card["extension"]["org.kap-forecast.forecast"]
     assert "- Observation/t-lt: valueQuantity.comparator: got comparator '<'" in card["detail"]
     assert "1 row(s) from the EHR's prefetch were used" in card["detail"]
 
@@ -182,8 +182,8 @@ def test_unreadable_si_data_make_a_review_warning(clinic_client, bad, named):
     assert card["summary"] == UNREAD_SI_SUMMARY
     assert f"- {named}: " in card["detail"]
     assert "could not check them" in card["detail"]
-    assert card["extension"]["kap-forecast"]["si_data_unread"] is True
-    assert card["extension"]["kap-forecast"]["safety_level"] is None
+    assert card["extension"]["org.kap-forecast.forecast"]["si_data_unread"] is True
+    assert card["extension"]["org.kap-forecast.forecast"]["safety_level"] is None
 
 
 def test_a_stored_flag_keeps_the_card_critical_with_unreadable_si_data(clinic_client):
@@ -193,7 +193,7 @@ def test_a_stored_flag_keeps_the_card_critical_with_unreadable_si_data(clinic_cl
     card = card_of(clinic_client, URGENT, responses=[bad])
     assert card["indicator"] == "critical"
     assert "- QuestionnaireResponse/c1: " in card["detail"]
-    assert card["extension"]["kap-forecast"]["si_data_unread"] is True
+    assert card["extension"]["org.kap-forecast.forecast"]["si_data_unread"] is True
 
 
 # --- rows refused by the data contract are left out one by one --------------------------------
@@ -391,7 +391,7 @@ def test_unread_si_data_turn_any_other_card_into_a_review_warning(status):
     assert card["summary"] == UNREAD_SI_SUMMARY
     assert card["detail"].startswith("**Prefetched EHR data that can hold a suicidal-ideation")
     assert "Named." in card["detail"]
-    assert card["extension"]["kap-forecast"]["si_data_unread"] is True
+    assert card["extension"]["org.kap-forecast.forecast"]["si_data_unread"] is True
 
 
 # --- a prefetched ideation answer on the date of a stored row -----------------------------------
