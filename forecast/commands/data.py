@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from forecast.commands.problems import arrange
 from forecast.data import check_folder
 
 COMMANDS: list[click.Command] = []
@@ -30,16 +31,21 @@ COMMANDS: list[click.Command] = []
 def validate(folder: Path, covariates: tuple[str, ...], today: datetime | None) -> None:
     """Check the patients, sessions and assessments files of the folder DIR.
 
-    Prints every problem (file, row, column, what is allowed), one per line,
-    then a count, and exits with status 1; prints a one-line summary and exits
-    with status 0 when the folder conforms to the data contract.
+    Prints every problem (file, row, column, what is allowed, "did you mean"
+    for a misspelled column), one per line, with the problems that follow from
+    an earlier one counted in one line, then a count, and exits with status 1;
+    prints a one-line summary and exits with status 0 when the folder conforms
+    to the data contract.
     """
     day = today.date() if today is not None else None
     cohort, problems = check_folder(folder, covariates=covariates, today=day)
     if problems or cohort is None:
-        for problem in problems:
-            click.echo(str(problem))
-        click.echo(f"{len(problems)} problem(s) found in {folder}")
+        lines, summaries = arrange(problems)
+        for line in lines + summaries:
+            click.echo(line)
+        click.echo(f"{len(problems)} problem(s) found in {folder}"
+                   + (f" ({len(problems) - len(lines)} of them follow from an earlier one)"
+                      if summaries else ""))
         raise SystemExit(1)
     click.echo(
         f"OK: {len(cohort.patients)} patients, {len(cohort.sessions)} sessions, "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -10,17 +9,17 @@ import pandas as pd
 
 from forecast.bundle import DEFAULT_KIND, KINDS
 from forecast.commands import models_option
+from forecast.commands.progress import Progress
+from forecast.commands.progress import quiet as progress_quiet
 
 COMMANDS: list[click.Command] = []
 
 _DATA_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
-def _progress(total: int, desc: str):  # noqa: ANN202 - tqdm type is private
-    from tqdm import tqdm
-
+def _progress(total: int, desc: str) -> Progress:
     # stderr only: stdout of `train` is the version id and nothing else.
-    return tqdm(total=total, desc=desc, file=sys.stderr, disable=None, leave=False)
+    return Progress(total, desc)
 
 
 def _penalizer(ctx: click.Context, param: click.Parameter, value: str) -> float | str:
@@ -36,17 +35,13 @@ def _penalizer(ctx: click.Context, param: click.Parameter, value: str) -> float 
 
 
 def _load(data_dir: Path, covariates: tuple[str, ...]):  # noqa: ANN202
+    from forecast.commands.problems import one_line
     from forecast.data import ContractError, load_cohort
 
     try:
         return load_cohort(data_dir, covariates=covariates)
     except ContractError as exc:
-        lines = [str(p) for p in exc.problems[:20]]
-        more = len(exc.problems) - len(lines)
-        raise click.ClickException(
-            f"{data_dir} does not follow the data contract:\n  " + "\n  ".join(lines)
-            + (f"\n  ... and {more} more (run `forecast validate {data_dir}`)" if more else "")
-        ) from exc
+        raise click.ClickException(one_line(exc.problems, data_dir)) from exc
 
 
 def _truth(folder: Path) -> pd.DataFrame | None:
@@ -100,16 +95,24 @@ def train_command(data_dir: Path, models_opt: Path | None, kind: str, n_bootstra
 
     Prints only the new version id on stdout (progress goes to stderr).
     """
+    from forecast import registry, signing
     from forecast.models import ModelFitError
     from forecast.training import train_and_save
 
+    # Before any work: a read-only registry or an unreadable key fails now, not after the fit.
+    registry.check_writable(registry.models_dir(models_opt))
+    key = signing.signing_key()
+    if key is None and not progress_quiet():
+        click.echo(f"note: no signing key configured ({signing.KEY_FILE_ENV}); this version "
+                   "is unsigned and a service loads it only with "
+                   f"{signing.ALLOW_UNSIGNED_ENV}=1 (docs/registry.md)", err=True)
     with _progress(4, "train") as bar:
-        bar.set_postfix_str("load")
+        bar.stage("load")
         cohort = _load(data_dir, covariates)
 
         def step(stage: str) -> None:
             bar.update()
-            bar.set_postfix_str(stage)
+            bar.stage(stage)
 
         try:
             version = train_and_save(
@@ -153,6 +156,9 @@ COMMANDS.append(train_command)
                    "(needs truth.csv; uses the holdout cohort when given).")
 @click.option("--covariate", "covariates", multiple=True,
               help="Extra numeric column of patients.csv to use as a covariate (repeatable).")
+@click.option("--no-record", is_flag=True,
+              help="Do not record the evaluation in the registry (`forecast models approve` "
+                   "rests on a recorded evaluation).")
 # The default is evaluation.DEFAULT_CI_REPS (a test checks; importing it here would load
 # the evaluation stack for every command).
 @click.option("--ci-reps", type=click.IntRange(min=0), default=100, show_default=True,
@@ -162,19 +168,23 @@ COMMANDS.append(train_command)
 def evaluate_command(data_dir: Path, ref: str, out_dir: Path, models_opt: Path | None,
                      folds: int, holdout_dir: Path | None, jobs: int, kind: str | None,
                      seed: int, with_policy: bool, covariates: tuple[str, ...],
-                     ci_reps: int) -> None:
+                     no_record: bool, ci_reps: int) -> None:
     """Cross-validate a model version's spec on DATA_DIR against the baselines (KM, Cox).
 
-    Writes REPORT/metrics.json, REPORT/report.html and REPORT/model_card.md.
+    Writes REPORT/metrics.json, REPORT/report.html and REPORT/model_card.md,
+    and records the evaluation's headline figures with the version in the
+    registry (what `forecast models approve` checks against its gates).
     On simulated data (truth.csv present) the oracle's metrics are reported too.
     """
-    from forecast import evaluation, registry
+    from forecast import evaluation, lifecycle, registry
     from forecast.evaluation.report import render
     from forecast.model_card import render_markdown
-    try:
-        model = registry.load(ref, registry.models_dir(models_opt))
-    except registry.RegistryError as exc:
-        raise click.ClickException(str(exc)) from exc
+
+    root = registry.models_dir(models_opt)
+    model = registry.load(ref, root)
+    if not no_record:
+        registry.check_writable(root)
+    _writable_out(out_dir)
     cohort = _load(data_dir, covariates)
     truth = _truth(data_dir)
     est_params = dict(model.bundle.meta.get("estimator", {}))
@@ -191,7 +201,7 @@ def evaluate_command(data_dir: Path, ref: str, out_dir: Path, models_opt: Path |
         "conversion": evaluation.CONVERSION_TEXT,
         "data_fingerprint": registry.fingerprint_cohort(cohort)["sha256"],
     }
-    with _progress(folds, "cross-validation") as bar:
+    with _progress(folds, "evaluate (cross-validation folds)") as bar:
         try:
             metrics["cv"] = evaluation.evaluate_cohort(
                 cohort, evaluation.ModelSpec(spec_kind, params), definition=model.definition,
@@ -203,7 +213,8 @@ def evaluate_command(data_dir: Path, ref: str, out_dir: Path, models_opt: Path |
     metrics["targets"] = evaluation.targets(metrics["cv"])
     policy_cohort, policy_truth = cohort, truth
     if holdout_dir is not None:
-        click.echo(f"applying {model.version} to {holdout_dir}...", err=True)
+        if not progress_quiet():
+            click.echo(f"applying {model.version} to {holdout_dir}...", err=True)
         hcohort = _load(holdout_dir, covariates)
         htruth = _truth(holdout_dir)
         metrics["holdout"] = evaluation.evaluate_bundle(
@@ -213,7 +224,8 @@ def evaluate_command(data_dir: Path, ref: str, out_dir: Path, models_opt: Path |
     policy_html = None
     out_dir.mkdir(parents=True, exist_ok=True)
     if with_policy:
-        click.echo("replaying maintenance policies...", err=True)
+        if not progress_quiet():
+            click.echo("replaying maintenance policies...", err=True)
         from forecast.policy.replay import evaluate_policy  # lazy: matplotlib
 
         try:
@@ -228,6 +240,23 @@ def evaluate_command(data_dir: Path, ref: str, out_dir: Path, models_opt: Path |
     card = {**model.card, "metrics": metrics, "metrics_note": None}
     (out_dir / "model_card.md").write_text(render_markdown(card))
     click.echo(f"wrote {out_dir}/metrics.json, report.html, model_card.md", err=True)
+    if not no_record:
+        event = lifecycle.record_evaluation(root, model.version, metrics, out_dir.resolve())
+        click.echo(f"recorded evaluation {event['evaluation_id']} of {model.version} in {root} "
+                   f"(next: `forecast models approve {model.version}`)", err=True)
+
+
+def _writable_out(out_dir: Path) -> None:
+    """Fail before the cross-validation when the report folder cannot be written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot write the report folder {out_dir} ({exc.strerror or exc}); "
+            "give a writable folder with --out") from None
 
 
 COMMANDS.append(evaluate_command)

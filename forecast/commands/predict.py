@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -66,9 +65,10 @@ def predict_command(
     assessment. Decision support only.
     """
     import pandas as pd
-    from tqdm import tqdm
 
     from forecast import registry
+    from forecast.commands.problems import one_line
+    from forecast.commands.progress import Progress
     from forecast.data import ContractError, load_cohort
     from forecast.policy import PolicySettings, forecast_cohort, forecast_rows
 
@@ -80,11 +80,7 @@ def predict_command(
     try:
         cohort = load_cohort(folder, covariates=model.covariates)
     except ContractError as exc:
-        for problem in exc.problems:
-            click.echo(str(problem), err=True)
-        raise click.ClickException(
-            f"{len(exc.problems)} problem(s) in {folder}; run `forecast validate {folder}`"
-        ) from exc
+        raise click.ClickException(one_line(exc.problems, folder)) from exc
     settings = PolicySettings() if threshold is None else PolicySettings(threshold=threshold)
     day = pd.Timestamp(as_of).normalize()
     ids = cohort.patients["patient_id"].astype(str).to_numpy()
@@ -93,7 +89,7 @@ def predict_command(
         err=True,
     )
     frames = []
-    with tqdm(total=len(ids), unit="patient", file=sys.stderr) as bar:
+    with Progress(len(ids), "predict") as bar:
         for start in range(0, len(ids), CHUNK_PATIENTS):
             chunk = ids[start : start + CHUNK_PATIENTS]
             answers = forecast_cohort(cohort.subset(chunk), model, day, settings)
