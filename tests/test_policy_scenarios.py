@@ -397,10 +397,22 @@ def test_missing_category_is_named_in_the_caveats(policy_model):
     cohort = build_history([{"pid": "NODX", "diagnosis": None}], sessions, assessments)
     a = _answer(policy_model, cohort, "NODX")
     _check_common(a)
-    assert any("diagnosis" in c and "average effect" in c for c in a["caveats"])
+    (note,) = [c for c in a["caveats"] if "average effect" in c]
+    # Every input the history lacks is named: the diagnosis, and the C-SSRS never asked.
+    assert note.startswith("Not in this history: diagnosis, C-SSRS screen.")
     s2, a2 = responder("DX", after=((-7, 6), (0, 6)))
+    for x in a2:
+        x["cssrs"] = 0  # a complete record: every optional input present
     b = _answer(policy_model, build_history([_patient("DX")], s2, a2), "DX")
     assert not any("average effect" in c for c in b["caveats"])
+    # A totals-only history names each input it lacks.
+    s3, a3 = responder("TOT", after=((-7, 6), (0, 6)))
+    for x in a3:
+        x["total_only"] = True
+    tot = _answer(policy_model, build_history([_patient("TOT")], s3, a3), "TOT")
+    (note,) = [c for c in tot["caveats"] if "average effect" in c]
+    for name in ("PHQ-9 item 9 answer", "C-SSRS screen"):
+        assert name in note
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from scipy.linalg import LinAlgError, cho_solve, cholesky, solve_triangular
 from scipy.optimize import minimize
 from sklearn.utils.validation import check_is_fitted
 
+from forecast.absent import mask_optional_inputs
 from forecast.bundle import CLOCK_FEATURES, Bundle, Encoder, clock_arrays, window_exposure
 from forecast.models.base import (
     ModelFitError,
@@ -38,6 +39,9 @@ PIECEWISE_WINDOW_PENALIZER = 0.01
 #: What the piecewise penalties are per: "unit" (each design column's unit: an SD for the
 #: standardised numeric columns, the indicator for a category) or "sd" (column SD).
 PIECEWISE_PENALTY_SCALE = "unit"
+#: Share of the training rows in which each optional input is hidden at random
+#: (forecast.absent): what an absent input costs is information, not calibration.
+PIECEWISE_ABSENT_SHARE = 0.25
 
 
 def _pwe_rows(
@@ -299,9 +303,11 @@ class PiecewiseExponentialModel(SurvivalEstimator):
         time_feature: str | None = "elapsed_days",
         time_interactions: str | tuple[str, ...] | None = "dynamic",
         penalty_scale: str = PIECEWISE_PENALTY_SCALE,
+        absent_share: float = PIECEWISE_ABSENT_SHARE,
     ) -> None:
         super().__init__(features, penalizer, n_bootstrap, random_state, n_jobs, max_iter,
                          horizons)
+        self.absent_share = absent_share
         self.edges = edges
         self.window_penalizer = window_penalizer
         self.time_feature = time_feature
@@ -310,7 +316,16 @@ class PiecewiseExponentialModel(SurvivalEstimator):
 
     def fit(self, X: pd.DataFrame, lower: Any, upper: Any,
             groups: Any = None) -> PiecewiseExponentialModel:
-        """Fit on stacked landmark rows; ``groups`` (patient ids) drive the bootstrap."""
+        """Fit on stacked landmark rows; ``groups`` (patient ids) drive the bootstrap.
+
+        Each optional input (dose, route, psychotherapy, dissociation, item 9,
+        C-SSRS) is first hidden at random in ``absent_share`` of the rows
+        (:func:`forecast.absent.mask_optional_inputs`), so that a history
+        without it is forecast with its average effect.
+        """
+        seed = self.random_state if isinstance(self.random_state, int | np.integer) else 0
+        if isinstance(X, pd.DataFrame):
+            X = mask_optional_inputs(X, float(self.absent_share), int(seed))
         try:
             return super().fit(X, lower, upper, groups)  # type: ignore[return-value]
         finally:

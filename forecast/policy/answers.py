@@ -74,9 +74,10 @@ def _caveats(
         )
     if personal and unknown:
         caveats.append(
-            "Not recorded or not seen in training: "
+            "Not in this history: "
             + ", ".join(unknown)
-            + "; the model used the average effect of the training patients for it."
+            + ". The forecast uses the average effect of each over the training patients, "
+            "so it is less specific to this patient."
         )
     if personal and risk:
         at28 = next((h for h in risk["horizons"] if h["days"] == 28), None)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from forecast.absent import absent_inputs
 from forecast.cohort import Cohort
 from forecast.policy.context import base_statuses, query_context
 from forecast.policy.model_access import model_bundle, outcome_definition, population_from_model
@@ -128,21 +129,28 @@ def median_days(daily: np.ndarray) -> np.ndarray:
 
 
 def unknown_inputs(model: Any, X: pd.DataFrame | None, rows: np.ndarray, n: int) -> list[list[str]]:
-    """Per query, the categorical inputs that were missing or unseen in training.
+    """Per query, the inputs the history did not carry or that training never saw.
 
-    The encoder gives such values the average effect (forecast.bundle.Encoder);
-    the answer says so in its caveats.
+    Absent optional inputs are named as in :data:`forecast.absent.OPTIONAL_INPUTS`;
+    a category value unseen in training as ``"<name> '<value>' (not seen in
+    training)"``. The encoder gives both the average effect; the answer's
+    caveats say so.
     """
     out: list[list[str]] = [[] for _ in range(n)]
+    if X is None:
+        return out
+    for r, names in zip(rows, absent_inputs(X), strict=True):
+        out[r].extend(names)
     encoder = getattr(model_bundle(model), "encoder", None)
-    if X is None or encoder is None:
+    if encoder is None:
         return out
     for name, levels in encoder.categorical.items():
         if name not in X:
             continue
-        bad = ~np.isin(X[name].to_numpy(dtype=object), np.asarray(levels, dtype=object))
-        for r in rows[bad]:
-            out[r].append(name)
+        values = X[name].to_numpy(dtype=object)
+        unseen = pd.notna(values) & ~np.isin(values, np.asarray(levels, dtype=object))
+        for r, v in zip(rows[unseen], values[unseen], strict=True):
+            out[r].append(f"{name} '{v}' (not seen in training)")
     return out
 
 

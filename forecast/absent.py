@@ -1,0 +1,94 @@
+"""Optional inputs a history may not carry, and how a model learns their absence.
+
+Many EHR exports and CDS prefetches carry PHQ-9 totals only: no dose, route,
+psychotherapy, dissociation, item answers or C-SSRS. The default model is
+trained with each of these inputs hidden at random in a share of its rows
+(:func:`mask_optional_inputs`), so its "absent" effect is the average effect
+of the input over the training patients (missing completely at random by
+construction), never the effect of a subgroup that does not record it. Every
+answer names the inputs its history lacked (:func:`absent_inputs`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+#: Inputs an EHR export or a CDS prefetch often leaves out (many send PHQ-9 totals
+#: only), with the feature columns each one fills: (value, missing indicator) pairs
+#: and categorical columns (None when absent).
+OPTIONAL_INPUTS: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {
+    "ketamine dose": ((("dose_mg_per_kg", "dose_missing"),), ()),
+    "route": ((), ("route",)),
+    "psychotherapy": ((("psychotherapy", "psychotherapy_missing"),), ()),
+    "dissociation": ((("dissociation", "dissociation_missing"),), ()),
+    "PHQ-9 item 9 answer": ((("item9_latest", "item9_missing"),), ()),
+    "C-SSRS screen": ((("cssrs_latest", "cssrs_missing"),), ()),
+}
+
+
+#: Other inputs a history may lack: patient covariates (indicator or category column).
+OTHER_INPUTS: dict[str, str] = {
+    "age": "age_missing",
+    "prior treatments": "prior_treatments_missing",
+    "sex": "sex",
+    "diagnosis": "diagnosis",
+}
+
+
+def absent_inputs(X: pd.DataFrame) -> list[list[str]]:
+    """Per row of ``X``, the inputs it does not carry: the optional inputs
+    (:data:`OPTIONAL_INPUTS`) and the patient covariates (:data:`OTHER_INPUTS`)."""
+    out: list[list[str]] = [[] for _ in range(len(X))]
+    for name, col in OTHER_INPUTS.items():
+        if col not in X:
+            continue
+        v = X[col].to_numpy(dtype=object)
+        if col.endswith("_missing"):
+            absent = v.astype(float) == 1.0
+        else:  # a category: None, or sex "unknown"
+            absent = pd.isna(v) | (v == "unknown")
+        for r in np.flatnonzero(absent):
+            out[r].append(name)
+    for name, (pairs, categorical) in OPTIONAL_INPUTS.items():
+        cols = [ind for _, ind in pairs if ind in X] + [c for c in categorical if c in X]
+        if not cols:
+            continue
+        absent = np.zeros(len(X), dtype=bool)
+        for _, ind in pairs:
+            if ind in X:
+                absent |= X[ind].to_numpy(dtype=float) == 1.0
+        for c in categorical:
+            if c in X:
+                absent |= pd.isna(X[c]).to_numpy()
+        for r in np.flatnonzero(absent):
+            out[r].append(name)
+    return out
+
+
+def mask_optional_inputs(X: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
+    """A copy of ``X`` with each optional input blanked at random in ``share`` of the rows.
+
+    Each input of :data:`OPTIONAL_INPUTS` is masked independently, as the
+    feature builder writes an absent value (0 and indicator 1; None for a
+    category). A model fitted on the result learns each "absent" effect from
+    rows where the value was hidden at random, so it stands for the average
+    effect of that input over the training patients, not for the subgroup
+    that happens not to record it.
+    """
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"share must lie in [0, 1), got {share}")
+    out = X.copy()
+    if share == 0.0 or not len(X):
+        return out
+    rng = np.random.default_rng(seed)
+    for pairs, categorical in OPTIONAL_INPUTS.values():
+        hide = rng.random(len(X)) < share
+        for value, ind in pairs:
+            if value in out and ind in out:
+                out.loc[hide, value] = 0.0
+                out.loc[hide, ind] = 1.0
+        for c in categorical:
+            if c in out:
+                out.loc[hide, c] = None
+    return out
