@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import errno
-import os
 import sys
 import traceback
 from typing import Any
@@ -99,8 +98,6 @@ def main(ctx: click.Context, debug: bool, quiet: bool) -> None:
     """
     ctx.meta["forecast.debug"] = debug
     ctx.meta["forecast.quiet"] = quiet
-    if debug:
-        os.environ.setdefault("FORECAST_DEBUG", "1")
 
 
 for _module in (data, simulate, episodes, modelling, models, predict, server, clinic):
