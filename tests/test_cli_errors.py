@@ -69,7 +69,8 @@ def test_read_only_registry_fails_before_training(trained_registry, tmp_path: Pa
         ro.chmod(0o755)
     assert proc.returncode == 1
     assert proc.stderr.startswith("Error: the model registry")
-    assert "Traceback" not in proc.stderr and "--models DIR" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "--models DIR" in proc.stderr
 
 
 def test_unwritable_registry_fails_before_any_work(trained_registry, tmp_path: Path,
@@ -83,8 +84,10 @@ def test_unwritable_registry_fails_before_any_work(trained_registry, tmp_path: P
     monkeypatch.setattr(training, "landmark_dataset", lambda *a, **k: calls.append(a))
     out = CliRunner().invoke(main, ["train", str(trained_registry.data_dir), "--models",
                                     str(blocker / "models")])
-    assert out.exit_code == 1 and "Traceback" not in out.output
-    assert out.stderr.startswith("Error: the model registry") and "not writable" in out.stderr
+    assert out.exit_code == 1
+    assert "Traceback" not in out.output
+    assert out.stderr.startswith("Error: the model registry")
+    assert "not writable" in out.stderr
     assert calls == []  # no data loaded, no fit started
 
 
@@ -94,15 +97,19 @@ def test_unknown_model_version_lists_versions_subprocess(trained_registry, tmp_p
                 "--models", trained_registry.models_dir)
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0
-    assert proc.stderr.startswith("Error: ") and trained_registry.version in proc.stderr
+    assert proc.stderr.startswith("Error: ")
+    assert trained_registry.version in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_usage_errors_exit_2_with_did_you_mean() -> None:
     out = CliRunner().invoke(main, ["trian"])
-    assert out.exit_code == 2 and "Did you mean 'train'?" in out.output
+    assert out.exit_code == 2
+    assert "Did you mean 'train'?" in out.output
     opt = CliRunner().invoke(main, ["evaluate", ".", "--modle", "x"])
-    assert opt.exit_code == 2 and "Did you mean" in opt.output and "'--model'" in opt.output
+    assert opt.exit_code == 2
+    assert "Did you mean" in opt.output
+    assert "'--model'" in opt.output
 
 
 def test_unexpected_errors_are_one_line_and_traceback_only_with_debug(monkeypatch,
@@ -116,7 +123,8 @@ def test_unexpected_errors_are_one_line_and_traceback_only_with_debug(monkeypatc
     out = CliRunner().invoke(main, ["models", "list", "--models", str(tmp_path)])
     assert out.exit_code == 3
     assert out.output.startswith("Error: internal error (ZeroDivisionError: bug)")
-    assert "--debug" in out.output and "Traceback" not in out.output
+    assert "--debug" in out.output
+    assert "Traceback" not in out.output
     debug = CliRunner().invoke(main, ["--debug", "models", "list", "--models", str(tmp_path)])
     assert isinstance(debug.exception, ZeroDivisionError)  # raised: Python prints the traceback
 
@@ -127,7 +135,8 @@ def test_read_only_registry_in_a_subprocess_shows_no_traceback(tmp_path: Path,
     blocker = tmp_path / "file"
     blocker.write_text("x")
     proc = _cli("models", "approve", trained_registry.version, "--models", blocker / "m")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("Error: ")
 
 
@@ -142,7 +151,8 @@ def test_progress_lines_when_stderr_is_not_a_terminal(trained_registry, tmp_path
     assert proc.stdout.strip().count("\n") == 0  # stdout: the version id only
     quiet = _cli("--quiet", "train", trained_registry.data_dir, "--models", tmp_path / "m",
                  "--bootstrap", "0")
-    assert quiet.returncode == 0 and "forecast train:" not in quiet.stderr
+    assert quiet.returncode == 0
+    assert "forecast train:" not in quiet.stderr
 
 
 def test_progress_eta_and_percent() -> None:

@@ -43,18 +43,22 @@ def test_lifecycle_approve_promote_rollback_retire(models: Path) -> None:
     doc = json.loads(listed.output)
     assert [v["status"] for v in doc["versions"]] == ["candidate", "candidate"]
     assert doc["live"] is None
-    assert doc["versions"][0]["patients"] == 240 and doc["versions"][0]["signed"] is True
+    assert doc["versions"][0]["patients"] == 240
+    assert doc["versions"][0]["signed"] is True
 
     # No recorded evaluation: refused, one line, exit 1.
     refused = run("models", "approve", first, "--models", models)
     assert refused.exit_code == 1
-    assert refused.output.startswith("Error: ") and "no recorded evaluation" in refused.output
-    assert "forecast evaluate" in refused.output and "Traceback" not in refused.output
+    assert refused.output.startswith("Error: ")
+    assert "no recorded evaluation" in refused.output
+    assert "forecast evaluate" in refused.output
+    assert "Traceback" not in refused.output
 
     # An evaluation that misses the |CITL| gate: refused, naming the figure.
     lifecycle.record_evaluation(models, first, _metrics(first, citl=-0.09), None, "dr-a")
     missed = run("models", "approve", first, "--models", models)
-    assert missed.exit_code == 1 and "|CITL| at 28 days is 0.090 > 0.05" in missed.output
+    assert missed.exit_code == 1
+    assert "|CITL| at 28 days is 0.090 > 0.05" in missed.output
     # ... and passes a looser gate the researcher states.
     assert run("models", "approve", first, "--models", models, "--max-citl", "0.1").exit_code == 0
 
@@ -64,7 +68,8 @@ def test_lifecycle_approve_promote_rollback_retire(models: Path) -> None:
     assert run("models", "promote", first, "--models", models).exit_code == 0
     assert lifecycle.live_version(models) == first
     out = run("models", "promote", second, "--models", models)
-    assert out.exit_code == 0 and f"forecast models promote {first}" in out.output
+    assert out.exit_code == 0
+    assert f"forecast models promote {first}" in out.output
     st = lifecycle.statuses(models)
     assert st == {first: "approved", second: "live"}
     # Back to the previous one.
@@ -75,7 +80,8 @@ def test_lifecycle_approve_promote_rollback_retire(models: Path) -> None:
                                                   models).output
     assert run("models", "retire", second, "--models", models, "--reason", "drift").exit_code == 0
     again = run("models", "promote", second, "--models", models)
-    assert again.exit_code == 1 and "retired, not approved" in again.output
+    assert again.exit_code == 1
+    assert "retired, not approved" in again.output
     # Every change has actor and time in the registry's log.
     changes = [e for e in lifecycle.events(models) if e["action"] != "evaluated"]
     assert [e["action"] for e in changes] == ["approved", "approved", "promoted", "promoted",
@@ -86,7 +92,8 @@ def test_lifecycle_approve_promote_rollback_retire(models: Path) -> None:
     table = run("models", "list", "--models", models)
     assert f"live (served after the next reload): {first}" in table.output
     shown = run("models", "show", first, "--models", models)
-    assert shown.exit_code == 0 and "- status: live" in shown.output
+    assert shown.exit_code == 0
+    assert "- status: live" in shown.output
     assert "promoted by dr-a" in shown.output
 
 
@@ -116,7 +123,8 @@ def test_unknown_version_lists_the_available_ones(models: Path) -> None:
     versions = registry.list_versions(models)
     out = run("models", "show", "20200101T000000000Z-deadbeef", "--models", models)
     assert out.exit_code == 1
-    assert out.output.count("\n") == 1 and out.output.startswith("Error: unknown model version")
+    assert out.output.count("\n") == 1
+    assert out.output.startswith("Error: unknown model version")
     assert all(v in out.output for v in versions)
     predicted = run("predict", "--help")
     assert predicted.exit_code == 0
@@ -132,7 +140,8 @@ def test_compare_reports_paired_differences_and_moved_dates(models: Path, traine
     # The same bundle twice: every difference and interval is exactly 0, no date moves.
     for row in doc["by_horizon"].values():
         for key in ("auc", "brier", "ici"):
-            assert row[key]["diff"] == 0.0 and row[key]["lower"] == 0.0 == row[key]["upper"]
+            assert row[key]["diff"] == 0.0
+            assert row[key]["lower"] == 0.0 == row[key]["upper"]
     assert doc["suggested_dates"]["moved_over_7_days"] == 0
     assert doc["suggested_dates"]["patients"] == 240
 
@@ -160,4 +169,5 @@ def test_compare_detects_a_worse_model(models: Path, trained_registry) -> None:
     cohort = _load(trained_registry.data_dir, ())
     doc = compare_versions(cohort, a, b, reps=30, seed=1, as_of=None)
     auc28 = doc["by_horizon"]["28"]["auc"]
-    assert auc28["diff"] < -0.05 and auc28["upper"] < 0
+    assert auc28["diff"] < -0.05
+    assert auc28["upper"] < 0

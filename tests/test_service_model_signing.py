@@ -51,7 +51,8 @@ def test_rewritten_bundle_and_manifest_is_refused(make_app: AppFactory, models: 
     with pytest.raises(registry.RegistryError, match="signature does not match"):
         registry.load(second, models)
     problem = assert_problem(c.post("/api/v1/model/reload", role="admin"), 409)
-    assert "signature does not match" in problem["detail"] and first in problem["detail"]
+    assert "signature does not match" in problem["detail"]
+    assert first in problem["detail"]
     assert c.get("/api/v1/model").json["version"] == first
 
 
@@ -136,6 +137,7 @@ def test_the_service_follows_the_promoted_version_not_latest(make_app: AppFactor
     _resave(models)  # a third, newer, never promoted
     lifecycle.promote(models, second, actor="t")
     resp = c.post("/api/v1/model/reload", role="admin")
-    assert resp.status_code == 200 and resp.json["version"] == second
+    assert resp.status_code == 200
+    assert resp.json["version"] == second
     lifecycle.promote(models, first, actor="t")  # back to the previous one
     assert c.post("/api/v1/model/reload", role="admin").json["version"] == first
