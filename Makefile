@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 export FORECAST_MODELS ?= $(CURDIR)/models
+# The demo's model-signing key (development): kept outside the registry, in instance/
+# (git-ignored); `forecast train` signs with it and the service verifies with it.
+export FORECAST_SIGNING_KEY_FILE ?= $(CURDIR)/instance/model-signing.key
 
 .PHONY: install serve test lint docs demo-data demo-store model bench clean
 
@@ -22,10 +25,14 @@ data/demo/patients.csv: | install
 
 demo-data: data/demo/patients.csv
 
-# Train only when the registry holds no version (a folder with a MANIFEST.json);
-# models/README.md alone does not count.
-model: demo-data
-	@if ! ls "$(FORECAST_MODELS)"/*/MANIFEST.json >/dev/null 2>&1; then \
+$(FORECAST_SIGNING_KEY_FILE): | install
+	$(BIN)/forecast models keygen "$@"
+
+# Train only when the registry holds no signed version (a folder with a MANIFEST.sig);
+# models/README.md alone does not count. The service serves the promoted version, or
+# the newest one while nothing was ever promoted (see docs/researcher-workflow.md).
+model: demo-data $(FORECAST_SIGNING_KEY_FILE)
+	@if ! ls "$(FORECAST_MODELS)"/*/MANIFEST.sig >/dev/null 2>&1; then \
 		$(BIN)/forecast train data/demo --models "$(FORECAST_MODELS)"; fi
 
 # The demo store: the demo cohort loaded through the API's idempotent ingestion
