@@ -75,7 +75,7 @@ def _observation(raw: Mapping[str, Any]) -> str | None:
         return None
     known = next((NOT_IMPORTED_CODES[c] for c in sorted(loinc) if c in NOT_IMPORTED_CODES), None)
     if known:
-        return f"Observation ignored: {known}"
+        return known if known.startswith("ignored") else f"Observation ignored: {known}"
     shown = ", ".join(f"{s or '?'}|{c}" for s, c in sorted(codes, key=str)) or "no coding"
     return f"Observation code ({shown}) is not a PHQ-9 or C-SSRS code; ignored"
 
