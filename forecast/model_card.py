@@ -342,9 +342,13 @@ def _metrics_md(metrics: dict[str, Any]) -> list[str]:
                   "episodes; risk within h days after that date, static models conditioned on "
                   "survival to it):", ""]
         lines += _model_rows(fp["models"], horizons)
-        lines += ["", "ICI: mean |predicted - smoothed observed risk| at h, the observed risk "
-                  "smoothed from Kaplan-Meier pseudo-observations (metrics.json keeps Austin's "
-                  "Cox smoother as ici_austin)."]
+        lines += ["", "ICI: mean |predicted - smoothed observed risk| at h as published "
+                  "(Austin, Harrell & van Klaveren 2020: Cox model of the whole follow-up on a "
+                  "3-knot restricted cubic spline of log(-log(1 - risk))); in brackets its "
+                  "noise floor, the mean ICI a perfectly calibrated model reads on the same "
+                  "rows. metrics.json keeps two variants, labelled: ici_pseudo (smoothed from "
+                  "Kaplan-Meier pseudo-observations) and ici_austin (Cox smoother censored "
+                  "at h)."]
         boot = fp.get("bootstrap") or {}
         cis = [f"{label} {_fmt(boot[key][0])}-{_fmt(boot[key][1])}"
                for key, label in (("auc28", "AUC 28d"), ("ici28", "ICI 28d"),
@@ -388,6 +392,8 @@ def _model_rows(models: dict[str, Any], horizons: list[Any]) -> list[str]:
         cells = [name, _fmt(o.get("harrell_c")), _fmt(o.get("uno_c")), _fmt(o.get("ibs"))]
         for h in horizons:
             hh = o.get("by_horizon", {}).get(str(h), {})
-            cells += [_fmt(hh.get("auc")), _fmt(hh.get("brier")), _fmt(hh.get("ici"))]
+            fl = hh.get("ici_floor")
+            cells += [_fmt(hh.get("auc")), _fmt(hh.get("brier")),
+                      _fmt(hh.get("ici")) + (f" ({_fmt(fl[0])})" if fl else "")]
         lines.append("| " + " | ".join(cells) + " |")
     return lines

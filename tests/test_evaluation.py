@@ -68,6 +68,10 @@ def test_auc_and_brier_match_direct_computation_without_censoring() -> None:
                                       abs=1e-9)
 
 
+def _card_fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
 def _austin_ici(time, event, risk_h, h) -> float:
     """ICI with Austin's Cox smoother on the given times (``ici_austin`` on untied times)."""
     return float(np.mean(np.abs(risk_h - ev.smoothed_observed(time, event, risk_h, h))))
@@ -81,6 +85,8 @@ def test_ici_small_when_calibrated_large_when_not() -> None:
     bad = ev.calibration(t, e, 0.5 * risk, h, observed_risk=None)
     assert good["ici"] < 0.015
     assert bad["ici"] > 0.05
+    assert good["ici_pseudo"] < 0.015
+    assert bad["ici_pseudo"] > 0.05
     # Austin's smoother, kept beside it, agrees here (exponential times: hazards proportional)
     assert good["ici_austin"] < 0.015
     assert bad["ici_austin"] > 0.05
@@ -167,7 +173,8 @@ def test_calibrated_reference_is_the_floor_of_the_ici_under_booster_censoring() 
     r56 = ref["by_horizon"]["56"]
     # the floor: a calibrated model cannot read near 0 at 56 days on these rows, and it
     # reads higher with Austin's smoother than with the pseudo-observation one
-    assert r56["ici_austin_mean"] > r56["ici_mean"] > 0.005
+    assert r56["ici_austin_mean"] > r56["ici_pseudo_mean"] > 0.005
+    assert r56["ici_mean"] > 0.005  # the published ICI's floor
     # at the interval midpoints the true risks on weekly outcomes read more with Austin's
     # smoother (tied times)
     assert _austin_ici(time, event, true[:, 1], 56) > r56["ici_austin_mean"]
@@ -244,7 +251,8 @@ def test_reported_ici_of_true_risks_with_monthly_assessments() -> None:
     m = ev.survival_metrics(lower, upper, true, bench.HORIZONS, uno=False)["by_horizon"]
     time, event = ev.impute_times(lower, upper)
     for j, h in enumerate(bench.HORIZONS):
-        assert m[str(h)]["ici"] < 0.03  # pseudo-observations: Kaplan-Meier handles ties
+        assert m[str(h)]["ici"] < 0.03  # the published ICI, on untied times
+        assert m[str(h)]["ici_pseudo"] < 0.03  # pseudo-observations: Kaplan-Meier handles ties
         assert m[str(h)]["ici_austin"] < 0.03  # Austin's, on untied times
         assert _austin_ici(time, event, true[:, j], h) > 0.05  # Austin's at the midpoints
     # one seeded draw: the same rows give the same figures
@@ -477,13 +485,23 @@ def test_evaluate_writes_report(report, trained_registry) -> None:
     mean56, p95_56 = t["ici56_calibrated_reference"]
     assert 0 < mean56 <= p95_56 == ref["by_horizon"]["56"]["ici_p95"]
     assert "calibrated reference ICI" in html
-    # the headline ICI is the pseudo-observation one; Austin's stays beside it, named
+    # the headline ICI is the published one; the variants stay beside it, labelled
     m56 = fp["models"]["model"]["overall"]["by_horizon"]["56"]
     assert (t["ici56_model"], t["ici56_model_austin"]) == (m56["ici"], m56["ici_austin"])
+    assert t["ici56_model_pseudo"] == m56["ici_pseudo"]
     assert t["ici56_austin_calibrated_reference"][1] == ref["by_horizon"]["56"]["ici_austin_p95"]
+    assert t["ici56_pseudo_calibrated_reference"][1] == ref["by_horizon"]["56"]["ici_pseudo_p95"]
     assert "model ICI (Austin" in html  # the calibrated-reference table's column
     assert "ici_austin" in html
-    assert "smoothed from Kaplan-Meier pseudo-observations" in card
+    assert "ici_pseudo" in html
+    assert "as published" in card
+    # the noise floor beside every ICI of the headline table (each model, the oracle)
+    for name in ("model", "cox", "km", "oracle"):
+        hh = fp["models"][name]["overall"]["by_horizon"]["56"]
+        assert 0 < hh["ici_floor"][0] <= hh["ici_floor"][1], name
+    assert m56["ici_floor"] == [ref["by_horizon"]["56"]["ici_mean"],
+                                ref["by_horizon"]["56"]["ici_p95"]]
+    assert f"{_card_fmt(m56['ici'])} ({_card_fmt(m56['ici_floor'][0])})" in card
     # the calibration slope per horizon, in metrics.json, the report and the card
     slope28 = fp["models"]["model"]["overall"]["by_horizon"]["28"]
     assert slope28["slope_ci95"][0] < slope28["slope"] < slope28["slope_ci95"][1]

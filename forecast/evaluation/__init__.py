@@ -38,14 +38,13 @@ because it wants higher = longer survival), Uno's C (scikit-survival
 (``cumulative_dynamic_auc``) and Brier score (``brier_score``) at each
 horizon, the integrated Brier score over the horizons (``integrated_brier_score``,
 trapezoid over 7..84 days), and per horizon calibration: ICI, E50 and E90
-(Austin, Harrell & van Klaveren 2020: ICI is the mean absolute difference
-between predicted and smoothed observed risk; the observed risk is smoothed
-by regressing Kaplan-Meier pseudo-observations at the horizon on a restricted
-cubic spline of ``log(-log(1 - predicted risk))``. ``ici_austin`` keeps
-Austin's own smoother, a Cox model of the outcome on that spline with the
-follow-up censored at the horizon (fitted by :func:`cox_efron`, lifelines'
-model with vectorised risk sets), which misread these AFT risks by up to
-0.03; see :func:`calibration`),
+(Austin, Harrell & van Klaveren 2020, as published: ICI is the mean absolute
+difference between predicted and smoothed observed risk, the observed risk
+from a Cox model of the whole follow-up on a 3-knot restricted cubic spline
+of ``log(-log(1 - predicted risk))``, fitted by :func:`cox_efron`;
+two labelled variants beside it: ``ici_pseudo`` regresses Kaplan-Meier
+pseudo-observations at the horizon on the spline, ``ici_austin`` censors the
+follow-up at the horizon before the Cox fit; see :func:`calibration`),
 calibration-in-the-large (Turnbull observed risk minus mean predicted risk)
 and a decile calibration plot (Kaplan-Meier observed risk per decile of
 predicted risk). The same metrics are reported by
@@ -81,6 +80,7 @@ from forecast.evaluation.calibration import (
     calibration_slope,
     km_pseudo_risk,
     pseudo_observed,
+    published_observed,
     smoothed_observed,
 )
 from forecast.evaluation.calibration import _censoring_draws as _censoring_draws
@@ -105,6 +105,7 @@ from forecast.evaluation.metrics import (
     subgroups,
     survival_metrics,
     td_auc,
+    td_auc_with_reasons,
     uno_c,
     untied_times,
 )
@@ -148,6 +149,7 @@ __all__ = [
     "headline_bootstrap",
     "impute_times",
     "km_pseudo_risk",
+    "published_observed",
     "oracle_conditional_risks",
     "oracle_risks",
     "pseudo_observed",
@@ -157,6 +159,7 @@ __all__ = [
     "survival_metrics",
     "targets",
     "td_auc",
+    "td_auc_with_reasons",
     "truth_scale",
     "uno_c",
     "untied_times",

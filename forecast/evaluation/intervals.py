@@ -11,7 +11,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from forecast.evaluation.calibration import _ici
-from forecast.evaluation.metrics import impute_times, td_auc
+from forecast.evaluation.metrics import impute_times, td_auc, untied_times
 
 #: Patient-level bootstrap replicates of the headline figures (``forecast evaluate --ci-reps``).
 DEFAULT_CI_REPS = 100
@@ -59,7 +59,8 @@ def headline_bootstrap(lower: np.ndarray, upper: np.ndarray, risk: np.ndarray, p
     horizons = [int(h) for h in horizons]
     if reps <= 0 or 28 not in horizons or len(lower) == 0:
         return None
-    time, event = impute_times(lower, upper)  # the ICI's smoother, as in survival_metrics
+    time, event = impute_times(lower, upper)
+    cox_time = untied_times(lower, upper)[0]  # the published ICI's Cox fit, as in the metrics
     risk = np.asarray(risk, dtype=float)
     cols = {h: horizons.index(h) for h in (28, 56) if h in horizons}
     draw = _patient_resampler(patients, seed)
@@ -81,7 +82,7 @@ def headline_bootstrap(lower: np.ndarray, upper: np.ndarray, risk: np.ndarray, p
                     float(td_auc(t, e, np.asarray(oracle)[idx][:, [j28]], [28])[0]) - auc)
             for h in (28, 56):
                 if with_ici and h in cols:
-                    reps_out[f"ici{h}"].append(_ici(t, e, risk[idx, cols[h]], h))
+                    reps_out[f"ici{h}"].append(_ici(cox_time[idx], e, risk[idx, cols[h]], h))
     a = (1.0 - level) / 2.0
     out: dict[str, Any] = {"reps": int(reps), "level": level, "seed": seed, "unit": "patient",
                            "note": "percentile intervals over patient-level resamples of the "

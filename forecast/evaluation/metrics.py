@@ -111,19 +111,56 @@ def _valid_horizons(time: np.ndarray, event: np.ndarray, horizons: Sequence[floa
 
 def td_auc(time: np.ndarray, event: np.ndarray, risk: np.ndarray,
            horizons: Sequence[float]) -> np.ndarray:
-    """Cumulative/dynamic AUC per horizon (NaN where it cannot be computed)."""
+    """Cumulative/dynamic AUC per horizon (NaN where it cannot be computed;
+    :func:`td_auc_with_reasons` says why)."""
+    return td_auc_with_reasons(time, event, risk, horizons)[0]
+
+
+def td_auc_with_reasons(time: np.ndarray, event: np.ndarray, risk: np.ndarray,
+                        horizons: Sequence[float]) -> tuple[np.ndarray, list[str | None]]:
+    """Cumulative/dynamic AUC per horizon (scikit-survival) and, where it is NaN, why.
+
+    The reason is None where the AUC was computed. scikit-survival needs cases
+    (an event at or before h), controls (a row followed beyond h) and a
+    censoring distribution that is not zero at the cases' times; its own
+    message is passed on when it refuses a horizon.
+    """
     from sksurv.metrics import cumulative_dynamic_auc  # local: heavy, loaded on first use
 
-    out = np.full(len(horizons), np.nan)
-    ok = _valid_horizons(time, event, horizons)
+    hs = np.asarray(horizons, float)
+    out = np.full(len(hs), np.nan)
+    reasons: list[str | None] = [None] * len(hs)
+    risk = np.asarray(risk, float)
+    t_max = float(time.max()) if len(time) else 0.0
+    t_ev = float(time[event].min()) if event.any() else np.inf
+    for j, h in enumerate(hs):
+        if len(time) < 2:
+            reasons[j] = "fewer than 2 rows"
+        elif not event.any():
+            reasons[j] = "no event in the data (every row is censored)"
+        elif h < t_ev:
+            reasons[j] = (f"no event at or before {h:g} days (first event at {t_ev:g}): "
+                          "no cases")
+        elif h >= t_max:
+            reasons[j] = (f"no row followed beyond {h:g} days (longest follow-up "
+                          f"{t_max:g}): no controls")
+        elif not np.all(np.isfinite(risk[:, j])):
+            reasons[j] = "some predicted risks are not finite"
+    ok = np.array([r is None for r in reasons])
     if ok.any():
         y = _surv(time, event)
-        h = np.asarray(horizons, float)[ok]
         try:
-            out[ok] = cumulative_dynamic_auc(y, y, np.asarray(risk, float)[:, ok], h)[0]
-        except ValueError:
-            pass
-    return out
+            out[ok] = cumulative_dynamic_auc(y, y, risk[:, ok], hs[ok])[0]
+        except ValueError:  # find the horizons it refuses, one at a time
+            for j in np.flatnonzero(ok):
+                try:
+                    out[j] = cumulative_dynamic_auc(y, y, risk[:, [j]], hs[[j]])[0][0]
+                except ValueError as exc:
+                    reasons[j] = f"scikit-survival refused it: {exc}"
+    for j in np.flatnonzero(ok):
+        if reasons[j] is None and not np.isfinite(out[j]):
+            reasons[j] = "scikit-survival returned a non-finite value"
+    return out, reasons
 
 
 def brier(time: np.ndarray, event: np.ndarray, risk: np.ndarray,
@@ -161,7 +198,7 @@ def survival_metrics(lower: np.ndarray, upper: np.ndarray, risk: np.ndarray,
     rank_col = horizons.index(RANK_HORIZON) if RANK_HORIZON in horizons else len(horizons) - 1
     with threadpool_limits(limits=1, user_api="blas"):
         observed = turnbull_risk(lower, upper, horizons) if calibrate and len(lower) else None
-        auc = td_auc(time, event, risk, horizons)
+        auc, auc_why = td_auc_with_reasons(time, event, risk, horizons)
         bs, ibs = brier(time, event, risk, horizons)
         res: dict[str, Any] = {
             "n": int(len(time)),
@@ -180,6 +217,7 @@ def survival_metrics(lower: np.ndarray, upper: np.ndarray, risk: np.ndarray,
                 auc_known = float(roc_auc_score(st[known], risk[known, j]))
             entry: dict[str, Any] = {
                 "auc": _num(auc[j]),
+                **({"auc_note": auc_why[j]} if auc_why[j] is not None else {}),
                 "brier": _num(bs[j]),
                 "share_known": float(known.mean()) if len(known) else None,
                 "auc_known": auc_known,

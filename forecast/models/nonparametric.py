@@ -1,8 +1,8 @@
 """Nonparametric survival estimates without covariates.
 
-:class:`KaplanMeier` is the ``km`` kind (lifelines' Turnbull estimator for
-interval censoring). :func:`turnbull_survival` is a vectorised Turnbull NPMLE
-used for the population curve of the model card and for
+:class:`KaplanMeier` is the ``km`` kind (the Turnbull NPMLE below, which is
+Kaplan-Meier on right-censored or exact times). :func:`turnbull_survival` is a
+vectorised Turnbull NPMLE used for the population curve of the model card and for
 calibration-in-the-large; :func:`km_curve` / :func:`km_risk` are the
 Kaplan-Meier product-limit estimate on right-censored times.
 """
@@ -17,28 +17,34 @@ import pandas as pd
 from joblib import Parallel, delayed
 
 from forecast.bundle import Bundle
-from forecast.models.base import ModelFitError, SurvivalEstimator, _run_lifelines
+from forecast.models.base import ModelFitError, SurvivalEstimator
 
 
 class KaplanMeier(SurvivalEstimator):
-    """Population baseline without covariates (``--kind km``): Turnbull NPMLE."""
+    """Population baseline without covariates (``--kind km``): Turnbull NPMLE.
+
+    Fitted by :func:`turnbull_survival` on the rows' ``(lower, upper]``
+    intervals (``lower == upper``: an event at that time), so on
+    right-censored or exact data it is the Kaplan-Meier estimate. (lifelines'
+    ``fit_interval_censoring`` reads intervals as closed ``[lower, upper]``,
+    which moves a censoring at a week onto the events of that week: on Rossi
+    given week by week it read a 17-week risk of 0.0646 where Kaplan-Meier
+    gives 0.0694.)
+    """
 
     kind = "km"
 
     def _fit_km(self, lo: np.ndarray, up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from lifelines import KaplanMeierFitter  # local: heavy, loaded on first use
-
-        fitter, _ = _run_lifelines(
-            lambda: KaplanMeierFitter().fit_interval_censoring(lo, up), "Turnbull estimator"
-        )
-        sf = fitter.survival_function_
-        times, surv = sf.index.to_numpy(dtype=float), sf.iloc[:, 0].to_numpy(dtype=float)
+        lo = np.asarray(lo, dtype=float)
+        up = np.asarray(up, dtype=float)
+        times = np.unique(np.r_[0.0, lo, up[np.isfinite(up)]])
+        surv = turnbull_survival(lo, up, times)
         if not (np.all(np.isfinite(surv)) and np.all(np.diff(surv) <= 1e-12)):
             raise ModelFitError("Turnbull estimator gave a non-monotone or non-finite curve")
-        return fitter, times, surv
+        return times, surv
 
     def _fit(self, X: pd.DataFrame, lo: np.ndarray, up: np.ndarray) -> None:
-        self.fitter_, self.km_times_, self.km_surv_ = self._fit_km(lo, up)
+        self.km_times_, self.km_surv_ = self._fit_km(lo, up)
         self.encoder_ = None
         finite_max = np.max(np.where(np.isfinite(up), up, lo))
         self._grid = np.arange(0.0, np.ceil(finite_max) + 2.0)
@@ -48,9 +54,8 @@ class KaplanMeier(SurvivalEstimator):
     ) -> dict[str, np.ndarray]:
         def one(w: np.ndarray) -> np.ndarray:
             idx = np.repeat(np.arange(len(lo)), w.astype(int))
-            _, t, s = self._fit_km(lo[idx], up[idx])
-            idx_t = np.searchsorted(t, self._grid, side="right") - 1
-            return np.where(idx_t >= 0, s[np.clip(idx_t, 0, None)], 1.0)
+            t, s = self._fit_km(lo[idx], up[idx])
+            return _step(t, s, self._grid)
 
         curves = Parallel(n_jobs=self.n_jobs, prefer="threads")(delayed(one)(w) for w in weights)
         return {"boot_grid": self._grid.copy(), "boot_surv": np.vstack(curves)}
@@ -59,10 +64,7 @@ class KaplanMeier(SurvivalEstimator):
         self, X: pd.DataFrame, times: np.ndarray, since: np.ndarray | None
     ) -> np.ndarray:
         def at(t: np.ndarray) -> np.ndarray:
-            # lifelines' predict: value at the last knot <= t (pandas asof).
-            # Before the first knot lifelines gives NaN; survival there is 1.
-            s = self.fitter_.survival_function_.iloc[:, 0].asof(t).to_numpy(dtype=float)
-            return np.where(np.isnan(s), 1.0, s)
+            return _step(self.km_times_, self.km_surv_, np.asarray(t, dtype=float))
 
         s = np.broadcast_to(at(times), (len(X), times.size)).copy()
         if since is not None:
@@ -77,6 +79,12 @@ class KaplanMeier(SurvivalEstimator):
                   **{k: v.copy() for k, v in self.bootstrap_.items()}}
         return Bundle(self.kind, "km", self.time_origin, self._horizons(), None, arrays,
                       self._meta())
+
+
+def _step(knots: np.ndarray, values: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Right-continuous step function: value at the last knot <= t (1 before the first)."""
+    idx = np.searchsorted(knots, t, side="right") - 1
+    return np.where(idx >= 0, values[np.clip(idx, 0, None)], 1.0)
 
 
 def km_curve(time: np.ndarray, event: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -109,51 +117,89 @@ def seeded_subsample(n: int, cap: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
 
 
-def turnbull_survival(lower: Any, upper: Any, times: Sequence[float], *, tol: float = 1e-6,
-                      max_iter: int = 10_000) -> np.ndarray:
-    """Turnbull's self-consistent (EM) NPMLE of S(t) for interval-censored data.
+#: Default stopping rule of :func:`turnbull_survival`: a SQUAREM cycle that moves the
+#: cumulative distribution by less than this everywhere. Measured against runs to full
+#: convergence (tests/test_evaluation_literature.py), the survival values are then
+#: within about 1e-5 of the limit on hard cases (300 rows of overlapping visit
+#: intervals) and 1e-10 on large ones; documented bound: 1e-4. (1e-8 left 1e-4.)
+TURNBULL_TOL = 1e-10
+
+
+def turnbull_survival(lower: Any, upper: Any, times: Sequence[float], *,
+                      tol: float = TURNBULL_TOL, max_iter: int = 50_000) -> np.ndarray:
+    """Turnbull's self-consistent NPMLE of S(t) for interval-censored data.
 
     Vectorised for evaluation at scale (lifelines' implementation takes
     seconds per call). The support is the set of elementary intervals between
     consecutive distinct bounds; each row's event lies in ``(lower, upper]``
-    (``upper = inf`` right-censored). Mass is read at the right end of its
-    elementary interval. Rows with the same interval are pooled with their
-    count (the EM terms are the same), so a day-grid cohort iterates over a
-    few hundred intervals, not tens of thousands of rows. Iterates until no
-    mass moves by more than ``tol`` (survival values then stable to about
-    1e-4). Tested against Kaplan-Meier on day intervals and against a
-    row-by-row self-consistency iteration on overlapping intervals.
+    (``upper = inf`` right-censored); a row with ``lower == upper`` is an
+    event observed exactly at that time (it counts in the elementary interval
+    that ends there). Mass is read at the right end of its elementary
+    interval. Rows with the same interval are pooled with their count (the EM
+    terms are the same), so a day-grid cohort iterates over a few hundred
+    intervals, not tens of thousands of rows.
+
+    The EM (self-consistency) map converges linearly and slowly where the
+    likelihood is flat: a small step is no sign of convergence (a per-step
+    rule of 1e-6 left curves 1e-3 to 3.5e-3 from the limit). The iteration is
+    accelerated by SQUAREM (Varadhan & Roland 2008, scheme S3, with an EM
+    step after each extrapolation) and stops when a cycle moves the
+    cumulative distribution by less than ``tol`` everywhere; with the default
+    the survival values are within 1e-4 of the converged NPMLE (tested
+    against plain EM run to convergence and against the NPMLE's optimality
+    conditions). Tested against Kaplan-Meier on day intervals and on exact
+    times, and against a row-by-row self-consistency iteration on
+    overlapping intervals.
     """
     lo = np.asarray(lower, dtype=float)
     up = np.asarray(upper, dtype=float)
+    if np.any(up < lo):
+        raise ValueError("turnbull_survival: some upper bounds are below their lower bound")
     pts = np.unique(np.r_[0.0, lo, up[np.isfinite(up)]])
     # Rows with the same interval share every EM term: iterate over the distinct
     # intervals with their counts (a day-grid cohort of 25,000 rows has about 200)
     pairs, count = np.unique(np.c_[lo, up], axis=0, return_counts=True)
     lo, up, count = pairs[:, 0], pairs[:, 1], count.astype(float)
-    k = len(pts)  # elementary intervals 1..k-1 = (pts[j-1], pts[j]], and k = (pts[-1], inf)
-    a = np.searchsorted(pts, lo)  # row covers intervals a+1 .. b
-    b = np.where(np.isfinite(up), np.searchsorted(pts, np.where(np.isfinite(up), up, 0.0)), k)
-    p = np.full(k + 1, 1.0 / k)
-    p[0] = 0.0
+    # Elementary intervals: j = 0 is (-inf, pts[0]], j = 1..k-1 is (pts[j-1], pts[j]],
+    # j = k is (pts[-1], inf). A row covers j = a+1 .. b.
+    k = len(pts)
+    fin = np.isfinite(up)
+    b = np.where(fin, np.searchsorted(pts, np.where(fin, up, 0.0)), k)
+    a = np.where(fin & (up <= lo), b - 1, np.searchsorted(pts, lo))  # exact: interval b only
+    cover = (np.bincount(a + 1, minlength=k + 2) - np.bincount(b + 1, minlength=k + 2))
+    p = (np.cumsum(cover)[: k + 1] > 0).astype(float)  # start uniform on covered intervals
+    p /= p.sum()
     n = count.sum()
-    for _ in range(max_iter):
-        c = np.cumsum(p)
-        d = c[b] - c[a]
+
+    def em(q: np.ndarray) -> np.ndarray:
+        c = np.r_[0.0, np.cumsum(q)]
+        d = c[b + 1] - c[a + 1]
         inv = np.where(d > 0, count / np.where(d > 0, d, 1.0), 0.0)
         acc = (np.bincount(a + 1, weights=inv, minlength=k + 2)
                - np.bincount(b + 1, weights=inv, minlength=k + 2))
-        new = p * np.cumsum(acc)[: k + 1] / n
-        new /= new.sum()
-        done = np.max(np.abs(new - p)) < tol
+        new = q * np.cumsum(acc)[: k + 1] / n
+        return new / new.sum()
+
+    it = 0
+    while it < max_iter:
+        p1 = em(p)
+        p2 = em(p1)
+        r, v = p1 - p, p2 - 2.0 * p1 + p
+        nv = float(np.sqrt(v @ v))
+        alpha = min(-float(np.sqrt(r @ r)) / nv, -1.0) if nv > 0 else -1.0
+        x = np.maximum(p - 2.0 * alpha * r + alpha * alpha * v, 0.0)
+        x = x / x.sum() if x.sum() > 0 else p2
+        new = em(x)
+        it += 3
+        done = float(np.max(np.abs(np.cumsum(new) - np.cumsum(p)))) < tol
         p = new
         if done:
             break
-    right = np.r_[0.0, pts[1:], np.inf]  # right end of interval j (j = 0 holds no mass)
+    right = np.r_[pts, np.inf]  # right end of interval j
     cdf = np.cumsum(p)
     t = np.asarray(times, dtype=float)
     idx = np.searchsorted(right, t, side="right") - 1
-    return 1.0 - cdf[np.clip(idx, 0, None)]
+    return np.where(idx >= 0, 1.0 - cdf[np.clip(idx, 0, None)], 1.0)
 
 
 def turnbull_risk(lower: np.ndarray, upper: np.ndarray, horizons: Sequence[float]) -> np.ndarray:
