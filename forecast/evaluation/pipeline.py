@@ -15,7 +15,38 @@ from forecast.evaluation.intervals import DEFAULT_CI_REPS, headline_bootstrap
 from forecast.evaluation.metrics import fairness, subgroups, survival_metrics
 from forecast.evaluation.oracle import oracle_conditional_risks, oracle_risks
 from forecast.features import landmark_dataset
+from forecast.models.nonparametric import turnbull_risk
 from forecast.training import STATIC_KINDS, forecast_point_dataset, spec_of, training_landmarks
+
+#: subgroups smaller than this get no survival curve of their own (too noisy to read)
+MIN_CURVE_ROWS = 20
+
+
+def survival_curves(lower: np.ndarray, upper: np.ndarray, risk: np.ndarray,
+                    groups: dict[str, np.ndarray] | None, horizons: Sequence[int]
+                    ) -> dict[str, Any]:
+    """Observed (Turnbull) against mean predicted survival at 0 and each horizon.
+
+    ``overall`` and, per subgroup attribute and level with at least
+    :data:`MIN_CURVE_ROWS` rows, the same curves (aggregates only).
+    """
+    days = [0, *[int(h) for h in horizons]]
+
+    def curve(idx: np.ndarray) -> dict[str, Any]:
+        obs = 1.0 - turnbull_risk(lower[idx], upper[idx], horizons)
+        pred = 1.0 - np.nanmean(risk[idx], axis=0)
+        return {"n": int(idx.sum()), "observed": [1.0, *np.round(obs, 5).tolist()],
+                "predicted": [1.0, *np.round(pred, 5).tolist()]}
+
+    out: dict[str, Any] = {"days": days, "overall": curve(np.ones(len(lower), dtype=bool))}
+    by: dict[str, Any] = {}
+    for attr, labels in (groups or {}).items():
+        for level in sorted(set(labels.tolist())):
+            idx = labels == level
+            if idx.sum() >= MIN_CURVE_ROWS:
+                by.setdefault(attr, {})[str(level)] = curve(idx)
+    out["subgroups"] = by
+    return out
 
 
 def _model_block(lower: np.ndarray, upper: np.ndarray, risk: np.ndarray,
@@ -25,8 +56,10 @@ def _model_block(lower: np.ndarray, upper: np.ndarray, risk: np.ndarray,
         return {"overall": None, "note": "no predictions (every fold failed, see errors)"}
     block = {"overall": survival_metrics(lower[ok], upper[ok], risk[ok], horizons)}
     if groups is not None:
-        block["fairness"] = fairness(lower[ok], upper[ok], risk[ok],
-                                     {k: v[ok] for k, v in groups.items()}, horizons)
+        sub = {k: v[ok] for k, v in groups.items()}
+        block["fairness"] = fairness(lower[ok], upper[ok], risk[ok], sub, horizons)
+        block["survival_curves"] = survival_curves(lower[ok], upper[ok], risk[ok], sub,
+                                                   horizons)
     return block
 
 
@@ -168,6 +201,7 @@ def _forecast_point_block(fp: pd.DataFrame, preds: dict[str, np.ndarray],
     for name, p in preds.items():
         block["models"][name] = _model_block(lo, up, p[ok_rows],
                                              groups if name == "model" else None, horizons)
+        _add_floor(block["models"][name], lo, up, p[ok_rows], horizons, reference_reps, seed)
     if truth is not None:
         orc = oracle_conditional_risks(rows, truth, horizons)
         matched = np.all(np.isfinite(orc), axis=1)
@@ -175,6 +209,8 @@ def _forecast_point_block(fp: pd.DataFrame, preds: dict[str, np.ndarray],
         if matched.any():
             block["models"]["oracle"] = _model_block(lo[matched], up[matched], orc[matched],
                                                      None, horizons)
+            _add_floor(block["models"]["oracle"], lo[matched], up[matched], orc[matched],
+                       horizons, reference_reps, seed)
             block["on_oracle_episodes"] = {
                 name: _model_block(lo[matched], up[matched], p[ok_rows][matched], None,
                                    horizons)
@@ -190,12 +226,37 @@ def _forecast_point_block(fp: pd.DataFrame, preds: dict[str, np.ndarray],
             None if truth is None or not sel.any() else orc[sel], reps=ci_reps, seed=seed)
         if boot is not None:
             block["bootstrap"] = boot
-        if reference_reps > 0 and sel.any():
+        own = ((block["models"]["model"].get("overall") or {}).get("calibrated_reference")
+               if sel.all() else None)
+        if own is not None:  # the headline rows are the model block's rows
+            block["calibrated_reference"] = own
+        elif reference_reps > 0 and sel.any():
             ref = calibrated_reference_ici(lo[sel], up[sel], p[sel], horizons,
                                            reps=reference_reps, seed=seed)
             if ref is not None:
                 block["calibrated_reference"] = ref
     return block
+
+
+def _add_floor(model_block: dict[str, Any], lo: np.ndarray, up: np.ndarray, risk: np.ndarray,
+               horizons: Sequence[int], reps: int, seed: int) -> None:
+    """The ICI noise floor (:func:`calibrated_reference_ici`) of a model block's rows, beside
+    its ICI: ``overall.calibrated_reference`` and, per horizon, ``ici_floor`` = [mean,
+    95th percentile] of the published ICI a calibrated model reads on those rows."""
+    overall = model_block.get("overall")
+    ok = np.all(np.isfinite(risk), axis=1)
+    if reps <= 0 or not overall or not ok.any():
+        return
+    ref = calibrated_reference_ici(lo[ok], up[ok], risk[ok], horizons, reps=reps, seed=seed)
+    if ref is None:
+        return
+    overall["calibrated_reference"] = ref
+    for h, r in ref["by_horizon"].items():
+        entry = overall["by_horizon"].get(h)
+        if entry is not None:
+            for key in ("ici", "ici_pseudo", "ici_austin"):
+                if f"{key}_mean" in r:
+                    entry[f"{key}_floor"] = [r[f"{key}_mean"], r[f"{key}_p95"]]
 
 
 def evaluate_bundle(cohort: Any, bundle: Any, *, definition: Any = None,
@@ -266,6 +327,9 @@ def targets(cv: dict[str, Any]) -> dict[str, Any]:
         if "ici_mean" in r:
             # what a perfectly calibrated model reads on these rows (mean, 95th percentile)
             out[f"ici{h}_calibrated_reference"] = [r["ici_mean"], r["ici_p95"]]
+        if "ici_pseudo_mean" in r:
+            out[f"ici{h}_pseudo_calibrated_reference"] = [r["ici_pseudo_mean"],
+                                                          r["ici_pseudo_p95"]]
         if "ici_austin_mean" in r:
             out[f"ici{h}_austin_calibrated_reference"] = [r["ici_austin_mean"],
                                                           r["ici_austin_p95"]]
@@ -288,6 +352,8 @@ def _targets_of(all_models: dict[str, Any], on_oracle: dict[str, Any] | None) ->
         "auc28_oracle": get("oracle", 28, "auc"),
         "ici28_model": get("model", 28, "ici"),
         "ici56_model": get("model", 56, "ici"),
+        "ici28_model_pseudo": get("model", 28, "ici_pseudo"),
+        "ici56_model_pseudo": get("model", 56, "ici_pseudo"),
         "ici28_model_austin": get("model", 28, "ici_austin"),
         "ici56_model_austin": get("model", 56, "ici_austin"),
         "slope28_model": get("model", 28, "slope"),

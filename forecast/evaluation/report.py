@@ -12,14 +12,20 @@ import numpy as np
 _COLORS = {"model": "#1f77b4", "cox": "#ff7f0e", "km": "#7f7f7f", "oracle": "#2ca02c"}
 
 
-def _png(fig: Any) -> str:
+def _png(fig: Any, alt: str) -> str:
+    """The figure as an inline PNG with ``alt``: what the image shows, in words."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
-    return ('<img alt="plot" src="data:image/png;base64,'
+    return (f'<img alt="{html.escape(alt, quote=True)}" src="data:image/png;base64,'
             + base64.b64encode(buf.getvalue()).decode() + '">')
+
+
+def _words(values: list[Any], digits: int = 2) -> str:
+    return ", ".join("-" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+                     for v in values)
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -43,15 +49,30 @@ def metrics_table(models: dict[str, Any], horizons: list[int]) -> str:
     header = ["model", "n", "events", "Harrell C", "Uno C", "IBS"]
     for h in horizons:
         header += [f"AUC {h}d", f"Brier {h}d", f"ICI {h}d", f"CITL {h}d"]
-    rows = []
+    rows, notes = [], []
     for name, block in models.items():
         o = block["overall"]
         row = [name, o["n"], o["events"], o["harrell_c"], o.get("uno_c"), o.get("ibs")]
         for h in horizons:
             hh = o["by_horizon"].get(str(h), {})
-            row += [hh.get("auc"), hh.get("brier"), hh.get("ici"), hh.get("citl")]
+            row += [hh.get("auc"), hh.get("brier"), _ici_cell(hh), hh.get("citl")]
+            if hh.get("auc_note"):
+                notes.append(f"{name}, AUC {h}d: {hh['auc_note']}")
         rows.append(row)
-    return _table(header, rows)
+    floor = any("ici_floor" in hh for b in models.values()
+                for hh in ((b.get("overall") or {}).get("by_horizon") or {}).values())
+    text = ("<p class='note'>ICI: the published index (Austin, Harrell &amp; van Klaveren "
+            "2020)" + ("; in brackets its noise floor, the mean ICI a perfectly calibrated "
+                       "model reads on the same rows" if floor else "") + ".</p>")
+    why = ("<p class='note'>AUC not computed: " + "; ".join(html.escape(n) for n in notes)
+           + ".</p>") if notes else ""
+    return _table(header, rows) + text + why
+
+
+def _ici_cell(hh: dict[str, Any]) -> str:
+    """The published ICI and, when computed, its noise floor (mean) in brackets."""
+    fl = hh.get("ici_floor")
+    return _fmt(hh.get("ici")) + (f" ({_fmt(fl[0])})" if fl else "")
 
 
 def _mean_p95(r: dict[str, Any], key: str) -> str:
@@ -92,6 +113,7 @@ def calibrated_reference_table(fp: dict[str, Any]) -> str:
     for h, r in ref["by_horizon"].items():
         m = (model.get("by_horizon") or {}).get(h) or {}
         rows.append([f"{h} d", _fmt(m.get("ici")), _mean_p95(r, "ici"),
+                     _fmt(m.get("ici_pseudo")), _mean_p95(r, "ici_pseudo"),
                      _fmt(m.get("ici_austin")), _mean_p95(r, "ici_austin")])
     return ("<p class='note'>What the ICI of a perfectly calibrated model would be on these "
             f"rows: {ref['reps']} draws of outcomes from the model's own risk curves, with "
@@ -100,8 +122,10 @@ def calibrated_reference_table(fp: dict[str, Any]) -> str:
             "reference range shows no miscalibration the data can detect. The draws use "
             "exact waning times, not the assessment intervals of the real outcomes, so the "
             "reference is approximate.</p>"
-            + _table(["horizon", "model ICI", "calibrated reference ICI",
-                      "model ICI (Austin's smoother)", "calibrated reference (Austin's)"], rows))
+            + _table(["horizon", "model ICI (published)", "calibrated reference ICI",
+                      "model ICI (pseudo-observation variant)", "calibrated reference (pseudo)",
+                      "model ICI (Austin's smoother censored at h, variant)",
+                      "calibrated reference (Austin's)"], rows))
 
 
 def known_share_note(models: dict[str, Any], horizons: list[int]) -> str:
@@ -152,7 +176,14 @@ def calibration_plot(models: dict[str, Any], horizons: list[int]) -> str:
         ax.set_xlabel("predicted risk")
         ax.set_ylabel("observed risk (KM)")
     axes[0][0].legend(fontsize=7)
-    return _png(fig)
+    names = ", ".join(models)
+    icis = [((models.get("model") or {}).get("overall") or {}).get("by_horizon", {})
+            .get(str(h), {}).get("ici") for h in horizons]
+    alt = (f"Calibration at {', '.join(str(h) for h in horizons)} days: observed risk "
+           f"(Kaplan-Meier, by decile of predicted risk) against predicted risk for {names}; "
+           "points on the dashed diagonal are perfectly calibrated. ICI of the main model: "
+           f"{_words(icis, 3)}.")
+    return _png(fig, alt)
 
 
 def horizon_plot(models: dict[str, Any], horizons: list[int], key: str, label: str) -> str:
@@ -170,7 +201,47 @@ def horizon_plot(models: dict[str, Any], horizons: list[int], key: str, label: s
     ax.set_xlabel("horizon (days)")
     ax.set_ylabel(label)
     ax.legend(fontsize=7)
-    return _png(fig)
+    lines = "; ".join(
+        f"{name}: " + _words([block["overall"]["by_horizon"].get(str(h), {}).get(key)
+                              for h in horizons])
+        for name, block in models.items())
+    alt = f"{label} by horizon ({', '.join(str(h) for h in horizons)} days). {lines}."
+    return _png(fig, alt)
+
+
+def survival_plot(curves: dict[str, Any], title: str) -> str:
+    """Observed (Turnbull) and mean predicted survival, overall and per subgroup."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("all episodes", curves["overall"])]
+    for attr, levels in (curves.get("subgroups") or {}).items():
+        panels += [(f"{attr}: {level}", c) for level, c in levels.items()]
+    days = curves["days"]
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (name, c) in zip(axes.flat, panels, strict=False):
+        ax.step(days, c["observed"], where="post", color="#000000",
+                label="observed (Turnbull)")
+        ax.plot(days, c["predicted"], "o--", color=_COLORS["model"], ms=3,
+                label="mean predicted")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{name} (n={c['n']})", fontsize=9)
+        ax.set_xlabel("days after the forecast")
+        ax.set_ylabel("benefit not yet waned")
+    axes[0][0].legend(fontsize=7)
+    o, pr = curves["overall"]["observed"], curves["overall"]["predicted"]
+    alt = (f"{title}: share of episodes whose benefit has not yet waned at "
+           f"{', '.join(str(d) for d in days[1:])} days, observed (Turnbull) "
+           f"{_words(o[1:])} against mean predicted {_words(pr[1:])}, for all episodes"
+           + (f" and {len(panels) - 1} subgroups (sex, age band, diagnosis)"
+              if len(panels) > 1 else "") + ".")
+    return _png(fig, alt)
 
 
 def fairness_table(fair: dict[str, Any], horizon: int = 28) -> str:
@@ -189,15 +260,19 @@ def render(metrics: dict[str, Any], *, policy_html: str | None = None) -> str:
     """The whole report as one HTML page."""
     horizons = [int(h) for h in metrics.get("horizons", [])]
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         "<title>kap-forecast evaluation</title><style>",
         "body{font-family:sans-serif;margin:2em;max-width:1400px}"
         "table{border-collapse:collapse;font-size:12px;margin:1em 0}"
         "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
         "th{background:#f3f3f3}td:first-child,td:nth-child(2){text-align:left}"
-        ".note{color:#555;font-size:13px}",
+        ".note{color:#4a4a4a;font-size:13px}a{color:#0645ad}",
         "</style></head><body>",
+        "<main>",
         "<h1>kap-forecast: model evaluation</h1>",
+        "<nav aria-label='Files of this report'><p>Files: <a href='model_card.md'>model card "
+        "(model_card.md)</a> &middot; <a href='metrics.json'>all metrics (metrics.json)</a>"
+        "</p></nav>",
         f"<p>Model version <code>{_fmt(metrics.get('model_version'))}</code>, kind "
         f"<code>{_fmt(metrics.get('model_kind'))}</code>; data <code>"
         f"{_fmt(metrics.get('data_fingerprint'))}</code>.</p>",
@@ -237,6 +312,15 @@ def render(metrics: dict[str, Any], *, policy_html: str | None = None) -> str:
         if fair:
             parts += ["<h3>Fairness at the first forecast point (main model, 28 days)</h3>",
                       fairness_table(fair)]
+        curves = fp["models"].get("model", {}).get("survival_curves")
+        if curves:
+            parts += ["<h3>Observed against predicted survival (first forecast point)</h3>",
+                      "<p class='note'>Observed: Turnbull estimate of the share of episodes "
+                      "whose benefit has not yet waned (interval-censored); predicted: the "
+                      "mean of the model's survival at each horizon. Subgroups with fewer "
+                      "than 20 episodes are not drawn.</p>",
+                      survival_plot(curves, "Cross-validated survival at the first forecast "
+                                            "point")]
     if cv:
         parts += [
             f"<h2>Secondary: cross-validation at episode start ({cv['folds']} patient-grouped "
@@ -280,6 +364,10 @@ def render(metrics: dict[str, Any], *, policy_html: str | None = None) -> str:
         if hfp.get("models"):
             parts += ["<h3>Holdout, first forecast point</h3>",
                       metrics_table(hfp["models"], horizons), calibrated_reference_table(hfp)]
+            hcurves = hfp["models"].get("model", {}).get("survival_curves")
+            if hcurves:
+                parts += ["<h3>Holdout: observed against predicted survival</h3>",
+                          survival_plot(hcurves, "Holdout survival at the first forecast point")]
         parts += ["<h3>Holdout, episode start</h3>", metrics_table(ho["models"], horizons),
                   calibration_plot(ho["models"], horizons)]
         if ho.get("landmark_conditional"):
@@ -289,10 +377,12 @@ def render(metrics: dict[str, Any], *, policy_html: str | None = None) -> str:
         parts += ["<h2>Policy replay</h2>", policy_html]
     parts += ["<h2>Method</h2>", f"<p class='note'>{_fmt(metrics.get('conversion'))}</p>",
               "<p class='note'>Harrell's C ranks by the 28-day risk; Uno's C is truncated at the "
-              "longest horizon; AUC and Brier are IPCW (scikit-survival); ICI/E50/E90 follow "
-              "Austin, Harrell &amp; van Klaveren (2020), the observed risk smoothed from "
-              "Kaplan-Meier pseudo-observations at each horizon (Austin's Cox smoother, which "
-              "assumes proportional hazards within [0, h], is kept as ici_austin in "
-              "metrics.json); CITL = Turnbull observed risk minus mean predicted risk.</p>",
-              "</body></html>"]
+              "longest horizon; AUC and Brier are IPCW (scikit-survival); ICI/E50/E90 are "
+              "the published ones (Austin, Harrell &amp; van Klaveren 2020: a Cox model of the "
+              "whole follow-up on a 3-knot restricted cubic spline of log(-log(1 - risk))); "
+              "metrics.json keeps two variants, labelled: ici_pseudo (Kaplan-Meier "
+              "pseudo-observations at h on the spline) and ici_austin (the Cox smoother with "
+              "the follow-up censored at h, 4 knots); CITL = Turnbull observed risk minus "
+              "mean predicted risk.</p>",
+              "</main></body></html>"]
     return "\n".join(parts)
