@@ -322,6 +322,69 @@ def outcome_report(
     return report
 
 
+#: Researcher-facing reports show no count from 1 to this value minus one.
+MIN_CELL = 11
+SUPPRESSED = f"<{MIN_CELL}"
+# Integer members that are not counts of people or records (left as they are).
+_NOT_COUNTS = frozenset({"median_days"})
+
+
+def suppress_small_cells(report: Mapping[str, Any], min_cell: int = MIN_CELL) -> dict[str, Any]:
+    """A researcher-facing copy of ``report``: small cells suppressed, dates as months.
+
+    - every count from 1 to ``min_cell - 1`` (patients, sessions, answers,
+      flags, episodes, states, reasons) becomes the string ``"<11"``; zero stays;
+    - a rate whose count or denominator is suppressed loses its rate and
+      interval; medians of fewer than ``min_cell`` patients are withheld;
+    - a duration curve of fewer than ``min_cell`` episodes is withheld;
+    - the first and last record dates become months (``YYYY-MM``).
+
+    Primary suppression only: a suppressed cell may still be bounded from a
+    total and its shown siblings; the report never names a patient.
+    """
+    out = json.loads(json.dumps(report))  # a deep copy of JSON values
+    marker = f"<{min_cell}"
+
+    def small(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and 0 < v < min_cell
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "curve" in node and small(node.get("episodes")):
+                node["curve"] = None
+                node["note"] = f"fewer than {min_cell} episodes: no curve"
+            if {"count", "of", "rate"} <= set(node) and (
+                small(node["count"]) or small(node["of"]) or small(node["of"] - node["count"])
+            ):
+                node.update(rate=None, ci95=None)
+            for key, value in node.items():
+                if key in _NOT_COUNTS or key == "curve":
+                    continue
+                node[key] = marker if small(value) else walk(value)
+        elif isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    for section in ("cohort", "response", "durability", "sessions", "suicidal_ideation"):
+        if section in out:
+            out[section] = walk(out[section])
+    c = report.get("cohort", {})
+    for key in ("first_date", "last_date"):
+        if out.get("cohort", {}).get(key):
+            out["cohort"][key] = str(out["cohort"][key])[:7]
+    if small(c.get("evaluable_patients")):
+        out["response"]["baseline_phq9_median"] = None
+        out["response"]["best_phq9_median"] = None
+    if small(c.get("treated_patients")):
+        out["sessions"]["per_patient_median"] = None
+        out["sessions"]["per_patient_iqr"] = None
+    out["disclosure_control"] = (
+        f"Counts from 1 to {min_cell - 1} are shown as {marker!r}; rates, medians and curves "
+        f"of fewer than {min_cell} are withheld; dates are months."
+    )
+    return out
+
+
 def _median(s: pd.Series) -> float | None:
     s = pd.to_numeric(s, errors="coerce").dropna()
     return None if s.empty else round(float(s.median()), 2)
@@ -401,6 +464,10 @@ def _pct(x: float | None) -> str:
 
 
 def _rate_text(r: Mapping[str, Any]) -> str:
+    if isinstance(r["count"], str) or isinstance(r["of"], str) or (
+        r["rate"] is None and r["of"]
+    ):
+        return f"{r['count']} of {r['of']} (suppressed: small numbers)"
     if r["rate"] is None:
         return "n/a (no evaluable patient)"
     lo, hi = r["ci95"]
@@ -433,6 +500,11 @@ def render_html(report: Mapping[str, Any]) -> str:
         "<p class='note'>Decision support for the clinic. "
         + " ".join(html.escape(x) for x in report["caveats"][:2])
         + "</p>",
+        (
+            f"<p class='note'>{html.escape(report['disclosure_control'])}</p>"
+            if report.get("disclosure_control")
+            else ""
+        ),
         "<h2>Patients</h2>",
         _table(
             [

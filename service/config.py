@@ -12,6 +12,25 @@ Environment variables (all optional):
     Bounds of the suggested interval; default: the policy's own defaults.
 ``FORECAST_MAX_BODY_BYTES``
     Largest accepted request body (default 10 MiB); larger bodies get 413.
+``FORECAST_MAX_JSON_ITEMS``
+    Most members of any one JSON array or object in a body (default 20,000);
+    more get 413 before the body is parsed (``service.jsonbody.check_shape``).
+    Routes bound their own lists lower, before any item is looked at: 5,000
+    batch entries, 10,000 rows per call, 10,000 Bundle entries.
+``FORECAST_PLAIN_HTTP``
+    ``1`` for plain-HTTP development only (``make serve`` on loopback): the
+    session cookie is then sent without ``Secure``. Unset in production,
+    where a TLS proxy sits in front (docs/security.md).
+``FORECAST_PROXY_FIX``
+    Number of reverse proxies in front (e.g. ``1`` behind nginx or Caddy):
+    the client address, scheme and host are then taken from their
+    ``X-Forwarded-*`` headers (werkzeug's ``ProxyFix``). Default 0: trusted from nobody.
+``FORECAST_AUTH_FAILURES_PER_MINUTE``
+    Failed authentications accepted from one client address per minute and
+    worker before it gets 429 (default 20).
+``FORECAST_CDS_ALLOW_HS256``
+    ``1`` lets CDS clients use HS256 shared secrets: tests only (the CDS
+    Hooks specification says symmetric algorithms SHALL NOT be used).
 ``FORECAST_SECRET_KEY``
     Key signing the page session cookie; if unset one is generated once and
     kept in ``<instance>/secret_key`` (mode 0600) so every worker shares it.
@@ -45,6 +64,7 @@ from typing import Any
 from forecast.contract import TABLES
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_JSON_ITEMS = 20_000
 DEFAULT_THRESHOLD = 0.20
 
 
@@ -72,6 +92,31 @@ def _env_int(environ: Mapping[str, str], name: str, default: int | None) -> int 
         raise ConfigError(f"{name}={raw!r} is not a whole number") from exc
 
 
+def _env_flag(environ: Mapping[str, str], name: str) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise ConfigError(f"{name}={raw!r}: allowed: 1 or 0")
+
+
+def private_file(path: str | os.PathLike[str]) -> None:
+    """Create ``path`` empty with mode 0600 if missing; make an existing one 0600.
+
+    Used for the SQLite store (its -wal and -shm files take the file's mode)
+    and secrets, so that no other local user can read them whatever the umask.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+    except FileExistsError:
+        if target.stat().st_mode & 0o077:
+            target.chmod(0o600)
+
+
 def instance_secret(instance_path: str | os.PathLike[str]) -> str:
     """Return the secret key kept in the instance folder, creating it once.
 
@@ -80,7 +125,7 @@ def instance_secret(instance_path: str | os.PathLike[str]) -> str:
     and nobody reads a half-written file.
     """
     folder = Path(instance_path)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     target = folder / "secret_key"
     if not target.exists():
         tmp = folder / f".secret_key.{os.getpid()}.{secrets.token_hex(4)}"
@@ -142,6 +187,19 @@ def load_config(
             n.strip() for n in env.get("FORECAST_COVARIATES", "").split(",") if n.strip()
         ),
         "MAX_CONTENT_LENGTH": _env_int(env, "FORECAST_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+        # Most members of one JSON array or object, and deepest nesting, of a body.
+        "KAP_MAX_JSON_ITEMS": _env_int(env, "FORECAST_MAX_JSON_ITEMS", DEFAULT_MAX_JSON_ITEMS),
+        "KAP_MAX_JSON_DEPTH": 64,
+        # Most rows in one POST /patients/{id}/assessments or /sessions.
+        "KAP_MAX_ROWS": 10_000,
+        # Most entries of one FHIR Bundle posted to /fhir/r4.
+        "KAP_MAX_BUNDLE_ENTRIES": 10_000,
+        # Browser session: HttpOnly, SameSite=Strict, Secure unless plain-HTTP development.
+        "KAP_PLAIN_HTTP": _env_flag(env, "FORECAST_PLAIN_HTTP"),
+        "KAP_PROXY_FIX": _env_int(env, "FORECAST_PROXY_FIX", 0),
+        "KAP_AUTH_FAILURES_PER_MINUTE": _env_int(env, "FORECAST_AUTH_FAILURES_PER_MINUTE", 20),
+        # HS256 CDS clients (shared secrets): tests only.
+        "KAP_CDS_ALLOW_HS256": _env_flag(env, "FORECAST_CDS_ALLOW_HS256"),
         # Load the live model when the app starts (tests of other parts may skip it).
         "KAP_LOAD_MODEL": True,
         # Apply Alembic migrations when the app starts.
@@ -167,6 +225,16 @@ def load_config(
             raise ConfigError(f"{name}={value!r}: allowed: a whole number of days >= 1")
     if lo is not None and hi is not None and int(lo) > int(hi):
         raise ConfigError("FORECAST_MIN_INTERVAL_DAYS is larger than FORECAST_MAX_INTERVAL_DAYS")
+    items = cfg["KAP_MAX_JSON_ITEMS"]
+    if items is None or int(items) < 100:
+        raise ConfigError(f"FORECAST_MAX_JSON_ITEMS={items!r}: allowed: at least 100")
+    if int(cfg["KAP_PROXY_FIX"] or 0) < 0:
+        raise ConfigError("FORECAST_PROXY_FIX: allowed: the number of proxies in front (>= 0)")
+    if int(cfg["KAP_AUTH_FAILURES_PER_MINUTE"] or 0) < 1:
+        raise ConfigError("FORECAST_AUTH_FAILURES_PER_MINUTE: allowed: a whole number >= 1")
+    cfg["SESSION_COOKIE_HTTPONLY"] = True
+    cfg["SESSION_COOKIE_SAMESITE"] = "Strict"
+    cfg["SESSION_COOKIE_SECURE"] = not cfg["KAP_PLAIN_HTTP"]
     cfg["KAP_COVARIATES"] = tuple(dict.fromkeys(cfg.get("KAP_COVARIATES") or ()))
     contract = {c.name for t in TABLES.values() for c in t}
     for name in cfg["KAP_COVARIATES"]:

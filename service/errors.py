@@ -10,6 +10,8 @@ unexpected exceptions) goes through :class:`ApiProblem` and the handlers that
 
 ``errors`` is present only when there are field-level problems; ``field`` is a
 JSON pointer into the request body (or ``query/<name>`` / ``path/<name>``).
+At most :data:`MAX_ERRORS` entries are listed; ``errors_omitted`` then counts
+the rest, so a request with a million bad items gets a small answer.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from flask import Flask, Response, g, has_app_context, json
 from werkzeug.exceptions import HTTPException
 
 PROBLEM_MIMETYPE = "application/problem+json"
+#: At most this many field-level problems are listed in one answer.
+MAX_ERRORS = 100
 
 log = logging.getLogger("service.errors")
 
@@ -42,7 +46,8 @@ class ApiProblem(Exception):
         Human-readable explanation of this occurrence (never patient data
         beyond what the client itself sent).
     errors : iterable of dict, optional
-        Field-level problems, each ``{"field": "/json/pointer", "message": str}``.
+        Field-level problems, each ``{"field": "/json/pointer", "message": str}``;
+        the first :data:`MAX_ERRORS` are kept, ``errors_omitted`` counts the rest.
     headers : mapping, optional
         Extra response headers (e.g. ``WWW-Authenticate``, ``Retry-After``).
     problem_type : str, optional
@@ -66,7 +71,14 @@ class ApiProblem(Exception):
             phrase = "Error"
         self.title = title or phrase
         self.detail = detail
-        self.errors = [dict(e) for e in errors] if errors else []
+        listed: list[dict[str, Any]] = []
+        self.errors_omitted = 0
+        for entry in errors or ():
+            if len(listed) < MAX_ERRORS:
+                listed.append(dict(entry))
+            else:
+                self.errors_omitted += 1
+        self.errors = listed
         self.headers = dict(headers or {})
         self.type = problem_type
         super().__init__(f"{self.status} {self.title}: {detail or ''}".strip())
@@ -81,6 +93,8 @@ class ApiProblem(Exception):
             body["instance"] = f"urn:request:{request_id}"
         if self.errors:
             body["errors"] = self.errors
+        if self.errors_omitted:
+            body["errors_omitted"] = self.errors_omitted
         return body
 
     def response(self) -> Response:
