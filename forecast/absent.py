@@ -66,24 +66,30 @@ def absent_inputs(X: pd.DataFrame) -> list[list[str]]:
     return out
 
 
-def mask_optional_inputs(X: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
-    """A copy of ``X`` with each optional input blanked at random in ``share`` of the rows.
+def mask_optional_inputs(
+    X: pd.DataFrame, share: float, seed: int, joint_share: float = 0.0
+) -> pd.DataFrame:
+    """A copy of ``X`` with optional inputs blanked at random.
 
-    Each input of :data:`OPTIONAL_INPUTS` is masked independently, as the
+    ``joint_share`` of the rows lose every input of :data:`OPTIONAL_INPUTS`
+    at once (a totals-only export); in the others each input is hidden
+    independently with probability ``share``. Values are blanked as the
     feature builder writes an absent value (0 and indicator 1; None for a
-    category). A model fitted on the result learns each "absent" effect from
-    rows where the value was hidden at random, so it stands for the average
-    effect of that input over the training patients, not for the subgroup
-    that happens not to record it.
+    category). A model fitted on the result learns each "absent" effect, and
+    their sum for a totals-only history, from rows where the values were
+    hidden at random: the average effect over the training patients, not the
+    effect of the subgroup that happens not to record them.
     """
-    if not 0.0 <= share < 1.0:
-        raise ValueError(f"share must lie in [0, 1), got {share}")
+    for name, value in (("share", share), ("joint_share", joint_share)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must lie in [0, 1), got {value}")
     out = X.copy()
-    if share == 0.0 or not len(X):
+    if (share == 0.0 and joint_share == 0.0) or not len(X):
         return out
     rng = np.random.default_rng(seed)
+    joint = rng.random(len(X)) < joint_share
     for pairs, categorical in OPTIONAL_INPUTS.values():
-        hide = rng.random(len(X)) < share
+        hide = joint | (rng.random(len(X)) < share)
         for value, ind in pairs:
             if value in out and ind in out:
                 out.loc[hide, value] = 0.0

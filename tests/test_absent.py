@@ -53,6 +53,18 @@ def test_masking_hides_each_input_independently_at_the_share() -> None:
     pd.testing.assert_frame_equal(mask_optional_inputs(X, 0.0, seed=3), X)
 
 
+def test_joint_masking_makes_totals_only_rows() -> None:
+    X = _rows(20_000)
+    masked = mask_optional_inputs(X, 0.1, seed=5, joint_share=0.2)
+    n_absent = np.array([len(r) for r in absent_inputs(masked)])
+    everything = len(OPTIONAL_INPUTS)
+    # Totals-only rows: the joint 20 % plus 0.8 x 0.1^6 by chance.
+    assert abs(np.mean(n_absent == everything) - 0.2) < 0.015
+    # Each input alone is hidden in 0.2 + 0.8 x 0.1 = 28 % of the rows.
+    dose = np.mean(["ketamine dose" in r for r in absent_inputs(masked)])
+    assert abs(dose - 0.28) < 0.015
+
+
 def test_absent_inputs_names_what_a_totals_only_history_lacks() -> None:
     X = _rows(2)
     X.loc[1, ["dose_missing", "item9_missing", "cssrs_missing", "age_missing"]] = 1.0

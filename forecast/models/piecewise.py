@@ -39,9 +39,11 @@ PIECEWISE_WINDOW_PENALIZER = 0.01
 #: What the piecewise penalties are per: "unit" (each design column's unit: an SD for the
 #: standardised numeric columns, the indicator for a category) or "sd" (column SD).
 PIECEWISE_PENALTY_SCALE = "unit"
-#: Share of the training rows in which each optional input is hidden at random
-#: (forecast.absent): what an absent input costs is information, not calibration.
-PIECEWISE_ABSENT_SHARE = 0.25
+#: Shares of the training rows in which the optional inputs are hidden at random
+#: (forecast.absent): all at once (a totals-only export), and each on its own
+#: otherwise. What an absent input costs is information, not calibration.
+PIECEWISE_ABSENT_JOINT_SHARE = 0.2
+PIECEWISE_ABSENT_SHARE = 0.1
 
 
 def _pwe_rows(
@@ -304,10 +306,12 @@ class PiecewiseExponentialModel(SurvivalEstimator):
         time_interactions: str | tuple[str, ...] | None = "dynamic",
         penalty_scale: str = PIECEWISE_PENALTY_SCALE,
         absent_share: float = PIECEWISE_ABSENT_SHARE,
+        absent_joint_share: float = PIECEWISE_ABSENT_JOINT_SHARE,
     ) -> None:
         super().__init__(features, penalizer, n_bootstrap, random_state, n_jobs, max_iter,
                          horizons)
         self.absent_share = absent_share
+        self.absent_joint_share = absent_joint_share
         self.edges = edges
         self.window_penalizer = window_penalizer
         self.time_feature = time_feature
@@ -318,14 +322,17 @@ class PiecewiseExponentialModel(SurvivalEstimator):
             groups: Any = None) -> PiecewiseExponentialModel:
         """Fit on stacked landmark rows; ``groups`` (patient ids) drive the bootstrap.
 
-        Each optional input (dose, route, psychotherapy, dissociation, item 9,
-        C-SSRS) is first hidden at random in ``absent_share`` of the rows
-        (:func:`forecast.absent.mask_optional_inputs`), so that a history
-        without it is forecast with its average effect.
+        The optional inputs (dose, route, psychotherapy, dissociation, item 9,
+        C-SSRS) are first hidden at random: all at once in
+        ``absent_joint_share`` of the rows, each on its own in ``absent_share``
+        of the others (:func:`forecast.absent.mask_optional_inputs`), so that a
+        history without them is forecast with their average effect.
         """
         seed = self.random_state if isinstance(self.random_state, int | np.integer) else 0
         if isinstance(X, pd.DataFrame):
-            X = mask_optional_inputs(X, float(self.absent_share), int(seed))
+            X = mask_optional_inputs(
+                X, float(self.absent_share), int(seed), float(self.absent_joint_share)
+            )
         try:
             return super().fit(X, lower, upper, groups)  # type: ignore[return-value]
         finally:
