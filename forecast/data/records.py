@@ -72,7 +72,7 @@ def check_record_keys(
 
 
 def check_client_ids(ids: Sequence[Any], *, source: str) -> tuple[np.ndarray, list[Problem]]:
-    """Client ``id`` values: optional, non-empty text of at most 200 characters, unique.
+    """Client ``id`` values: optional, non-empty printable text of at most 200 characters, unique.
 
     Returns the ids (None where absent or invalid) and the problems.
     """
@@ -82,13 +82,18 @@ def check_client_ids(ids: Sequence[Any], *, source: str) -> tuple[np.ndarray, li
     for i, v in enumerate(ids):
         if v is None:
             continue
-        if not isinstance(v, str) or not v.strip() or len(v) > MAX_CLIENT_ID_LENGTH:
+        if (
+            not isinstance(v, str)
+            or not v.strip()
+            or len(v) > MAX_CLIENT_ID_LENGTH
+            or not v.isprintable()  # no NUL or other control character: every store keeps it
+        ):
             problems.append(
                 Problem(
                     source,
                     i,
                     "id",
-                    f"got {_show(v, _JSON)}; allowed: non-empty text of at most "
+                    f"got {_show(v, _JSON)}; allowed: non-empty printable text of at most "
                     f"{MAX_CLIENT_ID_LENGTH} characters, or no id",
                 )
             )
