@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.operationoutcome import OperationOutcome
@@ -189,14 +191,19 @@ def test_risk_assessment_matches_the_json_forecast_and_is_audited(clinic_client)
     assert ra.subject.reference == f"Patient/{ROUTINE}"
     assert str(ra.occurrenceDateTime) == forecast["as_of"]
     assert forecast["model_version"] in ra.method.text
-    got = {int(p.whenRange.high.value): float(p.probabilityDecimal) for p in ra.prediction}
+    # Each horizon from the as-of date to an absolute date (never a bare 0..h days).
+    as_of = dt.date.fromisoformat(forecast["as_of"])
+    got = {
+        (p.whenPeriod.end - p.whenPeriod.start).days: float(p.probabilityDecimal)
+        for p in ra.prediction
+    }
     want = {h["days"]: h["risk"] for h in forecast["risk"]["horizons"] if h["risk"] is not None}
     assert got == pytest.approx(want, abs=1e-4)
-    assert all(p.whenRange.low.value == 0 and p.whenRange.high.unit == "d" for p in ra.prediction)
-    # Basis: the questionnaire responses imported through FHIR for this patient.
+    assert all(p.whenPeriod.start == as_of for p in ra.prediction)
+    # Basis: every resource imported through FHIR that the forecast used, sessions included.
     assert {b.reference for b in ra.basis} == {
         f"QuestionnaireResponse/{ROUTINE}-q{k}" for k in range(4)
-    }
+    } | {f"Procedure/{ROUTINE}-s{k}" for k in (0, 1, 2, 3, 9)}
     notes = " ".join(n.text for n in ra.note)
     assert forecast["suggestion"]["session_by"] in notes
     assert "not a suicide-risk assessment" in notes

@@ -20,6 +20,8 @@ OPEN = {
     ("/openapi.json", "GET"),
     ("/static/<path:filename>", "GET"),
     ("/cds-services", "GET"),
+    # FHIR clients read the CapabilityStatement before they authenticate (no patient data).
+    ("/fhir/r4/metadata", "GET"),
     ("/login", "GET"),
     ("/login", "POST"),
     ("/logout", "POST"),
