@@ -506,3 +506,141 @@ def test_depth_oracle_matches_numerical_integration() -> None:
                               truth["response_logit_rest"],
                               dataclasses.replace(p, depth_frailty_corr=1.0), (7, 28, 84), since)
     assert np.allclose(exact, true_risk(loc, p.wane_scale, (7, 28, 84), since), atol=1e-12)
+
+
+# --- clinic workflows: assessment schedules and totals-only clinics (issue 20 item 2) ---
+def _event_threshold(baseline: float) -> float:
+    """PHQ-9 at or above which an episode has waned (>= 10 and above half the baseline)."""
+    return max(10.0, np.floor(baseline / 2.0) + 1.0)
+
+
+def test_default_schedule_reproduces_the_cohorts_from_before_the_options() -> None:
+    """The default (weekly, no totals-only clinics) gives the frames it gave before the
+    options existed: the figure printed by the simulator before them, and identical
+    frames whether the defaults are given or not."""
+    assert simulate(50, 7).cohort.assessments.sum(numeric_only=True).sum() == 5580.0
+    a, b = simulate(300, 3), simulate(300, 3, schedule="weekly", totals_only_share=0.0)
+    for t in TABLES:
+        pd.testing.assert_frame_equal(getattr(a.cohort, t), getattr(b.cohort, t))
+    pd.testing.assert_frame_equal(a.truth, b.truth)
+
+
+def test_truth_and_sessions_do_not_depend_on_the_schedule_or_the_totals_only_share() -> None:
+    """Same seed, same latent cohort: identical truth and sessions under every schedule;
+    only the recorded assessments (and the blanked optional fields) change."""
+    base = simulate(1500, 21)
+    for schedule in ("weekly", "at-visit", "sparse"):
+        for share in (0.0, 0.4):
+            r = simulate(1500, 21, schedule=schedule, totals_only_share=share)
+            pd.testing.assert_frame_equal(r.truth, base.truth)
+            cols = ["patient_id", "date", "kind"]
+            pd.testing.assert_frame_equal(r.cohort.sessions[cols], base.cohort.sessions[cols])
+            pd.testing.assert_frame_equal(r.cohort.patients, base.cohort.patients)
+            pd.testing.assert_frame_equal(r.latent.drop(columns="totals_only"),
+                                          base.latent.drop(columns="totals_only"))
+            assert (r.schedule, r.totals_only_share) == (schedule, share)
+    assert not simulate(1500, 21, schedule="sparse").cohort.assessments.equals(
+        base.cohort.assessments)
+
+
+def test_at_visit_schedule_scores_each_session_at_check_in() -> None:
+    """A PHQ-9 on the day of or the day before nearly every session after the first,
+    taken before the session: after the latent waning of the episode the session
+    ends, the check-in shows it; between visits only sparse scores, away from sessions."""
+    r = simulate(1500, 8, schedule="at-visit")
+    s, a = r.cohort.sessions, r.cohort.assessments
+    a = a.assign(total=phq9_total(a))
+    first = s.groupby("patient_id")["date"].transform("min")
+    later = s[s["date"] > first]
+    a_keys = set(zip(a["patient_id"], a["date"], strict=True))
+    checked = [(p, d) in a_keys or (p, d - pd.Timedelta(days=1)) in a_keys
+               for p, d in zip(later["patient_id"], later["date"], strict=True)]
+    assert 0.9 <= np.mean(checked) <= 1.0
+    # every assessment that is neither a baseline nor a check-in is >= 7 days from a session
+    s_days = s.groupby("patient_id")["date"].apply(lambda x: x.to_numpy())
+    gaps = []
+    for p, d in zip(a["patient_id"], a["date"], strict=True):
+        diff = (s_days[p] - np.datetime64(d)) / np.timedelta64(1, "D")
+        if (diff >= 0).any() and diff.min() >= 0 and (diff < 0).sum() == 0:
+            continue  # baseline (before the first session)
+        gaps.append(np.min(np.abs(diff)))
+    gaps = np.asarray(gaps)
+    assert set(np.unique(gaps[gaps < 7])) <= {0.0, 1.0}
+    assert (gaps >= 7).mean() > 0.1  # scores between visits exist
+    # check-ins of maintenance sessions that end a waned episode show the relapse
+    t = r.truth.sort_values(["patient_id", "episode_start"])
+    t["next"] = t.groupby("patient_id")["episode_start"].shift(-1)
+    t = t.dropna(subset=["next"])
+    waned = t[(t["next"] - t["episode_start"]).dt.days > t["latent_wane_days"] + 8]
+    base = a.sort_values("date").groupby("patient_id")["total"].first()
+    on_day = a.set_index(["patient_id", "date"])["total"]
+    hits = []
+    for p, d in zip(waned["patient_id"], waned["next"], strict=True):
+        for day in (d, d - pd.Timedelta(days=1)):
+            if (p, day) in on_day.index and np.isfinite(on_day.loc[(p, day)]):
+                hits.append(on_day.loc[(p, day)] >= _event_threshold(base[p]))
+                break
+    assert len(hits) > 50
+    assert np.mean(hits) > 0.8
+
+
+def test_sparse_schedule_scores_every_four_to_eight_weeks() -> None:
+    r = simulate(1500, 9, schedule="sparse")
+    a = r.cohort.assessments.sort_values(["patient_id", "date"])
+    gap = a.groupby("patient_id")["date"].diff().dt.days.dropna()
+    weekly = simulate(1500, 9).cohort.assessments.sort_values(["patient_id", "date"])
+    w_gap = weekly.groupby("patient_id")["date"].diff().dt.days.dropna()
+    assert np.median(w_gap) <= 10
+    assert 28 <= np.median(gap) <= 70
+    assert len(a) < 0.5 * len(weekly)
+
+
+def test_totals_only_clinics_record_only_phq9_totals() -> None:
+    """Flagged patients: a total on every row, no item, no C-SSRS, no optional session
+    field; the share is the requested one; the other patients' rows are unchanged."""
+    full = simulate(2000, 12)
+    r = simulate(2000, 12, totals_only_share=0.3)
+    flag = r.latent.set_index("patient_id")["totals_only"]
+    assert flag.mean() == pytest.approx(0.3, abs=0.04)
+    tot_ids = set(flag.index[flag])
+    a, s = r.cohort.assessments, r.cohort.sessions
+    mine = a["patient_id"].isin(tot_ids)
+    assert a.loc[mine, list(PHQ9_ITEMS)].isna().all().all()
+    assert a.loc[mine, ["cssrs_ideation", "cssrs_behavior"]].isna().all().all()
+    assert a.loc[mine, "phq9_total"].notna().all()
+    # the totals are those the full record gives (items prorated as downstream)
+    fa = full.cohort.assessments
+    f_tot = phq9_total(fa[fa["patient_id"].isin(tot_ids)]).to_numpy()
+    got = a.loc[mine, "phq9_total"].to_numpy()
+    known = np.isfinite(f_tot)
+    assert np.mean(np.abs(got[known] - f_tot[known]) <= 1) > 0.97
+    s_mine = s["patient_id"].isin(tot_ids)
+    optional = ["dose_mg_per_kg", "route", "psychotherapy", "dissociation", "systolic_bp_max"]
+    assert s.loc[s_mine, optional].isna().all().all()
+    pd.testing.assert_frame_equal(a[~mine].reset_index(drop=True),
+                                  fa[~fa["patient_id"].isin(tot_ids)].reset_index(drop=True))
+    fs = full.cohort.sessions
+    pd.testing.assert_frame_equal(s[~s_mine].reset_index(drop=True),
+                                  fs[~fs["patient_id"].isin(tot_ids)].reset_index(drop=True))
+
+
+def test_cli_schedule_and_totals_only_share(tmp_path: Path) -> None:
+    runner = CliRunner()
+    outs = {}
+    for schedule in ("weekly", "sparse"):
+        out = tmp_path / schedule
+        res = runner.invoke(main, ["simulate", "--patients", "200", "--seed", "4", "--out",
+                                   str(out), "--schedule", schedule,
+                                   "--totals-only-share", "0.25"])
+        assert res.exit_code == 0, res.output
+        assert runner.invoke(main, ["validate", str(out)]).exit_code == 0
+        outs[schedule] = out
+    truth = {k: (v / "truth.csv").read_bytes() for k, v in outs.items()}
+    assert truth["weekly"] == truth["sparse"]
+    bad = runner.invoke(main, ["simulate", "--patients", "5", "--seed", "1", "--out",
+                               str(tmp_path / "x"), "--schedule", "daily"])
+    assert bad.exit_code != 0
+    with pytest.raises(ValueError, match="schedule"):
+        simulate(5, 1, schedule="daily")
+    with pytest.raises(ValueError, match="totals_only_share"):
+        simulate(5, 1, totals_only_share=1.5)
