@@ -88,6 +88,14 @@ _HTTP_CODE = {
 #: A FHIR id (what a read can name).
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
+#: Errors every FHIR route may answer, documented as what they are: OperationOutcomes.
+_ERRORS = {
+    "401": outcome("Missing, unknown or revoked token"),
+    "403": outcome("The token's role may not use this route"),
+    "500": outcome("The service failed; the request id names the log entry"),
+}
+
+
 class FhirProblem(Exception):
     """An error answered as an OperationOutcome (status and issues)."""
 
@@ -355,6 +363,7 @@ def _issues_from_fields(
 @operation(
     "Import a FHIR R4 Bundle (transaction, batch or collection)",
     {
+        **_ERRORS,
         "200": {
             "description": "transaction-response / batch-response Bundle",
             "content": {FHIR_JSON: {"schema": {"type": "object"}}},
@@ -449,6 +458,7 @@ def _status_of(err: FhirError) -> int:
 @operation(
     "The CapabilityStatement of the FHIR facade (open)",
     {
+        "500": _ERRORS["500"],
         "200": {
             "description": "CapabilityStatement",
             "content": {FHIR_JSON: {"schema": {"type": "object"}}},
@@ -581,6 +591,7 @@ def _resource_id(cohort: Any, answer: Mapping[str, Any]) -> str:
 @operation(
     "The patient's forecast as of today as a RiskAssessment (searchset Bundle)",
     {
+        **_ERRORS,
         "200": {
             "description": "searchset Bundle (empty for an unknown patient)",
             "content": {FHIR_JSON: {"schema": {"type": "object"}}},
@@ -623,6 +634,7 @@ def _not_found(what: str, rid: str) -> FhirProblem:
 @operation(
     "Read a RiskAssessment served before (made again from the same inputs)",
     {
+        **_ERRORS,
         "200": {"description": "RiskAssessment", "content": {FHIR_JSON: {}}},
         "404": outcome("No RiskAssessment with this id was served"),
         "410": outcome("Its inputs (history up to its date, threshold, model) changed since"),
@@ -691,6 +703,7 @@ def read_risk_assessment(rid: str) -> Response:
 @operation(
     "Read a stored patient",
     {
+        **_ERRORS,
         "200": {"description": "Patient", "content": {FHIR_JSON: {}}},
         "404": outcome("No stored patient with this id"),
     },
