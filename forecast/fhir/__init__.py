@@ -52,12 +52,22 @@ client id is removed and the id can never be imported again
 (``service.ingest.ingest_many``). One whose patient is unknown is only
 listed as not imported: nothing of it can be stored.
 
+Ignored, with a warning, never failing the Bundle: resources the service does
+not import (other types, other codes, other procedures, responses to other
+forms), checked only for their type and the element that decides
+(:mod:`~forecast.fhir.triage`). Refused as a whole: STU3 and DSTU2 shapes
+(:mod:`~forecast.fhir.versions`).
+
 The package: :mod:`~forecast.fhir.codes` (code tables),
 :mod:`~forecast.fhir.values` (reading values out of resources),
-:mod:`~forecast.fhir.questionnaires`, :mod:`~forecast.fhir.mapper` (resources to
-rows), :mod:`~forecast.fhir.results` (issues and mapped records),
-:mod:`~forecast.fhir.imports` (:func:`map_resources`, :func:`map_bundle`) and
-:mod:`~forecast.fhir.export` (RiskAssessment and searchset output).
+:mod:`~forecast.fhir.questionnaires`, :mod:`~forecast.fhir.triage` (what is
+read at all), :mod:`~forecast.fhir.versions` (R4 only),
+:mod:`~forecast.fhir.mapper` (resources to rows), :mod:`~forecast.fhir.results`
+(issues and mapped records), :mod:`~forecast.fhir.imports`
+(:func:`map_resources`, :func:`map_bundle`), :mod:`~forecast.fhir.resend`
+(stored content re-sent in another shape), :mod:`~forecast.fhir.answers` (the
+response Bundle of an import), :mod:`~forecast.fhir.export` (RiskAssessment and
+searchset output) and :mod:`~forecast.fhir.capability` (the CapabilityStatement).
 """
 
 from __future__ import annotations
@@ -94,9 +104,11 @@ from forecast.fhir.codes import (
 )
 from forecast.fhir.export import (
     DECISION_SUPPORT_NOTE,
+    KAP_FHIR_CODES,
     POPULATION_NOTE,
     horizons_text,
     is_population,
+    model_device,
     risk_assessment,
     searchset,
 )
@@ -104,6 +116,7 @@ from forecast.fhir.imports import map_bundle, map_resources
 from forecast.fhir.questionnaires import QuestionnaireMap, load_questionnaires, questionnaire_keys
 from forecast.fhir.results import FhirError, FhirIssue, MappedRecords, operation_outcome
 from forecast.fhir.values import is_ketamine_procedure
+from forecast.fhir.versions import FHIR_VERSION, media_type_issue, version_issues
 
 __all__ = [
     "BUNDLE_TYPES",
@@ -115,10 +128,12 @@ __all__ = [
     "EXT_ROUTE",
     "EXT_SESSION_KIND",
     "EXT_SYSTOLIC",
+    "FHIR_VERSION",
     "FhirError",
     "FhirIssue",
     "HCPCS_ESKETAMINE",
     "HCPCS_SYSTEM",
+    "KAP_FHIR_CODES",
     "KAP_CODE_SYSTEM",
     "KAP_SESSION_CODE",
     "LINKID_COLUMNS",
@@ -146,8 +161,11 @@ __all__ = [
     "load_questionnaires",
     "map_bundle",
     "map_resources",
+    "media_type_issue",
+    "model_device",
     "operation_outcome",
     "questionnaire_keys",
     "risk_assessment",
     "searchset",
+    "version_issues",
 ]
