@@ -14,7 +14,8 @@ Promoting a version makes the previously live one ``approved`` again, so going
 back is ``forecast models promote PREVIOUS``. When no version was ever
 promoted, the service serves the newest version that loads (development; see
 docs/registry.md, "Lifecycle"). When a store is configured
-(``FORECAST_DATABASE_URL``), every status change also writes an audit row.
+(``FORECAST_DATABASE_URL``), ``forecast models`` also writes every status
+change to the audit trail (``forecast.commands.models.audit_event``).
 """
 
 from __future__ import annotations
@@ -264,33 +265,3 @@ def retire(root: str | Path, version: str, *, actor: str | None = None,
     if st == "retired":
         raise LifecycleError(f"{version} is retired already")
     return _append(root, _event("retired", version, actor or default_actor(), reason=reason))
-
-
-def audit_event(event: Mapping[str, Any]) -> bool:
-    """Write a status change to the store's audit trail when a store is configured.
-
-    Returns whether a row was written. The row carries no patient (``-``);
-    ``status`` is ``model_<action>`` and ``endpoint`` is ``forecast models``.
-    """
-    if not os.environ.get("FORECAST_DATABASE_URL"):
-        return False
-    from service.app import open_store  # local: only when a store is configured
-
-    store = open_store()
-    try:
-        digest = hashlib.sha256(json.dumps(dict(event), sort_keys=True,
-                                           default=str).encode()).hexdigest()
-        store.add_audit([{
-            "token_name": str(event["actor"])[:64],
-            "patient_id": "-",
-            "as_of": datetime.now(UTC).date(),
-            "model_version": event["version"],
-            "inputs_hash": digest,
-            "status": f"model_{event['action']}",
-            "suggested_date": None,
-            "request_id": uuid.uuid4().hex,
-            "endpoint": "forecast models",
-        }])
-    finally:
-        store.dispose()
-    return True

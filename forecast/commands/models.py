@@ -7,7 +7,12 @@ the ``live`` (promoted) version. See docs/researcher-workflow.md.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -132,10 +137,8 @@ def show_command(version: str, models_opt: Path | None) -> None:
 
 
 def _record(root: Path, event: dict[str, Any]) -> None:
-    from forecast import lifecycle
-
     try:
-        audited = lifecycle.audit_event(event)
+        audited = audit_event(event)
     except Exception as exc:  # noqa: BLE001 - the registry record stands; say what failed
         click.echo(f"warning: the status change is recorded in {root} but not in the audit "
                    f"trail ({type(exc).__name__}: {exc})", err=True)
@@ -282,6 +285,36 @@ def compare_command(version_a: str, version_b: str, data_dir: Path, models_opt: 
                f"{moved['patients']} patients move by more than 7 days "
                f"({moved['gained_or_lost']} gain or lose a suggestion)")
     click.echo("(AUC: higher is better; Brier and ICI: lower is better)")
+
+
+def audit_event(event: Mapping[str, Any]) -> bool:
+    """Write a status change to the store's audit trail when a store is configured.
+
+    Returns whether a row was written. The row carries no patient (``-``);
+    ``status`` is ``model_<action>`` and ``endpoint`` is ``forecast models``.
+    """
+    if not os.environ.get("FORECAST_DATABASE_URL"):
+        return False
+    from service.app import open_store  # local: only when a store is configured
+
+    store = open_store()
+    try:
+        digest = hashlib.sha256(json.dumps(dict(event), sort_keys=True,
+                                           default=str).encode()).hexdigest()
+        store.add_audit([{
+            "token_name": str(event["actor"])[:64],
+            "patient_id": "-",
+            "as_of": datetime.now(UTC).date(),
+            "model_version": event["version"],
+            "inputs_hash": digest,
+            "status": f"model_{event['action']}",
+            "suggested_date": None,
+            "request_id": uuid.uuid4().hex,
+            "endpoint": "forecast models",
+        }])
+    finally:
+        store.dispose()
+    return True
 
 
 COMMANDS.append(models_group)
