@@ -61,6 +61,7 @@ from service.clinic_openapi import FHIR_JSON, operation, outcome, query
 from service.errors import PROBLEM_MIMETYPE, ApiProblem
 from service.ingest import ingest_many
 from service.jsonbody import JsonBodyError, fhir_path, parse_body
+from service.openapi import PROBLEM
 from service.serving import (
     forecast_for,
     inputs_hashes,
@@ -92,7 +93,15 @@ _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _ERRORS = {
     "401": outcome("Missing, unknown or revoked token"),
     "403": outcome("The token's role may not use this route"),
-    "500": outcome("The service failed; the request id names the log entry"),
+    # An OperationOutcome; problem+json is listed too, as on every route of the service
+    # (the answer is converted on its way out, _errors_as_outcomes).
+    "500": {
+        "description": "The service failed; the request id names the log entry",
+        "content": {
+            FHIR_JSON: {"schema": {"type": "object"}},
+            PROBLEM_MIMETYPE: {"schema": PROBLEM},
+        },
+    },
 }
 
 
