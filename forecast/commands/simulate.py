@@ -38,7 +38,25 @@ COMMANDS: list[click.Command] = []
     show_default=True,
     help="End of follow-up (YYYY-MM-DD); nothing is dated after it.",
 )
-def simulate_command(n_patients: int, seed: int, out_dir: Path, end_date: str) -> None:
+@click.option(
+    "--schedule",
+    type=click.Choice(["weekly", "at-visit", "sparse"]),
+    default="weekly",
+    show_default=True,
+    help="When the clinic records a PHQ-9: every 7-14 days between sessions, at check-in "
+    "(the day of or before each session) plus sparse scores between visits, or every "
+    "4-8 weeks. The latent course and truth.csv do not depend on it.",
+)
+@click.option(
+    "--totals-only-share",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    show_default=True,
+    help="Share of patients whose clinic records only PHQ-9 totals (no item answers, "
+    "C-SSRS, dose, route, psychotherapy, dissociation or blood pressure).",
+)
+def simulate_command(n_patients: int, seed: int, out_dir: Path, end_date: str,
+                     schedule: str, totals_only_share: float) -> None:
     """Simulate a clinic cohort with a known truth (synthetic data, no real patients).
 
     Writes the three contract files plus truth.csv: one row per response
@@ -61,8 +79,10 @@ def simulate_command(n_patients: int, seed: int, out_dir: Path, end_date: str) -
             err=True,
         )
     t0 = time.perf_counter()
-    click.echo(f"simulating {n_patients} patients (seed {seed}, end {end.date()})...", err=True)
-    result = simulate(n_patients, seed, end_date=end)
+    click.echo(f"simulating {n_patients} patients (seed {seed}, end {end.date()}, "
+               f"schedule {schedule}, totals-only share {totals_only_share:g})...", err=True)
+    result = simulate(n_patients, seed, end_date=end, schedule=schedule,
+                      totals_only_share=totals_only_share)
     click.echo(f"simulated in {time.perf_counter() - t0:.1f} s; writing {out_dir}...", err=True)
     write_simulation(result, out_dir)
     c = result.cohort

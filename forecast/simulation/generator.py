@@ -79,12 +79,18 @@ class _Grid:
     key: np.ndarray
 
 
+#: Assessment schedules of :func:`simulate` (``schedule=``); the first is the default.
+SCHEDULES: tuple[str, ...] = ("weekly", "at-visit", "sparse")
+
+
 def simulate(
     n_patients: int,
     seed: int,
     *,
     end_date: str | pd.Timestamp = "2026-10-31",
     params: SimulationParams | None = None,
+    schedule: str = "weekly",
+    totals_only_share: float = 0.0,
 ) -> SimulationResult:
     """Simulate a clinic cohort and the latent truth behind it.
 
@@ -99,6 +105,21 @@ def simulate(
         (administrative censoring); the latent truth is never censored.
     params : SimulationParams, optional
         Mechanism parameters; defaults documented on :class:`SimulationParams`.
+    schedule : {"weekly", "at-visit", "sparse"}
+        When the clinic records a PHQ-9 (docs/simulator.md, "Clinic workflows"):
+        ``weekly`` (the default: every 7-14 days between sessions, none on
+        session days), ``at-visit`` (at check-in on the day of or the day
+        before each session, plus sparse scores between visits) or ``sparse``
+        (every 4-8 weeks). The latent course (sessions, waning times,
+        ``truth``) is the same under every schedule for the same seed: the
+        clinic's contacts that trigger relapse-driven boosters keep the
+        weekly rhythm; only what is recorded changes.
+    totals_only_share : float
+        Share of patients whose clinic records only PHQ-9 totals: no item
+        answers, no C-SSRS, no dose, route, psychotherapy, dissociation or
+        blood pressure (they are still given and still act on the latent
+        course). Drawn from a stream of its own: 0 leaves the frames as they
+        are.
 
     Returns
     -------
@@ -109,27 +130,47 @@ def simulate(
     """
     if n_patients < 1:
         raise ValueError(f"n_patients must be at least 1, got {n_patients}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if not 0.0 <= totals_only_share <= 1.0:
+        raise ValueError(f"totals_only_share is a share in [0, 1], got {totals_only_share}")
     p = params or SimulationParams()
     _check_params(p)
     end = pd.Timestamp(end_date).normalize()
     # Independent streams per component, so changing one part of the mechanism
-    # does not reshuffle the others.
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(7)]
-    rng_pat, rng_ind, rng_maint, rng_grid, rng_score, rng_items, rng_blank = streams
+    # does not reshuffle the others. The first seven are the latent course and the
+    # weekly records; the schedule and the totals-only clinics have streams of their
+    # own (children 7 and 8 of the same SeedSequence), so the latent part is drawn
+    # identically whatever the schedule and share.
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(9)]
+    rng_pat, rng_ind, rng_maint, rng_grid, rng_score, rng_items, rng_blank = streams[:7]
+    rng_sched, rng_totals = streams[7:]
     n = int(n_patients)
     pat = _draw_patients(rng_pat, n, p)
 
     ind = _induction(rng_ind, pat, n, p)
     follow = _follow_up_end(rng_grid, pat, ind, p)
+    # The weekly contacts: what a relapse-driven clinic learns a relapse from (every
+    # schedule), and the recorded PHQ-9 days of the weekly schedule.
     grid = _assessment_grid(rng_grid, pat, ind.start, follow, p)
     sessions = _maintenance(rng_maint, pat, ind, grid, follow, p)
+    if schedule == "weekly":
+        recorded, on_session_days = grid, False
+    elif schedule == "sparse":
+        recorded = _periodic_grid(rng_sched, ind.start, follow, p.sparse_gap_days, pat.skip, p)
+        on_session_days = False
+    else:
+        recorded, on_session_days = _visit_grid(rng_sched, pat, ind, sessions, follow, p), True
     a_pid, a_day, assessments = _assessments(
-        rng_score, rng_items, pat, ind.start, grid, sessions, p
+        rng_score, rng_items, pat, ind.start, recorded, sessions, p, on_session_days
     )
+    totals_only = (rng_totals.random(n) < totals_only_share) if totals_only_share > 0 else (
+        np.zeros(n, dtype=bool))
 
     ids = _patient_ids(n)
     epoch = np.datetime64(end.date(), "D")
-    cohort = _cohort_frames(rng_blank, pat, sessions, a_pid, a_day, assessments, ids, epoch, p)
+    cohort = _cohort_frames(rng_blank, pat, sessions, a_pid, a_day, assessments, ids, epoch, p,
+                            totals_only)
     truth = _truth_frame(sessions, ids, epoch, p)
     latent = pd.DataFrame(
         {
@@ -137,9 +178,11 @@ def simulate(
             "frailty": pat.frailty,
             "depth": pat.depth,
             "response_logit_rest": pat.response_logit_rest,
+            "totals_only": totals_only,
         }
     )
-    return SimulationResult(cohort, truth, p, int(seed), end, latent)
+    return SimulationResult(cohort, truth, p, int(seed), end, latent, schedule,
+                            float(totals_only_share))
 
 
 def _induction(rng: np.random.Generator, pat: _Patients, n: int, p: SimulationParams) -> _Induction:
@@ -226,6 +269,62 @@ def _assessment_grid(
     g_pid, g_day = g_pid[keep], g_day[keep]
     g_key = g_pid.astype(np.int64) * _KEY_STRIDE + g_day + _DAY_OFFSET
     return _Grid(g_pid, g_day, g_key)
+
+
+def _periodic_grid(
+    rng: np.random.Generator,
+    start: np.ndarray,
+    follow: np.ndarray,
+    gap_days: tuple[int, int],
+    skip: np.ndarray,
+    p: SimulationParams,
+) -> _Grid:
+    """Assessment days every ``gap_days`` (a per-patient gap, jittered, skips as weekly)."""
+    n = len(start)
+    gap = rng.integers(gap_days[0], gap_days[1] + 1, n)
+    first = start + rng.integers(*p.first_assessment_days, n, endpoint=True)
+    span = np.maximum(follow - first, -1)
+    counts = np.where(span >= 0, span // np.maximum(gap + p.gap_jitter[0], 1) + 1, 0)
+    g_pid = np.repeat(np.arange(n), counts)
+    g_gap = gap[g_pid] + rng.integers(p.gap_jitter[0], p.gap_jitter[1] + 1, len(g_pid))
+    starts = np.cumsum(counts) - counts
+    g_gap[starts[counts > 0]] = 0
+    g_day = first[g_pid] + _segmented_cumsum(g_gap, counts)
+    keep = (g_day <= follow[g_pid]) & (rng.random(len(g_pid)) >= skip[g_pid])
+    g_pid, g_day = g_pid[keep], g_day[keep]
+    return _Grid(g_pid, g_day, g_pid.astype(np.int64) * _KEY_STRIDE + g_day + _DAY_OFFSET)
+
+
+def _visit_grid(
+    rng: np.random.Generator,
+    pat: _Patients,
+    ind: _Induction,
+    sessions: _Sessions,
+    follow: np.ndarray,
+    p: SimulationParams,
+) -> _Grid:
+    """The ``at-visit`` schedule: a check-in PHQ-9 on the day of or the day before each
+    session after the first (the intake baseline stands for the first), plus sparse
+    scores between visits (none within ``between_visit_min_days`` of a session)."""
+    later = sessions.day > ind.start[sessions.pid]
+    s_pid, s_day = sessions.pid[later], sessions.day[later]
+    before = rng.random(len(s_pid)) < p.at_visit_day_before
+    answered = rng.random(len(s_pid)) >= p.at_visit_missing
+    c_pid, c_day = s_pid[answered], (s_day - before.astype(int))[answered]
+    extra = _periodic_grid(rng, ind.start, follow, p.between_visit_gap_days, pat.skip, p)
+    s_key = sessions.pid.astype(np.int64) * _KEY_STRIDE + sessions.day + _DAY_OFFSET
+    pos = np.searchsorted(s_key, extra.key)
+    near = np.zeros(len(extra.key), dtype=bool)
+    for k in (pos - 1, pos):  # the sessions just before and just after each score
+        ok = (k >= 0) & (k < len(s_key))
+        kk = np.clip(k, 0, max(len(s_key) - 1, 0))
+        near |= ok & (sessions.pid[kk] == extra.pid) & (
+            np.abs(sessions.day[kk] - extra.day) < p.between_visit_min_days)
+    pid = np.concatenate([c_pid, extra.pid[~near]])
+    day = np.concatenate([c_day, extra.day[~near]])
+    key = np.unique(pid.astype(np.int64) * _KEY_STRIDE + day + _DAY_OFFSET)
+    pid = (key // _KEY_STRIDE).astype(int)
+    return _Grid(pid, key - pid.astype(np.int64) * _KEY_STRIDE - _DAY_OFFSET, key)
 
 
 def _next_booster(
@@ -326,14 +425,16 @@ def _scores(
     grid: _Grid,
     sessions: _Sessions,
     p: SimulationParams,
+    on_session_days: bool = False,
 ) -> tuple[_Grid, np.ndarray, np.ndarray]:
     """PHQ-9 totals and item 9 along the latent course, at assessments off session days.
 
-    Returns the assessments kept (those not on a session day), their totals and
-    their item 9 answers.
+    Returns the assessments kept (those not on a session day, unless
+    ``on_session_days``: check-ins before the session, scored in the state the
+    session finds), their totals and their item 9 answers.
     """
     s_key = sessions.pid.astype(np.int64) * _KEY_STRIDE + sessions.day + _DAY_OFFSET
-    off = np.isin(grid.key, s_key)
+    off = np.isin(grid.key, s_key) & (not on_session_days)
     g_pid, g_day, g_key = grid.pid[~off], grid.day[~off], grid.key[~off]
     # The session in effect at each assessment.
     idx = np.searchsorted(s_key, g_key, side="left") - 1
@@ -385,9 +486,10 @@ def _assessments(
     grid: _Grid,
     sessions: _Sessions,
     p: SimulationParams,
+    on_session_days: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Baseline rows and follow-up assessments: patient index, day and the answers."""
-    kept, total, item9 = _scores(rng_score, pat, grid, sessions, p)
+    kept, total, item9 = _scores(rng_score, pat, grid, sessions, p, on_session_days)
     n = len(start)
     has_base = rng_score.random(n) >= p.baseline_missing
     b_day = start - rng_score.integers(*p.baseline_days_before, n, endpoint=True)
@@ -412,8 +514,14 @@ def _cohort_frames(
     ids: np.ndarray,
     epoch: np.datetime64,
     p: SimulationParams,
+    totals_only: np.ndarray | None = None,
 ) -> Cohort:
-    """The canonical contract frames, with the blank cells a clinic export has."""
+    """The canonical contract frames, with the blank cells a clinic export has.
+
+    Patients flagged ``totals_only`` get the frames of a clinic that records
+    only PHQ-9 totals (after the usual blanks are drawn, so the other
+    patients' cells are unchanged).
+    """
     patients = pd.DataFrame(
         {
             "patient_id": ids,
@@ -439,6 +547,16 @@ def _cohort_frames(
     )
     assessments["patient_id"] = ids[a_pid]
     assessments["date"] = epoch + a_day.astype("timedelta64[D]")
+    latent_total = assessments.pop("_total")
+    if totals_only is not None and totals_only.any():
+        s_tot = totals_only[sessions.pid]
+        for col in ("dose_mg_per_kg", "psychotherapy", "dissociation", "systolic_bp_max"):
+            session_frame.loc[s_tot, col] = np.nan
+        session_frame.loc[s_tot, "route"] = None
+        a_tot = totals_only[a_pid]
+        for col in (*PHQ9_ITEMS, "cssrs_ideation", "cssrs_behavior"):
+            assessments[col] = np.where(a_tot, np.nan, assessments[col])
+        assessments["phq9_total"] = np.where(a_tot, latent_total, assessments["phq9_total"])
     return Cohort(
         canonicalize("patients", patients),
         canonicalize("sessions", session_frame),
@@ -545,4 +663,5 @@ def _assessment_rows(
     out["phq9_total"] = phq9_total
     out["cssrs_ideation"] = np.where(given, ideation, np.nan)
     out["cssrs_behavior"] = np.where(given, behavior, np.nan)
+    out["_total"] = total  # the latent total, for totals-only clinics (not a column)
     return out

@@ -207,6 +207,18 @@ class SimulationParams:
     skip_range: tuple[float, float] = (0.05, 0.30)
     first_assessment_days: tuple[int, int] = (1, 6)
 
+    #: ``sparse`` schedule: a PHQ-9 every 28-56 days (per-patient gap, jitter and
+    #: skips as above).
+    sparse_gap_days: tuple[int, int] = (28, 56)
+    #: ``at-visit`` schedule: the check-in PHQ-9 is answered the day before the
+    #: session in this share of visits (else on the day, before the session) and
+    #: missing in ``at_visit_missing`` of them; between visits a score every
+    #: ``between_visit_gap_days``, none within ``between_visit_min_days`` of a session.
+    at_visit_day_before: float = 0.3
+    at_visit_missing: float = 0.05
+    between_visit_gap_days: tuple[int, int] = (28, 56)
+    between_visit_min_days: int = 7
+
     #: In-response level as a share of baseline (responders) and the level of
     #: non-responders.
     response_ratio: tuple[float, float] = (0.12, 0.38)
@@ -266,8 +278,13 @@ class SimulationResult:
     latent : pandas.DataFrame or None
         Per patient (``patient_id``): ``frailty``, the ``depth`` factor and
         ``response_logit_rest`` (induction-response log odds without the
-        frailty term), for :func:`depth_oracle_risk`. Not written to disk:
+        frailty term), for :func:`depth_oracle_risk`, and ``totals_only``
+        (the patient's clinic records only PHQ-9 totals). Not written to disk:
         ``truth.csv`` keeps its columns.
+    schedule : str
+        The assessment schedule (``weekly``, ``at-visit`` or ``sparse``).
+    totals_only_share : float
+        The share of patients drawn into totals-only clinics.
     """
 
     cohort: Cohort
@@ -276,6 +293,8 @@ class SimulationResult:
     seed: int
     end_date: pd.Timestamp
     latent: pd.DataFrame | None = None
+    schedule: str = "weekly"
+    totals_only_share: float = 0.0
 
 
 def _check_params(p: SimulationParams) -> None:
