@@ -9,12 +9,15 @@ export FORECAST_MODELS ?= $(CURDIR)/models
 # (git-ignored); `forecast train` signs with it and the service verifies with it.
 export FORECAST_SIGNING_KEY_FILE ?= $(CURDIR)/instance/model-signing.key
 
-.PHONY: install serve test lint docs demo-data demo-store model bench clean
+.PHONY: install serve test lint docs demo-data demo-store model bench clean lock
 
-$(BIN)/forecast: pyproject.toml
+# Dependencies come from requirements.lock (every version pinned, every file checked
+# against its sha256); the project itself is then installed without resolving again.
+$(BIN)/forecast: pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,docs]'
+	$(BIN)/pip install -q --require-hashes -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e '.[dev,docs]'
 	touch $@
 
 install: $(BIN)/forecast
@@ -44,10 +47,12 @@ demo-store: demo-data install
 		(umask 077; $(BIN)/forecast tokens create --role clinician --name demo-clinician \
 			> instance/demo-clinician.token); fi
 
+# Plain HTTP on loopback for development: the session cookie is sent without Secure
+# (FORECAST_PLAIN_HTTP=1). In production a TLS proxy sits in front (docs/security.md).
 serve: model demo-store
 	@echo "Clinician token (demo): $$(cat instance/demo-clinician.token)"
 	@echo "Clinician page: http://$(HOST):$(PORT)/login  API: http://$(HOST):$(PORT)/api/v1/health"
-	$(BIN)/forecast serve --host $(HOST) --port $(PORT)
+	FORECAST_PLAIN_HTTP=1 $(BIN)/forecast serve --host $(HOST) --port $(PORT)
 
 lint: install
 	$(BIN)/ruff check forecast service tests bench research
@@ -63,6 +68,15 @@ docs: install
 # Writes bench/results.json and docs/benchmarks-results.md (both git-ignored).
 bench: install
 	$(BIN)/python bench/run.py
+
+# Regenerate requirements.lock from pyproject.toml (after changing a dependency), with
+# pip-tools in its own environment under build/ (git-ignored).
+lock:
+	$(PY) -m venv build/lock-venv
+	build/lock-venv/bin/pip install -q pip-tools
+	build/lock-venv/bin/pip-compile -q --generate-hashes --allow-unsafe --extra dev --extra docs \
+		--strip-extras --no-emit-index-url --no-emit-find-links \
+		--output-file requirements.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) build site *.egg-info .pytest_cache .ruff_cache
