@@ -48,10 +48,10 @@ from forecast.cohort import Cohort
 from forecast.contract import PHQ9_ITEMS
 from forecast.episodes import build_episodes
 from forecast.instruments import phq9_from_items
+from forecast.models.nonparametric import turnbull_risk
 from forecast.policy import PolicySettings, forecast_queries
 from forecast.simulation import simulate, truth_location
 from forecast.training import train_and_save
-from tests.fixtures.foreign_check import turnbull_risk
 
 OUT = Path(__file__).resolve().parent / "out" / "point_of_care.json"
 HORIZONS = (28, 56)
@@ -85,8 +85,9 @@ def active_care(sim: Any, as_of: pd.Timestamp) -> pd.DataFrame:
     """Patients in active care at ``as_of`` with their latent clock and outcomes.
 
     In active care: last PHQ-9 at most 42 days old and a session in the last
-    180 days (whether the benefit has visibly waned is read from the answer:
-    ``not_in_response`` leaves the denominator). The latent outcome is
+    180 days. Whether the benefit has visibly waned is read from the answer
+    (status ``not_in_response``, or a latest PHQ-9 >= 10 out of response:
+    such patients leave the denominator). The latent outcome is
     ``T <= t + h`` for the benefit clock current at ``as_of`` (``t`` days
     into it), which counts a waning after the last reassuring score and
     before ``as_of``, as the forecast does; the oracle is ``P(T <= t + h | T >
@@ -180,10 +181,16 @@ def answers_table(answers: list[dict]) -> pd.DataFrame:
         daily = np.asarray(risk.get("daily", {}).get("risk") or [np.nan], dtype=float)
         # Day-to-day increments (day 1 itself carries any waning not yet seen).
         rise = float(np.nanmax(np.diff(daily))) if personal and len(daily) > 1 else np.nan
+        cur = a.get("current") or {}
+        # Visibly waned by the latest score: no longer in response and PHQ-9 >= 10.
+        waned = a["status"] == "not_in_response" or (
+            cur.get("response_state") == "not_in_response" and (cur.get("phq9") or 0) >= 10
+        )
         rows.append(
             {
                 "patient_id": a["patient_id"],
                 "personal": personal,
+                "waned_now": waned,
                 "status": a["status"],
                 **{f"risk_{h}": by_h.get(h) if personal else np.nan for h in HORIZONS},
                 "max_daily_rise": rise,
@@ -194,7 +201,7 @@ def answers_table(answers: list[dict]) -> pd.DataFrame:
 
 def figures(care: pd.DataFrame, got: pd.DataFrame, obs: pd.DataFrame) -> dict[str, Any]:
     m = care.merge(got, on="patient_id")
-    m = m[m["status"] != "not_in_response"]  # visibly waned: no forecast applies
+    m = m[~m["waned_now"]]  # visibly waned: no maintenance forecast applies
     cov = float(m["personal"].mean()) if len(m) else float("nan")
     p = m[m["personal"]]
     out: dict[str, Any] = {"n_active_care": int(len(m)), "coverage": cov}
@@ -205,7 +212,7 @@ def figures(care: pd.DataFrame, got: pd.DataFrame, obs: pd.DataFrame) -> dict[st
         # The reference's own check: the true conditional risk against the same outcome.
         out[f"citl_oracle_latent_{h}"] = float(np.mean(p[f"oracle_{h}"]) - np.mean(lat))
         o = p.merge(obs, on="patient_id")
-        rate = turnbull_risk(o["left"].to_numpy(), o["right"].to_numpy(), h)
+        rate = float(turnbull_risk(o["left"].to_numpy(), o["right"].to_numpy(), [h])[0])
         out[f"citl_{h}"] = float(o[f"risk_{h}"].mean() - rate)
         out[f"ici_{h}"] = ici(pred, lat)
         out[f"auc_{h}"] = float(roc_auc_score(lat, pred))

@@ -14,7 +14,10 @@ latter and explains each figure), then prints one table:
    stored-patient, stateless and batch forecasts, each beside the bare
    ``GET /api/v1/health`` of the same server in the same run, at 16 connections (wrk
    if installed, else ``tests/fixtures/http_load.py``);
-4. one-client service latencies (``bench/service_latency.py``, a subprocess).
+4. one-client service latencies (``bench/service_latency.py``, a subprocess);
+5. forecasts at the point of care per assessment schedule: coverage, calibration,
+   AUC against the oracle, totals-only movement, daily-curve shape
+   (``bench/point_of_care.py``, a subprocess).
 
 Every section is bounded in time and runs even when an earlier one failed; a failed
 section is recorded with its error and makes the exit status 1. Each section records
@@ -77,7 +80,7 @@ BATCH_SIZE = 10
 WORKERS = 2
 THREADS = 4
 
-SECTIONS = ("bundle", "train", "http", "service")
+SECTIONS = ("bundle", "train", "http", "service", "care")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -203,6 +206,56 @@ def bench_service(quick: bool) -> dict[str, Any]:
         "figures": json.loads(out.read_text()),
         "stdout": stdout[-4000:],
     }
+
+
+# --------------------------------------------------------------------------- section 5
+
+
+def bench_care(quick: bool) -> dict[str, Any]:
+    """Run bench/point_of_care.py on every simulator schedule and collect its JSON."""
+    script = BENCH_DIR / "point_of_care.py"
+    out = OUT_DIR / "point_of_care.json"
+    out.unlink(missing_ok=True)
+    size = ["--train", "1500", "--test", "3000"] if quick else ["--train", "3000", "--test", "6000"]
+    cmd = [sys.executable, str(script), *size, "--schedules", "weekly,at-visit,sparse"]
+    started = time.perf_counter()
+    stdout = _run(cmd, timeout=3000, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return {
+        "wall_s": round(time.perf_counter() - started, 1),
+        "figures": json.loads(out.read_text()),
+        "stdout": stdout[-4000:],
+    }
+
+
+def care_rows(figures: dict[str, Any]) -> list[dict[str, Any]]:
+    """bench/point_of_care.py's figures: one row per schedule and data version."""
+    rows: list[dict[str, Any]] = []
+    for run in figures.get("runs", []):
+        for version in ("full", "totals_only"):
+            f = run[version]
+            rows.append(
+                {
+                    "schedule": run["schedule"],
+                    "data": version.replace("_", "-"),
+                    "n in active care": f["n_active_care"],
+                    "coverage (>= 0.95)": f["coverage"],
+                    "CITL 28 / 56": f"{f['citl_28']:+.3f} / {f['citl_56']:+.3f}",
+                    "CITL vs latent 28 / 56": (
+                        f"{f['citl_latent_28']:+.3f} / {f['citl_latent_56']:+.3f}"
+                    ),
+                    "ICI 28 / 56": f"{f['ici_28']:.3f} / {f['ici_56']:.3f}",
+                    "AUC 28 (oracle)": f"{f['auc_28']:.3f} ({f['auc_oracle_28']:.3f})",
+                    "largest 1-day rise (<= 0.10)": f["max_daily_rise"],
+                    "totals-only move p90 (<= 0.08)": (
+                        run["totals_only_move_28"]["p90"] if version == "totals_only" else None
+                    ),
+                }
+            )
+    for pair, d in figures.get("between_schedules_28", {}).items():
+        rows.append({"schedule": pair, "data": "same latent patients",
+                     "CITL 28 / 56": f"|risk 28 difference| median {d['median']:.3f}, "
+                                     f"p90 {d['p90']:.3f} (target within 0.03)"})
+    return rows
 
 
 # --------------------------------------------------------------------------- section 3
@@ -949,6 +1002,7 @@ def markdown_report(results: dict[str, Any]) -> str:
                     "",
                 ]
     _md_external(lines, sec, "service", "Service latency, one client")
+    _md_external(lines, sec, "care", "Forecasts at the point of care (bench/point_of_care.py)")
     return "\n".join(lines) + "\n"
 
 
@@ -984,6 +1038,8 @@ def _md_external(lines: list[str], sec: dict[str, Any], key: str, title: str) ->
         rows = train_rows(figures)
     elif key == "service":
         rows = service_rows(figures)
+    elif key == "care":
+        rows = care_rows(figures)
     else:
         rows = _md_rows(figures)
     table = _md_table(rows)
@@ -1074,6 +1130,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": lambda: bench_train(args.quick),
         "http": lambda: bench_http(duration, args.connections, args.driver, args.profile),
         "service": lambda: bench_service(args.quick),
+        "care": lambda: bench_care(args.quick),
     }
     for name in SECTIONS:
         if name not in selected:
@@ -1084,7 +1141,7 @@ def main(argv: list[str] | None = None) -> int:
         load_before = [round(x, 2) for x in os.getloadavg()]
         try:
             section = runners[name]()
-            if name in ("bundle", "train", "service"):
+            if name in ("bundle", "train", "service", "care"):
                 section["summary"] = _summarise_external(section)
         except Exception as exc:  # noqa: BLE001  (record the failure, run the other sections)
             failed = True

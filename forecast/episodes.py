@@ -9,10 +9,10 @@ Rules (defaults in :class:`forecast.outcomes.OutcomeDefinition`):
   ``response_window_days`` (14) and not after the next session, is <= 50 % of
   the patient's baseline. That PHQ-9 is the *response assessment*; the
   episode's time origin is the session date.
-- A maintenance session given while the patient is in response responds on
-  that evidence: the latest PHQ-9 on or before its day, at most
-  ``pre_session_window_days`` (7) before it, is in response and meets no
-  C-SSRS waning criterion. That pre-session PHQ-9 is then its response
+- A session given while the patient is in response (a booster, or an
+  induction session after the first) responds on that evidence: the latest
+  PHQ-9 on or before its day, at most ``pre_session_window_days`` (7) before
+  it, is in response and meets no C-SSRS waning criterion. That pre-session PHQ-9 is then its response
   assessment (``response_day`` <= 0), whatever follows the session. Sessions before the first
   induction session, and patients without a baseline, start no episode.
 - The event (benefit waned) is the first assessment after the response
@@ -202,9 +202,12 @@ def _pre_session_responses(
 ) -> np.ndarray | None:
     """Per session, the pre-session PHQ-9 row that shows response (-1: none).
 
-    Only maintenance sessions qualify: the latest PHQ-9 on or before the
-    session's day, at most ``pre_session_window_days`` before it, is in
-    response and meets no C-SSRS waning criterion (None: rule off).
+    Every session after the first induction session qualifies (a booster, or
+    a later induction session given once the patient is in response): the
+    latest PHQ-9 on or before the session's day, at most
+    ``pre_session_window_days`` before it, is in response and meets no C-SSRS
+    waning criterion (None: rule off). The first induction session's own
+    check-in score is the baseline, never a response.
     """
     d = prep.definition
     ns = len(prep.s_pc)
@@ -220,12 +223,12 @@ def _pre_session_responses(
     )
     phq9 = a["phq9"].to_numpy(dtype=float)[row]
     cssrs = a["cssrs_ideation"].to_numpy(dtype=float)[row]
-    maintenance = prep.s["kind"].to_numpy(dtype=object) == "maintenance"
+    anchor = prep.anchor_day[prep.s_pc]
     with np.errstate(invalid="ignore"):
         ok = (
             found
             & eligible
-            & maintenance
+            & (prep.s_day > anchor)
             & (phq9 <= d.response_fraction * base)
             & ~(cssrs >= d.si_cssrs_min)
         )

@@ -89,7 +89,8 @@ class OutcomeDefinition:
         A session starts an episode when the first PHQ-9 dated after it,
         within this many days and not after the next session, shows response.
     pre_session_window_days : int or None, default 7
-        A maintenance session given while the patient is in response starts
+        A session after the first induction session (a booster, or a later
+        induction session) given while the patient is in response starts
         an episode on that evidence: the latest PHQ-9 on or before the
         session's day, at most this many days before it, shows response and
         meets no suicidal-ideation waning criterion (C-SSRS ideation below

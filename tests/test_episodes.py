@@ -300,7 +300,7 @@ def reference_episodes(cohort, d: OutcomeDefinition) -> dict[tuple[str, pd.Times
             firsts = [
                 i for i in own if rows[i]["date"] <= limit and rows[i]["phq9"] == rows[i]["phq9"]
             ]
-            # A maintenance session given in response: the latest PHQ-9 on or before its day.
+            # A session given in response: the latest PHQ-9 on or before its day.
             earlier = [
                 i
                 for i, r in enumerate(rows)
@@ -309,7 +309,7 @@ def reference_episodes(cohort, d: OutcomeDefinition) -> dict[tuple[str, pd.Times
                 and r["phq9"] == r["phq9"]
             ]
             pre_ok = (
-                kinds[k] == "maintenance"
+                start > anchor
                 and earlier
                 and rows[earlier[-1]]["phq9"] <= d.response_fraction * base
                 and not rows[earlier[-1]]["cssrs_ideation"] >= d.si_cssrs_min
@@ -394,9 +394,15 @@ def test_pre_session_rule_limits():
     # Too old: the latest score is 9 days before the booster (window 7).
     e = _ep(make_cohort([*base, ("p", 19, "maintenance")], scores))
     assert not e.set_index("start").loc[day(19), "responded"]
-    # An induction session never responds on a pre-session score.
-    e = _ep(make_cohort([*base, ("p", 12, "induction")], scores))
-    assert not e.set_index("start").loc[day(12), "responded"]
+    # The first induction session's check-in score is the baseline, never a response;
+    # a later induction session given in response responds on it.
+    e = _ep(make_cohort([("p", 0, "induction"), ("p", 12, "induction")], scores))
+    e = e.set_index("start")
+    assert e.loc[day(0), "response_date"] == day(10)  # measured after the first session
+    assert e.loc[day(12), "response_date"] == day(10)  # in response at the second's check-in
+    assert e.loc[day(12), "response_day"] == -2
+    only = _ep(make_cohort([("p", 0, "induction")], [("p", 0, 20)]))
+    assert not only["responded"].any()  # the first session's check-in is the baseline
     # A pre-session score with C-SSRS ideation >= 2 is no evidence of benefit.
     e = _ep(make_cohort([*base, ("p", 12, "maintenance")], [*scores, ("p", 12, 6, 0, 2)]))
     assert not e.set_index("start").loc[day(12), "responded"]
