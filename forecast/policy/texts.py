@@ -124,12 +124,13 @@ def suggestion_block(
                 "treatment plan."
             ),
             "insufficient_data": (
-                "No maintenance date is suggested: the data are insufficient and the model "
-                "version stores no population estimate."
+                "No maintenance date is suggested: the data are insufficient for a "
+                "personalised forecast, and the model version's population estimate does "
+                "not reach this long after a session."
             ),
         }
         return {**empty, "rationale": reasons.get(base, "No maintenance date is suggested.")}
-    if population and not c.get("n_prev_episodes"):
+    if population and not c.get("n_prev_episodes") and not in_response_now(c):
         # No benefit has been measured yet (mid-induction, or the first response
         # unknown): a maintenance date would plan around a benefit not shown.
         return {
@@ -140,7 +141,14 @@ def suggestion_block(
     by = as_of + pd.Timedelta(days=int(sugg["session_by"][i]))
     ws = as_of + pd.Timedelta(days=int(sugg["window_start"][i]))
     risk_at = float(sugg["risk_at"][i])
-    if sugg["due"][i]:
+    if sugg["due"][i] and sugg["raw"][i] > 0:
+        # Due because the longest interval has passed, not because of the risk.
+        text = (
+            f"Book the next session now (by {human_date(by)}): {settings.max_interval_days // 7}"
+            " weeks after the last session, the longest interval the model reports, have "
+            f"passed; risk that the benefit has waned by then is {percent(risk_at)}"
+        )
+    elif sugg["due"][i]:
         text = (
             f"Book the next session now (by {human_date(by)}): the risk that the benefit has "
             f"waned is already above the {percent(thr)} threshold"
@@ -267,9 +275,19 @@ def status_reason(
                 "response to it is not known; " + population
             )
         if c["response_status"] == "no_assessment":
+            later = ""
+            if pd.notna(c["latest_phq9_date"]) and pd.Timestamp(c["latest_phq9_date"]) > (
+                pd.Timestamp(c["last_session"])
+            ):
+                later = (
+                    f" (the next came later: PHQ-9 {whole(c['latest_phq9'])} on "
+                    f"{iso_day(c['latest_phq9_date'])}, "
+                    f"{'in response' if in_response_now(c) else 'not in response'})"
+                )
             return (
                 f"No PHQ-9 within the response window after the last session on "
-                f"{iso_day(c['last_session'])}, so its response was not measured; " + population
+                f"{iso_day(c['last_session'])}{later}, so the response to that session was "
+                "not measured; " + population
             )
         return (
             f"Only {int(c['n_phq9'])} PHQ-9 score{'' if int(c['n_phq9']) == 1 else 's'} on "
