@@ -155,6 +155,13 @@ def build_answers(frame: ForecastFrame, model: Any, settings: PolicySettings) ->
                     f"The risk stays below 50 % within the {len(days)}-day horizon, so the "
                     "median remaining benefit lies beyond what the model reports."
                 )
+            elif median <= 1:
+                # Half or more of the risk is a waning already past but not yet seen.
+                median = None
+                median_reason = (
+                    "More likely than not the benefit has already waned since the latest "
+                    f"PHQ-9 ({iso_day(c['latest_phq9_date'])}); a PHQ-9 now would tell."
+                )
             else:
                 median_reason = None
         suggestion = suggestion_block(c, i, sugg, base, personal, population, as_of, settings)
