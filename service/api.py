@@ -4,7 +4,8 @@ Routes (roles in brackets; admin may call everything):
 
 - ``GET /health`` (open): model loaded? database reachable? No patient data.
 - ``GET /model`` [clinician, researcher]: the live model card and version.
-- ``POST /model/reload`` [admin]: switch to the registry's latest version.
+- ``POST /model/reload`` [admin of the default clinic]: switch to the
+  registry's latest version.
 - ``PUT /patients/{id}`` [clinician]: create or update covariates (with the
   declared ones of ``FORECAST_COVARIATES``).
 - ``POST /patients/{id}/assessments`` and ``/sessions`` [clinician]: idempotent lists.
@@ -14,8 +15,13 @@ Routes (roles in brackets; admin may call everything):
 - ``GET /patients/{id}/forecast?as_of=&threshold=`` [clinician]: from the store.
 - ``POST /forecast`` [clinician]: stateless, the history in the body.
 - ``POST /forecast/batch`` [clinician]: many patients, one vectorised call.
-- ``GET/POST /tokens``, ``DELETE /tokens/{name}`` [admin]: token management.
-- ``GET /audit?patient_id=`` [admin]: the audit trail.
+- ``GET/POST /tokens``, ``DELETE /tokens/{name}`` [admin]: the clinic's tokens.
+- ``GET /audit?patient_id=&action=&actor=&outcome=&since=&until=&after=&limit=``
+  [admin]: the clinic's audit trail, one page at a time.
+
+Tenancy: every route sees only the caller's clinic (:func:`service.serving.store`
+is scoped to it); a patient of another clinic is unknown (404). Every route
+touching patient data, tokens or the model is audited (:func:`service.serving.audited`).
 
 Every forecast served goes through :func:`service.serving.serve_forecasts`:
 it is written to the audit table before the response is returned; if that
@@ -48,16 +54,19 @@ from service.histories import (
     without_covariates,
 )
 from service.ingest import check_patient_id, ingest_many
-from service.jsonbody import json_body
+from service.jsonbody import bound_list, json_body
 from service.serving import (
+    audit_event,
+    audited,
     declared_covariates,
     model_state,
     parse_as_of,
     serve_forecasts,
     settings,
     store,
+    write_audit,
 )
-from service.store import LEGACY_MERGE, StoreError
+from service.store import ACTIONS, DEFAULT_CLINIC, LEGACY_MERGE, OUTCOMES, StoreError
 
 bp = Blueprint("api", __name__)
 
@@ -126,14 +135,32 @@ def model_card() -> Response:
 @require_role("admin")
 def model_reload() -> Response:
     """Switch to the registry's latest version (409 and no change if it is refused)."""
+    principal = current_principal()
+    if principal is not None and principal.clinic != DEFAULT_CLINIC:
+        audit_event("model.reload", outcome="refused", detail="not an admin of the default clinic")
+        raise ApiProblem(
+            403,
+            detail="The model is shared by every clinic: only an admin of the "
+            f"{DEFAULT_CLINIC!r} clinic may reload it.",
+        )
     state = model_state()
     previous = state.version
-    loaded = state.reload()
+    try:
+        loaded = state.reload()
+    except Exception as exc:
+        status = int(getattr(exc, "status", 500) or 500)
+        audit_event(
+            "model.reload", outcome="refused" if status < 500 else "error",
+            detail=f"from {previous}: refused ({status})",
+        )
+        raise
+    audit_event("model.reload", detail=f"from {previous} to {loaded.version}")
     return jsonify({"version": str(loaded.version), "previous": previous})
 
 
 @bp.put("/patients/<patient_id>")
 @require_role("clinician")
+@audited("patient.write", success=False)
 def put_patient(patient_id: str) -> tuple[Response, int]:
     """Create or update a patient's covariates."""
     pid = _path_patient(patient_id)
@@ -144,7 +171,19 @@ def put_patient(patient_id: str) -> tuple[Response, int]:
     if problems:
         raise ApiProblem(422, "Invalid patient", errors=field_errors(problems, ""))
     record = frame.iloc[0].to_dict()
-    result = store().run_write(lambda conn: store().upsert_patient(conn, record))
+    st = store()
+    audit = write_audit()
+
+    def work(conn: Any) -> str:
+        done = st.upsert_patient(conn, record)
+        if audit is not None:  # in the write's transaction: audited once if committed
+            st.add_audit([{"token_name": audit["actor"], "action": "patient.write",
+                           "patient_id": pid, "detail": f"patient {done}",
+                           "request_id": audit["request_id"], "endpoint": audit["endpoint"]}],
+                         conn)
+        return done
+
+    result = st.run_write(work)
     out = {"patient_id": pid, "result": result}
     return jsonify(out), 201 if result == "created" else 200
 
@@ -152,11 +191,12 @@ def put_patient(patient_id: str) -> tuple[Response, int]:
 def _post_rows(patient_id: str, table: str) -> tuple[Response, int]:
     pid = _path_patient(patient_id)
     body = json_body()
+    bound_list(body, table, int(current_app.config["KAP_MAX_ROWS"]))
     model = schemas.AssessmentsBody if table == "assessments" else schemas.SessionsBody
     schemas.parse(model, body)
     with store().read() as conn:
         _require_patient(conn, pid)
-    result = ingest_many(store(), [(pid, table, body[table], f"/{table}")])
+    result = ingest_many(store(), [(pid, table, body[table], f"/{table}")], audit=write_audit())
     results = result["items"][0]["results"]
     out = {
         "patient_id": pid,
@@ -179,6 +219,7 @@ def _withdraw_row(patient_id: str, table: str, client_id: str) -> Response:
         store(), [], retractions=[{"patient_id": pid, "table": table, "id": client_id,
                                    "pointer": "path"}],
         actor=None if principal is None else principal.name,
+        audit=write_audit(),
     )
     (done,) = result["retractions"]
     if done["result"] == "kept":
@@ -201,6 +242,7 @@ def _withdraw_row(patient_id: str, table: str, client_id: str) -> Response:
 
 @bp.delete("/patients/<patient_id>/assessments/<path:client_id>")
 @require_role("clinician")
+@audited("patient.withdraw", success=False)
 def withdraw_assessment(patient_id: str, client_id: str) -> Response:
     """Withdraw an assessment entered in error (by its client ``id``; idempotent)."""
     return _withdraw_row(patient_id, "assessments", client_id)
@@ -208,6 +250,7 @@ def withdraw_assessment(patient_id: str, client_id: str) -> Response:
 
 @bp.delete("/patients/<patient_id>/sessions/<path:client_id>")
 @require_role("clinician")
+@audited("patient.withdraw", success=False)
 def withdraw_session(patient_id: str, client_id: str) -> Response:
     """Withdraw a session entered in error (by its client ``id``; idempotent)."""
     return _withdraw_row(patient_id, "sessions", client_id)
@@ -215,6 +258,7 @@ def withdraw_session(patient_id: str, client_id: str) -> Response:
 
 @bp.post("/patients/<patient_id>/assessments")
 @require_role("clinician")
+@audited("patient.write", success=False)
 def post_assessments(patient_id: str) -> tuple[Response, int]:
     """Add assessments (idempotent by client ``id``; all or nothing)."""
     return _post_rows(patient_id, "assessments")
@@ -222,6 +266,7 @@ def post_assessments(patient_id: str) -> tuple[Response, int]:
 
 @bp.post("/patients/<patient_id>/sessions")
 @require_role("clinician")
+@audited("patient.write", success=False)
 def post_sessions(patient_id: str) -> tuple[Response, int]:
     """Add sessions (idempotent by client ``id``; all or nothing)."""
     return _post_rows(patient_id, "sessions")
@@ -229,6 +274,7 @@ def post_sessions(patient_id: str) -> tuple[Response, int]:
 
 @bp.get("/patients/<patient_id>")
 @require_role("clinician")
+@audited("patient.read")
 def get_patient(patient_id: str) -> Response:
     """The patient's covariates, history (scored) and measured outcomes."""
     pid = _path_patient(patient_id)
@@ -273,6 +319,7 @@ def get_patient(patient_id: str) -> Response:
 
 @bp.get("/patients/<patient_id>/forecast")
 @require_role("clinician")
+@audited("forecast", success=False)
 def patient_forecast(patient_id: str) -> Response:
     """The forecast for a stored patient as of a date."""
     pid = _path_patient(patient_id)
@@ -289,6 +336,7 @@ def patient_forecast(patient_id: str) -> Response:
 
 @bp.post("/forecast")
 @require_role("clinician")
+@audited("forecast", success=False)
 def stateless_forecast() -> Response:
     """Forecast from a history sent in the body (nothing about the patient is stored)."""
     body = json_body()
@@ -303,9 +351,13 @@ def stateless_forecast() -> Response:
 
 @bp.post("/forecast/batch")
 @require_role("clinician")
+@audited("forecast", success=False)
 def batch_forecast() -> Response:
     """Forecasts for many patients in one vectorised call (stored or stateless)."""
     body = json_body()
+    limit = int(current_app.config["KAP_MAX_BATCH"])
+    bound_list(body, "patients", limit)  # before any entry is looked at
+    bound_list(body, "histories", limit)
     parsed = schemas.parse(schemas.BatchBody, shape_of(body))
     if (parsed.patients is None) == (parsed.histories is None):
         raise ApiProblem(
@@ -360,9 +412,10 @@ def batch_forecast() -> Response:
 # --------------------------------------------------------------------------- admin
 @bp.get("/tokens")
 @require_role("admin")
+@audited("token.list")
 def list_tokens() -> Response:
-    """Tokens without secrets."""
-    rows = store().list_tokens()
+    """The clinic's tokens without secrets."""
+    rows = store().list_tokens()  # the caller's clinic only
     return jsonify({"tokens": [{k: _iso(v) for k, v in r.items()} for r in rows]})
 
 
@@ -373,31 +426,99 @@ def _iso(value: Any) -> Any:
 @bp.post("/tokens")
 @require_role("admin")
 def create_token() -> tuple[Response, int]:
-    """Create a token; the answer is the only time the token is shown."""
+    """Create a token of the caller's clinic; the answer is the only time it is shown."""
     body = json_body()
     parsed = schemas.parse(schemas.TokenBody, body)
+    if not parsed.name.isprintable():
+        raise ApiProblem(
+            422,
+            "Invalid token name",
+            errors=[{"field": "/name", "message": "allowed: printable characters only"}],
+        )
+    what = f"token {parsed.name[:100]} ({parsed.role})"
     try:
         token = store().create_token(parsed.name, parsed.role)
     except StoreError as exc:
+        audit_event("token.create", outcome="refused", detail=what)
         raise ApiProblem(409, "Token not created", str(exc)) from None
+    audit_event("token.create", detail=what)
     return jsonify({"name": parsed.name, "role": parsed.role, "token": token}), 201
 
 
-@bp.delete("/tokens/<name>")
+@bp.delete("/tokens/<path:name>")
 @require_role("admin")
 def revoke_token(name: str) -> Response:
-    """Revoke a token by name."""
+    """Revoke a token of the caller's clinic by name."""
+    what = f"token {name[:100]}"
     if not store().revoke_token(name):
-        raise ApiProblem(404, "Unknown token", "No live token has this name.")
+        audit_event("token.revoke", outcome="not_found", detail=what)
+        raise ApiProblem(404, "Unknown token", "No live token of this clinic has this name.")
+    audit_event("token.revoke", detail=what)
     return jsonify({"name": name, "revoked": True})
 
 
 @bp.get("/audit")
 @require_role("admin")
+@audited("audit.read")
 def audit_trail() -> Response:
-    """Audit rows (optionally of one patient), oldest first."""
-    pid = request.args.get("patient_id")
+    """One page of the clinic's audit rows, oldest first, with filters.
+
+    ``next`` is the ``after`` of the next page (null on the last one).
+    """
+    args = request.args
+    pid = args.get("patient_id")
     if pid is not None:
         check_patient_id(pid, "query/patient_id")
-    rows = store().audit_rows(pid)
-    return jsonify({"audit": [{k: _iso(v) for k, v in r.items()} for r in rows]})
+    action = _choice(args.get("action"), "query/action", ACTIONS)
+    outcome = _choice(args.get("outcome"), "query/outcome", OUTCOMES)
+    actor = args.get("actor")
+    if actor is not None and not 0 < len(actor) <= 128:
+        raise _invalid("query/actor", "allowed: 1 to 128 characters")
+    after = _count(args.get("after"), "query/after", 0, None, 0)
+    limit = _count(args.get("limit"), "query/limit", 1, 1000, 100)
+    rows, nxt = store().audit_page(
+        patient_id=pid,
+        action=action,
+        actor=actor,
+        outcome=outcome,
+        since=_when(args.get("since"), "query/since"),
+        until=_when(args.get("until"), "query/until"),
+        after=after,
+        limit=limit,
+    )
+    return jsonify({"audit": [{k: _iso(v) for k, v in r.items()} for r in rows], "next": nxt})
+
+
+def _invalid(field: str, message: str) -> ApiProblem:
+    return ApiProblem(422, "Invalid query parameter", errors=[{"field": field, "message": message}])
+
+
+def _choice(value: str | None, field: str, allowed: tuple[str, ...]) -> str | None:
+    if value is None or value in allowed:
+        return value
+    raise _invalid(field, f"got {value[:40]!r}; allowed: {', '.join(allowed)}")
+
+
+def _count(value: str | None, field: str, low: int, high: int | None, default: int) -> int:
+    if value is None or value == "":
+        return default
+    if not (value.isascii() and value.isdigit()) or len(value) > 12:
+        raise _invalid(field, f"got {value[:40]!r}; allowed: a whole number")
+    n = int(value)
+    if n < low or (high is not None and n > high):
+        top = f" to {high}" if high is not None else " or more"
+        raise _invalid(field, f"got {n}; allowed: {low}{top}")
+    return n
+
+
+def _when(value: str | None, field: str) -> dt.datetime | None:
+    """A date (midnight UTC) or an ISO time (UTC when it names no zone)."""
+    if value is None or value == "":
+        return None
+    try:
+        if len(value) > 40:
+            raise ValueError
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise _invalid(field, "allowed: a date YYYY-MM-DD or an ISO time") from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)

@@ -1,7 +1,15 @@
 """Bearer-token authentication and role checks.
 
 Roles: ``clinician`` (patient data, forecasts), ``researcher`` (model card,
-outcome reports), ``admin`` (tokens, model reload; may do everything).
+outcome reports), ``admin`` (tokens, audit, model reload; may do everything).
+
+Every token belongs to a clinic (:attr:`Principal.clinic`; ``default`` on a
+single-clinic deployment): the request's store (:func:`service.serving.store`)
+sees only that clinic's patients, tokens and audit rows, so a patient of another
+clinic is unknown (404), never forbidden (403). An admin manages the tokens
+and reads the audit of their own clinic; a researcher's reports cover their
+clinic. The live model is shared by the deployment, so only an admin of the
+``default`` clinic may reload it.
 Tokens are ``secrets.token_urlsafe(32)`` strings; the store keeps only their
 sha256 (see :meth:`service.store.Store.create_token`).
 
@@ -20,27 +28,30 @@ browser's cookie can never be replayed against it (no CSRF surface).
 from __future__ import annotations
 
 import functools
-import hmac
+import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import sqlalchemy as sa
 from flask import current_app, g, request, session
 
-from service import db
 from service.errors import ApiProblem
-from service.store import ROLES, Store, hash_token
+from service.store import DEFAULT_CLINIC, ROLES, Store, hash_token
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 REALM = "kap-forecast"
 _SESSION_KEY = "kap_token_sha256"
+_SESSION_ID = "kap_sid"
+_SESSION_START = "kap_login"
+#: A page session ends at the latest this long after login (sign in again).
+SESSION_MAX_SECONDS = 12 * 3600
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the token's name and role.
+    """Who is calling: the token's (or CDS client's) name, role and clinic.
 
     Attributes
     ----------
@@ -48,10 +59,13 @@ class Principal:
         The token's name (recorded in the audit table).
     role : str
         One of ``clinician``, ``researcher``, ``admin``.
+    clinic : str
+        The clinic whose patients the caller sees (``default``: single clinic).
     """
 
     name: str
     role: str
+    clinic: str = DEFAULT_CLINIC
 
     def allowed(self, roles: tuple[str, ...]) -> bool:
         """Whether this principal may use a view open to ``roles`` (admin may do all)."""
@@ -72,21 +86,12 @@ def principal_from_token(token: str | None) -> Principal | None:
     """
     if not token or len(token) > 512:
         return None
-    found = _store().token_principal(token)
-    return Principal(*found) if found else None
+    return _principal_from_hash(hash_token(token))
 
 
 def _principal_from_hash(digest: str) -> Principal | None:
-    t = db.tokens
-    with _store().read() as conn:
-        row = conn.execute(
-            sa.select(t.c.name, t.c.role, t.c.token_hash).where(
-                t.c.token_hash == digest, t.c.revoked_at.is_(None)
-            )
-        ).first()
-    if row is None or not hmac.compare_digest(row.token_hash, digest):
-        return None
-    return Principal(row.name, row.role)
+    found = _store().token_identity(digest)
+    return Principal(*found) if found else None
 
 
 def login_session(token: str) -> Principal | None:
@@ -96,17 +101,36 @@ def login_session(token: str) -> Principal | None:
     not valid. A revoked token ends every session made with it.
     """
     principal = principal_from_token(token)
-    session.pop(_SESSION_KEY, None)
+    for key in (_SESSION_KEY, _SESSION_ID, _SESSION_START):
+        session.pop(key, None)
     if principal is not None:
         session[_SESSION_KEY] = hash_token(token)
+        # A fresh id per login: logout records it as ended in the store, so a copy of
+        # the cookie stops working on every worker (server-side invalidation).
+        session[_SESSION_ID] = secrets.token_urlsafe(24)
+        session[_SESSION_START] = int(time.time())
         g.principal = principal
     return principal
 
 
 def logout_session() -> None:
-    """Forget the session's token."""
-    session.pop(_SESSION_KEY, None)
+    """End the session server-side (its id is recorded as ended) and forget it."""
+    sid, start = session.get(_SESSION_ID), session.get(_SESSION_START)
+    if isinstance(sid, str) and isinstance(start, int):
+        _store().end_session(sid, start + SESSION_MAX_SECONDS + 60)
+    for key in (_SESSION_KEY, _SESSION_ID, _SESSION_START):
+        session.pop(key, None)
     g.pop("principal", None)
+
+
+def _live_session() -> bool:
+    """The session has an id, is younger than SESSION_MAX_SECONDS and was not logged out."""
+    sid, start = session.get(_SESSION_ID), session.get(_SESSION_START)
+    if not isinstance(sid, str) or not isinstance(start, int):
+        return False
+    if not 0 <= time.time() - start < SESSION_MAX_SECONDS:
+        return False
+    return not _store().session_ended(sid)
 
 
 def bearer_token() -> str | None:
@@ -126,7 +150,7 @@ def current_principal(*, allow_session: bool = False) -> Principal | None:
     if principal is None and allow_session:
         digest = session.get(_SESSION_KEY)
         if isinstance(digest, str) and len(digest) == 64:
-            principal = _principal_from_hash(digest)
+            principal = _principal_from_hash(digest) if _live_session() else None
             if principal is None:
                 session.pop(_SESSION_KEY, None)
     g.principal = principal

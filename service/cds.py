@@ -24,7 +24,7 @@ from service.cds_prefetch import PREFETCH, combined_cohort, link_patient, patien
 from service.clinic_openapi import operation, problem
 from service.errors import ApiProblem
 from service.jsonbody import json_body
-from service.serving import forecast_for
+from service.serving import audit_patient, audited, forecast_for
 
 bp = Blueprint("cds", __name__)
 
@@ -101,8 +101,9 @@ def _page_url(pid: str) -> str:
     public=True,
     request_body={"required": True, "content": {"application/json": {}}},
 )
+@audited("cds.call")
 def patient_view() -> Response:
-    """Answer a patient-view hook with cards."""
+    """Answer a patient-view hook with cards (the EHR sees its clinic's patients only)."""
     g.principal = authenticate_ehr()
     body = json_body()
     if not isinstance(body, Mapping) or body.get("hook") != "patient-view":
@@ -110,6 +111,14 @@ def patient_view() -> Response:
             400,
             "Unsupported hook",
             errors=[{"field": "/hook", "message": "allowed: patient-view"}],
+        )
+    instance = body.get("hookInstance")
+    if not isinstance(instance, str) or not 0 < len(instance.strip()) <= 128:
+        raise ApiProblem(
+            400,
+            "Missing hookInstance",
+            errors=[{"field": "/hookInstance",
+                     "message": "required: the hook call's UUID (1 to 128 characters)"}],
         )
     context = body.get("context") if isinstance(body.get("context"), Mapping) else {}
     pid = context.get("patientId")
@@ -124,6 +133,7 @@ def patient_view() -> Response:
     # identifiers name the stored patient (FORECAST_CDS_PATIENT_IDS).
     linked = link_patient(pid, prefetch, patient_links())
     pid = linked.patient_id or linked.context_id
+    audit_patient(pid)
     combined = combined_cohort(
         pid, prefetch, aliases=linked.aliases, use_stored=linked.patient_id is not None
     )

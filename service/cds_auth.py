@@ -6,6 +6,14 @@ in the allow-list, ``aud`` = the URL of the service endpoint, ``exp`` at most
 5 minutes ahead, ``jti`` never seen before by any worker
 (:meth:`service.store.Store.claim_jti`). Keys come from a configuration file
 (never fetched from the token's ``jku``): see :func:`load_clients`.
+
+The audience is configuration, never the request: when clients are
+configured, ``FORECAST_CDS_AUDIENCE`` (or the file's ``audience``) must name
+the endpoint's public URL, else the app refuses to start (a URL built from the
+``Host`` header would let a token minted for another deployment pass with a
+forged ``Host``). HS256 shared secrets are refused unless
+``FORECAST_CDS_ALLOW_HS256=1`` (tests only): the CDS Hooks specification says
+symmetric algorithms SHALL NOT be used.
 """
 
 from __future__ import annotations
@@ -24,12 +32,15 @@ from flask import current_app, request
 from service.auth import Principal
 from service.errors import ApiProblem
 from service.serving import store
+from service.store import StoreError, check_clinic
 
 #: Longest token lifetime accepted (the specification recommends 5 minutes).
 MAX_LIFETIME_SECONDS = 300
 #: Clock skew tolerated on exp / iat.
 LEEWAY_SECONDS = 30
 ALLOWED_ALGORITHMS = ("RS256", "RS384", "ES256", "ES384", "HS256")
+#: Symmetric algorithms: only with the explicit test setting (KAP_CDS_ALLOW_HS256).
+SYMMETRIC_ALGORITHMS = ("HS256",)
 
 
 @dataclass
@@ -46,6 +57,8 @@ class CdsClient:
         Algorithms accepted from this client.
     name : str
         Recorded in the audit table as ``cds:<name>``.
+    clinic : str
+        The clinic whose patients this EHR sees (``default`` when the file names none).
     """
 
     iss: str
@@ -53,13 +66,16 @@ class CdsClient:
     algorithms: tuple[str, ...]
     name: str
     kids: list[str | None] = field(default_factory=list)
+    clinic: str = "default"
 
 
 class CdsConfigError(ValueError):
     """The CDS clients file cannot be used."""
 
 
-def load_clients(source: Any, base: Path | None = None) -> dict[str, CdsClient]:
+def load_clients(
+    source: Any, base: Path | None = None, *, allow_hs256: bool = False
+) -> dict[str, CdsClient]:
     """Read the allow-list of EHR clients.
 
     Parameters
@@ -75,8 +91,14 @@ def load_clients(source: Any, base: Path | None = None) -> dict[str, CdsClient]:
                 "algorithms": ["RS256", "ES384"]},
                {"iss": "test-ehr", "secret": "...", "algorithms": ["HS256"]}]}
 
+        Each client may name its ``"clinic"`` (default ``"default"``): the
+        EHR sees only that clinic's patients.
+
     base : Path, optional
         Folder that relative file names are read from (the file's folder).
+    allow_hs256 : bool
+        Accept HS256 clients (shared secrets): tests only. The service passes
+        ``KAP_CDS_ALLOW_HS256`` (``FORECAST_CDS_ALLOW_HS256=1``).
 
     Returns
     -------
@@ -105,6 +127,12 @@ def load_clients(source: Any, base: Path | None = None) -> dict[str, CdsClient]:
             raise CdsConfigError(
                 f"{where}.algorithms: allowed: {', '.join(ALLOWED_ALGORITHMS)}; got {list(algs)}"
             )
+        if not allow_hs256 and set(algs) & set(SYMMETRIC_ALGORITHMS):
+            raise CdsConfigError(
+                f"{where}.algorithms: HS256 (a shared secret) is for tests only "
+                "(FORECAST_CDS_ALLOW_HS256=1); the CDS Hooks specification says symmetric "
+                "algorithms SHALL NOT be used: give the EHR's public keys (RS/ES)"
+            )
         keys: list[Any] = []
         kids: list[str | None] = []
         jwks = c.get("jwks")
@@ -131,7 +159,14 @@ def load_clients(source: Any, base: Path | None = None) -> dict[str, CdsClient]:
             raise CdsConfigError(
                 f"{where}: give jwks, jwks_file, public_key, public_key_file or (tests) secret"
             )
-        clients[iss] = CdsClient(iss, keys, algs, str(c.get("name") or iss), kids)
+        clinic = c.get("clinic", "default")
+        try:
+            check_clinic(clinic)
+        except StoreError:
+            raise CdsConfigError(
+                f"{where}.clinic: allowed: letters, digits, '.', '_', '-' (1 to 64)"
+            ) from None
+        clients[iss] = CdsClient(iss, keys, algs, str(c.get("name") or iss), kids, clinic)
     return clients
 
 
@@ -152,13 +187,21 @@ def client_settings(app: Any = None) -> dict[str, Any]:
             except (OSError, ValueError) as exc:
                 raise CdsConfigError(f"FORECAST_CDS_CLIENTS={path}: cannot read ({exc})") from None
             base = path.parent
-        clients = load_clients(doc, base) if doc else {}
+        allow_hs256 = bool(app.config.get("KAP_CDS_ALLOW_HS256"))
+        clients = load_clients(doc, base, allow_hs256=allow_hs256) if doc else {}
         doc_audience = doc.get("audience")
         audience = (
             app.config.get("KAP_CDS_AUDIENCE")
             or os.environ.get("FORECAST_CDS_AUDIENCE")
             or doc_audience
         )
+        if clients and not (isinstance(audience, str) and audience.startswith(("https://",
+                                                                               "http://"))):
+            raise CdsConfigError(
+                "FORECAST_CDS_AUDIENCE (or the clients file's 'audience') must be the public "
+                "URL of the CDS service endpoint when CDS clients are configured, e.g. "
+                "https://forecast.example.org/cds-services/kap-forecast-maintenance"
+            )
         state = {"clients": clients, "audience": audience}
         app.extensions["kap_cds"] = state
     return state
@@ -194,7 +237,7 @@ def authenticate_ehr() -> Principal:
     alg = head.get("alg")
     if alg not in client.algorithms:
         raise _unauthorized(f"Algorithm {alg!r} is not allowed for this client.")
-    audience = state["audience"] or request.base_url
+    audience = state["audience"]  # configured (checked at start), never from the request
     kid = head.get("kid")
     candidates = [k for k, kk in zip(client.keys, client.kids, strict=True) if kk in (kid, None)]
     claims = None
@@ -229,4 +272,4 @@ def authenticate_ehr() -> Principal:
     # Recorded in the store, so a replay to another worker or process is refused too.
     if not store().claim_jti(client.iss, str(claims["jti"]), float(claims["exp"]) + LEEWAY_SECONDS):
         raise _unauthorized("The token's jti was already used (replay).")
-    return Principal(f"cds:{client.name}"[:128], "clinician")
+    return Principal(f"cds:{client.name}"[:128], "clinician", client.clinic)

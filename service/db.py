@@ -29,6 +29,20 @@ metadata = sa.MetaData(
 ID_LENGTH = 128
 #: Longest client row id (forecast.data.MAX_CLIENT_ID_LENGTH).
 CLIENT_ID_LENGTH = 200
+#: Longest clinic name.
+CLINIC_LENGTH = 64
+#: The clinic of a single-clinic deployment (and of every row stored before clinics).
+DEFAULT_CLINIC = "default"
+
+
+def _clinic_column() -> sa.Column:
+    """The clinic a row belongs to (tenancy: every query of the service filters by it)."""
+    return sa.Column(
+        "clinic",
+        sa.String(CLINIC_LENGTH),
+        nullable=False,
+        server_default=sa.text(f"'{DEFAULT_CLINIC}'"),
+    )
 
 
 def _sql_type(column: Column) -> sa.types.TypeEngine:
@@ -53,9 +67,13 @@ def _contract_columns(table: str) -> list[sa.Column]:
     ]
 
 
+#: Patients are keyed by (clinic, patient_id): patient ids are unique per clinic, so
+#: the same id sent by two clinics is two patients (each clinic's EHR numbers its own).
 patients = sa.Table(
     "patients",
     metadata,
+    sa.Column("clinic", sa.String(CLINIC_LENGTH), primary_key=True,
+              server_default=sa.text(f"'{DEFAULT_CLINIC}'")),
     sa.Column("patient_id", sa.String(ID_LENGTH), primary_key=True),
     *_contract_columns("patients"),
     # Declared covariates (FORECAST_COVARIATES) as a JSON object {name: number}.
@@ -66,14 +84,17 @@ patients = sa.Table(
 )
 
 
-def _patient_column() -> sa.Column:
-    """The owning patient of a row; deleting the patient deletes the row."""
-    return sa.Column(
-        "patient_id",
-        sa.String(ID_LENGTH),
-        sa.ForeignKey("patients.patient_id", ondelete="CASCADE"),
-        nullable=False,
-    )
+def _patient_columns() -> list[sa.SchemaItem]:
+    """The owning patient of a row (clinic and id); deleting the patient deletes the row."""
+    return [
+        _clinic_column(),
+        sa.Column("patient_id", sa.String(ID_LENGTH), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["clinic", "patient_id"],
+            ["patients.clinic", "patients.patient_id"],
+            ondelete="CASCADE",
+        ),
+    ]
 
 
 def _history_table(name: str) -> sa.Table:
@@ -81,13 +102,13 @@ def _history_table(name: str) -> sa.Table:
         name,
         metadata,
         sa.Column("row_id", sa.Integer, primary_key=True, autoincrement=True),
-        _patient_column(),
+        *_patient_columns(),
         sa.Column("client_id", sa.String(CLIENT_ID_LENGTH), nullable=True),
         *list(_contract_columns(name)),
         sa.Column("content_hash", sa.String(64), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.UniqueConstraint("patient_id", "client_id"),
-        sa.UniqueConstraint("patient_id", "date"),
+        sa.UniqueConstraint("clinic", "patient_id", "client_id"),
+        sa.UniqueConstraint("clinic", "patient_id", "date"),
     )
 
 
@@ -107,14 +128,14 @@ retractions = sa.Table(
     "retractions",
     metadata,
     sa.Column("retraction_id", sa.Integer, primary_key=True, autoincrement=True),
-    _patient_column(),
+    *_patient_columns(),
     sa.Column("table_name", sa.String(16), nullable=False),
     sa.Column("client_id", sa.String(CLIENT_ID_LENGTH), nullable=False),
     sa.Column("row_date", sa.Date, nullable=True),
     sa.Column("row_hash", sa.String(64), nullable=True),
     sa.Column("retracted_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("retracted_by", sa.String(ID_LENGTH), nullable=True),
-    sa.UniqueConstraint("patient_id", "table_name", "client_id"),
+    sa.UniqueConstraint("clinic", "patient_id", "table_name", "client_id"),
 )
 
 #: The other resources merged into one history row (the FHIR importer makes one
@@ -125,42 +146,61 @@ row_sources = sa.Table(
     "row_sources",
     metadata,
     sa.Column("source_pk", sa.Integer, primary_key=True, autoincrement=True),
-    _patient_column(),
+    *_patient_columns(),
     sa.Column("table_name", sa.String(16), nullable=False),
     sa.Column("client_id", sa.String(CLIENT_ID_LENGTH), nullable=False),
     sa.Column("source_id", sa.String(CLIENT_ID_LENGTH), nullable=False),
-    sa.UniqueConstraint("patient_id", "table_name", "source_id"),
+    sa.UniqueConstraint("clinic", "patient_id", "table_name", "source_id"),
 )
 
 tokens = sa.Table(
     "tokens",
     metadata,
     sa.Column("token_id", sa.Integer, primary_key=True, autoincrement=True),
+    # Names are unique across the deployment, so an audit row names one token.
     sa.Column("name", sa.String(ID_LENGTH), nullable=False, unique=True),
     sa.Column("role", sa.String(16), nullable=False),
+    # The clinic whose patients the token sees (an admin manages that clinic's tokens).
+    _clinic_column(),
     # sha256 hex of the token; the token itself is never stored.
     sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+    # When the token stops working (null: until revoked); its last successful use.
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
 )
 
+#: The audit trail: one row per access to patient data (read, write, withdrawal,
+#: forecast, FHIR import, CDS call, page view) and per token or model change.
+#: Append-only: no route updates or deletes a row, and migration 0005 adds
+#: triggers that make the database refuse UPDATE and DELETE of it. ``token_name``
+#: is the actor (a token name, or ``cds:<client>``); rows name the patient id but
+#: never clinical values. The forecast columns (``as_of`` ... ``suggested_date``)
+#: are filled for ``action = 'forecast'`` only.
 audit = sa.Table(
     "audit",
     metadata,
     sa.Column("audit_id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("time", sa.DateTime(timezone=True), nullable=False),
+    _clinic_column(),
     sa.Column("token_name", sa.String(ID_LENGTH), nullable=False),
-    sa.Column("patient_id", sa.String(ID_LENGTH), nullable=False),
-    sa.Column("as_of", sa.Date, nullable=False),
+    sa.Column("action", sa.String(32), nullable=False, server_default=sa.text("'forecast'")),
+    sa.Column("patient_id", sa.String(ID_LENGTH), nullable=True),
+    sa.Column("outcome", sa.String(32), nullable=False, server_default=sa.text("'ok'")),
+    # A short description without clinical values (a token's name and role, a model version).
+    sa.Column("detail", sa.String(256), nullable=True),
+    sa.Column("as_of", sa.Date, nullable=True),
     sa.Column("model_version", sa.String(ID_LENGTH), nullable=True),
     # sha256 of the canonical inputs (history up to as_of, threshold, model version).
-    sa.Column("inputs_hash", sa.String(64), nullable=False),
-    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("inputs_hash", sa.String(64), nullable=True),
+    sa.Column("status", sa.String(32), nullable=True),
     sa.Column("suggested_date", sa.Date, nullable=True),
     sa.Column("request_id", sa.String(64), nullable=False),
     sa.Column("endpoint", sa.String(64), nullable=False),
     sa.Index(None, "patient_id"),
     sa.Index(None, "time"),
+    sa.Index(None, "clinic", "audit_id"),
 )
 
 #: CDS Hooks JWT ids already accepted, until their token expires: the replay check

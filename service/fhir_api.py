@@ -37,7 +37,6 @@ from importlib import metadata
 from typing import Any
 
 import pandas as pd
-import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, request
 
 from forecast.contract import TABLES
@@ -55,14 +54,16 @@ from forecast.fhir.capability import SEARCH_PARAMETERS, capability_statement
 from forecast.fhir.resend import Resent, compare_with_stored
 from forecast.fhir.results import outcome_from_problem
 from forecast.fhir.versions import media_type_issue
-from service import db
 from service.auth import current_principal, public, require_role
 from service.clinic_openapi import FHIR_JSON, operation, outcome, query
 from service.errors import PROBLEM_MIMETYPE, ApiProblem
 from service.ingest import ingest_many
-from service.jsonbody import JsonBodyError, fhir_path, parse_body
+from service.jsonbody import JsonBodyError, bound_list, fhir_path, parse_body
 from service.openapi import PROBLEM
 from service.serving import (
+    audit_event,
+    audit_patient,
+    audited,
     forecast_for,
     inputs_hashes,
     model_state,
@@ -70,6 +71,7 @@ from service.serving import (
     serve_forecasts,
     settings,
     store,
+    write_audit,
 )
 from service.store import LEGACY_MERGE
 
@@ -182,9 +184,12 @@ def _body() -> Any:
         raise FhirProblem(415, [other])
     raw = request.get_data(cache=True)
     try:
-        return parse_body(raw)
+        doc = parse_body(raw)
     except JsonBodyError as exc:
         raise _body_problem(exc) from None
+    # Before any entry is looked at: 413 beyond KAP_MAX_BUNDLE_ENTRIES.
+    bound_list(doc, "entry", int(current_app.config["KAP_MAX_BUNDLE_ENTRIES"]))
+    return doc
 
 
 def _body_problem(exc: JsonBodyError) -> FhirProblem:
@@ -196,7 +201,9 @@ def _body_problem(exc: JsonBodyError) -> FhirProblem:
     """
     if not exc.errors:
         text = exc.detail[:1].lower() + exc.detail[1:]
-        return FhirProblem(400, [FhirIssue("error", "structure", text.rstrip("."), "Bundle")])
+        # 413: an array or object too long (FHIR's too-costly); 422: a NUL in a string.
+        code = {413: "too-costly", 422: "value"}.get(exc.status, "structure")
+        return FhirProblem(exc.status, [FhirIssue("error", code, text.rstrip("."), "Bundle")])
     return FhirProblem(
         400,
         [
@@ -391,6 +398,7 @@ def _issues_from_fields(
         "content": {FHIR_JSON: {"schema": {"type": "object"}}, "application/json": {}},
     },
 )
+@audited("fhir.import", success=False)
 def ingest_bundle() -> Response:
     """Import a FHIR R4 Bundle; answer a response Bundle or an OperationOutcome."""
     doc = _body()
@@ -433,6 +441,7 @@ def ingest_bundle() -> Response:
                 if (merged := mapped.merged.get(("assessments", rec["id"]))) and rec["id"] in kept
             },
             actor=None if (who := current_principal()) is None else who.name,
+            audit=write_audit("fhir.import"),
         )
     except ApiProblem as exc:
         if exc.status in (409, 422):
@@ -563,14 +572,7 @@ def _basis(pid: str, as_of: str) -> list[str]:
             refs += [(d, str(c)) for d, c in zip(rows["date"], rows["client_id"], strict=True)
                      if c is not None]
             if ids:
-                src = db.row_sources
-                merged = conn.execute(
-                    sa.select(src.c.client_id, src.c.source_id).where(
-                        src.c.patient_id == pid,
-                        src.c.table_name == table,
-                        src.c.client_id.in_(ids),
-                    )
-                ).all()
+                merged = st.merged_sources(conn, table, pid, ids)
                 day = dict(zip(rows["client_id"], rows["date"], strict=True))
                 refs += [(day[c], str(s)) for c, s in merged]
     refs.sort(key=lambda x: (x[0], x[1]))
@@ -613,6 +615,7 @@ def _resource_id(cohort: Any, answer: Mapping[str, Any]) -> str:
         query(name, text) for name, (_, _, text) in SEARCH_PARAMETERS.items()
     ],
 )
+@audited("forecast", success=False)
 def risk_assessments() -> Response:
     """Search RiskAssessment by patient (or subject): the patient's forecast as of today."""
     pid = _patient_param()
@@ -620,9 +623,11 @@ def risk_assessments() -> Response:
     st = store()
     with st.read() as conn:
         known = bool(st.known_patients(conn, [pid]))
-    if not known:
+    if not known:  # unknown in the caller's clinic (another clinic's patient too)
+        audit_event("patient.read", pid, "not_found")
         return fhir_response(searchset([], request.url, base=_base()))
-    if count == 0:  # the total only: no forecast is made (nor audited)
+    if count == 0:  # the total only: no forecast is made
+        audit_event("patient.read", pid)
         return fhir_response(searchset([], request.url, base=_base(), total=1))
     try:
         answer, cohort = forecast_for(pid, "fhir_risk_assessment")
@@ -650,6 +655,7 @@ def _not_found(what: str, rid: str) -> FhirProblem:
         "503": outcome("No model loaded"),
     },
 )
+@audited("forecast", success=False)
 def read_risk_assessment(rid: str) -> Response:
     """One RiskAssessment served by a search, while it can be made again exactly.
 
@@ -660,18 +666,13 @@ def read_risk_assessment(rid: str) -> Response:
     """
     if not _FHIR_ID.match(rid):
         raise _not_found("RiskAssessment", rid)
-    a = db.audit
     st = store()
     with st.read() as conn:
-        row = conn.execute(
-            sa.select(a.c.patient_id, a.c.as_of, a.c.model_version)
-            .where(a.c.inputs_hash == rid)
-            .order_by(a.c.audit_id.desc())
-            .limit(1)
-        ).first()
+        row = st.forecast_audited(conn, rid)  # the caller's clinic only
         if row is None:
             raise _not_found("RiskAssessment", rid)
         pid, as_of, version = str(row[0]), pd.Timestamp(row[1]), row[2]
+        audit_patient(pid)
         cohort = st.cohort([pid], conn)
     try:
         live = str(getattr(model_state().get(), "version", None))
@@ -717,6 +718,7 @@ def read_risk_assessment(rid: str) -> Response:
         "404": outcome("No stored patient with this id"),
     },
 )
+@audited("patient.read")
 def read_patient(pid: str) -> Response:
     """A stored patient as a Patient resource (id and gender; no birth date is kept)."""
     st = store()

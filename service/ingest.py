@@ -522,6 +522,7 @@ def _apply(
     retractions: Sequence[Retraction] = (),
     sources: Mapping[tuple[str, str, str], Sequence[str]] | None = None,
     actor: str | None = None,
+    audit: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write the plan in the open write transaction, re-planning if the rows changed."""
     patient_results = [
@@ -594,7 +595,46 @@ def _apply(
         out["refused_retracted"] = refused
     if out_retractions:
         out["retractions"] = out_retractions
+    if audit is not None:
+        store.add_audit(_audit_rows(audit, out), conn)
     return out
+
+
+def _audit_rows(audit: Mapping[str, str], out: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One audit row per patient written and per withdrawal (counts and ids, no values)."""
+    counts: dict[str, dict[str, int]] = {}
+    for p in out["patients"]:
+        counts.setdefault(str(p["patient_id"]), {})[f"patient {p['result']}"] = 1
+    for item in out["items"]:
+        c = counts.setdefault(str(item["patient_id"]), {})
+        for r in item["results"]:
+            key = f"{item['table']} {r['result']}"
+            c[key] = c.get(key, 0) + 1
+    base = {
+        "token_name": str(audit["actor"])[:128],
+        "outcome": "ok",
+        "request_id": str(audit.get("request_id", ""))[:64],
+        "endpoint": str(audit.get("endpoint", ""))[:64],
+    }
+    rows = [
+        {
+            **base,
+            "action": audit.get("action", "patient.write"),
+            "patient_id": pid,
+            "detail": ", ".join(f"{k}: {v}" for k, v in sorted(c.items())) or None,
+        }
+        for pid, c in counts.items()
+    ]
+    rows += [
+        {
+            **base,
+            "action": "patient.withdraw",
+            "patient_id": str(r["patient_id"]),
+            "detail": f"{r['table']} {r['id']}: {r['result']}",
+        }
+        for r in out.get("retractions", [])
+    ]
+    return rows
 
 
 def ingest_many(
@@ -606,6 +646,7 @@ def ingest_many(
     retractions: Sequence[Any] | None = None,
     sources: Mapping[tuple[str, str, str], Sequence[str]] | None = None,
     actor: str | None = None,
+    audit: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Validate and store rows of several patients and tables atomically.
 
@@ -641,6 +682,13 @@ def ingest_many(
         the row.
     actor : str, optional
         Who asks (the token name), kept in the withdrawals' tombstones.
+    audit : mapping, optional
+        ``actor``, ``action`` (default ``patient.write``; ``fhir.import``),
+        ``endpoint`` and ``request_id``: the write is audited in its own
+        transaction, one row per patient written (counts of rows created and
+        unchanged, never values) and one ``patient.withdraw`` row per
+        withdrawal, so the audit holds exactly the writes that committed (a
+        retried transaction writes them once).
 
     Returns
     -------
@@ -685,6 +733,6 @@ def ingest_many(
     return store.run_write(
         lambda conn: _apply(
             store, conn, parsed_items, parsed_patients, plan, today, parsed_retractions, sources,
-            actor,
+            actor, audit,
         )
     )

@@ -86,8 +86,17 @@ OPERATIONS: dict[str, dict[str, Any]] = {
     },
     "api.revoke_token": {"summary": "Revoke a token"},
     "api.audit_trail": {
-        "summary": "The audit trail of forecasts served",
-        "query": [("patient_id", {"type": "string"}, "Only this patient's rows")],
+        "summary": "The clinic's audit trail, oldest first, one page at a time",
+        "query": [
+            ("patient_id", {"type": "string"}, "Only this patient's rows"),
+            ("action", {"type": "string"}, "Only this action (forecast, patient.read, ...)"),
+            ("actor", {"type": "string"}, "Only this token or CDS client (cds:<name>)"),
+            ("outcome", {"type": "string"}, "Only this outcome (ok, not_found, refused, error)"),
+            ("since", {"type": "string"}, "From this date or time (inclusive, UTC)"),
+            ("until", {"type": "string"}, "Before this date or time (exclusive, UTC)"),
+            ("after", {"type": "integer", "minimum": 0}, "Rows after this audit_id (next page)"),
+            ("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "Rows per page (100)"),
+        ],
     },
     "openapi": {"summary": "This document"},
 }

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pandas as pd
 from flask import (
@@ -36,7 +37,7 @@ from service.auth import login_session, logout_session, public, require_role
 from service.clinic_openapi import html, operation, query
 from service.errors import ApiProblem
 from service.page_charts import horizon_rows, phq9_chart, risk_chart
-from service.serving import forecast_for, parse_as_of, store
+from service.serving import audited, forecast_for, parse_as_of, store
 
 bp = Blueprint("pages", __name__, template_folder="templates")
 
@@ -59,9 +60,24 @@ def _check_csrf() -> None:
 
 
 def _safe_next(target: str | None) -> str | None:
-    """Only local paths (no scheme, no host, no ``//``) are followed after login."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """Only local paths (no scheme, no host, no ``//``) are followed after login.
+
+    Browsers drop tabs and newlines from a URL and read a backslash as ``/``,
+    so ``/%09/evil.example`` would become ``//evil.example``: any control
+    character, space or backslash refuses the target.
+    """
+    if not target or len(target) > 2048:
         return None
+    for form in (target, unquote(target)):  # percent-encoded too (%09, %5C)
+        if (
+            not form.startswith("/")
+            or form.startswith("//")
+            or any(c <= " " or c in "\\\x7f" for c in form)
+        ):
+            return None
+        parts = urlsplit(form)
+        if parts.scheme or parts.netloc:
+            return None
     return target
 
 
@@ -172,6 +188,7 @@ def _history(pid: str) -> tuple[Any, pd.DataFrame, list[dict[str, Any]]]:
     parameters=[query("as_of", "Forecast date YYYY-MM-DD (default today); the API's answer")],
     html_errors=True,
 )
+@audited("page.view")
 def patient_page(patient_id: str) -> str:
     """The clinician page of one patient."""
     as_of_arg = parse_as_of(request.args.get("as_of"), "query/as_of")

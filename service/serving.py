@@ -8,22 +8,29 @@ module, never each other.
 
 Every forecast served goes through :func:`serve_forecasts`, which writes it to
 the audit table before it is returned; if that write fails, the client gets a
-5xx problem, not a forecast.
+5xx problem, not a forecast. Every other access to patient data, and every
+token or model change, is audited by :func:`audited` (a view decorator) or
+:func:`audit_event`; writes are audited in their own transaction
+(:func:`service.ingest.ingest_many`).
+
+Tenancy: :func:`store` is the app's store scoped to the caller's clinic, so
+every query a route makes sees that clinic's patients only.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import hashlib
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
-from flask import Flask, current_app, g, has_app_context
+from flask import Flask, current_app, g, has_app_context, has_request_context, request
 
 from forecast.cohort import Cohort
 from forecast.contract import TABLES
@@ -82,8 +89,22 @@ def _init_questionnaires(app: Flask) -> None:
 
 
 def store() -> Store:
-    """The app's store."""
-    return current_app.extensions["kap_store"]
+    """The app's store, scoped to the caller's clinic during a request.
+
+    In a request, the store's patient queries see only the clinic of
+    ``g.principal`` (none before authentication: a patient query then raises);
+    outside a request, the app's store itself.
+    """
+    base: Store = current_app.extensions["kap_store"]
+    if not has_request_context():
+        return base
+    principal = g.get("principal")
+    clinic = None if principal is None else principal.clinic
+    cached = g.get("_kap_scoped_store")
+    if cached is None or cached[0] != clinic:
+        cached = (clinic, base.scoped(clinic))
+        g._kap_scoped_store = cached
+    return cached[1]
 
 
 def model_state() -> ModelState:
@@ -108,6 +129,118 @@ def declared_covariates() -> tuple[str, ...]:
     return tuple(store().covariates)
 
 
+
+
+# --------------------------------------------------------------------------- audit
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def outcome_of(status: int) -> str:
+    """The audit outcome of an HTTP status."""
+    if status < 400:
+        return "ok"
+    if status in (404, 410):
+        return "not_found"
+    if status >= 500:
+        return "error"
+    return "refused"
+
+
+def _endpoint() -> str:
+    return (request.endpoint or "")[:64] if has_request_context() else ""
+
+
+def audit_event(
+    action: str,
+    patients: str | Iterable[str] | None = None,
+    outcome: str = "ok",
+    detail: str | None = None,
+) -> None:
+    """Audit ``action`` of the caller (one row per patient; committed on return).
+
+    Without an authenticated caller nothing is recorded (no actor, no clinic:
+    such a request never reaches patient data).
+    """
+    principal = g.get("principal") if has_request_context() else None
+    if principal is None:
+        return
+    if patients is None or isinstance(patients, str):
+        ids: list[str | None] = [patients]
+    else:
+        ids = list(dict.fromkeys(patients)) or [None]
+    base: Store = current_app.extensions["kap_store"]
+    base.add_audit(
+        [
+            {
+                "clinic": principal.clinic,
+                "token_name": principal.name[:128],
+                "action": action,
+                "patient_id": None if pid is None else str(pid)[:128],
+                "outcome": outcome,
+                "detail": detail,
+                "request_id": request_id()[:64],
+                "endpoint": _endpoint(),
+            }
+            for pid in ids
+        ]
+    )
+
+
+def audit_patient(pid: str) -> None:
+    """Name the patient a view is about, for :func:`audited` (when not in the path)."""
+    g.kap_audit_patient = pid
+
+
+def audited(action: str, *, success: bool = True) -> Callable[[F], F]:
+    """Audit every call of a view: the action, its patient and outcome.
+
+    Put it below ``require_role`` (the caller is known). The patient is the
+    path's ``patient_id`` or ``pid``, or what the view named by
+    :func:`audit_patient`. With ``success=False`` only failed calls are
+    recorded here (the view audits its successes itself, e.g. one forecast
+    row per patient or the write's own rows). The row is committed before the
+    answer leaves: if it cannot be written, the caller gets a 5xx, not data.
+    """
+
+    def decorate(view: F) -> F:
+        @functools.wraps(view)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            g.pop("kap_audit_patient", None)
+
+            def patient() -> str | None:
+                return g.get("kap_audit_patient") or kwargs.get("patient_id") or kwargs.get("pid")
+
+            try:
+                rv = view(*args, **kwargs)
+            except Exception as exc:
+                status = getattr(exc, "status", None) or getattr(exc, "code", None) or 500
+                audit_event(action, patient(), outcome_of(int(status)))
+                raise
+            status = getattr(rv, "status_code", None)
+            if isinstance(rv, tuple) and len(rv) > 1 and isinstance(rv[1], int):
+                status = rv[1]
+            outcome = outcome_of(int(status or 200))
+            if success or outcome != "ok":
+                audit_event(action, patient(), outcome)
+            return rv
+
+        wrapped.kap_audit = action  # type: ignore[attr-defined]
+        return wrapped  # type: ignore[return-value]
+
+    return decorate
+
+
+def write_audit(action: str = "patient.write") -> dict[str, str] | None:
+    """The ``audit`` argument of :func:`service.ingest.ingest_many` for this request."""
+    principal = g.get("principal") if has_request_context() else None
+    if principal is None:
+        return None
+    return {
+        "actor": principal.name,
+        "action": action,
+        "endpoint": _endpoint(),
+        "request_id": request_id()[:64],
+    }
 
 
 # --------------------------------------------------------------------------- audit hashes

@@ -107,7 +107,8 @@ def test_card_matches_json_forecast_and_is_audited(clinic_client):
     assert f"28 d {risk28:.0%}" in card["detail"]
     assert "not a suicide-risk assessment" in card["detail"]
     assert card["links"][0]["url"].endswith(f"/patients/{ROUTINE}")
-    audit = c.get(f"/api/v1/audit?patient_id={ROUTINE}", role="admin").get_json()["audit"]
+    url = f"/api/v1/audit?patient_id={ROUTINE}&action=forecast"
+    audit = c.get(url, role="admin").get_json()["audit"]
     assert [a["endpoint"] for a in audit] == ["cds_patient_view", "patient_forecast"]
     assert audit[0]["token_name"] == "cds:test-ehr"
 
@@ -269,13 +270,14 @@ def test_client_file_errors_are_clear(tmp_path):
     with pytest.raises(CdsConfigError, match="HS256"):
         load_clients({"clients": [{"iss": "x", "secret": CDS_SECRET, "algorithms": ["RS256"]}]})
     with pytest.raises(CdsConfigError, match="32 bytes"):
-        load_clients({"clients": [{"iss": "x", "secret": "short", "algorithms": ["HS256"]}]})
+        load_clients({"clients": [{"iss": "x", "secret": "short", "algorithms": ["HS256"]}]},
+                     allow_hs256=True)
     with pytest.raises(CdsConfigError, match="cannot read"):
         load_clients(tmp_path / "missing.json")
     f = tmp_path / "clients.json"
     doc = {"clients": [{"iss": "x", "secret": CDS_SECRET, "algorithms": ["HS256"]}]}
     f.write_text(json.dumps(doc))
-    assert list(load_clients(f)) == ["x"]
+    assert list(load_clients(f, allow_hs256=True)) == ["x"]
 
 
 def test_broken_clients_file_stops_the_app_at_start(make_app, tmp_path):

@@ -208,7 +208,8 @@ def test_risk_assessment_matches_the_json_forecast_and_is_audited(clinic_client)
     assert forecast["suggestion"]["session_by"] in notes
     assert "not a suicide-risk assessment" in notes
     assert not notes.startswith("SAFETY")
-    audit = c.get(f"/api/v1/audit?patient_id={ROUTINE}", role="admin").get_json()["audit"]
+    url = f"/api/v1/audit?patient_id={ROUTINE}&action=forecast"
+    audit = c.get(url, role="admin").get_json()["audit"]
     assert "fhir_risk_assessment" in [a["endpoint"] for a in audit]
 
     urgent = c.get(f"/fhir/r4/RiskAssessment?subject=Patient/{URGENT}").get_json()

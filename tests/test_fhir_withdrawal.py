@@ -201,8 +201,8 @@ def test_ingest_many_withdrawals_are_validated_and_idempotent(store):
     assert tomb["client_id"] == "a1"
     assert str(tomb["row_date"])[:10] == "2025-06-02"
     assert len(tomb["row_hash"]) == 64
-    assert set(tomb) == {"retraction_id", "patient_id", "table_name", "client_id", "row_date",
-                         "row_hash", "retracted_at", "retracted_by"}
+    assert set(tomb) == {"retraction_id", "clinic", "patient_id", "table_name", "client_id",
+                         "row_date", "row_hash", "retracted_at", "retracted_by"}
     assert tomb["retracted_by"] is None  # the Python API names no token
 
 
@@ -318,12 +318,19 @@ def test_rows_merged_before_the_upgrade_keep_their_safety_answers(make_app, data
         ]
         rows_ = [{**r, "patient_id": "pu", "content_hash": row_hash("assessments", r)}
                  for r in legacy]
-        def write(conn):  # the schema of revision 0002, so no store helper for patients
+        def write(conn):  # the schema of revision 0002 (no clinic yet), so no store helpers
             now = dt.datetime.now(dt.UTC)
-            conn.execute(sa.insert(db.patients).values(
+            old_patients = sa.table("patients", *(sa.column(n) for n in (
+                "patient_id", "content_hash", "created_at", "updated_at")))
+            conn.execute(sa.insert(old_patients).values(
                 patient_id="pu", content_hash=row_hash("patients", {}), created_at=now,
                 updated_at=now))
-            st.insert_history(conn, "assessments", rows_)
+            names = ("patient_id", "client_id", "date", "phq9_total", "cssrs_ideation",
+                     "content_hash", "created_at")
+            old_rows = sa.table("assessments", *(sa.column(n) for n in names))
+            conn.execute(sa.insert(old_rows), [
+                {**{n: r.get(n) for n in names}, "date": dt.date.fromisoformat(r["date"]),
+                 "created_at": now} for r in rows_])
 
         st.run_write(write)
     finally:

@@ -78,7 +78,8 @@ def test_patient_page_after_login_shows_chart_date_and_neutral_note(clinic_clien
     for forbidden in ("no risk", "low risk", "safe"):
         assert forbidden not in html.lower().replace("safety", "")
     # The page view is a forecast served: audited.
-    audit = c.get(f"/api/v1/audit?patient_id={ROUTINE}", role="admin").get_json()["audit"]
+    url = f"/api/v1/audit?patient_id={ROUTINE}&action=forecast"
+    audit = c.get(url, role="admin").get_json()["audit"]
     assert "page" in [a["endpoint"] for a in audit]
 
 

@@ -224,7 +224,8 @@ def test_every_forecast_served_is_audited(model_client: Client, sim_cohort: Coho
     assert rows[1]["inputs_hash"] == first["inputs_hash"] == rows[2]["inputs_hash"]
     model_client.get(f"/api/v1/patients/{ids[0]}/forecast?as_of=2026-05-01")
     assert st.audit_rows(ids[0])[-1]["inputs_hash"] != first["inputs_hash"]
-    audit = model_client.get(f"/api/v1/audit?patient_id={ids[0]}", role="admin").json["audit"]
+    url = f"/api/v1/audit?patient_id={ids[0]}&action=forecast"
+    audit = model_client.get(url, role="admin").json["audit"]
     assert len(audit) == 4
 
 

@@ -124,7 +124,8 @@ def test_token_api_create_list_revoke(client: Client) -> None:
     card = client.http.get("/api/v1/model", headers={"Authorization": f"Bearer {token}"})
     assert_problem(card, 503)  # authenticated; no model in this app
     listed = client.get("/api/v1/tokens", role="admin").json["tokens"]
-    assert {"name", "role", "created_at", "revoked_at"} == set(listed[0])
+    assert {"name", "role", "clinic", "created_at", "revoked_at", "expires_at",
+            "last_used_at"} == set(listed[0])
     assert token not in str(listed)
     dup = client.post("/api/v1/tokens", {"name": "bob", "role": "admin"}, role="admin")
     assert_problem(dup, 409)

@@ -25,6 +25,7 @@ SQLite ``BEGIN IMMEDIATE``) so two workers starting together are safe.
 
 from __future__ import annotations
 
+import copy
 import os
 import weakref
 from collections.abc import Sequence
@@ -32,14 +33,18 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from service.store.audit import AuditLog, GroupCommit
+from service.db import DEFAULT_CLINIC
+from service.store.audit import ACTIONS, OUTCOMES, AuditLog, GroupCommit
 from service.store.base import MIGRATIONS_DIR, StoreError, make_engine
 from service.store.patients import PatientRows
-from service.store.tokens import ROLES, Credentials, hash_token
+from service.store.tokens import ROLES, Credentials, check_clinic, hash_token
 from service.store.values import row_hash, utcnow
 from service.store.withdrawals import LEGACY_MERGE, LEGACY_SOURCES_KEY, Withdrawals
 
 __all__ = [
+    "ACTIONS",
+    "DEFAULT_CLINIC",
+    "OUTCOMES",
     "LEGACY_MERGE",
     "LEGACY_SOURCES_KEY",
     "MIGRATIONS_DIR",
@@ -47,6 +52,7 @@ __all__ = [
     "GroupCommit",
     "Store",
     "StoreError",
+    "check_clinic",
     "hash_token",
     "make_engine",
     "row_hash",
@@ -63,14 +69,24 @@ class Store(PatientRows, Withdrawals, Credentials, AuditLog):
         Database URL (``sqlite:///path`` or ``postgresql+psycopg://...``).
     covariates : sequence of str
         Declared patient covariates kept besides the contract columns.
+    clinic : str
+        The clinic whose patients this store's queries see (``"default"``:
+        a single-clinic deployment). :meth:`scoped` gives the same store seen
+        by another clinic (the service scopes each request to its caller's).
     **engine_kwargs
         Passed to :func:`sqlalchemy.create_engine` (tests pass ``connect_args``).
     """
 
     def __init__(
-        self, url: str | sa.URL, *, covariates: Sequence[str] = (), **engine_kwargs: Any
+        self,
+        url: str | sa.URL,
+        *,
+        covariates: Sequence[str] = (),
+        clinic: str = DEFAULT_CLINIC,
+        **engine_kwargs: Any,
     ) -> None:
         self.engine = make_engine(url, **engine_kwargs)
+        self.clinic = check_clinic(clinic)
         self.covariates = tuple(dict.fromkeys(covariates))
         self.dialect = self.engine.dialect.name
         # gunicorn --preload forks workers after create_app: a child must not reuse
@@ -85,3 +101,13 @@ class Store(PatientRows, Withdrawals, Credentials, AuditLog):
                 store._audit_group = GroupCommit(store._write_audit)
 
         os.register_at_fork(after_in_child=_after_fork)
+
+    def scoped(self, clinic: str | None) -> Store:
+        """This store (same engine and audit group commit) seen by ``clinic``.
+
+        Every patient query of the copy is filtered by ``clinic``; with None
+        the copy refuses patient queries (a request not authenticated).
+        """
+        view = copy.copy(self)
+        view.clinic = None if clinic is None else check_clinic(clinic)
+        return view

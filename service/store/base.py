@@ -98,6 +98,15 @@ class StoreBase:
     #: Declared patient covariates (``FORECAST_COVARIATES``): stored with each
     #: patient, returned as numeric columns of the patients frame and the cohort.
     covariates: tuple[str, ...]
+    #: The clinic every patient query of this store sees (tenancy); None: none
+    #: (a request not yet authenticated), and a patient query raises.
+    clinic: str | None
+
+    def clinic_id(self) -> str:
+        """The clinic of this store's patient queries (raises when it has none)."""
+        if self.clinic is None:
+            raise StoreError("no clinic: patient data are read only for an authenticated caller")
+        return self.clinic
 
     def migrate(self, target: str = "head") -> str | None:
         """Apply the packaged Alembic migrations up to ``target`` (head; under a lock).
@@ -174,9 +183,11 @@ class StoreBase:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def count(self, table: str, patient_id: str | None = None) -> int:
-        """Number of rows of a table (optionally of one patient)."""
+        """Number of rows of a table in this store's clinic (optionally of one patient)."""
         t = db.metadata.tables[table]
         query = sa.select(sa.func.count()).select_from(t)
+        if "clinic" in t.c:
+            query = query.where(t.c.clinic == self.clinic_id())
         if patient_id is not None:
             query = query.where(t.c.patient_id == patient_id)
         with self.read() as conn:

@@ -30,22 +30,37 @@ class PatientRows(StoreBase):
         if ids:
             conn.execute(
                 sa.select(db.patients.c.patient_id)
-                .where(db.patients.c.patient_id.in_(ids))
+                .where(db.patients.c.clinic == self.clinic_id(), db.patients.c.patient_id.in_(ids))
                 .order_by(db.patients.c.patient_id)
                 .with_for_update()
             ).all()
 
     def known_patients(self, conn: Connection, patient_ids: Iterable[str]) -> set[str]:
-        """The subset of ``patient_ids`` that exist in the store."""
+        """The subset of ``patient_ids`` stored in this store's clinic."""
         ids = list(set(patient_ids))
+        clinic = self.clinic_id()
         found: set[str] = set()
         for chunk in chunks(ids, 900):
             found.update(
                 conn.execute(
-                    sa.select(db.patients.c.patient_id).where(db.patients.c.patient_id.in_(chunk))
+                    sa.select(db.patients.c.patient_id).where(
+                        db.patients.c.clinic == clinic, db.patients.c.patient_id.in_(chunk)
+                    )
                 ).scalars()
             )
         return found
+
+    def patient_ids(self, conn: Connection) -> list[str]:
+        """Every patient id of this store's clinic, sorted."""
+        t = db.patients
+        return [
+            str(p)
+            for p in conn.execute(
+                sa.select(t.c.patient_id).where(t.c.clinic == self.clinic_id()).order_by(
+                    t.c.patient_id
+                )
+            ).scalars()
+        ]
 
     def upsert_patient(self, conn: Connection, record: dict[str, Any]) -> str:
         """Insert or update one patient's covariates.
@@ -64,6 +79,7 @@ class PatientRows(StoreBase):
             ``"created"``, ``"updated"`` or ``"unchanged"``.
         """
         pid = str(record["patient_id"])
+        clinic = self.clinic_id()
         values = {
             c.name: db_value(c.kind, record.get(c.name))
             for c in TABLES["patients"]
@@ -72,7 +88,7 @@ class PatientRows(StoreBase):
         now = utcnow()
         found = conn.execute(
             sa.select(db.patients.c.content_hash, db.patients.c.covariates).where(
-                db.patients.c.patient_id == pid
+                db.patients.c.clinic == clinic, db.patients.c.patient_id == pid
             )
         ).first()
         current = None if found is None else found[0]
@@ -97,7 +113,12 @@ class PatientRows(StoreBase):
         if current is None:
             conn.execute(
                 sa.insert(db.patients).values(
-                    patient_id=pid, **values, content_hash=digest, created_at=now, updated_at=now
+                    clinic=clinic,
+                    patient_id=pid,
+                    **values,
+                    content_hash=digest,
+                    created_at=now,
+                    updated_at=now,
                 )
             )
             return "created"
@@ -105,7 +126,7 @@ class PatientRows(StoreBase):
             return "unchanged"
         conn.execute(
             sa.update(db.patients)
-            .where(db.patients.c.patient_id == pid)
+            .where(db.patients.c.clinic == clinic, db.patients.c.patient_id == pid)
             .values(**values, content_hash=digest, updated_at=now)
         )
         return "updated"
@@ -127,8 +148,13 @@ class PatientRows(StoreBase):
             extra = ["client_id", "content_hash"] if with_ids else []
         rows: list[Any] = []
         columns = [_raw_column(t.c[n]) for n in names + extra]
+        clinic = self.clinic_id()
         for chunk in chunks(sorted(set(patient_ids)), 900):
-            rows.extend(conn.execute(sa.select(*columns).where(t.c.patient_id.in_(chunk))).all())
+            rows.extend(
+                conn.execute(
+                    sa.select(*columns).where(t.c.clinic == clinic, t.c.patient_id.in_(chunk))
+                ).all()
+            )
         if not rows:
             frame = empty_frame(table)
             for name in declared or extra:
@@ -159,7 +185,7 @@ class PatientRows(StoreBase):
         unchanged the patients' stored rows are exactly those seen before.
         """
         t = db.HISTORY[table]
-        return count_and_max(conn, t, t.c.row_id, patient_ids)
+        return count_and_max(conn, t, t.c.row_id, patient_ids, self.clinic_id())
 
     def cohort(self, patient_ids: Sequence[str], conn: Connection | None = None) -> Cohort:
         """The stored history of the patients as one canonical :class:`Cohort`."""
@@ -179,9 +205,11 @@ class PatientRows(StoreBase):
             return
         now = utcnow()
         t = db.HISTORY[table]
+        clinic = self.clinic_id()
         payload = []
         for row in rows:
             item = {c.name: db_value(c.kind, row.get(c.name)) for c in TABLES[table]}
+            item["clinic"] = clinic
             item["client_id"] = row.get("client_id")
             item["content_hash"] = row["content_hash"]
             item["created_at"] = now

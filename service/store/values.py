@@ -73,14 +73,14 @@ def db_value(kind: str, v: Any) -> Any:
 
 
 def count_and_max(
-    conn: Connection, t: sa.Table, key: sa.Column, patient_ids: Sequence[str]
+    conn: Connection, t: sa.Table, key: sa.Column, patient_ids: Sequence[str], clinic: str
 ) -> dict[str, tuple[int, int]]:
-    """``{patient_id: (row count, highest key)}`` of an insert-only keyed table."""
+    """``{patient_id: (row count, highest key)}`` of an insert-only keyed table (one clinic)."""
     out: dict[str, tuple[int, int]] = {}
     for chunk in chunks(sorted(set(patient_ids)), 900):
         rows = conn.execute(
             sa.select(t.c.patient_id, sa.func.count(), sa.func.max(key))
-            .where(t.c.patient_id.in_(chunk))
+            .where(t.c.clinic == clinic, t.c.patient_id.in_(chunk))
             .group_by(t.c.patient_id)
         ).all()
         out.update({str(r[0]): (int(r[1]), int(r[2])) for r in rows})

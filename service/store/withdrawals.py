@@ -39,7 +39,7 @@ class Withdrawals(StoreBase):
         for chunk in chunks(sorted(set(patient_ids)), 900):
             rows = conn.execute(
                 sa.select(t.c.patient_id, t.c.table_name, t.c.client_id, t.c.retraction_id).where(
-                    t.c.patient_id.in_(chunk)
+                    t.c.clinic == self.clinic_id(), t.c.patient_id.in_(chunk)
                 )
             ).all()
             for pid, table, cid, key in rows:
@@ -54,7 +54,7 @@ class Withdrawals(StoreBase):
             sa.select(
                 t.c.table_name, t.c.client_id, t.c.row_date, t.c.retracted_at, t.c.retracted_by
             )
-            .where(t.c.patient_id == patient_id)
+            .where(t.c.clinic == self.clinic_id(), t.c.patient_id == patient_id)
             .order_by(t.c.retraction_id)
         ).all()
         return [
@@ -76,6 +76,7 @@ class Withdrawals(StoreBase):
         return iso_day(
             conn.execute(
                 sa.select(t.c.row_date).where(
+                    t.c.clinic == self.clinic_id(),
                     t.c.patient_id == patient_id,
                     t.c.table_name == table,
                     t.c.client_id == client_id,
@@ -87,7 +88,9 @@ class Withdrawals(StoreBase):
         self, conn: Connection, patient_ids: Sequence[str]
     ) -> dict[str, tuple[int, int]]:
         """``{patient_id: (tombstone count, highest id)}``; tombstones are only inserted."""
-        return count_and_max(conn, db.retractions, db.retractions.c.retraction_id, patient_ids)
+        return count_and_max(
+            conn, db.retractions, db.retractions.c.retraction_id, patient_ids, self.clinic_id()
+        )
 
     def locate(
         self, conn: Connection, table: str, patient_id: str, source_id: str
@@ -100,8 +103,10 @@ class Withdrawals(StoreBase):
         the other resources the row holds.
         """
         t, src = db.HISTORY[table], db.row_sources
+        clinic = self.clinic_id()
         owner = conn.execute(
             sa.select(src.c.client_id).where(
+                src.c.clinic == clinic,
                 src.c.patient_id == patient_id,
                 src.c.table_name == table,
                 src.c.source_id == source_id,
@@ -114,7 +119,9 @@ class Withdrawals(StoreBase):
         )
         row = conn.execute(
             sa.select(t.c.client_id, t.c.date, t.c.content_hash, t.c.created_at, *answers).where(
-                t.c.patient_id == patient_id, t.c.client_id == (owner or source_id)
+                t.c.clinic == clinic,
+                t.c.patient_id == patient_id,
+                t.c.client_id == (owner or source_id),
             )
         ).first()
         if row is None:
@@ -123,6 +130,7 @@ class Withdrawals(StoreBase):
             str(m)
             for m in conn.execute(
                 sa.select(src.c.source_id).where(
+                    src.c.clinic == clinic,
                     src.c.patient_id == patient_id,
                     src.c.table_name == table,
                     src.c.client_id == row[0],
@@ -156,6 +164,26 @@ class Withdrawals(StoreBase):
             return False
         return any(v is not None for v in answers[:-2]) and any(v is not None for v in answers[-2:])
 
+    def merged_sources(
+        self, conn: Connection, table: str, patient_id: str, client_ids: Sequence[str]
+    ) -> list[tuple[str, str]]:
+        """``(row client id, merged resource id)`` of the patient's rows ``client_ids``."""
+        src = db.row_sources
+        out: list[tuple[str, str]] = []
+        for chunk in chunks(sorted(set(client_ids)), 900):
+            out += [
+                (str(c), str(s))
+                for c, s in conn.execute(
+                    sa.select(src.c.client_id, src.c.source_id).where(
+                        src.c.clinic == self.clinic_id(),
+                        src.c.patient_id == patient_id,
+                        src.c.table_name == table,
+                        src.c.client_id.in_(chunk),
+                    )
+                ).all()
+            ]
+        return out
+
     def add_row_sources(
         self, conn: Connection, table: str, sources: Sequence[tuple[str, str, str]]
     ) -> None:
@@ -164,7 +192,13 @@ class Withdrawals(StoreBase):
             conn.execute(
                 sa.insert(db.row_sources),
                 [
-                    {"patient_id": p, "table_name": table, "client_id": c, "source_id": s}
+                    {
+                        "clinic": self.clinic_id(),
+                        "patient_id": p,
+                        "table_name": table,
+                        "client_id": c,
+                        "source_id": s,
+                    }
                     for p, c, s in sources
                 ],
             )
@@ -187,13 +221,19 @@ class Withdrawals(StoreBase):
         the caller's decision
         (``service.ingest``: not while it holds other resources' values).
         """
+        clinic = self.clinic_id()
         if row is not None:
             t, src = db.HISTORY[table], db.row_sources
             conn.execute(
-                sa.delete(t).where(t.c.patient_id == patient_id, t.c.client_id == row["client_id"])
+                sa.delete(t).where(
+                    t.c.clinic == clinic,
+                    t.c.patient_id == patient_id,
+                    t.c.client_id == row["client_id"],
+                )
             )
             conn.execute(
                 sa.delete(src).where(
+                    src.c.clinic == clinic,
                     src.c.patient_id == patient_id,
                     src.c.table_name == table,
                     src.c.client_id == row["client_id"],
@@ -202,6 +242,7 @@ class Withdrawals(StoreBase):
         conn.execute(
             sa.insert(db.retractions),
             {
+                "clinic": clinic,
                 "patient_id": patient_id,
                 "table_name": table,
                 "client_id": client_id,
