@@ -57,6 +57,13 @@ def operation(
             if html_errors
             else problem("The token's role may not use this route"),
         )
+    base.setdefault(
+        "429",
+        html("Too many failed sign-ins or tokens from this address")
+        if html_errors
+        else problem("Too many failed authentications from this address; retry after "
+                     "Retry-After seconds"),
+    )
     base.setdefault("500", problem("The service failed; the request id names the log entry"))
     spec: dict[str, Any] = {"summary": summary, "responses": base}
     if parameters:

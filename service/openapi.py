@@ -222,6 +222,8 @@ def _operation(app: Flask, endpoint: str, method: str, params: list[str]) -> dic
     if not is_public:
         responses["401"] = _problem("Missing, unknown or revoked token")
         responses["403"] = _problem("The token's role may not use this route")
+    responses["429"] = _problem("Too many failed authentications from this address; retry "
+                                "after Retry-After seconds")
     if params:
         responses["404"] = _problem("Unknown resource")
     if spec.get("conflict") or endpoint == "api.model_reload":
