@@ -8,13 +8,14 @@ Rules (defaults in :class:`forecast.outcomes.OutcomeDefinition`):
 - A session *responds* when the first PHQ-9 dated after it, within
   ``response_window_days`` (14) and not after the next session, is <= 50 % of
   the patient's baseline. That PHQ-9 is the *response assessment*; the
-  episode's time origin is the session date.
+  episode's time origin is the session date. Sessions before the first
+  induction session, and patients without a baseline, start no episode.
 - A session given while the patient is in response (a booster, or an
   induction session after the first) responds on that evidence: the latest
   PHQ-9 on or before its day, at most ``pre_session_window_days`` (7) before
-  it, is in response and meets no C-SSRS waning criterion. That pre-session PHQ-9 is then its response
-  assessment (``response_day`` <= 0), whatever follows the session. Sessions before the first
-  induction session, and patients without a baseline, start no episode.
+  it, is in response and meets no C-SSRS waning criterion. That pre-session
+  PHQ-9 is then its response assessment (``response_day`` <= 0), whatever
+  follows the session.
 - The event (benefit waned) is the first assessment after the response
   assessment, and on or before the next session, at which the patient is no
   longer in response and PHQ-9 >= 10, or item 9 >= 1 when item 9 was exactly
