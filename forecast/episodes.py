@@ -82,15 +82,15 @@ RESPONSE_STATUSES: tuple[str, ...] = (
 
 
 def episode_arrays(prep: Prepared) -> dict[str, np.ndarray]:
-    """Per-session response and episode outcome arrays (aligned with ``prep.s``).
+    """Per-session response and episode outcome arrays (aligned with ``prep.sessions``).
 
     Internal workhorse of :func:`build_episodes`, :func:`session_responses`,
     :func:`forecast.summary.patient_summary` and :mod:`forecast.features`.
     Days are integers since 1970; ``*_day`` arrays are float with NaN for
     "none".
     """
-    ns = len(prep.s_pc)
-    s_pc, s_day = prep.s_pc, prep.s_day
+    ns = len(prep.s_patient)
+    s_pc, s_day = prep.s_patient, prep.s_day
 
     same_next = np.zeros(ns, dtype=bool)
     same_next[:-1] = s_pc[1:] == s_pc[:-1]
@@ -146,10 +146,10 @@ def _responses(
 ) -> dict[str, np.ndarray]:
     """Each session's response assessment, whether it responded, and its status."""
     d = prep.definition
-    a = prep.a
-    ns = len(prep.s_pc)
-    na = len(prep.a_pc)
-    s_pc, s_day = prep.s_pc, prep.s_day
+    a = prep.assessments
+    ns = len(prep.s_patient)
+    na = len(prep.a_patient)
+    s_pc, s_day = prep.s_patient, prep.s_day
     phq9 = a["phq9"].to_numpy(dtype=float)
     item9 = a["item9"].to_numpy(dtype=float)
 
@@ -161,7 +161,7 @@ def _responses(
         jj = np.clip(j, 0, len(p_rows) - 1)
         row = p_rows[jj]
         window_end = np.minimum(s_day + d.response_window_days, next_day)
-        found = (j < len(p_rows)) & (prep.a_pc[row] == s_pc) & (prep.a_day[row] <= window_end)
+        found = (j < len(p_rows)) & (prep.a_patient[row] == s_pc) & (prep.a_day[row] <= window_end)
         r_idx[found] = row[found]
     has_r = r_idx >= 0
     r_safe = np.clip(r_idx, 0, None)
@@ -211,20 +211,20 @@ def _pre_session_responses(
     check-in score is the baseline, never a response.
     """
     d = prep.definition
-    ns = len(prep.s_pc)
+    ns = len(prep.s_patient)
     if d.pre_session_window_days is None or not ns or not len(p_rows):
         return None
-    a = prep.a
+    a = prep.assessments
     j = np.searchsorted(prep.a_key[p_rows], prep.s_key, side="right") - 1
     row = p_rows[np.clip(j, 0, None)]
     found = (
         (j >= 0)
-        & (prep.a_pc[row] == prep.s_pc)
+        & (prep.a_patient[row] == prep.s_patient)
         & (prep.a_day[row] >= prep.s_day - d.pre_session_window_days)
     )
     phq9 = a["phq9"].to_numpy(dtype=float)[row]
     cssrs = a["cssrs_ideation"].to_numpy(dtype=float)[row]
-    anchor = prep.anchor_day[prep.s_pc]
+    anchor = prep.anchor_day[prep.s_patient]
     with np.errstate(invalid="ignore"):
         ok = (
             found
@@ -241,10 +241,10 @@ def _waning(
 ) -> dict[str, np.ndarray]:
     """The first waning event of each episode and its interval, or the censoring day."""
     d = prep.definition
-    a = prep.a
-    ns = len(prep.s_pc)
-    na = len(prep.a_pc)
-    s_pc, s_day = prep.s_pc, prep.s_day
+    a = prep.assessments
+    ns = len(prep.s_patient)
+    na = len(prep.a_patient)
+    s_pc, s_day = prep.s_patient, prep.s_day
     phq9 = a["phq9"].to_numpy(dtype=float)
     item9 = a["item9"].to_numpy(dtype=float)
     cssrs = a["cssrs_ideation"].to_numpy(dtype=float)
@@ -252,7 +252,7 @@ def _waning(
     # Each assessment belongs to the last session dated strictly before it.
     own = np.searchsorted(prep.s_key, prep.a_key, side="left") - 1
     own_ok = own >= 0
-    own_ok[own_ok] = s_pc[own[own_ok]] == prep.a_pc[own_ok]
+    own_ok[own_ok] = s_pc[own[own_ok]] == prep.a_patient[own_ok]
     own_safe = np.where(own_ok, own, 0)
 
     def at_owner(values: np.ndarray, fill: float) -> np.ndarray:
@@ -264,7 +264,7 @@ def _waning(
     in_ep = own_ok & at_owner(responded, False).astype(bool) & (pos >= own_r)
     is_r = in_ep & (pos == own_r)
 
-    a_base = prep.base_phq9[prep.a_pc] if na else np.zeros(0)
+    a_base = prep.base_phq9[prep.a_patient] if na else np.zeros(0)
     with np.errstate(invalid="ignore"):
         sym = (phq9 > d.response_fraction * a_base) & (phq9 >= d.waned_phq9_min)
         si9 = (item9 >= d.si_item9_min) & (at_owner(r_item9, np.nan) == 0)
@@ -347,14 +347,14 @@ def _events_among(
 
 
 def _table(prep: Prepared, ep: dict[str, np.ndarray], rows: np.ndarray) -> pd.DataFrame:
-    s = prep.s
-    pid = prep.ids[prep.s_pc[rows]] if len(rows) else np.zeros(0, dtype=object)
+    s = prep.sessions
+    pid = prep.ids[prep.s_patient[rows]] if len(rows) else np.zeros(0, dtype=object)
     responded = ep["responded"][rows]
     # Episode number within the patient, counting responding sessions from 1.
     resp_rows = np.flatnonzero(ep["responded"])
     k_all = np.zeros(len(ep["responded"]), dtype=np.int64)
     if len(resp_rows):
-        pcs = prep.s_pc[resp_rows]
+        pcs = prep.s_patient[resp_rows]
         starts = np.r_[True, pcs[1:] != pcs[:-1]]
         grp_start = np.maximum.accumulate(np.where(starts, np.arange(len(pcs)), 0))
         k_all[resp_rows] = np.arange(len(pcs)) - grp_start + 1
@@ -429,7 +429,7 @@ def build_episodes(
     """
     prep = prepare(cohort, definition or OutcomeDefinition())
     ep = episode_arrays(prep)
-    mask = np.ones(len(prep.s_pc), dtype=bool) if include_non_responding else ep["responded"]
+    mask = np.ones(len(prep.s_patient), dtype=bool) if include_non_responding else ep["responded"]
     return _table(prep, ep, np.flatnonzero(mask))
 
 

@@ -173,27 +173,27 @@ class _Context:
 def _context(prep: Prepared) -> _Context:
     ep = episode_arrays(prep)
     n_pat = len(prep.ids)
-    ns = len(prep.s_pc)
-    a = prep.a
+    ns = len(prep.s_patient)
+    a = prep.assessments
     s_first = np.full(n_pat, -1, dtype=np.int64)
     if ns:
-        starts = np.flatnonzero(np.r_[True, prep.s_pc[1:] != prep.s_pc[:-1]])
-        s_first[prep.s_pc[starts]] = starts
+        starts = np.flatnonzero(np.r_[True, prep.s_patient[1:] != prep.s_patient[:-1]])
+        s_first[prep.s_patient[starts]] = starts
     resp = ep["responded"].astype(float)
     ev = (ep["event"] & ep["responded"]).astype(float)
     dur = np.where(ep["event"], (ep["lower"] + ep["upper"]) / 2.0, ep["lower"])
     dur = np.where(ep["responded"], dur, 0.0)
-    cum_ep = group_cumsum(resp, prep.s_pc)
+    cum_ep = group_cumsum(resp, prep.s_patient)
     prev_ep = cum_ep - resp
-    prev_events = group_cumsum(ev, prep.s_pc) - ev
-    prev_dur_sum = group_cumsum(dur, prep.s_pc) - dur
+    prev_events = group_cumsum(ev, prep.s_patient) - ev
+    prev_dur_sum = group_cumsum(dur, prep.s_patient) - dur
     r_sc = np.where(ep["responded"], np.nan_to_num(ep["r_phq9"].astype(float)), 0.0)
-    prev_r_sum = group_cumsum(r_sc, prep.s_pc) - r_sc
+    prev_r_sum = group_cumsum(r_sc, prep.s_patient) - r_sc
     ep_index = np.where(ep["responded"], cum_ep, 0).astype(np.int64)
 
     phq9 = a["phq9"].to_numpy(dtype=float)
     p_rows = np.flatnonzero(~np.isnan(phq9))
-    p_pc = prep.a_pc[p_rows]
+    p_pc = prep.a_patient[p_rows]
     p_day = prep.a_day[p_rows].astype(float)
     # Days relative to the patient's first PHQ-9 keep the squared sums small.
     first = np.r_[True, p_pc[1:] != p_pc[:-1]] if len(p_rows) else np.zeros(0, dtype=bool)
@@ -210,8 +210,8 @@ def _context(prep: Prepared) -> _Context:
     # Owner = last session dated strictly before the assessment (as in episodes).
     own = np.searchsorted(prep.s_key, prep.a_key, side="left") - 1
     own_ok = own >= 0
-    own_ok[own_ok] = prep.s_pc[own[own_ok]] == prep.a_pc[own_ok]
-    own = np.where(own_ok, own, -1 - prep.a_pc)  # per-patient group before any session
+    own_ok[own_ok] = prep.s_patient[own[own_ok]] == prep.a_patient[own_ok]
+    own = np.where(own_ok, own, -1 - prep.a_patient)  # per-patient group before any session
     p_owner = own[p_rows]
     p_max_since = (
         run_cummax(y.astype(np.int64), p_owner).astype(float) if len(p_rows) else np.zeros(0)
@@ -331,12 +331,12 @@ def _session_state(
     with np.errstate(invalid="ignore"):
         base_known = treated & (prep.base_day[q_pc] <= qd)
     base = np.where(base_known, prep.base_phq9[q_pc], np.nan)
-    si = last_at_or_before(prep.s_key, prep.s_pc, q_key, q_pc)
+    si = last_at_or_before(prep.s_key, prep.s_patient, q_key, q_pc)
     has_s = si >= 0
     si0 = np.clip(si, 0, None)
     s_day = take(prep.s_day, si)
     n_sessions = np.where(has_s, si - ctx.s_first[q_pc] + 1, 0)
-    responded = has_s & ep["responded"][si0] if len(prep.s_pc) else np.zeros(nq, dtype=bool)
+    responded = has_s & ep["responded"][si0] if len(prep.s_patient) else np.zeros(nq, dtype=bool)
     r_day = take(ep["r_day"], si)
     with np.errstate(invalid="ignore"):
         response_known = has_s & (r_day <= qd)
@@ -388,15 +388,15 @@ def _assessment_state(
 ) -> dict[str, np.ndarray]:
     """The latest answers, the PHQ-9 since the last session, the slope and the safety flag."""
     prep = ctx.prep
-    a = prep.a
-    ai = last_at_or_before(prep.a_key, prep.a_pc, q_key, q_pc)
-    pi = last_at_or_before(ctx.p_key, prep.a_pc[ctx.p_rows], q_key, q_pc)
+    a = prep.assessments
+    ai = last_at_or_before(prep.a_key, prep.a_patient, q_key, q_pc)
+    pi = last_at_or_before(ctx.p_key, prep.a_patient[ctx.p_rows], q_key, q_pc)
     p_idx = np.where(pi >= 0, ctx.p_rows[np.clip(pi, 0, None)] if len(ctx.p_rows) else 0, -1)
     latest = take(a["phq9"].to_numpy(dtype=float), p_idx)
     latest_day = take(prep.a_day, p_idx)
-    i9i = last_at_or_before(prep.a_key[ctx.i9_rows], prep.a_pc[ctx.i9_rows], q_key, q_pc)
+    i9i = last_at_or_before(prep.a_key[ctx.i9_rows], prep.a_patient[ctx.i9_rows], q_key, q_pc)
     item9 = take(a["item9"].to_numpy(dtype=float)[ctx.i9_rows], i9i)
-    ci = last_at_or_before(prep.a_key[ctx.c_rows], prep.a_pc[ctx.c_rows], q_key, q_pc)
+    ci = last_at_or_before(prep.a_key[ctx.c_rows], prep.a_patient[ctx.c_rows], q_key, q_pc)
     cssrs = take(a["cssrs_ideation"].to_numpy(dtype=float)[ctx.c_rows], ci)
     last_a_day = take(prep.a_day, ai)
 
@@ -442,7 +442,7 @@ def _assessment_state(
 def _feature_values(ctx: _Context, q: _AtQuery) -> dict[str, np.ndarray]:
     """Every feature column (missing values filled, with ``*_missing`` indicators)."""
     prep = ctx.prep
-    s = prep.s
+    s = prep.sessions
     q_pc, si, base = q.q_pc, q.si, q.base
     nq = len(q_pc)
     out: dict[str, np.ndarray] = {}
@@ -532,8 +532,8 @@ def _safety_rows(prep: Prepared, q: _AtQuery) -> np.ndarray:
     """
     n = len(q.q_pc)
     out = np.full(n, -1, dtype=np.int64)
-    a = prep.a
-    pairs = pair_flags(a, prep.a_pc, q.q_pc, days_to_dates(q.qd), days_to_dates(q.s_day))
+    a = prep.assessments
+    pairs = pair_flags(a, prep.a_patient, q.q_pc, days_to_dates(q.qd), days_to_dates(q.s_day))
     live = np.flatnonzero(pairs.in_force)
     if not len(live):
         return out
@@ -548,7 +548,7 @@ def _safety_rows(prep: Prepared, q: _AtQuery) -> np.ndarray:
 def _context_values(ctx: _Context, q: _AtQuery) -> dict[str, np.ndarray]:
     """The context columns of ``full`` queries: raw values, statuses and dates."""
     prep, ep, d = ctx.prep, ctx.ep, ctx.prep.definition
-    a, s = prep.a, prep.s
+    a, s = prep.assessments, prep.sessions
     si, base, qd, s_day = q.si, q.base, q.qd, q.s_day
     status = np.full(len(q.q_pc), "pending", dtype=object)
     with np.errstate(invalid="ignore"):
@@ -719,7 +719,7 @@ def landmark_dataset(
     keep = s_rep < stop[e_rep]
     s_rep, e_rep = s_rep[keep], e_rep[keep]
     sess = e[e_rep]
-    q_pc = prep.s_pc[sess].astype(np.int64)
+    q_pc = prep.s_patient[sess].astype(np.int64)
     q_day = prep.s_day[sess] + s_rep
     frame = _compute(ctx, q_pc, q_day, full=False)
     ids = prep.ids[q_pc]

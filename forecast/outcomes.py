@@ -224,13 +224,13 @@ class Prepared:
     definition: OutcomeDefinition
     ids: np.ndarray  # sorted unique patient ids (object)
     patients: pd.DataFrame  # one row per code, aligned with ids
-    a: pd.DataFrame  # scored assessments, sorted by (pcode, day), RangeIndex
-    a_pc: np.ndarray
+    assessments: pd.DataFrame  # scored assessments, sorted by (pcode, day), RangeIndex
+    a_patient: np.ndarray  # patient code of each assessment row
     a_day: np.ndarray
     a_key: np.ndarray
     a_rank: np.ndarray  # safety flag rank per assessment: 2 urgent, 1 review, 0 none
-    s: pd.DataFrame  # sessions, sorted by (pcode, day), RangeIndex
-    s_pc: np.ndarray
+    sessions: pd.DataFrame  # sessions, sorted by (pcode, day), RangeIndex
+    s_patient: np.ndarray  # patient code of each session row
     s_day: np.ndarray
     s_key: np.ndarray
     anchor_day: np.ndarray  # per patient, float (NaN: no induction session)
@@ -350,13 +350,13 @@ def prepare(
         definition=definition,
         ids=ids,
         patients=patients,
-        a=a,
-        a_pc=a_pc,
+        assessments=a,
+        a_patient=a_pc,
         a_day=a_day,
         a_key=day_key(a_pc, a_day),
         a_rank=a_rank.astype(np.int64),
-        s=s,
-        s_pc=s_pc,
+        sessions=s,
+        s_patient=s_pc,
         s_day=s_day,
         s_key=day_key(s_pc, s_day),
         anchor_day=anchor_day,
@@ -441,12 +441,12 @@ def assessment_states(cohort: Cohort, definition: OutcomeDefinition | None = Non
     """
     definition = definition or OutcomeDefinition()
     prep = prepare(cohort, definition)
-    a = prep.a.copy()
-    base = prep.base_phq9[prep.a_pc]
+    a = prep.assessments.copy()
+    base = prep.base_phq9[prep.a_patient]
     phq9 = a["phq9"].to_numpy(dtype=float)
     a["baseline_phq9"] = base
     with np.errstate(invalid="ignore"):
-        a["after_treatment"] = prep.a_day > prep.anchor_day[prep.a_pc]
+        a["after_treatment"] = prep.a_day > prep.anchor_day[prep.a_patient]
         change = base - phq9
         a["in_response"] = is_response(phq9, base, definition)
         a["in_remission"] = is_remission(phq9, definition)

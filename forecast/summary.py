@@ -81,8 +81,8 @@ def patient_summary(cohort: Cohort, definition: OutcomeDefinition | None = None)
 def _add_scores(out: pd.DataFrame, prep: Prepared, definition: OutcomeDefinition) -> None:
     """Best, first response/remission and latest PHQ-9, current state and change."""
     n = len(prep.ids)
-    pc = prep.a_pc
-    phq9 = prep.a["phq9"].to_numpy(dtype=float)
+    pc = prep.a_patient
+    phq9 = prep.assessments["phq9"].to_numpy(dtype=float)
     has_p = ~np.isnan(phq9)
     base = prep.base_phq9
     treated = ~np.isnan(prep.anchor_day)
@@ -132,20 +132,20 @@ def _add_scores(out: pd.DataFrame, prep: Prepared, definition: OutcomeDefinition
 def _add_counts(out: pd.DataFrame, prep: Prepared) -> None:
     """Counts of assessments, sessions, benefit episodes and waned episodes."""
     n = len(prep.ids)
-    pc = prep.a_pc
+    pc = prep.a_patient
     out["n_assessments"] = np.bincount(pc, minlength=n)
-    out["n_sessions"] = np.bincount(prep.s_pc, minlength=n)
+    out["n_sessions"] = np.bincount(prep.s_patient, minlength=n)
     ep = episode_arrays(prep)
     resp = ep["responded"]
-    out["n_episodes"] = np.bincount(prep.s_pc[resp], minlength=n)
-    out["n_waned"] = np.bincount(prep.s_pc[resp & ep["event"]], minlength=n)
+    out["n_episodes"] = np.bincount(prep.s_patient[resp], minlength=n)
+    out["n_waned"] = np.bincount(prep.s_patient[resp & ep["event"]], minlength=n)
 
 
 def _add_safety(out: pd.DataFrame, prep: Prepared) -> None:
     """Suicidal-ideation history and the safety flag of the most recent assessment."""
     n = len(prep.ids)
-    a = prep.a
-    pc = prep.a_pc
+    a = prep.assessments
+    pc = prep.a_patient
     item9 = a["item9"].to_numpy(dtype=float)
     cssrs = a["cssrs_ideation"].to_numpy(dtype=float)
     with np.errstate(invalid="ignore"):

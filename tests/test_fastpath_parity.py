@@ -77,8 +77,8 @@ def test_prepare_with_a_scored_frame_equals_scoring_inside(cohort200: Any) -> No
     before = scored.copy()
     a = prepare(cohort200, definition)
     b = prepare(cohort200, definition, scored=scored)
-    pd.testing.assert_frame_equal(a.a, b.a)
-    for name in ("a_pc", "a_day", "a_key", "a_rank", "anchor_day", "base_phq9", "base_day"):
+    pd.testing.assert_frame_equal(a.assessments, b.assessments)
+    for name in ("a_patient", "a_day", "a_key", "a_rank", "anchor_day", "base_phq9", "base_day"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     pd.testing.assert_frame_equal(scored, before)
 
