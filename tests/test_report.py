@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 
@@ -161,6 +162,19 @@ def test_report_cli(tmp_path):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "rep" / "report.json").exists()
     assert (tmp_path / "rep" / "report.html").exists()
+    # The hand cohort is small: its counts are suppressed unless --exact.
+    shared = (tmp_path / "rep" / "report.json").read_text()
+    assert "<11" in shared
+    r = CliRunner().invoke(
+        main,
+        ["report", str(tmp_path / "data"), "--out", str(tmp_path / "ex"), "--today", "2025-03-01",
+         "--exact"],
+    )
+    assert r.exit_code == 0, r.output
+    exact = json.loads((tmp_path / "ex" / "report.json").read_text())
+    assert "<11" not in json.dumps(exact)
+    expected = outcome_report(hand_cohort(), today=dt.date(2025, 3, 1))
+    assert exact["cohort"] == json.loads(json.dumps(expected["cohort"]))
     (tmp_path / "data" / "sessions.csv").write_text("patient_id,date,kind\nA,2025-01-02,booster\n")
     r = CliRunner().invoke(main, ["report", str(tmp_path / "data"), "--out", str(tmp_path / "x")])
     assert r.exit_code == 1

@@ -34,17 +34,28 @@ _TODAY_HELP = "Reject dates after this day, written YYYY-MM-DD (default: the cur
 )
 @click.option("--covariate", "covariates", multiple=True, metavar="NAME", help=_COVARIATE_HELP)
 @click.option("--today", type=click.DateTime(formats=["%Y-%m-%d"]), default=None, help=_TODAY_HELP)
-def report(folder: Path, out: Path, covariates: tuple[str, ...], today: datetime | None) -> None:
+@click.option(
+    "--exact",
+    is_flag=True,
+    help="Keep small counts (1-10) and exact dates: for the clinic's own quality review "
+    "only, never for sharing (default: small cells suppressed, dates as months).",
+)
+def report(
+    folder: Path, out: Path, covariates: tuple[str, ...], today: datetime | None, exact: bool
+) -> None:
     """Write the clinic outcome report of the contract folder FOLDER.
 
     Response and remission rates, how long the benefit lasted (Turnbull
     curves overall and by route, diagnosis and psychotherapy), sessions per
     patient-year and suicidal-ideation answers on record, as report.json and
-    a self-contained report.html. Exits 1 with the data problems if FOLDER
-    does not conform to the data contract.
+    a self-contained report.html. Counts from 1 to 10 are shown as "<11",
+    rates and curves resting on them are withheld, and dates are given as
+    months, as in the service's researcher report; ``--exact`` keeps them.
+    Exits 1 with the data problems if FOLDER does not conform to the data
+    contract.
     """
     from forecast.data import ContractError, load_cohort
-    from forecast.report import outcome_report, write_report
+    from forecast.report import outcome_report, suppress_small_cells, write_report
 
     day = today.date() if today is not None else None
     try:
@@ -56,6 +67,8 @@ def report(folder: Path, out: Path, covariates: tuple[str, ...], today: datetime
         raise SystemExit(1) from None
     click.echo(f"computing the outcome report of {len(cohort.patients)} patients ...", err=True)
     rep = outcome_report(cohort, today=day)
+    if not exact:
+        rep = suppress_small_cells(rep)
     path = write_report(rep, out)
     click.echo(str(path / "report.html"))
 
