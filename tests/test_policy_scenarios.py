@@ -465,7 +465,7 @@ def test_safety_is_evaluated_when_no_forecast_applies(policy_model, history, und
 
 def test_waning_by_suicidal_ideation_is_said_as_such(policy_model):
     # C-SSRS intent two days ago while the PHQ-9 total stays in response: the
-    # benefit counts as waned (DESIGN.md), but "not in response" would be false.
+    # benefit counts as waned (docs: outcomes), but "not in response" would be false.
     sessions, assessments = responder("SIW", after=((-7, 6),))
     assessments.append({"pid": "SIW", "day": -2, "phq9": 6, "item9": 0, "cssrs": 4})
     cohort = build_history([_patient("SIW")], sessions, assessments)

@@ -145,7 +145,7 @@ def test_api_conforms_to_its_openapi_document(
 
 
 def test_openapi_document_covers_the_design_endpoints(fuzz_app: Any) -> None:
-    """The document schemathesis fuzzes lists every JSON endpoint of DESIGN.md."""
+    """The document schemathesis fuzzes lists every JSON endpoint of the HTTP contract."""
     doc = fuzz_app.test_client().get("/openapi.json").get_json()
     paths = doc["paths"]
     expected = {

@@ -14,7 +14,7 @@ from service.store import hash_token
 from tests.fixtures.service import Client, assert_problem, client_for
 
 #: (rule, method) pairs open on purpose: health, the OpenAPI document and CDS Hooks
-#: discovery (DESIGN.md), static files, and the page login form (it takes the token).
+#: discovery, static files, and the page login form (it takes the token).
 OPEN = {
     ("/api/v1/health", "GET"),
     ("/openapi.json", "GET"),
