@@ -464,9 +464,7 @@ def _pct(x: float | None) -> str:
 
 
 def _rate_text(r: Mapping[str, Any]) -> str:
-    if isinstance(r["count"], str) or isinstance(r["of"], str) or (
-        r["rate"] is None and r["of"]
-    ):
+    if isinstance(r["count"], str) or isinstance(r["of"], str) or (r["rate"] is None and r["of"]):
         return f"{r['count']} of {r['of']} (suppressed: small numbers)"
     if r["rate"] is None:
         return "n/a (no evaluable patient)"
@@ -474,16 +472,10 @@ def _rate_text(r: Mapping[str, Any]) -> str:
     return f"{r['count']} of {r['of']} ({_pct(r['rate'])}; 95 % CI {_pct(lo)}-{_pct(hi)})"
 
 
-def render_html(report: Mapping[str, Any]) -> str:
-    """The report as one self-contained HTML page (inline CSS and base64 PNG plots)."""
-    c, r, s, si = (
-        report["cohort"],
-        report["response"],
-        report["sessions"],
-        report["suicidal_ideation"],
-    )
-    dur = report["durability"]
-    parts = [
+def _html_head(report: Mapping[str, Any]) -> list[str]:
+    """Document head, title, record period, caveats and the patients table."""
+    c = report["cohort"]
+    return [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         "<title>Clinic outcome report</title><style>",
@@ -524,6 +516,11 @@ def render_html(report: Mapping[str, Any]) -> str:
             ],
             ["", "count"],
         ),
+    ]
+
+
+def _html_response(r: Mapping[str, Any]) -> list[str]:
+    return [
         "<h2>Response and remission</h2>",
         "<div class='grid'><div>",
         _table(
@@ -540,8 +537,12 @@ def render_html(report: Mapping[str, Any]) -> str:
         "</div>",
         f"<img alt='response and remission rates' src='data:image/png;base64,"
         f"{_rates_figure(r)}'></div>",
-        "<h2>How long the benefit lasted</h2>",
     ]
+
+
+def _html_durability(dur: Mapping[str, Any]) -> list[str]:
+    """How long the benefit lasted: overall and per group, tables and curves."""
+    parts = ["<h2>How long the benefit lasted</h2>"]
     if dur.get("overall"):
         o = dur["overall"]
         oc = o["curve"]
@@ -588,7 +589,11 @@ def render_html(report: Mapping[str, Any]) -> str:
             )
     else:
         parts.append(f"<p>{html.escape(dur.get('note', 'no episodes'))}</p>")
-    parts += [
+    return parts
+
+
+def _html_sessions_and_si(s: Mapping[str, Any], si: Mapping[str, Any]) -> list[str]:
+    return [
         "<h2>Sessions</h2>",
         _table(
             [
@@ -629,6 +634,16 @@ def render_html(report: Mapping[str, Any]) -> str:
             ],
             ["assessments", "count"],
         ),
+    ]
+
+
+def render_html(report: Mapping[str, Any]) -> str:
+    """The report as one self-contained HTML page (inline CSS and base64 PNG plots)."""
+    parts = [
+        *_html_head(report),
+        *_html_response(report["response"]),
+        *_html_durability(report["durability"]),
+        *_html_sessions_and_si(report["sessions"], report["suicidal_ideation"]),
         "<h2>Definitions</h2>",
         _table([[k, v] for k, v in report["definition"].items()], ["setting", "value"]),
         "<h2>Caveats</h2><ul>",
