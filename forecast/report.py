@@ -258,8 +258,18 @@ def outcome_report(
     }
 
     eps = _episodes_with_attributes(cohort, definition)
+    report["durability"] = _durability_section(eps, definition)
+    report["sessions"] = _sessions_section(cohort)
+    report["suicidal_ideation"] = _si_section(scored, eps)
+    report["definition"] = definition.to_dict()
+    report["caveats"] = list(CAVEATS)
+    return report
+
+
+def _durability_section(eps: pd.DataFrame, definition: OutcomeDefinition) -> dict[str, Any]:
+    """How long the benefit lasted: Turnbull curves overall and per group."""
     if len(eps):
-        report["durability"] = {
+        return {
             "overall": _durations(eps, None)[0],
             "by_route": _durations(eps, "route"),
             "by_diagnosis": _durations(eps, "diagnosis"),
@@ -269,17 +279,20 @@ def outcome_report(
             },
         }
     else:
-        report["durability"] = {
+        return {
             "overall": None,
             "note": "no episode: no session was followed by a response within "
             f"{definition.response_window_days} days",
         }
 
+
+def _sessions_section(cohort: Cohort) -> dict[str, Any]:
+    """Sessions per patient-year, overall and by kind."""
     fu = _follow_up(cohort)
     years = float(fu["years"].sum()) if len(fu) else 0.0
     kinds = cohort.sessions["kind"].value_counts()
     per_patient = (fu["size"] / fu["years"]).to_numpy(dtype=float) if len(fu) else np.array([])
-    report["sessions"] = {
+    return {
         "patient_years": round(years, 2),
         "per_patient_year": None if years == 0 else round(len(cohort.sessions) / years, 2),
         "by_kind": {
@@ -295,6 +308,9 @@ def outcome_report(
         else [round(float(x), 2) for x in np.percentile(per_patient, [25, 75])],
     }
 
+
+def _si_section(scored: pd.DataFrame, eps: pd.DataFrame) -> dict[str, Any]:
+    """Counts of suicidal-ideation answers and flags on record."""
     i9 = scored["item9"].to_numpy(dtype=float)
     cs = scored["cssrs_ideation"].to_numpy(dtype=float)
     cb = scored["cssrs_behavior"].to_numpy(dtype=float)
@@ -303,7 +319,7 @@ def outcome_report(
     urgent = (scored["safety"] == URGENT).to_numpy()
     review = (scored["safety"] == REVIEW).to_numpy()
     pids = scored["patient_id"].to_numpy()
-    report["suicidal_ideation"] = {
+    return {
         "assessments_with_item9": int((~np.isnan(i9)).sum()),
         "item9_above_0": int(i9pos.sum()),
         "assessments_with_cssrs": int((~np.isnan(cs)).sum()),
@@ -317,9 +333,6 @@ def outcome_report(
         ),
         "statement": CAVEATS[2],
     }
-    report["definition"] = definition.to_dict()
-    report["caveats"] = list(CAVEATS)
-    return report
 
 
 #: Researcher-facing reports show no count from 1 to this value minus one.
