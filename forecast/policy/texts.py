@@ -231,107 +231,121 @@ def in_response_now(c: dict) -> bool:
     return c["response_state"] in ("in_response", "in_remission")
 
 
+def _safety_reason(c: dict, safety: dict) -> str:
+    """The reason of a safety status: the most severe flag in force, and how many more."""
+    worst = [t for t in safety["triggered_by"] if t["level"] == safety["level"]]
+    pick = worst[-1] if worst else None
+    kind = "An urgent" if safety["level"] == URGENT else "A review"
+    where = ""
+    if pick:
+        when = (
+            "since the last session"
+            if pick["since_last_session"] or not c["has_session"]
+            else "before the last session, with no negative screen since"
+        )
+        where = f" ({pick['answer']} on {pick['date']}, {when})"
+    more = len(safety["triggered_by"]) - 1
+    extra = (
+        f"; {more} further flagged answer{'s' if more > 1 else ''} listed under safety"
+        if more > 0
+        else ""
+    )
+    return (
+        f"{kind} suicidal-ideation flag is in force{where}{extra}. Clinical "
+        "review of the suicidal-ideation answer comes before any maintenance planning."
+    )
+
+
+def _insufficient_reason(c: dict) -> str:
+    """Why no personalised forecast applies: which data are missing."""
+    population = "the risks shown, if any, are a population estimate, not personalised."
+    if pd.isna(c["baseline_phq9"]):
+        return (
+            "No baseline PHQ-9 (the last score on or before the first induction session, "
+            "within the baseline window), so response cannot be measured; " + population
+        )
+    if c["response_status"] == "pending":
+        return (
+            f"No PHQ-9 since the last session on {iso_day(c['last_session'])} yet, so the "
+            "response to it is not known; " + population
+        )
+    if c["response_status"] == "no_assessment":
+        later = ""
+        if pd.notna(c["latest_phq9_date"]) and pd.Timestamp(c["latest_phq9_date"]) > (
+            pd.Timestamp(c["last_session"])
+        ):
+            later = (
+                f" (the next came later: PHQ-9 {whole(c['latest_phq9'])} on "
+                f"{iso_day(c['latest_phq9_date'])}, "
+                f"{'in response' if in_response_now(c) else 'not in response'})"
+            )
+        return (
+            f"No PHQ-9 within the response window after the last session on "
+            f"{iso_day(c['last_session'])}{later}, so the response to that session was "
+            "not measured; " + population
+        )
+    return (
+        f"Only {int(c['n_phq9'])} PHQ-9 score{'' if int(c['n_phq9']) == 1 else 's'} on "
+        "record; too few for a personalised forecast; " + population
+    )
+
+
+def _not_in_response_reason(c: dict, rule: str) -> str:
+    """Why the benefit is not present: SI re-emerged, waning seen, or no response."""
+    si = si_waning_text(c)
+    if si is not None:
+        phq = (
+            f"; the PHQ-9 ({whole(c['latest_phq9'])} on {iso_day(c['latest_phq9_date'])}) is "
+            "still in response"
+            if in_response_now(c)
+            else ""
+        )
+        return (
+            f"Suicidal ideation re-emerged since the last session ({si}), which counts as "
+            f"the benefit having waned{phq}. Review the suicidal-ideation answer and the "
+            "treatment plan."
+        )
+    if c["waned_seen"]:
+        return (
+            f"The benefit has visibly waned since the last session: PHQ-9 "
+            f"{whole(c['waned_phq9'])} on {iso_day(c['waned_date'])}; {rule}. Review the "
+            "treatment plan."
+        )
+    if c["response_status"] == "not_responded":
+        later = (
+            f" The latest PHQ-9 ({whole(c['latest_phq9'])} on "
+            f"{iso_day(c['latest_phq9_date'])}) is in response, but the response to a "
+            "session is measured at its first PHQ-9."
+            if in_response_now(c)
+            else ""
+        )
+        return (
+            f"The last session ({iso_day(c['last_session'])}) did not lead to response: PHQ-9 "
+            f"{whole(c['response_phq9'])} on {iso_day(c['response_date'])}; {rule}.{later} "
+            "Review the treatment plan."
+        )
+    return (
+        f"Not in response since the last session ({iso_day(c['last_session'])}): PHQ-9 "
+        f"{whole(c['latest_phq9'])} on {iso_day(c['latest_phq9_date'])}; {rule}. Review the "
+        "treatment plan."
+    )
+
+
 def status_reason(
     st: str, base: str, c: dict, sugg: dict[str, np.ndarray], i: int, safety: dict, frac: float
 ) -> str:
     """One explanatory sentence (or two) for every status, with the measured numbers."""
     if st in SAFETY_STATUSES:
-        worst = [t for t in safety["triggered_by"] if t["level"] == safety["level"]]
-        pick = worst[-1] if worst else None
-        kind = "An urgent" if safety["level"] == URGENT else "A review"
-        where = ""
-        if pick:
-            when = (
-                "since the last session"
-                if pick["since_last_session"] or not c["has_session"]
-                else "before the last session, with no negative screen since"
-            )
-            where = f" ({pick['answer']} on {pick['date']}, {when})"
-        more = len(safety["triggered_by"]) - 1
-        extra = (
-            f"; {more} further flagged answer{'s' if more > 1 else ''} listed under safety"
-            if more > 0
-            else ""
-        )
-        return (
-            f"{kind} suicidal-ideation flag is in force{where}{extra}. Clinical "
-            "review of the suicidal-ideation answer comes before any maintenance planning."
-        )
+        return _safety_reason(c, safety)
     if st == "no_treatment":
         return "No ketamine session is on record by this date, so there is no benefit to forecast."
+    if st == "insufficient_data":
+        return _insufficient_reason(c)
     b = whole(c["baseline_phq9"])
     cut = whole(np.floor(c["response_threshold"])) if pd.notna(c["response_threshold"]) else None
     rule = f"response means a PHQ-9 at or below {cut} ({percent(frac)} of the baseline {b})"
-    population = "the risks shown, if any, are a population estimate, not personalised."
-    if st == "insufficient_data":
-        if pd.isna(c["baseline_phq9"]):
-            return (
-                "No baseline PHQ-9 (the last score on or before the first induction session, "
-                "within the baseline window), so response cannot be measured; " + population
-            )
-        if c["response_status"] == "pending":
-            return (
-                f"No PHQ-9 since the last session on {iso_day(c['last_session'])} yet, so the "
-                "response to it is not known; " + population
-            )
-        if c["response_status"] == "no_assessment":
-            later = ""
-            if pd.notna(c["latest_phq9_date"]) and pd.Timestamp(c["latest_phq9_date"]) > (
-                pd.Timestamp(c["last_session"])
-            ):
-                later = (
-                    f" (the next came later: PHQ-9 {whole(c['latest_phq9'])} on "
-                    f"{iso_day(c['latest_phq9_date'])}, "
-                    f"{'in response' if in_response_now(c) else 'not in response'})"
-                )
-            return (
-                f"No PHQ-9 within the response window after the last session on "
-                f"{iso_day(c['last_session'])}{later}, so the response to that session was "
-                "not measured; " + population
-            )
-        return (
-            f"Only {int(c['n_phq9'])} PHQ-9 score{'' if int(c['n_phq9']) == 1 else 's'} on "
-            "record; too few for a personalised "
-            "forecast; " + population
-        )
     if st == "not_in_response":
-        si = si_waning_text(c)
-        if si is not None:
-            phq = (
-                f"; the PHQ-9 ({whole(c['latest_phq9'])} on {iso_day(c['latest_phq9_date'])}) is "
-                "still in response"
-                if in_response_now(c)
-                else ""
-            )
-            return (
-                f"Suicidal ideation re-emerged since the last session ({si}), which counts as "
-                f"the benefit having waned{phq}. Review the suicidal-ideation answer and the "
-                "treatment plan."
-            )
-        if c["waned_seen"]:
-            return (
-                f"The benefit has visibly waned since the last session: PHQ-9 "
-                f"{whole(c['waned_phq9'])} on {iso_day(c['waned_date'])}; {rule}. Review the "
-                "treatment plan."
-            )
-        if c["response_status"] == "not_responded":
-            later = (
-                f" The latest PHQ-9 ({whole(c['latest_phq9'])} on "
-                f"{iso_day(c['latest_phq9_date'])}) is in response, but the response to a "
-                "session is measured at its first PHQ-9."
-                if in_response_now(c)
-                else ""
-            )
-            return (
-                f"The last session ({iso_day(c['last_session'])}) did not lead to response: PHQ-9 "
-                f"{whole(c['response_phq9'])} on {iso_day(c['response_date'])}; {rule}.{later} "
-                "Review the treatment plan."
-            )
-        return (
-            f"Not in response since the last session ({iso_day(c['last_session'])}): PHQ-9 "
-            f"{whole(c['latest_phq9'])} on {iso_day(c['latest_phq9_date'])}; {rule}. Review the "
-            "treatment plan."
-        )
+        return _not_in_response_reason(c, rule)
     if st == "session_due":
         if sugg["raw"][i] == 0:
             why = "the forecast risk that the benefit has waned exceeds the threshold already"
