@@ -43,6 +43,63 @@ def normalise_queries(queries: pd.DataFrame, settings: PolicySettings) -> pd.Dat
     )
 
 
+def _waning_cause(
+    cols: dict[str, np.ndarray],
+    scored: pd.DataFrame,
+    ctx_codes: np.ndarray,
+    scored_codes: np.ndarray,
+    definition: Any,
+) -> dict[str, np.ndarray]:
+    """The PHQ-9 where waning was seen and which waning criterion it met.
+
+    So that the texts say what happened: suicidal ideation can end the benefit
+    while the PHQ-9 total is still in response, and "not in response" would
+    then be false. Same criteria and order as forecast.episodes (C-SSRS,
+    item 9, symptoms).
+    """
+    phq9 = scored["phq9"].to_numpy(dtype=float)
+    has_phq9 = ~np.isnan(phq9)
+    scored_dates = scored["date"].to_numpy(dtype="datetime64[ns]")
+    waned_dates = np.asarray(cols["waned_date"], dtype="datetime64[ns]")
+    # The first valid PHQ-9 of the patient on that day (as a left merge on
+    # patient and date after dropping repeated days would give).
+    at = first_row_on_day(scored_codes[has_phq9], scored_dates[has_phq9], ctx_codes, waned_dates)
+    wphq = take_or_nan(phq9[has_phq9], at)
+    at = first_row_on_day(scored_codes, scored_dates, ctx_codes, waned_dates)
+    item9_all = scored["item9"].to_numpy(dtype=float)
+    ws_item9 = take_or_nan(item9_all, at)
+    cssrs = take_or_nan(scored["cssrs_ideation"].to_numpy(dtype=float), at)
+    # The item-9 criterion applies only when item 9 was exactly 0 at the
+    # episode's start (its response assessment), as in forecast.episodes.
+    start9 = take_or_nan(
+        item9_all,
+        first_row_on_day(
+            scored_codes,
+            scored_dates,
+            ctx_codes,
+            np.asarray(cols["response_date"], dtype="datetime64[ns]"),
+        ),
+    )
+    seen = np.asarray(cols["waned_seen"], dtype=bool)
+    item9 = np.where(start9 == 0, ws_item9, np.nan)
+    response_fraction = definition_value(definition, "response_fraction", 0.5)
+    with np.errstate(invalid="ignore"):
+        return {
+            "waned_phq9": wphq,
+            "waned_symptoms": (
+                seen
+                & (wphq > response_fraction * np.asarray(cols["baseline_phq9"]))
+                & (wphq >= definition_value(definition, "waned_phq9_min", 10.0))
+            ),
+            "waned_cssrs": np.where(
+                seen & (cssrs >= definition_value(definition, "si_cssrs_min", 2)), cssrs, np.nan
+            ),
+            "waned_item9": np.where(
+                seen & (item9 >= definition_value(definition, "si_item9_min", 1)), item9, np.nan
+            ),
+        }
+
+
 def query_context(
     cohort: Cohort, q: pd.DataFrame, settings: PolicySettings, definition: Any
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
@@ -51,10 +108,9 @@ def query_context(
     The context comes from :func:`forecast.features.features_at` (the same
     function that builds the model's training rows, so "in response", "waned
     seen" and the baseline mean exactly what they mean for the model). The
-    safety block needs every flagged answer since the last session, not only
-    the worst one, so those rows are collected here.
+    safety block needs every flagged answer on or before as-of with whether
+    it is in force (:mod:`forecast.safety`), so those rows are collected here.
     """
-
     n = len(q)
     # Assessments are scored once: the feature context scores them with the
     # default rules, so the same frame serves both when the rules are those.
@@ -73,60 +129,16 @@ def query_context(
         "threshold": q["threshold"].to_numpy(),
         "has_session": ~np.isnat(last_session),
     }
-
-    # PHQ-9 at the assessment where waning was seen (for the reason text).
     ctx_ids = np.asarray(cols["patient_id"], dtype=object)
     codes, _ = pd.factorize(np.concatenate([ctx_ids, scored["patient_id"].to_numpy(dtype=object)]))
-    ctx_codes, scored_codes = codes[: len(ctx_ids)], codes[len(ctx_ids) :]
-    phq9 = scored["phq9"].to_numpy(dtype=float)
-    has_phq9 = ~np.isnan(phq9)
-    scored_dates = scored["date"].to_numpy(dtype="datetime64[ns]")
     # Queries and the context rows share patient codes (same order, same ids).
+    ctx_codes, scored_codes = codes[: len(ctx_ids)], codes[len(ctx_ids) :]
+    has_phq9 = scored["phq9"].notna().to_numpy()
+    scored_dates = scored["date"].to_numpy(dtype="datetime64[ns]")
     new["n_phq9"] = count_rows_up_to(
         ctx_codes, q_as_of, scored_codes[has_phq9], scored_dates[has_phq9]
     )
-    waned_dates = np.asarray(cols["waned_date"], dtype="datetime64[ns]")
-    # The first valid PHQ-9 of the patient on that day (as a left merge on
-    # patient and date after dropping repeated days would give).
-    at = first_row_on_day(scored_codes[has_phq9], scored_dates[has_phq9], ctx_codes, waned_dates)
-    new["waned_phq9"] = take_or_nan(phq9[has_phq9], at)
-    # Which waning criterion the waning assessment met, so that the texts say
-    # what happened: suicidal ideation can end the benefit while the PHQ-9
-    # total is still in response, and "not in response" would then be false.
-    # Same criteria and order as forecast.episodes (C-SSRS, item 9, symptoms).
-    at = first_row_on_day(scored_codes, scored_dates, ctx_codes, waned_dates)
-    item9_all = scored["item9"].to_numpy(dtype=float)
-    ws_item9 = take_or_nan(item9_all, at)
-    ws_cssrs = take_or_nan(scored["cssrs_ideation"].to_numpy(dtype=float), at)
-    # The item-9 criterion applies only when item 9 was exactly 0 at the
-    # episode's start (its response assessment), as in forecast.episodes.
-    start9 = take_or_nan(
-        item9_all,
-        first_row_on_day(
-            scored_codes,
-            scored_dates,
-            ctx_codes,
-            np.asarray(cols["response_date"], dtype="datetime64[ns]"),
-        ),
-    )
-    seen = np.asarray(cols["waned_seen"], dtype=bool)
-    item9 = np.where(start9 == 0, ws_item9, np.nan)
-    cssrs = ws_cssrs
-    wphq = new["waned_phq9"]
-    base = "baseline_phq9"
-    response_fraction = definition_value(definition, "response_fraction", 0.5)
-    with np.errstate(invalid="ignore"):
-        new["waned_symptoms"] = (
-            seen
-            & (wphq > response_fraction * np.asarray(cols[base]))
-            & (wphq >= definition_value(definition, "waned_phq9_min", 10.0))
-        )
-        new["waned_cssrs"] = np.where(
-            seen & (cssrs >= definition_value(definition, "si_cssrs_min", 2)), cssrs, np.nan
-        )
-        new["waned_item9"] = np.where(
-            seen & (item9 >= definition_value(definition, "si_item9_min", 1)), item9, np.nan
-        )
+    new.update(_waning_cause(cols, scored, ctx_codes, scored_codes, definition))
 
     # Every flagged answer on or before as-of, and whether it is still in force
     # (forecast.safety: since the last session, or not closed by a negative screen).
