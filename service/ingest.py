@@ -290,6 +290,32 @@ def _plan(
         t: validate_records_many(t, entries[t], today=today, as_rows=True) if entries[t] else []
         for t in tables
     }
+    plans = _plan_items(items, position, kept_of, checked, stored, freed, errors, conflicts)
+    if errors:
+        raise ApiProblem(
+            422, "Invalid data", f"{len(errors)} problem(s) in the submitted rows", errors
+        )
+    if conflicts:
+        raise ApiProblem(
+            409,
+            "Conflicting retry",
+            f"{len(conflicts)} item(s) reuse a stored id with other content; nothing was stored",
+            conflicts,
+        )
+    return _Plan(plans, snapshot, decisions)
+
+
+def _plan_items(
+    items: Sequence[IngestItem],
+    position: Sequence[tuple[str, int]],
+    kept_of: Sequence[np.ndarray],
+    checked: Mapping[str, Sequence[Any]],
+    stored: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]],
+    freed: dict[str, dict[str, set[str]]],
+    errors: list[dict[str, str]],
+    conflicts: list[dict[str, str]],
+) -> list[tuple[IngestItem, list[dict[str, Any]], list[dict[str, Any]]]]:
+    """Per item: the rows to insert and per-record results (appends to errors/conflicts)."""
     plans: list[tuple[IngestItem, list[dict[str, Any]], list[dict[str, Any]]]] = []
     for it, (table, k), kept in zip(items, position, kept_of, strict=True):
         rows, problems, order = checked[table][k]
@@ -319,18 +345,7 @@ def _plan(
         conflicts += clashes
         results = sorted(results + withdrawn_results, key=lambda e: e["index"])
         plans.append((it, inserts, results))
-    if errors:
-        raise ApiProblem(
-            422, "Invalid data", f"{len(errors)} problem(s) in the submitted rows", errors
-        )
-    if conflicts:
-        raise ApiProblem(
-            409,
-            "Conflicting retry",
-            f"{len(conflicts)} item(s) reuse a stored id with other content; nothing was stored",
-            conflicts,
-        )
-    return _Plan(plans, snapshot, decisions)
+    return plans
 
 
 def _validation_entries(
@@ -512,6 +527,51 @@ def _row_results(
     return inserts, results, conflicts
 
 
+def _apply_retractions(
+    store: Store,
+    conn: Connection,
+    decisions: Sequence[tuple[Retraction, str, dict[str, Any] | None]],
+    actor: str | None,
+) -> list[dict[str, Any]]:
+    """Carry out the planned withdrawals; one result entry per retraction."""
+    out_retractions = []
+    for r, action, loc in decisions:
+        if action in ("retracted", "recorded"):
+            store.retract(conn, r.table, r.patient_id, r.client_id,
+                          loc if action == "retracted" else None, by=actor)
+        done: dict[str, Any] = {"patient_id": r.patient_id, "table": r.table, "id": r.client_id,
+                                "pointer": r.pointer, "result": action,
+                                "date": None if loc is None else loc["date"]}
+        if action == "kept" and loc is not None:
+            done["missing"] = loc["missing"]
+        out_retractions.append(done)
+    return out_retractions
+
+
+def _insert_planned_rows(
+    store: Store,
+    conn: Connection,
+    plan: _Plan,
+    sources: Mapping[tuple[str, str, str], Sequence[str]] | None,
+) -> None:
+    """Insert the planned rows, one multi-row insert per table, and their merged sources."""
+    # One multi-row insert per table (rows in plan order, so row ids are as before).
+    by_table: dict[str, list[dict[str, Any]]] = {}
+    for it, inserts, _ in plan.plans:
+        by_table.setdefault(it.table, []).extend(inserts)
+    for table, inserts in by_table.items():
+        store.insert_history(conn, table, inserts)
+    if sources:
+        merged = [
+            (it.patient_id, it.table, row["client_id"], s)
+            for it, inserts, _ in plan.plans
+            for row in inserts
+            for s in sources.get((it.patient_id, it.table, row.get("client_id")), ())
+        ]
+        for table in {m[1] for m in merged}:
+            store.add_row_sources(conn, table, [(p, c, s) for p, t, c, s in merged if t == table])
+
+
 def _apply(
     store: Store,
     conn: Connection,
@@ -544,32 +604,8 @@ def _apply(
     out_items = []
     created = unchanged = 0
     # Withdrawals first: a correction may take the date of the row it replaces.
-    out_retractions = []
-    for r, action, loc in plan.decisions:
-        if action in ("retracted", "recorded"):
-            store.retract(conn, r.table, r.patient_id, r.client_id,
-                          loc if action == "retracted" else None, by=actor)
-        done: dict[str, Any] = {"patient_id": r.patient_id, "table": r.table, "id": r.client_id,
-                                "pointer": r.pointer, "result": action,
-                                "date": None if loc is None else loc["date"]}
-        if action == "kept" and loc is not None:
-            done["missing"] = loc["missing"]
-        out_retractions.append(done)
-    # One multi-row insert per table (rows in plan order, so row ids are as before).
-    by_table: dict[str, list[dict[str, Any]]] = {}
-    for it, inserts, _ in plan.plans:
-        by_table.setdefault(it.table, []).extend(inserts)
-    for table, inserts in by_table.items():
-        store.insert_history(conn, table, inserts)
-    if sources:
-        merged = [
-            (it.patient_id, it.table, row["client_id"], s)
-            for it, inserts, _ in plan.plans
-            for row in inserts
-            for s in sources.get((it.patient_id, it.table, row.get("client_id")), ())
-        ]
-        for table in {m[1] for m in merged}:
-            store.add_row_sources(conn, table, [(p, c, s) for p, t, c, s in merged if t == table])
+    out_retractions = _apply_retractions(store, conn, plan.decisions, actor)
+    _insert_planned_rows(store, conn, plan, sources)
     refused = 0
     for it, _, results in plan.plans:
         n_new = sum(r["result"] == "created" for r in results)
@@ -635,6 +671,36 @@ def _audit_rows(audit: Mapping[str, str], out: Mapping[str, Any]) -> list[dict[s
         for r in out.get("retractions", [])
     ]
     return rows
+
+
+def _parse_request(
+    store: Store,
+    items: Sequence[Any],
+    patients: Sequence[Any] | None,
+    retractions: Sequence[Any] | None,
+) -> tuple[
+    list[IngestItem],
+    list[tuple[dict[str, Any], str]],
+    list[dict[str, str]],
+    list[Retraction],
+    set[str],
+]:
+    """Parse the request: items, patient records, retractions, their errors, new patients."""
+    parsed_items = _items(items)
+    for it in parsed_items:
+        # The id's own location is the caller's (URL path, bundle entry): name the list.
+        check_patient_id(it.patient_id, it.pointer or "/patient_id")
+    parsed_patients, patient_errors = _patient_records(patients, store.covariates)
+    parsed_retractions, retraction_errors = _retractions(retractions)
+    patient_errors += retraction_errors
+    # Patients given in this request count as known even if their own record is
+    # invalid: its errors are reported already, "unknown patient" would be noise.
+    new_patients = {rec["patient_id"] for rec, _ in parsed_patients} | {
+        str(_unwrap(r).get("patient_id"))
+        for r in (patients or ())
+        if isinstance(_unwrap(r), Mapping)
+    }
+    return parsed_items, parsed_patients, patient_errors, parsed_retractions, new_patients
 
 
 def ingest_many(
@@ -709,20 +775,9 @@ def ingest_many(
         invalid (including rows of unknown patients); 409 when a client id
         is reused with other content. Nothing is written in either case.
     """
-    parsed_items = _items(items)
-    for it in parsed_items:
-        # The id's own location is the caller's (URL path, bundle entry): name the list.
-        check_patient_id(it.patient_id, it.pointer or "/patient_id")
-    parsed_patients, patient_errors = _patient_records(patients, store.covariates)
-    parsed_retractions, retraction_errors = _retractions(retractions)
-    patient_errors += retraction_errors
-    # Patients given in this request count as known even if their own record is
-    # invalid: its errors are reported already, "unknown patient" would be noise.
-    new_patients = {rec["patient_id"] for rec, _ in parsed_patients} | {
-        str(_unwrap(r).get("patient_id"))
-        for r in (patients or ())
-        if isinstance(_unwrap(r), Mapping)
-    }
+    parsed_items, parsed_patients, patient_errors, parsed_retractions, new_patients = (
+        _parse_request(store, items, patients, retractions)
+    )
     # Validate outside the write lock (validation is the slow part), against a
     # snapshot of the stored rows; the write transaction re-checks the snapshot.
     with store.read() as conn:
