@@ -146,35 +146,8 @@ def instance_secret(instance_path: str | os.PathLike[str]) -> str:
     return key
 
 
-def load_config(
-    instance_path: str | os.PathLike[str],
-    overrides: Mapping[str, Any] | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """Build the service configuration.
-
-    Parameters
-    ----------
-    instance_path : path
-        The app's instance folder (default database and secret key live there).
-    overrides : mapping, optional
-        Values that win over the environment (``create_app(config)``).
-    environ : mapping, optional
-        Environment to read (``os.environ`` by default; tests pass their own).
-
-    Returns
-    -------
-    dict
-        Configuration keys for ``app.config``.
-
-    Raises
-    ------
-    ConfigError
-        When a variable cannot be parsed or is out of range.
-    """
-    env = os.environ if environ is None else environ
-    overrides = dict(overrides or {})
-    folder = Path(instance_path)
+def _config_from_env(env: Mapping[str, str], folder: Path) -> dict[str, Any]:
+    """Configuration read from the environment, with the defaults (before overrides)."""
     cfg: dict[str, Any] = {
         "KAP_DATABASE_URL": env.get("FORECAST_DATABASE_URL")
         or f"sqlite:///{(folder / 'forecast.sqlite').as_posix()}",
@@ -210,9 +183,11 @@ def load_config(
         # through the store, so a reload reaches every gunicorn worker.
         "KAP_MODEL_SYNC_SECONDS": 2.0,
     }
-    secret = overrides.pop("SECRET_KEY", None) or env.get("FORECAST_SECRET_KEY")
-    cfg.update(overrides)
-    cfg["SECRET_KEY"] = secret or instance_secret(folder)
+    return cfg
+
+
+def _check_ranges(cfg: Mapping[str, Any]) -> None:
+    """Raise ConfigError when a numeric setting is out of its allowed range."""
     threshold = cfg["KAP_THRESHOLD"]
     if threshold is None or not 0.0 < float(threshold) < 1.0:
         raise ConfigError(f"FORECAST_THRESHOLD={threshold!r}: allowed: a number between 0 and 1")
@@ -232,6 +207,42 @@ def load_config(
         raise ConfigError("FORECAST_PROXY_FIX: allowed: the number of proxies in front (>= 0)")
     if int(cfg["KAP_AUTH_FAILURES_PER_MINUTE"] or 0) < 1:
         raise ConfigError("FORECAST_AUTH_FAILURES_PER_MINUTE: allowed: a whole number >= 1")
+
+
+def load_config(
+    instance_path: str | os.PathLike[str],
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Build the service configuration.
+
+    Parameters
+    ----------
+    instance_path : path
+        The app's instance folder (default database and secret key live there).
+    overrides : mapping, optional
+        Values that win over the environment (``create_app(config)``).
+    environ : mapping, optional
+        Environment to read (``os.environ`` by default; tests pass their own).
+
+    Returns
+    -------
+    dict
+        Configuration keys for ``app.config``.
+
+    Raises
+    ------
+    ConfigError
+        When a variable cannot be parsed or is out of range.
+    """
+    env = os.environ if environ is None else environ
+    overrides = dict(overrides or {})
+    folder = Path(instance_path)
+    cfg = _config_from_env(env, folder)
+    secret = overrides.pop("SECRET_KEY", None) or env.get("FORECAST_SECRET_KEY")
+    cfg.update(overrides)
+    cfg["SECRET_KEY"] = secret or instance_secret(folder)
+    _check_ranges(cfg)
     cfg["SESSION_COOKIE_HTTPONLY"] = True
     cfg["SESSION_COOKIE_SAMESITE"] = "Strict"
     cfg["SESSION_COOKIE_SECURE"] = not cfg["KAP_PLAIN_HTTP"]
