@@ -247,6 +247,57 @@ def _sort_by_key(pc: np.ndarray, day: np.ndarray) -> np.ndarray | None:
     return None
 
 
+def _baselines(
+    a: pd.DataFrame,
+    a_pc: np.ndarray,
+    a_day: np.ndarray,
+    anchor_day: np.ndarray,
+    definition: OutcomeDefinition,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per patient, the baseline PHQ-9 and its day (NaN: none).
+
+    The last PHQ-9 on or before the first induction session, within the
+    baseline window; else (``baseline_after_days``) the first one shortly
+    after it, if it is at least ``waned_phq9_min``.
+    """
+    n = len(anchor_day)
+    base_phq9 = np.full(n, np.nan)
+    base_day = np.full(n, np.nan)
+    p_rows = np.flatnonzero(a["phq9"].notna().to_numpy())
+    has_anchor = np.flatnonzero(~np.isnan(anchor_day))
+    if len(p_rows) and len(has_anchor):
+        p_key = day_key(a_pc[p_rows], a_day[p_rows])
+        q_key = day_key(has_anchor, anchor_day[has_anchor].astype(np.int64))
+        j = np.searchsorted(p_key, q_key, side="right") - 1
+        jj = np.clip(j, 0, None)
+        row = p_rows[jj]
+        ok = (
+            (j >= 0)
+            & (a_pc[row] == has_anchor)
+            & (a_day[row] >= anchor_day[has_anchor] - definition.baseline_window_days)
+        )
+        base_phq9[has_anchor[ok]] = a["phq9"].to_numpy()[row[ok]]
+        base_day[has_anchor[ok]] = a_day[row[ok]]
+        if definition.baseline_after_days is not None:
+            # Fallback: the first PHQ-9 after the anchor day, within the window.
+            miss = has_anchor[~ok]
+            q_key = day_key(miss, anchor_day[miss].astype(np.int64))
+            j = np.searchsorted(p_key, q_key, side="right")
+            jj = np.clip(j, 0, len(p_rows) - 1)
+            row = p_rows[jj]
+            ok2 = (
+                (j < len(p_rows))
+                & (a_pc[row] == miss)
+                & (a_day[row] <= anchor_day[miss] + definition.baseline_after_days)
+                # A lower score after the first infusion is no reference for response.
+                & (a["phq9"].to_numpy()[row] >= definition.waned_phq9_min)
+            )
+            base_phq9[miss[ok2]] = a["phq9"].to_numpy()[row[ok2]]
+            base_day[miss[ok2]] = a_day[row[ok2]]
+
+    return base_phq9, base_day
+
+
 def prepare(
     cohort: Cohort, definition: OutcomeDefinition, scored: pd.DataFrame | None = None
 ) -> Prepared:
@@ -311,40 +362,7 @@ def prepare(
         first = ind[np.r_[True, s_pc[ind][1:] != s_pc[ind][:-1]]]
         anchor_day[s_pc[first]] = s_day[first]
 
-    # Baseline: last PHQ-9 with day <= anchor and day >= anchor - window.
-    base_phq9 = np.full(n, np.nan)
-    base_day = np.full(n, np.nan)
-    p_rows = np.flatnonzero(a["phq9"].notna().to_numpy())
-    has_anchor = np.flatnonzero(~np.isnan(anchor_day))
-    if len(p_rows) and len(has_anchor):
-        p_key = day_key(a_pc[p_rows], a_day[p_rows])
-        q_key = day_key(has_anchor, anchor_day[has_anchor].astype(np.int64))
-        j = np.searchsorted(p_key, q_key, side="right") - 1
-        jj = np.clip(j, 0, None)
-        row = p_rows[jj]
-        ok = (
-            (j >= 0)
-            & (a_pc[row] == has_anchor)
-            & (a_day[row] >= anchor_day[has_anchor] - definition.baseline_window_days)
-        )
-        base_phq9[has_anchor[ok]] = a["phq9"].to_numpy()[row[ok]]
-        base_day[has_anchor[ok]] = a_day[row[ok]]
-        if definition.baseline_after_days is not None:
-            # Fallback: the first PHQ-9 after the anchor day, within the window.
-            miss = has_anchor[~ok]
-            q_key = day_key(miss, anchor_day[miss].astype(np.int64))
-            j = np.searchsorted(p_key, q_key, side="right")
-            jj = np.clip(j, 0, len(p_rows) - 1)
-            row = p_rows[jj]
-            ok2 = (
-                (j < len(p_rows))
-                & (a_pc[row] == miss)
-                & (a_day[row] <= anchor_day[miss] + definition.baseline_after_days)
-                # A lower score after the first infusion is no reference for response.
-                & (a["phq9"].to_numpy()[row] >= definition.waned_phq9_min)
-            )
-            base_phq9[miss[ok2]] = a["phq9"].to_numpy()[row[ok2]]
-            base_day[miss[ok2]] = a_day[row[ok2]]
+    base_phq9, base_day = _baselines(a, a_pc, a_day, anchor_day, definition)
 
     return Prepared(
         definition=definition,
