@@ -256,10 +256,9 @@ def fairness_table(fair: dict[str, Any], horizon: int = 28) -> str:
                    f"Brier {horizon}d", f"ICI {horizon}d", f"CITL {horizon}d"], rows)
 
 
-def render(metrics: dict[str, Any], *, policy_html: str | None = None) -> str:
-    """The whole report as one HTML page."""
-    horizons = [int(h) for h in metrics.get("horizons", [])]
-    parts = [
+def _head_parts(metrics: dict[str, Any]) -> list[str]:
+    """The page head, title, file links and the model version line."""
+    return [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         "<title>kap-forecast evaluation</title><style>",
         "body{font-family:sans-serif;margin:2em;max-width:1400px}"
@@ -278,111 +277,143 @@ def render(metrics: dict[str, Any], *, policy_html: str | None = None) -> str:
         f"{_fmt(metrics.get('data_fingerprint'))}</code>.</p>",
         "<p class='note'>Decision support only; forecasts never assess suicide risk.</p>",
     ]
+
+
+def _forecast_point_parts(metrics: dict[str, Any], cv: dict[str, Any],
+                          horizons: list[int]) -> list[str]:
+    """The headline section: cross-validation at the first forecast point."""
+    fp = cv.get("forecast_point") or {}
+    rd = fp.get("response_day") or {}
+    parts = [
+        f"<h2>Headline: cross-validation at the first forecast point ({cv['folds']} "
+        "patient-grouped folds)</h2>",
+        f"<p>{fp['n_patients']} patients, {fp['n_episodes']} episodes, {fp['n_events']} "
+        f"with observed waning; the response assessment fell {_fmt(rd.get('median'), 0)} "
+        f"days (median; {_fmt(rd.get('min'), 0)}-{_fmt(rd.get('max'), 0)}) after the "
+        "session.</p>",
+        f"<p class='note'>{html.escape(str(fp.get('note', '')))}</p>",
+        metrics_table(fp["models"], horizons),
+    ]
+    if "on_oracle_episodes" in fp:
+        parts += [f"<h3>On the {fp.get('oracle_matched_episodes')} episodes covered by the "
+                  "oracle</h3>",
+                  metrics_table({**fp["on_oracle_episodes"],
+                                 "oracle": fp["models"]["oracle"]}, horizons)]
+    parts += ["<h3>Calibration at the first forecast point</h3>",
+              known_share_note(fp["models"], horizons),
+              calibration_plot(fp["models"], horizons),
+              calibration_slope_table(fp["models"], horizons),
+              calibrated_reference_table(fp),
+              horizon_plot(fp["models"], horizons, "auc", "time-dependent AUC")]
+    if "targets" in metrics:
+        t = metrics["targets"]
+        parts += ["<h3>Targets (first forecast point)</h3>", _table(["figure", "value"], [
+            [k, str(v) if isinstance(v, dict) else v] for k, v in t.items()
+            if k != "episode_start"])]
+    fair = fp["models"].get("model", {}).get("fairness")
+    if fair:
+        parts += ["<h3>Fairness at the first forecast point (main model, 28 days)</h3>",
+                  fairness_table(fair)]
+    curves = fp["models"].get("model", {}).get("survival_curves")
+    if curves:
+        parts += ["<h3>Observed against predicted survival (first forecast point)</h3>",
+                  "<p class='note'>Observed: Turnbull estimate of the share of episodes "
+                  "whose benefit has not yet waned (interval-censored); predicted: the "
+                  "mean of the model's survival at each horizon. Subgroups with fewer "
+                  "than 20 episodes are not drawn.</p>",
+                  survival_plot(curves, "Cross-validated survival at the first forecast "
+                                        "point")]
+    return parts
+
+
+def _episode_start_parts(metrics: dict[str, Any], cv: dict[str, Any],
+                         horizons: list[int]) -> list[str]:
+    """The secondary section: cross-validation at episode start, fold errors, landmarks."""
+    parts = [
+        f"<h2>Secondary: cross-validation at episode start ({cv['folds']} patient-grouped "
+        "folds)</h2>",
+        "<p class='note'>Landmark 0, before the response is known: the service never "
+        "forecasts there, but every model and the oracle can be compared on it.</p>",
+        f"<p>{cv['n_patients']} patients, {cv['n_episodes']} episodes, {cv['n_events']} "
+        "with observed waning. 'model' is the evaluated version's spec refitted per fold; "
+        "cox and km are the baselines; oracle is the simulator's true risk.</p>",
+        metrics_table(cv["models"], horizons),
+    ]
+    if "on_oracle_episodes" in cv:
+        parts += [f"<h3>On the {cv.get('oracle_matched_episodes')} episodes covered by the "
+                  "oracle</h3>",
+                  metrics_table({**cv["on_oracle_episodes"],
+                                 "oracle": cv["models"]["oracle"]}, horizons)]
+    parts += ["<h3>Calibration</h3>", known_share_note(cv["models"], horizons),
+              calibration_plot(cv["models"], horizons),
+              horizon_plot(cv["models"], horizons, "auc", "time-dependent AUC"),
+              horizon_plot(cv["models"], horizons, "brier", "Brier score")]
+    if "targets" in metrics and "episode_start" in metrics["targets"]:
+        t = metrics["targets"]["episode_start"]
+        parts += ["<h3>Target figures at episode start</h3>", _table(["figure", "value"], [
+            [k, str(v) if isinstance(v, dict) else v] for k, v in t.items()])]
+    fair = cv["models"].get("model", {}).get("fairness")
+    if fair:
+        parts += ["<h3>Fairness at episode start (main model, 28 days)</h3>",
+                  fairness_table(fair)]
+    if cv.get("errors"):
+        parts += ["<h3>Fold errors</h3>", _table(["model", "errors"], [
+            [k, "; ".join(v)] for k, v in cv["errors"].items()])]
+    lc = cv.get("landmark_conditional")
+    if lc:
+        parts += ["<h3>Landmark-conditional (dynamic model, all landmark rows)</h3>",
+                  f"<p class='note'>{_fmt(lc.get('note'))}</p>",
+                  metrics_table({"model": {"overall": lc}}, horizons)]
+    return parts
+
+
+def _holdout_parts(ho: dict[str, Any], horizons: list[int]) -> list[str]:
+    """The holdout section: the version applied to other patients."""
+    parts = [f"<h2>Holdout: the version applied to {ho['n_patients']} other patients</h2>"]
+    hfp = ho.get("forecast_point") or {}
+    if hfp.get("models"):
+        parts += ["<h3>Holdout, first forecast point</h3>",
+                  metrics_table(hfp["models"], horizons), calibrated_reference_table(hfp)]
+        hcurves = hfp["models"].get("model", {}).get("survival_curves")
+        if hcurves:
+            parts += ["<h3>Holdout: observed against predicted survival</h3>",
+                      survival_plot(hcurves, "Holdout survival at the first forecast point")]
+    parts += ["<h3>Holdout, episode start</h3>", metrics_table(ho["models"], horizons),
+              calibration_plot(ho["models"], horizons)]
+    if ho.get("landmark_conditional"):
+        parts += ["<h3>Holdout, landmark-conditional</h3>",
+                  metrics_table({"model": {"overall": ho["landmark_conditional"]}}, horizons)]
+    return parts
+
+
+def _method_parts(metrics: dict[str, Any]) -> list[str]:
+    """The method notes and the end of the page."""
+    return ["<h2>Method</h2>", f"<p class='note'>{_fmt(metrics.get('conversion'))}</p>",
+            "<p class='note'>Harrell's C ranks by the 28-day risk; Uno's C is truncated at the "
+            "longest horizon; AUC and Brier are IPCW (scikit-survival); ICI/E50/E90 are "
+            "the published ones (Austin, Harrell &amp; van Klaveren 2020: a Cox model of the "
+            "whole follow-up on a 3-knot restricted cubic spline of log(-log(1 - risk))); "
+            "metrics.json keeps two variants, labelled: ici_pseudo (Kaplan-Meier "
+            "pseudo-observations at h on the spline) and ici_austin (the Cox smoother with "
+            "the follow-up censored at h, 4 knots); CITL = Turnbull observed risk minus "
+            "mean predicted risk.</p>",
+            "</main></body></html>"]
+
+
+def render(metrics: dict[str, Any], *, policy_html: str | None = None) -> str:
+    """The whole report as one HTML page."""
+    horizons = [int(h) for h in metrics.get("horizons", [])]
+    parts = _head_parts(metrics)
     cv = metrics.get("cv")
     fp = (cv or {}).get("forecast_point") or {}
     if fp.get("models"):
-        rd = fp.get("response_day") or {}
-        parts += [
-            f"<h2>Headline: cross-validation at the first forecast point ({cv['folds']} "
-            "patient-grouped folds)</h2>",
-            f"<p>{fp['n_patients']} patients, {fp['n_episodes']} episodes, {fp['n_events']} "
-            f"with observed waning; the response assessment fell {_fmt(rd.get('median'), 0)} "
-            f"days (median; {_fmt(rd.get('min'), 0)}-{_fmt(rd.get('max'), 0)}) after the "
-            "session.</p>",
-            f"<p class='note'>{html.escape(str(fp.get('note', '')))}</p>",
-            metrics_table(fp["models"], horizons),
-        ]
-        if "on_oracle_episodes" in fp:
-            parts += [f"<h3>On the {fp.get('oracle_matched_episodes')} episodes covered by the "
-                      "oracle</h3>",
-                      metrics_table({**fp["on_oracle_episodes"],
-                                     "oracle": fp["models"]["oracle"]}, horizons)]
-        parts += ["<h3>Calibration at the first forecast point</h3>",
-                  known_share_note(fp["models"], horizons),
-                  calibration_plot(fp["models"], horizons),
-                  calibration_slope_table(fp["models"], horizons),
-                  calibrated_reference_table(fp),
-                  horizon_plot(fp["models"], horizons, "auc", "time-dependent AUC")]
-        if "targets" in metrics:
-            t = metrics["targets"]
-            parts += ["<h3>Targets (first forecast point)</h3>", _table(["figure", "value"], [
-                [k, str(v) if isinstance(v, dict) else v] for k, v in t.items()
-                if k != "episode_start"])]
-        fair = fp["models"].get("model", {}).get("fairness")
-        if fair:
-            parts += ["<h3>Fairness at the first forecast point (main model, 28 days)</h3>",
-                      fairness_table(fair)]
-        curves = fp["models"].get("model", {}).get("survival_curves")
-        if curves:
-            parts += ["<h3>Observed against predicted survival (first forecast point)</h3>",
-                      "<p class='note'>Observed: Turnbull estimate of the share of episodes "
-                      "whose benefit has not yet waned (interval-censored); predicted: the "
-                      "mean of the model's survival at each horizon. Subgroups with fewer "
-                      "than 20 episodes are not drawn.</p>",
-                      survival_plot(curves, "Cross-validated survival at the first forecast "
-                                            "point")]
+        parts += _forecast_point_parts(metrics, cv, horizons)
     if cv:
-        parts += [
-            f"<h2>Secondary: cross-validation at episode start ({cv['folds']} patient-grouped "
-            "folds)</h2>",
-            "<p class='note'>Landmark 0, before the response is known: the service never "
-            "forecasts there, but every model and the oracle can be compared on it.</p>",
-            f"<p>{cv['n_patients']} patients, {cv['n_episodes']} episodes, {cv['n_events']} "
-            "with observed waning. 'model' is the evaluated version's spec refitted per fold; "
-            "cox and km are the baselines; oracle is the simulator's true risk.</p>",
-            metrics_table(cv["models"], horizons),
-        ]
-        if "on_oracle_episodes" in cv:
-            parts += [f"<h3>On the {cv.get('oracle_matched_episodes')} episodes covered by the "
-                      "oracle</h3>",
-                      metrics_table({**cv["on_oracle_episodes"],
-                                     "oracle": cv["models"]["oracle"]}, horizons)]
-        parts += ["<h3>Calibration</h3>", known_share_note(cv["models"], horizons),
-                  calibration_plot(cv["models"], horizons),
-                  horizon_plot(cv["models"], horizons, "auc", "time-dependent AUC"),
-                  horizon_plot(cv["models"], horizons, "brier", "Brier score")]
-        if "targets" in metrics and "episode_start" in metrics["targets"]:
-            t = metrics["targets"]["episode_start"]
-            parts += ["<h3>Target figures at episode start</h3>", _table(["figure", "value"], [
-                [k, str(v) if isinstance(v, dict) else v] for k, v in t.items()])]
-        fair = cv["models"].get("model", {}).get("fairness")
-        if fair:
-            parts += ["<h3>Fairness at episode start (main model, 28 days)</h3>",
-                      fairness_table(fair)]
-        if cv.get("errors"):
-            parts += ["<h3>Fold errors</h3>", _table(["model", "errors"], [
-                [k, "; ".join(v)] for k, v in cv["errors"].items()])]
-        lc = cv.get("landmark_conditional")
-        if lc:
-            parts += ["<h3>Landmark-conditional (dynamic model, all landmark rows)</h3>",
-                      f"<p class='note'>{_fmt(lc.get('note'))}</p>",
-                      metrics_table({"model": {"overall": lc}}, horizons)]
+        parts += _episode_start_parts(metrics, cv, horizons)
     ho = metrics.get("holdout")
     if ho:
-        parts += [f"<h2>Holdout: the version applied to {ho['n_patients']} other patients</h2>"]
-        hfp = ho.get("forecast_point") or {}
-        if hfp.get("models"):
-            parts += ["<h3>Holdout, first forecast point</h3>",
-                      metrics_table(hfp["models"], horizons), calibrated_reference_table(hfp)]
-            hcurves = hfp["models"].get("model", {}).get("survival_curves")
-            if hcurves:
-                parts += ["<h3>Holdout: observed against predicted survival</h3>",
-                          survival_plot(hcurves, "Holdout survival at the first forecast point")]
-        parts += ["<h3>Holdout, episode start</h3>", metrics_table(ho["models"], horizons),
-                  calibration_plot(ho["models"], horizons)]
-        if ho.get("landmark_conditional"):
-            parts += ["<h3>Holdout, landmark-conditional</h3>",
-                      metrics_table({"model": {"overall": ho["landmark_conditional"]}}, horizons)]
+        parts += _holdout_parts(ho, horizons)
     if policy_html:
         parts += ["<h2>Policy replay</h2>", policy_html]
-    parts += ["<h2>Method</h2>", f"<p class='note'>{_fmt(metrics.get('conversion'))}</p>",
-              "<p class='note'>Harrell's C ranks by the 28-day risk; Uno's C is truncated at the "
-              "longest horizon; AUC and Brier are IPCW (scikit-survival); ICI/E50/E90 are "
-              "the published ones (Austin, Harrell &amp; van Klaveren 2020: a Cox model of the "
-              "whole follow-up on a 3-knot restricted cubic spline of log(-log(1 - risk))); "
-              "metrics.json keeps two variants, labelled: ici_pseudo (Kaplan-Meier "
-              "pseudo-observations at h on the spline) and ici_austin (the Cox smoother with "
-              "the follow-up censored at h, 4 knots); CITL = Turnbull observed risk minus "
-              "mean predicted risk.</p>",
-              "</main></body></html>"]
+    parts += _method_parts(metrics)
     return "\n".join(parts)
