@@ -249,12 +249,41 @@ def render_markdown(card: dict[str, Any]) -> str:
     out += ["", "## Outcome", f"- Event: {oc.get('event')}",
             f"- Horizons (days): {', '.join(str(h) for h in oc.get('horizons_days', []))}",
             "- Definition: " + ", ".join(f"{k}={v}" for k, v in oc.get("definition", {}).items()),
-            "", "## Censoring", card.get("censoring", ""), "",
-            "## Model specification", f"- Preprocessing: {m.get('preprocessing')}",
-            f"- L2 penalizer: {_fmt(m.get('penalizer'))}"
-            + (" (per unit of each design column: an SD for the standardised numeric columns, "
-               "the indicator for a category)" if m.get("penalty_scale") == "unit" else
-               " (per column SD)" if m.get("coefficients") else "")]
+            "", "## Censoring", card.get("censoring", ""), ""]
+    out += _specification_md(m)
+    out += ["", "## Training data (counts only)"]
+    out += [f"- {k}: {_fmt(v)}" for k, v in card.get("training_data", {}).items()
+            if not isinstance(v, dict | list)]
+    fp = card.get("data_fingerprint") or {}
+    if fp.get("sha256"):
+        out.append(f"- Data fingerprint (sha256): `{fp['sha256']}`")
+    out += ["", "## Metrics"]
+    metrics = card.get("metrics")
+    if metrics:
+        out += _metrics_md(metrics)
+    else:
+        out.append(card.get("metrics_note") or "not evaluated")
+    out += ["", "## Limitations"] + [f"- {x}" for x in card.get("limitations", [])]
+    sw = card.get("software", {})
+    out += ["", "## Software", f"- Python {sw.get('python')}"]
+    out += [f"- {k} {v}" for k, v in sw.get("packages", {}).items()]
+    return "\n".join(out) + "\n"
+
+
+def _window_names(edges: list[float]) -> list[str]:
+    """Labels of the piecewise windows ("0-7 d", ..., "56 d-") from their left edges."""
+    ends = [*edges[1:], None]
+    return [f"{a:g}-{b:g} d" if b is not None else f"{a:g} d-" for a, b in
+            zip(edges, ends, strict=True)]
+
+
+def _specification_md(m: dict[str, Any]) -> list[str]:
+    """The "Model specification" section: settings, windows and the coefficient table."""
+    out = ["## Model specification", f"- Preprocessing: {m.get('preprocessing')}",
+           f"- L2 penalizer: {_fmt(m.get('penalizer'))}"
+           + (" (per unit of each design column: an SD for the standardised numeric columns, "
+              "the indicator for a category)" if m.get("penalty_scale") == "unit" else
+              " (per column SD)" if m.get("coefficients") else "")]
     if "family_selection" in m:
         sel = m["family_selection"]
         aic = ", ".join(f"{k} {v:.1f}" for k, v in sel.get("aic", {}).items())
@@ -277,10 +306,9 @@ def render_markdown(card: dict[str, Any]) -> str:
     out.append(f"- Bootstrap: {b.get('replicates')} patient-resampled refits (seed "
                f"{b.get('seed')})")
     edges = m.get("windows_days")
+    names: list[str] = []
     if edges:
-        ends = [*edges[1:], None]
-        names = [f"{a:g}-{b:g} d" if b is not None else f"{a:g} d-" for a, b in
-                 zip(edges, ends, strict=True)]
+        names = _window_names(edges)
         base = ", ".join(f"{n} {np.exp(v):.4g}" for n, v in
                          zip(names, m.get("window_log_base_hazard", []), strict=True))
         out.append(f"- Windows of the time since the last assessment without waning, with the "
@@ -288,43 +316,34 @@ def render_markdown(card: dict[str, Any]) -> str:
         out.append(f"- Window penalizer (on each window's deviation): "
                    f"{_fmt(m.get('window_penalizer'))}")
     if m.get("coefficients"):
-        scale = ("log hazard ratios per unit of the design column (positive: the benefit "
-                 "wanes sooner)" if m.get("family") in HAZARD_FAMILIES else
-                 "log time ratios per unit of the design column (positive: the benefit "
-                 "lasts longer)" if m.get("family") in AFT_FAMILIES else "")
-        if scale:
-            out.append(f"- Coefficients: {scale}; numeric columns are standardised, so a "
-                       "unit is one training SD")
-        wins = m.get("window_coefficients") if edges else None
-        extra = [f"in {n}" for n in names] if wins else []
-        out += ["", "| design column | coefficient | bootstrap SD |"
-                + "".join(f" {e} |" for e in extra), "|---|---|---|" + "---|" * len(extra)]
-        for r in m["coefficients"]:
-            cells = [_fmt(r["coef"] + w.get(r["column"], 0.0)) for w in wins] if wins else []
-            out.append(f"| {r['column']} | {_fmt(r['coef'])} | {_fmt(r.get('bootstrap_sd'))} |"
-                       + "".join(f" {c} |" for c in cells))
-        if wins:
-            out.append("")
-            out.append("For the piecewise model the coefficient is the average effect over the "
-                       "windows and each window column its effect within that window "
-                       "(average + the window's deviation).")
-    out += ["", "## Training data (counts only)"]
-    out += [f"- {k}: {_fmt(v)}" for k, v in card.get("training_data", {}).items()
-            if not isinstance(v, dict | list)]
-    fp = card.get("data_fingerprint") or {}
-    if fp.get("sha256"):
-        out.append(f"- Data fingerprint (sha256): `{fp['sha256']}`")
-    out += ["", "## Metrics"]
-    metrics = card.get("metrics")
-    if metrics:
-        out += _metrics_md(metrics)
-    else:
-        out.append(card.get("metrics_note") or "not evaluated")
-    out += ["", "## Limitations"] + [f"- {x}" for x in card.get("limitations", [])]
-    sw = card.get("software", {})
-    out += ["", "## Software", f"- Python {sw.get('python')}"]
-    out += [f"- {k} {v}" for k, v in sw.get("packages", {}).items()]
-    return "\n".join(out) + "\n"
+        out += _coefficients_md(m, names)
+    return out
+
+
+def _coefficients_md(m: dict[str, Any], names: list[str]) -> list[str]:
+    """The coefficient scale note and table (per-window columns when there are windows)."""
+    out: list[str] = []
+    scale = ("log hazard ratios per unit of the design column (positive: the benefit "
+             "wanes sooner)" if m.get("family") in HAZARD_FAMILIES else
+             "log time ratios per unit of the design column (positive: the benefit "
+             "lasts longer)" if m.get("family") in AFT_FAMILIES else "")
+    if scale:
+        out.append(f"- Coefficients: {scale}; numeric columns are standardised, so a "
+                   "unit is one training SD")
+    wins = m.get("window_coefficients") if names else None
+    extra = [f"in {n}" for n in names] if wins else []
+    out += ["", "| design column | coefficient | bootstrap SD |"
+            + "".join(f" {e} |" for e in extra), "|---|---|---|" + "---|" * len(extra)]
+    for r in m["coefficients"]:
+        cells = [_fmt(r["coef"] + w.get(r["column"], 0.0)) for w in wins] if wins else []
+        out.append(f"| {r['column']} | {_fmt(r['coef'])} | {_fmt(r.get('bootstrap_sd'))} |"
+                   + "".join(f" {c} |" for c in cells))
+    if wins:
+        out.append("")
+        out.append("For the piecewise model the coefficient is the average effect over the "
+                   "windows and each window column its effect within that window "
+                   "(average + the window's deviation).")
+    return out
 
 
 def _metrics_md(metrics: dict[str, Any]) -> list[str]:
