@@ -73,6 +73,56 @@ class CdsConfigError(ValueError):
     """The CDS clients file cannot be used."""
 
 
+def _client_algorithms(c: Mapping[str, Any], where: str, allow_hs256: bool) -> tuple[Any, ...]:
+    """The client's signing algorithms, checked against the allowed ones."""
+    algs = tuple(c.get("algorithms") or ())
+    bad = [a for a in algs if a not in ALLOWED_ALGORITHMS]
+    if not algs or bad:
+        raise CdsConfigError(
+            f"{where}.algorithms: allowed: {', '.join(ALLOWED_ALGORITHMS)}; got {list(algs)}"
+        )
+    if not allow_hs256 and set(algs) & set(SYMMETRIC_ALGORITHMS):
+        raise CdsConfigError(
+            f"{where}.algorithms: HS256 (a shared secret) is for tests only "
+            "(FORECAST_CDS_ALLOW_HS256=1); the CDS Hooks specification says symmetric "
+            "algorithms SHALL NOT be used: give the EHR's public keys (RS/ES)"
+        )
+    return algs
+
+
+def _client_keys(
+    c: Mapping[str, Any], where: str, algs: tuple[Any, ...], base: Path
+) -> tuple[list[Any], list[str | None]]:
+    """The client's verification keys and their key ids (JWKS, PEM or test secret)."""
+    keys: list[Any] = []
+    kids: list[str | None] = []
+    jwks = c.get("jwks")
+    if c.get("jwks_file"):
+        jwks = json.loads((base / c["jwks_file"]).read_text(encoding="utf-8"))
+    if jwks:
+        for jwk in jwks.get("keys", []):
+            keys.append(jwt.PyJWK(jwk).key)
+            kids.append(jwk.get("kid"))
+    if c.get("public_key_file"):
+        keys.append((base / c["public_key_file"]).read_text(encoding="utf-8"))
+        kids.append(c.get("kid"))
+    if c.get("public_key"):
+        keys.append(c["public_key"])
+        kids.append(c.get("kid"))
+    if c.get("secret"):
+        if algs != ("HS256",):
+            raise CdsConfigError(f"{where}: a shared secret needs algorithms ['HS256'] only")
+        if len(str(c["secret"]).encode()) < 32:
+            raise CdsConfigError(f"{where}.secret: use at least 32 bytes (RFC 7518 3.2)")
+        keys.append(c["secret"])
+        kids.append(c.get("kid"))
+    if not keys:
+        raise CdsConfigError(
+            f"{where}: give jwks, jwks_file, public_key, public_key_file or (tests) secret"
+        )
+    return keys, kids
+
+
 def load_clients(
     source: Any, base: Path | None = None, *, allow_hs256: bool = False
 ) -> dict[str, CdsClient]:
@@ -121,44 +171,8 @@ def load_clients(
         iss = c.get("iss")
         if not isinstance(iss, str) or not iss:
             raise CdsConfigError(f"{where}.iss: a non-empty issuer is required")
-        algs = tuple(c.get("algorithms") or ())
-        bad = [a for a in algs if a not in ALLOWED_ALGORITHMS]
-        if not algs or bad:
-            raise CdsConfigError(
-                f"{where}.algorithms: allowed: {', '.join(ALLOWED_ALGORITHMS)}; got {list(algs)}"
-            )
-        if not allow_hs256 and set(algs) & set(SYMMETRIC_ALGORITHMS):
-            raise CdsConfigError(
-                f"{where}.algorithms: HS256 (a shared secret) is for tests only "
-                "(FORECAST_CDS_ALLOW_HS256=1); the CDS Hooks specification says symmetric "
-                "algorithms SHALL NOT be used: give the EHR's public keys (RS/ES)"
-            )
-        keys: list[Any] = []
-        kids: list[str | None] = []
-        jwks = c.get("jwks")
-        if c.get("jwks_file"):
-            jwks = json.loads((base / c["jwks_file"]).read_text(encoding="utf-8"))
-        if jwks:
-            for jwk in jwks.get("keys", []):
-                keys.append(jwt.PyJWK(jwk).key)
-                kids.append(jwk.get("kid"))
-        if c.get("public_key_file"):
-            keys.append((base / c["public_key_file"]).read_text(encoding="utf-8"))
-            kids.append(c.get("kid"))
-        if c.get("public_key"):
-            keys.append(c["public_key"])
-            kids.append(c.get("kid"))
-        if c.get("secret"):
-            if algs != ("HS256",):
-                raise CdsConfigError(f"{where}: a shared secret needs algorithms ['HS256'] only")
-            if len(str(c["secret"]).encode()) < 32:
-                raise CdsConfigError(f"{where}.secret: use at least 32 bytes (RFC 7518 3.2)")
-            keys.append(c["secret"])
-            kids.append(c.get("kid"))
-        if not keys:
-            raise CdsConfigError(
-                f"{where}: give jwks, jwks_file, public_key, public_key_file or (tests) secret"
-            )
+        algs = _client_algorithms(c, where, allow_hs256)
+        keys, kids = _client_keys(c, where, algs, base)
         clinic = c.get("clinic", "default")
         try:
             check_clinic(clinic)
