@@ -116,6 +116,27 @@ def _current(c: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _median_block(
+    c: dict[str, Any], median_day: float, personal: bool, grid_days: int
+) -> tuple[int | None, str | None]:
+    """``median_remaining_days`` and ``median_reason`` of one answer."""
+    if not personal:
+        return None, "No personalised forecast applies to this status."
+    median = whole(median_day)
+    if median is None:
+        return None, (
+            f"The risk stays below 50 % within the {grid_days}-day horizon, so the "
+            "median remaining benefit lies beyond what the model reports."
+        )
+    if median <= 1:
+        # Half or more of the risk is a waning already past but not yet seen.
+        return None, (
+            "More likely than not the benefit has already waned since the latest "
+            f"PHQ-9 ({iso_day(c['latest_phq9_date'])}); a PHQ-9 now would tell."
+        )
+    return median, None
+
+
 def build_answers(frame: ForecastFrame, model: Any, settings: PolicySettings) -> list[dict]:
     """One answer per query of ``frame`` (keys: see the docs' suggestions page)."""
     days = frame.days
@@ -144,26 +165,9 @@ def build_answers(frame: ForecastFrame, model: Any, settings: PolicySettings) ->
         personal = base in FORECAST_STATUSES
         population = base == "insufficient_data" and not np.isnan(daily[i]).all()
         risk = None
-        median = None
-        median_reason = "No personalised forecast applies to this status."
         if personal or population:
             risk = risk_block(days, daily[i], lower[i], upper[i], hidx, personal, settings)
-        if personal:
-            median = whole(medians[i])
-            if median is None:
-                median_reason = (
-                    f"The risk stays below 50 % within the {len(days)}-day horizon, so the "
-                    "median remaining benefit lies beyond what the model reports."
-                )
-            elif median <= 1:
-                # Half or more of the risk is a waning already past but not yet seen.
-                median = None
-                median_reason = (
-                    "More likely than not the benefit has already waned since the latest "
-                    f"PHQ-9 ({iso_day(c['latest_phq9_date'])}); a PHQ-9 now would tell."
-                )
-            else:
-                median_reason = None
+        median, median_reason = _median_block(c, medians[i], personal, len(days))
         suggestion = suggestion_block(c, i, sugg, base, personal, population, as_of, settings)
         if st in SAFETY_STATUSES:
             first = (
