@@ -376,6 +376,53 @@ class Combined:
     si_unread: bool = False
 
 
+def _stored_cohort(pid: str, use_stored: bool) -> tuple[Cohort, bool]:
+    """The patient's stored cohort (an empty one when not stored) and whether it is stored."""
+    st = store()
+    with st.read() as conn:
+        known = use_stored and bool(st.known_patients(conn, [pid]))
+        cohort = st.cohort([pid], conn) if known else None
+    if cohort is None:
+        cohort = Cohort(
+            canonicalize("patients", pd.DataFrame({"patient_id": [pid]})),
+            empty_frame("sessions"),
+            empty_frame("assessments"),
+        )
+    return cohort, known
+
+
+def _add_prefetched_rows(
+    frames: dict[str, pd.DataFrame],
+    mapped: Any,
+    pid: str,
+    labels: dict[str, str],
+    dropped: list[_Dropped],
+) -> int:
+    """Add the valid prefetched rows not dated like a stored row to ``frames``; count them.
+
+    Rows left out are appended to ``dropped``.
+    """
+    added = 0
+    for table in ("sessions", "assessments"):
+        recs = [r for r in getattr(mapped, table) if r["patient_id"] == pid]
+        stored_dates = set(frames[table]["date"].dt.strftime("%Y-%m-%d"))
+        if table == "assessments":
+            dropped += _differing_si(frames[table], recs, stored_dates, mapped, labels)
+        recs = [r for r in recs if r["date"] not in stored_dates]
+        if not recs:
+            continue
+        frame, refused = _valid_rows(table, recs, pid, mapped, labels)
+        dropped += refused
+        if frame is None:
+            continue
+        cols = [c.name for c in TABLES[table]]
+        frames[table] = canonicalize(
+            table, pd.concat([frames[table][cols], frame[cols]], ignore_index=True)
+        )
+        added += len(frame)
+    return added
+
+
 def combined_cohort(
     pid: str,
     prefetch: Mapping[str, Any],
@@ -391,17 +438,8 @@ def combined_cohort(
     ``aliases`` are the other ids the prefetch names the patient by (the EHR's
     id, :func:`link_patient`); without ``use_stored`` no stored history is read.
     """
-    st = store()
-    with st.read() as conn:
-        known = use_stored and bool(st.known_patients(conn, [pid]))
-        cohort = st.cohort([pid], conn) if known else None
+    cohort, known = _stored_cohort(pid, use_stored)
     notes: list[str] = []
-    if cohort is None:
-        cohort = Cohort(
-            canonicalize("patients", pd.DataFrame({"patient_id": [pid]})),
-            empty_frame("sessions"),
-            empty_frame("assessments"),
-        )
     found = [
         (r, w)
         for r, w in _prefetch_resources(prefetch)
@@ -434,24 +472,7 @@ def combined_cohort(
     if withdrawn:
         notes.append(_leave_out_withdrawn(frames, withdrawn, pid, known))
     labels = {f"prefetch[{i}].resource": _resource_label(r, w) for i, (r, w) in enumerate(found)}
-    added = 0
-    for table in ("sessions", "assessments"):
-        recs = [r for r in getattr(mapped, table) if r["patient_id"] == pid]
-        stored_dates = set(frames[table]["date"].dt.strftime("%Y-%m-%d"))
-        if table == "assessments":
-            dropped += _differing_si(frames[table], recs, stored_dates, mapped, labels)
-        recs = [r for r in recs if r["date"] not in stored_dates]
-        if not recs:
-            continue
-        frame, refused = _valid_rows(table, recs, pid, mapped, labels)
-        dropped += refused
-        if frame is None:
-            continue
-        cols = [c.name for c in TABLES[table]]
-        frames[table] = canonicalize(
-            table, pd.concat([frames[table][cols], frame[cols]], ignore_index=True)
-        )
-        added += len(frame)
+    added = _add_prefetched_rows(frames, mapped, pid, labels, dropped)
     if dropped:
         notes.append(_dropped_note(dropped))
     if added:
