@@ -56,18 +56,8 @@ IMPORTED_TYPES: dict[str, str] = {
 }
 
 
-def capability_statement(base: str, software_version: str, date: str) -> dict[str, Any]:
-    """The CapabilityStatement (JSON) of the service at ``base`` (``.../fhir/r4``).
-
-    Parameters
-    ----------
-    base : str
-        The facade's base URL (``implementation.url``).
-    software_version : str
-        The kap-forecast version.
-    date : str
-        When the statement was made (``YYYY-MM-DD``).
-    """
+def _rest_resources() -> list[dict[str, Any]]:
+    """The ``rest.resource`` entries: RiskAssessment, Patient and the imported types."""
     resources: list[dict[str, Any]] = [
         {
             "type": "RiskAssessment",
@@ -109,6 +99,22 @@ def capability_statement(base: str, software_version: str, date: str) -> dict[st
         for t, text in IMPORTED_TYPES.items()
         if t != "Patient"
     ]
+    return resources
+
+
+def capability_statement(base: str, software_version: str, date: str) -> dict[str, Any]:
+    """The CapabilityStatement (JSON) of the service at ``base`` (``.../fhir/r4``).
+
+    Parameters
+    ----------
+    base : str
+        The facade's base URL (``implementation.url``).
+    software_version : str
+        The kap-forecast version.
+    date : str
+        When the statement was made (``YYYY-MM-DD``).
+    """
+    resources = _rest_resources()
     return {
         "resourceType": "CapabilityStatement",
         "id": "kap-forecast",
