@@ -98,6 +98,45 @@ def risk_block(
     return block
 
 
+def _booking_text(
+    sugg: dict[str, np.ndarray], i: int, by: pd.Timestamp, thr: float, settings: PolicySettings
+) -> str:
+    """The booking sentence: due now (and why), or by a date with the risk by then."""
+    risk_at = float(sugg["risk_at"][i])
+    if sugg["due"][i] and sugg["raw"][i] > 0:
+        # Due because the longest interval has passed, not because of the risk.
+        text = (
+            f"Book the next session now (by {human_date(by)}): {settings.max_interval_days // 7}"
+            " weeks after the last session, the longest interval the model reports, have "
+            f"passed; risk that the benefit has waned by then is {percent(risk_at)}"
+        )
+    elif sugg["due"][i]:
+        text = (
+            f"Book the next session now (by {human_date(by)}): the risk that the benefit has "
+            f"waned is already above the {percent(thr)} threshold"
+        )
+        if sugg["clamp"][i] == "min":
+            text += f" (not sooner than {settings.min_interval_days} days after the last session)"
+    elif sugg["clamp"][i] == "max":
+        text = (
+            f"Book the next session by {human_date(by)}; risk that the benefit has waned by then "
+            f"is {percent(risk_at)} ({settings.max_interval_days // 7} weeks after the last "
+            "session is the longest interval the model reports)"
+        )
+    elif sugg["clamp"][i] == "min":
+        text = (
+            f"Book the next session by {human_date(by)}; risk that the benefit has waned by then "
+            f"is {percent(risk_at)} (not sooner than {settings.min_interval_days} days after the "
+            "last session)"
+        )
+    else:
+        text = (
+            f"Book the next session by {human_date(by)}; risk that the benefit has waned by then "
+            f"is {percent(risk_at)}"
+        )
+    return text
+
+
 def suggestion_block(
     c: dict,
     i: int,
@@ -140,38 +179,7 @@ def suggestion_block(
         }
     by = as_of + pd.Timedelta(days=int(sugg["session_by"][i]))
     ws = as_of + pd.Timedelta(days=int(sugg["window_start"][i]))
-    risk_at = float(sugg["risk_at"][i])
-    if sugg["due"][i] and sugg["raw"][i] > 0:
-        # Due because the longest interval has passed, not because of the risk.
-        text = (
-            f"Book the next session now (by {human_date(by)}): {settings.max_interval_days // 7}"
-            " weeks after the last session, the longest interval the model reports, have "
-            f"passed; risk that the benefit has waned by then is {percent(risk_at)}"
-        )
-    elif sugg["due"][i]:
-        text = (
-            f"Book the next session now (by {human_date(by)}): the risk that the benefit has "
-            f"waned is already above the {percent(thr)} threshold"
-        )
-        if sugg["clamp"][i] == "min":
-            text += f" (not sooner than {settings.min_interval_days} days after the last session)"
-    elif sugg["clamp"][i] == "max":
-        text = (
-            f"Book the next session by {human_date(by)}; risk that the benefit has waned by then "
-            f"is {percent(risk_at)} ({settings.max_interval_days // 7} weeks after the last "
-            "session is the longest interval the model reports)"
-        )
-    elif sugg["clamp"][i] == "min":
-        text = (
-            f"Book the next session by {human_date(by)}; risk that the benefit has waned by then "
-            f"is {percent(risk_at)} (not sooner than {settings.min_interval_days} days after the "
-            "last session)"
-        )
-    else:
-        text = (
-            f"Book the next session by {human_date(by)}; risk that the benefit has waned by then "
-            f"is {percent(risk_at)}"
-        )
+    text = _booking_text(sugg, i, by, float(c["threshold"]), settings)
     if population:
         text += "; population estimate, not personalised"
     return {
