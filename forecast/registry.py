@@ -317,13 +317,7 @@ def save_version(
     tmp.mkdir()
     try:
         written = bundle.save(tmp)
-        content_hash = hashlib.sha256(
-            b"".join(sha256_file(p).encode() for p in written)
-        ).hexdigest()
-        version = new_version_id(content_hash)
-        while (root / version).exists():  # same millisecond and content: step the clock
-            time.sleep(0.002)
-            version = new_version_id(content_hash)
+        version = _unused_version_id(root, written)
         env = environment()
         fp = dict(fingerprint or {})
         full_card = model_card.build_card(
@@ -344,23 +338,7 @@ def save_version(
             (tmp / name).write_text(text)
             if _crash_after == name:
                 raise RuntimeError(f"simulated crash after writing {name}")
-        entries = {}
-        for p in sorted(tmp.iterdir()):
-            _fsync_file(p)
-            entries[p.name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "format_version": MANIFEST_VERSION,
-            "version": version,
-            "created_utc": full_card.get("created_utc"),
-            "files": entries,
-        }
-        (tmp / MANIFEST).write_text(dumps(manifest))
-        _fsync_file(tmp / MANIFEST)
-        if signing_key is not None:
-            (tmp / signing.SIGNATURE).write_text(
-                signing.sign((tmp / MANIFEST).read_bytes(), signing_key))
-            _fsync_file(tmp / signing.SIGNATURE)
+        _write_manifest(tmp, version, full_card.get("created_utc"), signing_key)
         _fsync_dir(tmp)
         os.rename(tmp, root / version)
         _fsync_dir(root)
@@ -368,6 +346,39 @@ def save_version(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return version
+
+
+def _unused_version_id(root: Path, written: list[Path]) -> str:
+    """A version id from the hash of the bundle's files, not yet taken in ``root``."""
+    content_hash = hashlib.sha256(
+        b"".join(sha256_file(p).encode() for p in written)
+    ).hexdigest()
+    version = new_version_id(content_hash)
+    while (root / version).exists():  # same millisecond and content: step the clock
+        time.sleep(0.002)
+        version = new_version_id(content_hash)
+    return version
+
+
+def _write_manifest(tmp: Path, version: str, created_utc: Any, signing_key: Any) -> None:
+    """Fsync every file in ``tmp``, then write (and sign, given a key) its manifest."""
+    entries = {}
+    for p in sorted(tmp.iterdir()):
+        _fsync_file(p)
+        entries[p.name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "format_version": MANIFEST_VERSION,
+        "version": version,
+        "created_utc": created_utc,
+        "files": entries,
+    }
+    (tmp / MANIFEST).write_text(dumps(manifest))
+    _fsync_file(tmp / MANIFEST)
+    if signing_key is not None:
+        (tmp / signing.SIGNATURE).write_text(
+            signing.sign((tmp / MANIFEST).read_bytes(), signing_key))
+        _fsync_file(tmp / signing.SIGNATURE)
 
 
 # --------------------------------------------------------------------------- reading
