@@ -247,6 +247,25 @@ def _sort_by_key(pc: np.ndarray, day: np.ndarray) -> np.ndarray | None:
     return None
 
 
+def _patients_frame(cohort: Cohort, index: pd.Index, ids: np.ndarray) -> pd.DataFrame:
+    """One row per patient code (aligned with ``ids``), blank where ``patients`` lacks one."""
+    n = len(ids)
+    p_idx = index.get_indexer(cohort.patients["patient_id"].astype(str))
+    p_cols: dict[str, np.ndarray] = {"patient_id": ids}
+    for col in cohort.patients.columns:
+        if col == "patient_id":
+            continue
+        values = cohort.patients[col]
+        if values.dtype == object:
+            out = np.full(n, None, dtype=object)
+        else:
+            out = np.full(n, np.nan)
+        out[p_idx] = values.to_numpy()
+        p_cols[col] = out
+    patients = pd.DataFrame(p_cols)
+    return patients
+
+
 def _baselines(
     a: pd.DataFrame,
     a_pc: np.ndarray,
@@ -341,19 +360,7 @@ def prepare(
         s_pc, s_day = s_pc[order], s_day[order]
 
     n = len(ids)
-    p_idx = index.get_indexer(cohort.patients["patient_id"].astype(str))
-    p_cols: dict[str, np.ndarray] = {"patient_id": ids}
-    for col in cohort.patients.columns:
-        if col == "patient_id":
-            continue
-        values = cohort.patients[col]
-        if values.dtype == object:
-            out = np.full(n, None, dtype=object)
-        else:
-            out = np.full(n, np.nan)
-        out[p_idx] = values.to_numpy()
-        p_cols[col] = out
-    patients = pd.DataFrame(p_cols)
+    patients = _patients_frame(cohort, index, ids)
 
     # Anchor: the first induction session (sessions are sorted, so the first hit).
     anchor_day = np.full(n, np.nan)
