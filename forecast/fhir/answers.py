@@ -120,6 +120,43 @@ def _row_results(
     return row_of, by_id, again
 
 
+def _stored_row_outcome(
+    expr: str,
+    cid: str,
+    rid: str,
+    notes: list[FhirIssue],
+    by_id: Mapping[str, str],
+    again: Mapping[str, Resent],
+    is_screen: bool,
+) -> tuple[str, str | None, str, str, list[FhirIssue]]:
+    """Outcome, location, text, status and notes of an entry that maps to a stored row."""
+    text = status = ""
+    location: str | None = rid
+    base = "unchanged" if cid in again else by_id.get(cid, "unchanged")
+    if cid in again:
+        text = f"the same content is stored already from {again[cid].stored_id}"
+    if base == "retracted":
+        outcome_, location = "withdrawn-before", None
+        notes = [
+            *notes,
+            FhirIssue(
+                "warning",
+                "business-rule",
+                f"not imported: {cid} was withdrawn as entered-in-error before; a "
+                "withdrawn resource is never stored again (send the correction with a "
+                "new id)",
+                expr,
+            ),
+        ]
+    elif is_screen:
+        outcome_ = "screen"
+        status = "201 Created" if base == "created" else "200 OK"
+        text = RESULTS["screen"][2] + ("" if base == "created" else " (stored already)")
+    else:
+        outcome_ = base
+    return outcome_, location, text, status, notes
+
+
 def response_bundle(
     doc: Mapping[str, Any],
     mapped: MappedRecords,
@@ -176,30 +213,9 @@ def response_bundle(
             is_form = rtype == "Questionnaire" and not any(n.severity == "warning" for n in notes)
             outcome_ = "form" if is_form else "ignored"
         else:
-            cid = row_of.get(expr, rid)
-            location = rid
-            base = "unchanged" if cid in again else by_id.get(cid, "unchanged")
-            if cid in again:
-                text = f"the same content is stored already from {again[cid].stored_id}"
-            if base == "retracted":
-                outcome_, location = "withdrawn-before", None
-                notes = [
-                    *notes,
-                    FhirIssue(
-                        "warning",
-                        "business-rule",
-                        f"not imported: {cid} was withdrawn as entered-in-error before; a "
-                        "withdrawn resource is never stored again (send the correction with a "
-                        "new id)",
-                        expr,
-                    ),
-                ]
-            elif expr in mapped.screens:
-                outcome_ = "screen"
-                status = "201 Created" if base == "created" else "200 OK"
-                text = RESULTS["screen"][2] + ("" if base == "created" else " (stored already)")
-            else:
-                outcome_ = base
+            outcome_, location, text, status, notes = _stored_row_outcome(
+                expr, row_of.get(expr, rid), rid, notes, by_id, again, expr in mapped.screens
+            )
         if outcome_ != "screen":
             status = RESULTS[outcome_][0]
         entry: dict[str, Any] = {"response": {"status": status}}
