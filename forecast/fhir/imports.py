@@ -303,6 +303,31 @@ def _link_panels(
             )
 
 
+def _entry_resources(entries: list[Any]) -> list[Any]:
+    """The resource of each entry; raise FhirError for a missing resource or unsupported method."""
+    resources = []
+    for i, e in enumerate(entries):
+        res = e.get("resource")
+        if res is None:
+            raise FhirError(
+                [FhirIssue("error", "required", "entry has no resource", f"Bundle.entry[{i}]")]
+            )
+        req = e.get("request") or {}
+        if req.get("method") not in (None, "POST", "PUT"):
+            raise FhirError(
+                [
+                    FhirIssue(
+                        "error",
+                        "not-supported",
+                        f"request.method {req.get('method')!r} is not supported; use POST or PUT",
+                        f"Bundle.entry[{i}].request.method",
+                    )
+                ]
+            )
+        resources.append(res)
+    return resources
+
+
 def map_bundle(
     bundle: Any,
     *,
@@ -362,26 +387,7 @@ def map_bundle(
                 )
             ]
         )
-    resources = []
-    for i, e in enumerate(entries):
-        res = e.get("resource")
-        if res is None:
-            raise FhirError(
-                [FhirIssue("error", "required", "entry has no resource", f"Bundle.entry[{i}]")]
-            )
-        req = e.get("request") or {}
-        if req.get("method") not in (None, "POST", "PUT"):
-            raise FhirError(
-                [
-                    FhirIssue(
-                        "error",
-                        "not-supported",
-                        f"request.method {req.get('method')!r} is not supported; use POST or PUT",
-                        f"Bundle.entry[{i}].request.method",
-                    )
-                ]
-            )
-        resources.append(res)
+    resources = _entry_resources(entries)
     return map_resources(
         resources,
         full_urls=[e.get("fullUrl") for e in entries],
