@@ -48,6 +48,37 @@ def model_device(version: Any) -> dict[str, Any]:
     }
 
 
+def _method_concept(version: Any, population: bool) -> dict[str, Any]:
+    """The RiskAssessment ``method``: survival model or population estimate, with the version."""
+    return {
+        "coding": [
+            {
+                "system": KAP_FHIR_CODES,
+                "code": "population-estimate" if population else "survival-model",
+                "display": POPULATION_NOTE if population else "personalised survival model",
+            }
+        ],
+        "text": (
+            f"kap-forecast survival model, version {version}"
+            + (f"; {POPULATION_NOTE}: no prediction for this patient" if population else "")
+        ),
+    }
+
+
+def _forecast_code() -> dict[str, Any]:
+    """The RiskAssessment ``code``: ketamine maintenance timing."""
+    return {
+        "coding": [
+            {
+                "system": KAP_FHIR_CODES,
+                "code": "kap-maintenance",
+                "display": "Ketamine maintenance timing",
+            }
+        ],
+        "text": "Forecast of when the benefit of ketamine treatment wanes",
+    }
+
+
 def risk_assessment(
     answer: Mapping[str, Any],
     *,
@@ -94,29 +125,8 @@ def risk_assessment(
         {
             "contained": [model_device(version)],
             "status": "final",
-            "method": {
-                "coding": [
-                    {
-                        "system": KAP_FHIR_CODES,
-                        "code": "population-estimate" if population else "survival-model",
-                        "display": POPULATION_NOTE if population else "personalised survival model",
-                    }
-                ],
-                "text": (
-                    f"kap-forecast survival model, version {version}"
-                    + (f"; {POPULATION_NOTE}: no prediction for this patient" if population else "")
-                ),
-            },
-            "code": {
-                "coding": [
-                    {
-                        "system": KAP_FHIR_CODES,
-                        "code": "kap-maintenance",
-                        "display": "Ketamine maintenance timing",
-                    }
-                ],
-                "text": "Forecast of when the benefit of ketamine treatment wanes",
-            },
+            "method": _method_concept(version, population),
+            "code": _forecast_code(),
             "subject": {"reference": f"Patient/{answer['patient_id']}"},
             "occurrenceDateTime": as_of,
             "performer": {
