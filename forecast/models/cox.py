@@ -8,6 +8,7 @@ calibration smoothers of :mod:`forecast.evaluation.calibration` use it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,6 +134,43 @@ def _risk_set_sums(first: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.cumsum(values[::-1], axis=0)[::-1][first]
 
 
+def _newton_maximise(
+    pieces: Callable[[np.ndarray], tuple[float, np.ndarray, np.ndarray]], d: int, max_iter: int,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Maximiser of ``pieces`` (log-lik, gradient, Hessian) by step-halving Newton, and -H^-1."""
+    beta = np.zeros(d)
+    with np.errstate(all="ignore"):
+        ll, g, hess = pieces(beta)
+        for _ in range(max_iter):
+            try:
+                step = np.linalg.solve(-hess, g)
+            except np.linalg.LinAlgError:
+                return None
+            if not np.all(np.isfinite(step)):
+                return None
+            # the log-likelihood is a sum over thousands of rows: its rounding is
+            # about 1e-16 of its size, so both tests are relative to it
+            noise = 1e-12 * (1.0 + abs(ll))
+            if float(g @ step) < noise:
+                break
+            t = 1.0
+            while True:
+                ll_new, g_new, hess_new = pieces(beta + t * step)
+                if np.isfinite(ll_new) and ll_new >= ll - noise:
+                    break
+                t /= 2.0
+                if t < 1e-10:
+                    return None
+            beta, ll, g, hess = beta + t * step, ll_new, g_new, hess_new
+        else:
+            return None
+        try:
+            cov = np.linalg.inv(-hess)
+        except np.linalg.LinAlgError:
+            return None
+    return beta, cov
+
+
 def cox_efron(X: pd.DataFrame, T: np.ndarray, E: np.ndarray, penalizer: float = 0.0,
               max_iter: int = 50) -> CoxFit | None:
     """Cox proportional-hazards fit, vectorised: lifelines' ``CoxPHFitter`` model.
@@ -193,36 +231,10 @@ def cox_efron(X: pd.DataFrame, T: np.ndarray, E: np.ndarray, penalizer: float = 
         hess = -(s2 - s1[:, :, None] * s1[:, None, :]).sum(axis=0) - n * penalizer * np.eye(d)
         return ll, g, hess
 
-    beta = np.zeros(d)
-    with np.errstate(all="ignore"):
-        ll, g, hess = pieces(beta)
-        for _ in range(max_iter):
-            try:
-                step = np.linalg.solve(-hess, g)
-            except np.linalg.LinAlgError:
-                return None
-            if not np.all(np.isfinite(step)):
-                return None
-            # the log-likelihood is a sum over thousands of rows: its rounding is
-            # about 1e-16 of its size, so both tests are relative to it
-            noise = 1e-12 * (1.0 + abs(ll))
-            if float(g @ step) < noise:
-                break
-            t = 1.0
-            while True:
-                ll_new, g_new, hess_new = pieces(beta + t * step)
-                if np.isfinite(ll_new) and ll_new >= ll - noise:
-                    break
-                t /= 2.0
-                if t < 1e-10:
-                    return None
-            beta, ll, g, hess = beta + t * step, ll_new, g_new, hess_new
-        else:
-            return None
-        try:
-            cov = np.linalg.inv(-hess)
-        except np.linalg.LinAlgError:
-            return None
+    fit = _newton_maximise(pieces, d, max_iter)
+    if fit is None:
+        return None
+    beta, cov = fit
     if not (np.all(np.isfinite(beta)) and np.all(np.diag(cov) > 0)):
         return None
     params = beta / std
