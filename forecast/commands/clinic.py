@@ -110,6 +110,70 @@ def _fill_blanks(old: pd.DataFrame, new: pd.DataFrame, cols: list[str]) -> tuple
     return ok, conflicts
 
 
+def _check_present_rows(
+    table: str,
+    fresh: pd.DataFrame,
+    old: pd.DataFrame,
+    keys: list[str],
+    cols: list[str],
+    src: list[str],
+    errors: list[str],
+) -> tuple[np.ndarray, list[tuple[str, str, int]]]:
+    """Rows of ``fresh`` not yet in ``old``, and blank covariates a Patient fills.
+
+    Rows present with other values are reported in ``errors``.
+    """
+    filled: list[tuple[str, str, int]] = []
+    m = fresh[keys].merge(old.reset_index().rename(columns={"index": "_old"}), on=keys, how="left")
+    present = m["_old"].notna().to_numpy()
+    keep = ~present
+    idx = np.flatnonzero(present)
+    if len(idx):
+        old_rows = old.iloc[m.loc[present, "_old"].astype(int)].reset_index(drop=True)
+        new_rows = fresh.iloc[idx].reset_index(drop=True)
+        if table == "patients":
+            ok, conflicts = _fill_blanks(old_rows, new_rows, cols)
+            for j, i in enumerate(idx):
+                if not ok[j]:
+                    errors.append(
+                        f"{src[i]}: patient {fresh.loc[i, 'patient_id']!s} is already "
+                        f"in the folder with other {', '.join(conflicts[j])}; edit "
+                        "patients.csv or the Patient resource"
+                    )
+            fills = old_rows[cols].isna().to_numpy() & new_rows[cols].notna().to_numpy()
+            filled.extend(
+                (str(new_rows.loc[j, "patient_id"]), cols[k], int(idx[j]))
+                for j, k in zip(*np.nonzero(fills), strict=True)
+            )
+        else:
+            same = _values_equal(old_rows, new_rows, cols)
+            for j, i in enumerate(idx):
+                if not same[j]:
+                    errors.append(
+                        f"{src[i]}: the folder already has a different {table[:-1]} "
+                        f"of this patient on {str(fresh.loc[i, 'date'])[:10]}"
+                    )
+    return keep, filled
+
+
+def _fill_blank_covariates(
+    base_raw: pd.DataFrame,
+    filled: list[tuple[str, str, int]],
+    fresh_raw: pd.DataFrame,
+    counts: dict[str, int],
+) -> pd.DataFrame:
+    """A copy of the folder's patients with blank covariates filled from Patient resources."""
+    # A Patient resource fills covariates that are blank in the folder.
+    base_raw = base_raw.copy()
+    row_of = dict(zip(base_raw["patient_id"].astype(str), base_raw.index, strict=True))
+    for pid, col, i in filled:
+        if col in base_raw.columns:
+            base_raw[col] = base_raw[col].astype(object)
+            base_raw.at[row_of[pid], col] = fresh_raw.loc[i, col]
+            counts["patients_updated"] = counts.get("patients_updated", 0) + 1
+    return base_raw
+
+
 def merge_import(
     existing_raw: dict[str, pd.DataFrame] | None,
     existing: Cohort | None,
@@ -137,7 +201,6 @@ def merge_import(
     counts: dict[str, int] = {}
     out: dict[str, pd.DataFrame] = {}
     for table in ("patients", "sessions", "assessments"):
-        filled: list[tuple[str, str, int]] = []
         keys = _key_cols(table)
         cols = [c.name for c in TABLES[table] if c.name not in keys]
         fresh = getattr(new, table).reset_index(drop=True)
@@ -152,47 +215,10 @@ def merge_import(
             base_raw = None
         else:
             old = getattr(existing, table)
-            m = fresh[keys].merge(
-                old.reset_index().rename(columns={"index": "_old"}), on=keys, how="left"
-            )
-            present = m["_old"].notna().to_numpy()
-            keep = ~present
-            idx = np.flatnonzero(present)
-            if len(idx):
-                old_rows = old.iloc[m.loc[present, "_old"].astype(int)].reset_index(drop=True)
-                new_rows = fresh.iloc[idx].reset_index(drop=True)
-                if table == "patients":
-                    ok, conflicts = _fill_blanks(old_rows, new_rows, cols)
-                    for j, i in enumerate(idx):
-                        if not ok[j]:
-                            errors.append(
-                                f"{src[i]}: patient {fresh.loc[i, 'patient_id']!s} is already "
-                                f"in the folder with other {', '.join(conflicts[j])}; edit "
-                                "patients.csv or the Patient resource"
-                            )
-                    fills = old_rows[cols].isna().to_numpy() & new_rows[cols].notna().to_numpy()
-                    filled.extend(
-                        (str(new_rows.loc[j, "patient_id"]), cols[k], int(idx[j]))
-                        for j, k in zip(*np.nonzero(fills), strict=True)
-                    )
-                else:
-                    same = _values_equal(old_rows, new_rows, cols)
-                    for j, i in enumerate(idx):
-                        if not same[j]:
-                            errors.append(
-                                f"{src[i]}: the folder already has a different {table[:-1]} "
-                                f"of this patient on {str(fresh.loc[i, 'date'])[:10]}"
-                            )
+            keep, filled = _check_present_rows(table, fresh, old, keys, cols, src, errors)
             base_raw = existing_raw[table] if existing_raw is not None else None
             if filled and base_raw is not None:
-                # A Patient resource fills covariates that are blank in the folder.
-                base_raw = base_raw.copy()
-                row_of = dict(zip(base_raw["patient_id"].astype(str), base_raw.index, strict=True))
-                for pid, col, i in filled:
-                    if col in base_raw.columns:
-                        base_raw[col] = base_raw[col].astype(object)
-                        base_raw.at[row_of[pid], col] = fresh_raw.loc[i, col]
-                        counts["patients_updated"] = counts.get("patients_updated", 0) + 1
+                base_raw = _fill_blank_covariates(base_raw, filled, fresh_raw, counts)
         counts[table] = int(keep.sum())
         add = fresh_raw[keep]
         if base_raw is None:
@@ -208,6 +234,67 @@ def _cohort_of_raw(raw: dict[str, pd.DataFrame], covariates: tuple[str, ...], to
     from forecast.data import validate_tables
 
     return validate_tables(raw, covariates=covariates, today=today)
+
+
+def _read_existing_folder(
+    out: Path, covariates: tuple[str, ...], day: Any
+) -> tuple[dict[str, pd.DataFrame] | None, Cohort | None, str]:
+    """The folder's raw tables, cohort and file format (exits 1 when it does not conform)."""
+    from forecast.data import ContractError, read_folder, validate_tables
+
+    existing_raw = existing = None
+    fmt = "csv"
+    has_files = out.is_dir() and any(
+        (out / f"{t}.{ext}").exists() for t in TABLES for ext in ("csv", "parquet")
+    )
+    if has_files:
+        try:
+            existing_raw = read_folder(out)
+        except ContractError as err:
+            for p in err.problems:
+                click.echo(str(p), err=True)
+            raise SystemExit(1) from None
+        existing, problems = validate_tables(existing_raw, covariates=covariates, today=day)
+        if existing is None:
+            for p in problems:
+                click.echo(str(p), err=True)
+            click.echo(f"{out} does not conform to the data contract; nothing imported", err=True)
+            raise SystemExit(1)
+        fmt = "parquet" if existing_raw["patients"].attrs.get("format") == "parquet" else "csv"
+    return existing_raw, existing, fmt
+
+
+def _map_bundle_or_exit(doc: Any, existing: Cohort | None, forms: list[Any]) -> Any:
+    """Map the Bundle against the folder, echoing its warnings (exits 1 when it cannot be read)."""
+    from forecast.fhir import FhirError, map_bundle
+
+    first = (
+        existing.sessions.groupby("patient_id")["date"].min().to_dict()
+        if existing is not None and len(existing.sessions)
+        else None
+    )
+    try:
+        known = set(existing.patients["patient_id"]) if existing is not None else set()
+        mapped = map_bundle(doc, known_first_session=first, known_patients=known,
+                            questionnaires=forms)
+    except FhirError as err:
+        for issue in err.issues:
+            click.echo(f"{issue.severity}: {issue}", err=True)
+        click.echo("nothing imported", err=True)
+        raise SystemExit(1) from None
+    for issue in mapped.issues:
+        if issue.severity != "information":
+            click.echo(f"{issue.severity}: {issue}", err=True)
+    for r in mapped.retractions:
+        # A folder keeps no resource ids: the row the resource once made cannot be
+        # told from rows of other sources on that day, so nothing is removed here.
+        click.echo(
+            f"warning: {r['expr']}: {r['id']} is entered-in-error, but a folder keeps no "
+            "resource ids, so the row it made (if any) is not removed: correct the file by "
+            "hand (POST /fhir/r4 withdraws it from the service's store)",
+            err=True,
+        )
+    return mapped
 
 
 @click.command("import-fhir")
@@ -239,8 +326,8 @@ def import_fhir(
     the same values are skipped, so importing a Bundle twice changes nothing.
     On any error nothing is written and the command exits 1.
     """
-    from forecast.data import ContractError, read_folder, validate_tables, write_cohort
-    from forecast.fhir import FhirError, load_questionnaires, map_bundle
+    from forecast.data import validate_tables, write_cohort
+    from forecast.fhir import load_questionnaires
 
     day = today.date() if today is not None else None
     try:
@@ -254,52 +341,9 @@ def import_fhir(
         click.echo(f"{bundle}: not a JSON document ({err})", err=True)
         raise SystemExit(1) from None
 
-    existing_raw = existing = None
-    fmt = "csv"
-    has_files = out.is_dir() and any(
-        (out / f"{t}.{ext}").exists() for t in TABLES for ext in ("csv", "parquet")
-    )
-    if has_files:
-        try:
-            existing_raw = read_folder(out)
-        except ContractError as err:
-            for p in err.problems:
-                click.echo(str(p), err=True)
-            raise SystemExit(1) from None
-        existing, problems = validate_tables(existing_raw, covariates=covariates, today=day)
-        if existing is None:
-            for p in problems:
-                click.echo(str(p), err=True)
-            click.echo(f"{out} does not conform to the data contract; nothing imported", err=True)
-            raise SystemExit(1)
-        fmt = "parquet" if existing_raw["patients"].attrs.get("format") == "parquet" else "csv"
+    existing_raw, existing, fmt = _read_existing_folder(out, covariates, day)
 
-    first = (
-        existing.sessions.groupby("patient_id")["date"].min().to_dict()
-        if existing is not None and len(existing.sessions)
-        else None
-    )
-    try:
-        known = set(existing.patients["patient_id"]) if existing is not None else set()
-        mapped = map_bundle(doc, known_first_session=first, known_patients=known,
-                            questionnaires=forms)
-    except FhirError as err:
-        for issue in err.issues:
-            click.echo(f"{issue.severity}: {issue}", err=True)
-        click.echo("nothing imported", err=True)
-        raise SystemExit(1) from None
-    for issue in mapped.issues:
-        if issue.severity != "information":
-            click.echo(f"{issue.severity}: {issue}", err=True)
-    for r in mapped.retractions:
-        # A folder keeps no resource ids: the row the resource once made cannot be
-        # told from rows of other sources on that day, so nothing is removed here.
-        click.echo(
-            f"warning: {r['expr']}: {r['id']} is entered-in-error, but a folder keeps no "
-            "resource ids, so the row it made (if any) is not removed: correct the file by "
-            "hand (POST /fhir/r4 withdraws it from the service's store)",
-            err=True,
-        )
+    mapped = _map_bundle_or_exit(doc, existing, forms)
 
     new_raw = mapped.frames()
     new, problems = validate_tables(new_raw, today=day, sources=_bundle_sources())
