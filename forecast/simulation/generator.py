@@ -128,23 +128,12 @@ def simulate(
         episode: the first at the last completed induction session of a
         responder, then one per maintenance session).
     """
-    if n_patients < 1:
-        raise ValueError(f"n_patients must be at least 1, got {n_patients}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-    if not 0.0 <= totals_only_share <= 1.0:
-        raise ValueError(f"totals_only_share is a share in [0, 1], got {totals_only_share}")
+    _check_simulate_args(n_patients, schedule, totals_only_share)
     p = params or SimulationParams()
     _check_params(p)
     end = pd.Timestamp(end_date).normalize()
-    # Independent streams per component, so changing one part of the mechanism
-    # does not reshuffle the others. The first seven are the latent course and the
-    # weekly records; the schedule and the totals-only clinics have streams of their
-    # own (children 7 and 8 of the same SeedSequence), so the latent part is drawn
-    # identically whatever the schedule and share.
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(9)]
-    rng_pat, rng_ind, rng_maint, rng_grid, rng_score, rng_items, rng_blank = streams[:7]
-    rng_sched, rng_totals = streams[7:]
+    (rng_pat, rng_ind, rng_maint, rng_grid, rng_score, rng_items, rng_blank, rng_sched,
+     rng_totals) = _component_streams(seed)
     n = int(n_patients)
     pat = _draw_patients(rng_pat, n, p)
 
@@ -154,13 +143,8 @@ def simulate(
     # schedule), and the recorded PHQ-9 days of the weekly schedule.
     grid = _assessment_grid(rng_grid, pat, ind.start, follow, p)
     sessions = _maintenance(rng_maint, pat, ind, grid, follow, p)
-    if schedule == "weekly":
-        recorded, on_session_days = grid, False
-    elif schedule == "sparse":
-        recorded = _periodic_grid(rng_sched, ind.start, follow, p.sparse_gap_days, pat.skip, p)
-        on_session_days = False
-    else:
-        recorded, on_session_days = _visit_grid(rng_sched, pat, ind, sessions, follow, p), True
+    recorded, on_session_days = _recorded_days(schedule, rng_sched, pat, ind, sessions, grid,
+                                               follow, p)
     a_pid, a_day, assessments = _assessments(
         rng_score, rng_items, pat, ind.start, recorded, sessions, p, on_session_days
     )
@@ -172,7 +156,52 @@ def simulate(
     cohort = _cohort_frames(rng_blank, pat, sessions, a_pid, a_day, assessments, ids, epoch, p,
                             totals_only)
     truth = _truth_frame(sessions, ids, epoch, p)
-    latent = pd.DataFrame(
+    latent = _latent_frame(ids, pat, totals_only)
+    return SimulationResult(cohort, truth, p, int(seed), end, latent, schedule,
+                            float(totals_only_share))
+
+
+def _check_simulate_args(n_patients: int, schedule: str, totals_only_share: float) -> None:
+    """Raise ValueError for a patient count, schedule or totals-only share out of range."""
+    if n_patients < 1:
+        raise ValueError(f"n_patients must be at least 1, got {n_patients}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if not 0.0 <= totals_only_share <= 1.0:
+        raise ValueError(f"totals_only_share is a share in [0, 1], got {totals_only_share}")
+
+
+def _component_streams(seed: int) -> list[np.random.Generator]:
+    """The nine independent random streams of :func:`simulate`, in their fixed order."""
+    # Independent streams per component, so changing one part of the mechanism
+    # does not reshuffle the others. The first seven are the latent course and the
+    # weekly records; the schedule and the totals-only clinics have streams of their
+    # own (children 7 and 8 of the same SeedSequence), so the latent part is drawn
+    # identically whatever the schedule and share.
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(9)]
+
+
+def _recorded_days(
+    schedule: str,
+    rng: np.random.Generator,
+    pat: _Patients,
+    ind: _Induction,
+    sessions: _Sessions,
+    grid: _Grid,
+    follow: np.ndarray,
+    p: SimulationParams,
+) -> tuple[_Grid, bool]:
+    """The PHQ-9 days the clinic records under ``schedule``, and whether on session days."""
+    if schedule == "weekly":
+        return grid, False
+    if schedule == "sparse":
+        return _periodic_grid(rng, ind.start, follow, p.sparse_gap_days, pat.skip, p), False
+    return _visit_grid(rng, pat, ind, sessions, follow, p), True
+
+
+def _latent_frame(ids: np.ndarray, pat: _Patients, totals_only: np.ndarray) -> pd.DataFrame:
+    """One row per patient: the latent traits behind the records and the totals-only flag."""
+    return pd.DataFrame(
         {
             "patient_id": ids,
             "frailty": pat.frailty,
@@ -181,8 +210,6 @@ def simulate(
             "totals_only": totals_only,
         }
     )
-    return SimulationResult(cohort, truth, p, int(seed), end, latent, schedule,
-                            float(totals_only_share))
 
 
 def _induction(rng: np.random.Generator, pat: _Patients, n: int, p: SimulationParams) -> _Induction:
