@@ -69,6 +69,57 @@ def _std_log_surv(family: str, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return log_s, -np.where(u >= 0, 1.0, e) / one_e
 
 
+def _interval_terms(
+    family: str, sign: float, c: np.ndarray, u_l: np.ndarray, u_u: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row log-likelihood and its derivatives in eta and g, without left truncation."""
+    s_l, ds_l = _std_surv(family, u_l)
+    s_u, ds_u = _std_surv(family, u_u)
+    d = np.clip(s_l - s_u, 1e-25, 1 - 1e-25)
+    ll = np.log(d)
+    with np.errstate(invalid="ignore"):  # inf * 0 at right-censored rows, masked out
+        uds_u = np.where(np.isfinite(u_u), u_u * ds_u, 0.0)
+    d_eta = -c * (ds_l - ds_u) / d
+    d_g = sign * (u_l * ds_l - uds_u) / d
+    return ll, d_eta, d_g
+
+
+def _truncated_interval_terms(
+    family: str, sign: float, c: np.ndarray, eta: np.ndarray, u_l: np.ndarray,
+    u_u: np.ndarray, log_entry: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row log-likelihood and its derivatives in eta and g, left-truncated at entry."""
+    # Left-truncated rows can sit far in a tail where S underflows: all in logs,
+    # log(S_l - S_u) = log S_l + log1p(-r), r = S_u / S_l.
+    # Work on the subsets that need it: rows with an event (finite upper) and
+    # rows with an entry; the rest are right-censored / not truncated.
+    ll, a_l = _std_log_surv(family, u_l)  # log S_l and d ll / d u_l so far
+    du = np.zeros_like(u_l)  # (d ll / d u_u) * u_u, for d_g
+    d_eta = a_l.copy()
+    fi = np.flatnonzero(np.isfinite(u_u))
+    if fi.size:
+        uf = u_u[fi]
+        log_u, dl_u = _std_log_surv(family, uf)
+        r = np.minimum(np.exp(np.minimum(log_u - ll[fi], 0.0)), 1.0 - 1e-15)
+        inv = 1.0 / (1.0 - r)
+        ll[fi] += np.log1p(-r)
+        a_l[fi] *= inv
+        a_u = -r * dl_u * inv
+        d_eta[fi] = a_l[fi] + a_u
+        du[fi] = uf * a_u
+    d_g = u_l * a_l + du
+    ei = np.flatnonzero(np.isfinite(log_entry))
+    if ei.size:
+        u_e = c[ei] * (log_entry[ei] - eta[ei])
+        log_s_e, dlog_e = _std_log_surv(family, u_e)
+        ll[ei] -= log_s_e
+        d_eta[ei] -= dlog_e
+        d_g[ei] -= u_e * dlog_e
+    d_eta *= -c
+    d_g *= sign
+    return ll, d_eta, d_g
+
+
 def aft_objective(
     theta: np.ndarray,
     family: str,
@@ -106,43 +157,9 @@ def aft_objective(
     u_l = c * (log_lo - eta)
     u_u = np.where(np.isfinite(log_up), c * (log_up - eta), np.inf)
     if log_entry is None:
-        s_l, ds_l = _std_surv(family, u_l)
-        s_u, ds_u = _std_surv(family, u_u)
-        d = np.clip(s_l - s_u, 1e-25, 1 - 1e-25)
-        ll = np.log(d)
-        with np.errstate(invalid="ignore"):  # inf * 0 at right-censored rows, masked out
-            uds_u = np.where(np.isfinite(u_u), u_u * ds_u, 0.0)
-        d_eta = -c * (ds_l - ds_u) / d
-        d_g = sign * (u_l * ds_l - uds_u) / d
+        ll, d_eta, d_g = _interval_terms(family, sign, c, u_l, u_u)
     else:
-        # Left-truncated rows can sit far in a tail where S underflows: all in logs,
-        # log(S_l - S_u) = log S_l + log1p(-r), r = S_u / S_l.
-        # Work on the subsets that need it: rows with an event (finite upper) and
-        # rows with an entry; the rest are right-censored / not truncated.
-        ll, a_l = _std_log_surv(family, u_l)  # log S_l and d ll / d u_l so far
-        du = np.zeros_like(u_l)  # (d ll / d u_u) * u_u, for d_g
-        d_eta = a_l.copy()
-        fi = np.flatnonzero(np.isfinite(u_u))
-        if fi.size:
-            uf = u_u[fi]
-            log_u, dl_u = _std_log_surv(family, uf)
-            r = np.minimum(np.exp(np.minimum(log_u - ll[fi], 0.0)), 1.0 - 1e-15)
-            inv = 1.0 / (1.0 - r)
-            ll[fi] += np.log1p(-r)
-            a_l[fi] *= inv
-            a_u = -r * dl_u * inv
-            d_eta[fi] = a_l[fi] + a_u
-            du[fi] = uf * a_u
-        d_g = u_l * a_l + du
-        ei = np.flatnonzero(np.isfinite(log_entry))
-        if ei.size:
-            u_e = c[ei] * (log_entry[ei] - eta[ei])
-            log_s_e, dlog_e = _std_log_surv(family, u_e)
-            ll[ei] -= log_s_e
-            d_eta[ei] -= dlog_e
-            d_g[ei] -= u_e * dlog_e
-        d_eta *= -c
-        d_g *= sign
+        ll, d_eta, d_g = _truncated_interval_terms(family, sign, c, eta, u_l, u_u, log_entry)
     sw = w.sum()
     f = -(w @ ll) / sw
     grad = np.empty_like(theta)
