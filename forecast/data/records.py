@@ -264,14 +264,7 @@ def _validate_records_many(
     source = table
     specs = [c for c in TABLES[table] if c.name != "patient_id"]
     k = len(entries)
-    problems_of: list[list[Problem]] = [[] for _ in range(k)]
-    lists: list[list[Any]] = []
-    for j, entry in enumerate(entries):
-        records = entry.records
-        if not isinstance(records, list | tuple):
-            problems_of[j].append(Problem(source, None, None, "must be a JSON list of objects"))
-            records = []
-        lists.append(list(records))
+    lists, problems_of = _record_lists(entries, source)
     sizes = np.array([len(r) for r in lists], dtype=np.int64)
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     n = int(bounds[-1])
@@ -305,70 +298,121 @@ def _validate_records_many(
     date_ok = date_col.ok
     ids = [r.get("id") if allow_id else None for r in objs]
     word = "a session" if table == "sessions" else "an assessment"
-    # Entries with a repeated date: only those need the duplicate rule's messages.
     ok_idx = np.flatnonzero(date_ok)
-    repeated = np.zeros(k, dtype=bool)
-    if ok_idx.size > 1:
-        keys = owner[ok_idx]
-        day_keys = dates[ok_idx].view(np.int64)
-        by = np.lexsort((day_keys, keys))
-        same = (np.diff(keys[by]) == 0) & (np.diff(day_keys[by]) == 0)
-        repeated[keys[by][1:][same]] = True
+    repeated = _entries_with_repeated_dates(owner[ok_idx], dates[ok_idx], k)
     # Sort every entry's rows by date (stable; rejected dates last, as canonicalize).
     sort_key = np.where(np.isnat(dates), np.iinfo(np.int64).max, dates.view(np.int64))
     order_all = np.lexsort((sort_key, owner))
     client_all = np.full(n, None, dtype=object)
-    out: list[tuple[Any, list[Problem], np.ndarray]] = []
+    checked: list[tuple[list[Problem], np.ndarray]] = []
     for j, entry in enumerate(entries):
         lo, hi = int(bounds[j]), int(bounds[j + 1])
-        problems = problems_of[j]
-        client_ids, id_problems = check_client_ids(ids[lo:hi], source=source)
-        client_all[lo:hi] = client_ids
-        problems += id_problems
-        if repeated[j]:
-            problems += check_unique(
-                [dates[lo:hi].view(np.int64)],
-                date_ok[lo:hi],
-                source=source,
-                rows=local[lo:hi],
-                column="date",
-                what=f"{word} of this patient on this date",
-                row_word="item",
-            )
-        problems += check_stored_duplicates(
-            dates[lo:hi], client_ids, date_ok[lo:hi], entry.existing, source=source, what=word
+        client_ids, problems = _entry_problems(
+            entry, problems_of[j], ids[lo:hi], dates[lo:hi], date_ok[lo:hi], local[lo:hi],
+            repeated=bool(repeated[j]), source=source, word=word,
         )
-        if not entry.known_patient:
-            problems.insert(
-                0,
-                Problem(
-                    source, None, None, "unknown patient: create the patient before adding rows"
-                ),
-            )
-        out.append((None, _sorted_json(problems), order_all[lo:hi] - lo))
-    names = ["patient_id", *(c.name for c in specs), "client_id"]
+        client_all[lo:hi] = client_ids
+        checked.append((_sorted_json(problems), order_all[lo:hi] - lo))
     values = {c.name: parsed[c.name].values[order_all] for c in specs}
     values["client_id"] = client_all[order_all]
+    tables = _entry_tables(entries, bounds, values, as_rows=as_rows)
+    return [(t, problems, order) for t, (problems, order) in zip(tables, checked, strict=True)]
+
+
+def _record_lists(
+    entries: Sequence[RecordsOf], source: str
+) -> tuple[list[list[Any]], list[list[Problem]]]:
+    """Each entry's items as a list (empty when not a list) and its problems so far."""
+    problems_of: list[list[Problem]] = [[] for _ in range(len(entries))]
+    lists: list[list[Any]] = []
+    for j, entry in enumerate(entries):
+        records = entry.records
+        if not isinstance(records, list | tuple):
+            problems_of[j].append(Problem(source, None, None, "must be a JSON list of objects"))
+            records = []
+        lists.append(list(records))
+    return lists, problems_of
+
+
+def _entries_with_repeated_dates(keys: np.ndarray, dates: np.ndarray, k: int) -> np.ndarray:
+    """Per entry, whether two of its accepted items (``keys``: their entry) share a date."""
+    # Entries with a repeated date: only those need the duplicate rule's messages.
+    repeated = np.zeros(k, dtype=bool)
+    if keys.size > 1:
+        day_keys = dates.view(np.int64)
+        by = np.lexsort((day_keys, keys))
+        same = (np.diff(keys[by]) == 0) & (np.diff(day_keys[by]) == 0)
+        repeated[keys[by][1:][same]] = True
+    return repeated
+
+
+def _entry_problems(
+    entry: RecordsOf,
+    problems: list[Problem],
+    ids: list[Any],
+    dates: np.ndarray,
+    date_ok: np.ndarray,
+    rows: np.ndarray,
+    *,
+    repeated: bool,
+    source: str,
+    word: str,
+) -> tuple[Any, list[Problem]]:
+    """One entry's client ids, and its problems with the id, duplicate and patient rules'."""
+    client_ids, id_problems = check_client_ids(ids, source=source)
+    problems += id_problems
+    if repeated:
+        problems += check_unique(
+            [dates.view(np.int64)],
+            date_ok,
+            source=source,
+            rows=rows,
+            column="date",
+            what=f"{word} of this patient on this date",
+            row_word="item",
+        )
+    problems += check_stored_duplicates(
+        dates, client_ids, date_ok, entry.existing, source=source, what=word
+    )
+    if not entry.known_patient:
+        problems.insert(
+            0,
+            Problem(
+                source, None, None, "unknown patient: create the patient before adding rows"
+            ),
+        )
+    return client_ids, problems
+
+
+def _entry_tables(
+    entries: Sequence[RecordsOf],
+    bounds: np.ndarray,
+    values: dict[str, np.ndarray],
+    *,
+    as_rows: bool,
+) -> list[Any]:
+    """Each entry's sorted rows: a DataFrame, or with ``as_rows`` a list of plain dicts."""
+    names = ["patient_id", *values]
     if as_rows:
         # Plain Python values as DataFrame.to_dict("records") gives them.
         listed = {
             name: ([pd.Timestamp(x) for x in v] if v.dtype.kind == "M" else v.tolist())
             for name, v in values.items()
         }
+    tables: list[Any] = []
     for j, entry in enumerate(entries):
         lo, hi = int(bounds[j]), int(bounds[j + 1])
         if as_rows:
             pid = entry.patient_id
-            rows = [
+            tables.append([
                 dict(zip(names, (pid, *cells), strict=True))
                 for cells in zip(*(listed[n][lo:hi] for n in names[1:]), strict=True)
-            ]
-            out[j] = (rows, out[j][1], out[j][2])
+            ])
         else:
             data: dict[str, Any] = {"patient_id": np.full(hi - lo, entry.patient_id, dtype=object)}
             data.update((name, v[lo:hi]) for name, v in values.items())
-            out[j] = (pd.DataFrame(data), out[j][1], out[j][2])
-    return out
+            tables.append(pd.DataFrame(data))
+    return tables
 
 
 def _sorted_json(problems: list[Problem]) -> list[Problem]:
