@@ -201,6 +201,31 @@ def _validate_tables(
 ) -> tuple[Cohort | None, list[Problem]]:
     day = _today(today)
     covariates = tuple(dict.fromkeys(covariates))
+    parsed, rows_of, problems = _check_each_table(
+        raw, covariates=covariates, day=day, sources=sources, unreadable=unreadable
+    )
+    problems += _check_across_tables(raw, parsed, rows_of, sources=sources, unreadable=unreadable)
+    problems = _sorted(problems, raw, sources)
+    if problems or len(parsed) < len(TABLE_NAMES):
+        return None, problems
+    cohort = Cohort(
+        _frame_of("patients", parsed["patients"], covariates),
+        _frame_of("sessions", parsed["sessions"]),
+        _frame_of("assessments", parsed["assessments"]),
+        covariates,
+    )
+    return cohort, problems
+
+
+def _check_each_table(
+    raw: Mapping[str, pd.DataFrame],
+    *,
+    covariates: tuple[str, ...],
+    day: date,
+    sources: Mapping[str, str] | None,
+    unreadable: Sequence[str],
+) -> tuple[dict[str, dict[str, _Parsed]], dict[str, np.ndarray], list[Problem]]:
+    """Header and cell rules of each table on its own: parsed cells, row numbers, problems."""
     contract_names = {c.name for t in TABLES.values() for c in t}
     problems: list[Problem] = []
     parsed: dict[str, dict[str, _Parsed]] = {}
@@ -230,7 +255,19 @@ def _validate_tables(
         problems += probs
         parsed[table] = p
         rows_of[table] = rows
+    return parsed, rows_of, problems
 
+
+def _check_across_tables(
+    raw: Mapping[str, pd.DataFrame],
+    parsed: dict[str, dict[str, _Parsed]],
+    rows_of: dict[str, np.ndarray],
+    *,
+    sources: Mapping[str, str] | None,
+    unreadable: Sequence[str],
+) -> list[Problem]:
+    """Unique patient ids, one row per patient and date, and rows of known patients only."""
+    problems: list[Problem] = []
     known = None
     # Without a patient_id column every row would echo as "unknown patient".
     if "patients" in parsed and "patient_id" in raw["patients"].columns:
@@ -269,17 +306,7 @@ def _validate_tables(
                 rows=rows_of[table],
                 patients_source=_source_of("patients", raw.get("patients"), sources),
             )
-
-    problems = _sorted(problems, raw, sources)
-    if problems or len(parsed) < len(TABLE_NAMES):
-        return None, problems
-    cohort = Cohort(
-        _frame_of("patients", parsed["patients"], covariates),
-        _frame_of("sessions", parsed["sessions"]),
-        _frame_of("assessments", parsed["assessments"]),
-        covariates,
-    )
-    return cohort, problems
+    return problems
 
 
 def _sorted(
