@@ -255,40 +255,6 @@ def _patients_to_write(mapped: MappedRecords, bundle_patients: set[str]) -> list
     return out
 
 
-def _patients_to_write(mapped: MappedRecords, bundle_patients: set[str]) -> list[dict[str, Any]]:
-    """Patient records for ingest_many.
-
-    A patient with a Patient resource in the Bundle is created or updated
-    (covariates the resource does not carry keep their stored value); a
-    patient only referenced is stored already (the mapping refused unknown
-    ones) and left alone (its covariates must not be blanked by a Bundle that
-    lacks them).
-    """
-    st = store()
-    ids = list(mapped.patients)
-    with st.read() as conn:
-        known = st.known_patients(conn, ids)
-        stored = st.history(conn, "patients", sorted(known & bundle_patients)) if known else None
-    stored_by_id: dict[str, dict[str, Any]] = {}
-    if stored is not None and len(stored):
-        names = [c.name for c in TABLES["patients"]] + list(st.covariates)
-        for rec in stored[names].to_dict("records"):
-            stored_by_id[str(rec["patient_id"])] = {
-                k: _int_like(v) for k, v in rec.items() if v is not None and not pd.isna(v)
-            }
-    out = []
-    for pid, rec in mapped.patients.items():
-        if pid in bundle_patients:
-            merged = {
-                **stored_by_id.get(pid, {}),
-                **{k: v for k, v in rec.items() if v is not None},
-            }
-            out.append({"record": merged, "pointer": f"/{_PATIENT_POINTER}/{pid}"})
-        elif pid not in known:
-            out.append({"record": {"patient_id": pid}, "pointer": f"/{_PATIENT_POINTER}/{pid}"})
-    return out
-
-
 def _resent(mapped: MappedRecords) -> dict[str, list[Resent]]:
     """Mapped rows dated like a stored row of another id, per table (compared by content).
 
