@@ -422,7 +422,7 @@ def report(trained_registry, tmp_path_factory):
     result = CliRunner().invoke(main, [
         "evaluate", str(trained_registry.data_dir), "--models", str(trained_registry.models_dir),
         "--model", "latest", "--out", str(out), "--folds", "2", "--policy",
-        "--holdout", str(trained_registry.data_dir)])
+        "--holdout", str(trained_registry.data_dir), "--no-record"])  # the registry is shared
     mp.undo()
     assert result.exit_code == 0, result.output
     return out
