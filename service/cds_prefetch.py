@@ -23,6 +23,7 @@ from forecast.cohort import Cohort, canonicalize, empty_frame
 from forecast.contract import TABLES
 from forecast.data import validate_records
 from forecast.fhir import FhirError, map_resources
+from forecast.fhir.triage import link_ids
 from forecast.instruments import (
     LOINC_CSSRS_BEHAVIOR,
     LOINC_CSSRS_IDEATION,
@@ -123,36 +124,6 @@ def _codes_under(node: Any) -> set[str]:
     return found
 
 
-def _link_ids(items: Any) -> tuple[set[str], bool]:
-    """The linkIds of a QuestionnaireResponse's items (nested too) and whether all were read."""
-    found: set[str] = set()
-    readable = True
-    stack = [items]
-    while stack:
-        cur = stack.pop()
-        if cur is None:
-            continue
-        if not isinstance(cur, list):
-            readable = False
-            continue
-        for it in cur:
-            if not isinstance(it, Mapping):
-                readable = False
-                continue
-            link = it.get("linkId")
-            if isinstance(link, str):
-                found.add(link.rsplit("/", 1)[-1].strip().lower())
-            elif link is not None:
-                readable = False
-            stack.append(it.get("item"))
-            answers = it.get("answer")
-            if isinstance(answers, list):
-                stack.extend(a.get("item") for a in answers if isinstance(a, Mapping))
-            elif answers is not None:
-                readable = False
-    return found, readable
-
-
 def _form_keys(forms: Any) -> set[str]:
     keys: set[str] = set()
     for f in forms or ():
@@ -189,8 +160,9 @@ def _may_carry_si(res: Mapping[str, Any], forms: set[str]) -> bool:
             return True
         if res.get("contained"):
             return True
-        links, readable = _link_ids(res.get("item"))
-        return not readable or bool(links & _SI_LINK_IDS)
+        links, readable = link_ids(res.get("item"))
+        normalised = {link.rsplit("/", 1)[-1].strip().lower() for link in links}
+        return not readable or bool(normalised & _SI_LINK_IDS)
     return False
 
 

@@ -98,29 +98,39 @@ def _procedure(raw: Mapping[str, Any]) -> str | None:
     )
 
 
-def _link_ids(items: Any) -> list[str]:
-    """Every linkId of a response's items, nested ones too (raises when not walkable)."""
+def link_ids(items: Any) -> tuple[list[str], bool]:
+    """Every linkId of a response's items, nested ones too, and whether all could be walked.
+
+    Items and answers that are not JSON objects, item lists that are not
+    lists and linkIds that are not strings make the response unreadable
+    (``False``); the linkIds found up to there are still returned.
+    """
     found: list[str] = []
+    readable = True
     stack = [items]
     while stack:
         cur = stack.pop()
         if cur is None:
             continue
         if not isinstance(cur, list):
-            raise _Unreadable
+            readable = False
+            continue
         for it in cur:
             if not isinstance(it, Mapping) or not isinstance(it.get("linkId", ""), str):
-                raise _Unreadable
+                readable = False
+                continue
             found.append(it.get("linkId", ""))
             stack.append(it.get("item"))
             answers = it.get("answer")
             if answers is not None and not isinstance(answers, list):
-                raise _Unreadable
-            for a in answers or []:
-                if not isinstance(a, Mapping):
-                    raise _Unreadable
-                stack.append(a.get("item"))
-    return found
+                readable = False
+                continue
+            for ans in answers or []:
+                if isinstance(ans, Mapping):
+                    stack.append(ans.get("item"))
+                else:
+                    readable = False
+    return found, readable
 
 
 def _response(raw: Mapping[str, Any], forms: Collection[str]) -> str | None:
@@ -132,7 +142,9 @@ def _response(raw: Mapping[str, Any], forms: Collection[str]) -> str | None:
         return None
     if canonical and (canonical in forms or canonical.split("|", 1)[0] in forms):
         return None
-    links = _link_ids(raw.get("item"))
+    links, readable = link_ids(raw.get("item"))
+    if not readable:
+        raise _Unreadable
     if any(link.rsplit("/", 1)[-1].strip().lower() in LINKID_COLUMNS for link in links):
         return None
     shown = ", ".join(repr(x) for x in links[:10]) + (
