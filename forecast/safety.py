@@ -35,6 +35,7 @@ from forecast.instruments import (
     SafetyRules,
     score_assessments,
 )
+from forecast.outcomes import day_key
 
 #: Status of an answer whose safety level is "urgent" / "review".
 STATUS_OF_LEVEL: dict[str, str] = {URGENT: "urgent_review", REVIEW: "safety_review"}
@@ -88,24 +89,22 @@ class FlagPairs:
     in_force: np.ndarray
 
 
-def _day_keys(codes: np.ndarray, dates: np.ndarray) -> np.ndarray:
-    """One sortable int64 key per (patient code, day)."""
-    days = dates.astype("datetime64[D]").astype(np.int64)
-    return codes.astype(np.int64) * 10_000_000 + (days + 5_000_000)
-
-
 def _first_after(
-    keys_from: np.ndarray, candidate_keys: np.ndarray, candidate_dates: np.ndarray
+    codes: np.ndarray,
+    keys: np.ndarray,
+    rows: np.ndarray,
+    candidates: np.ndarray,
+    dates: np.ndarray,
 ) -> np.ndarray:
-    """Date of the first candidate strictly after each key of the same patient (NaT if none)."""
-    order = np.argsort(candidate_keys, kind="stable")
-    sk = candidate_keys[order]
-    at = np.searchsorted(sk, keys_from + 1, side="left")
-    ok = at < len(sk)
-    same = np.zeros(len(keys_from), dtype=bool)
-    same[ok] = (sk[at[ok]] // 10_000_000) == (keys_from[ok] // 10_000_000)
-    out = np.full(len(keys_from), _NAT)
-    out[same] = candidate_dates[order][at[same]]
+    """For each of ``rows``, the date of the first candidate row strictly after it
+    of the same patient (NaT if none); ``keys`` from :func:`forecast.outcomes.day_key`."""
+    order = candidates[np.argsort(keys[candidates], kind="stable")]
+    at = np.searchsorted(keys[order], keys[rows] + 1, side="left")
+    ok = at < len(order)
+    same = np.zeros(len(rows), dtype=bool)
+    same[ok] = codes[order[at[ok]]] == codes[rows[ok]]
+    out = np.full(len(rows), _NAT)
+    out[same] = dates[order[at[same]]]
     return out
 
 
@@ -137,7 +136,8 @@ def closing_screens(
     item9 = scored["item9"].to_numpy(dtype=float)
     ideation = scored["cssrs_ideation"].to_numpy(dtype=float)
     behaviour = scored["cssrs_behavior"].to_numpy(dtype=float)
-    keys = _day_keys(codes, dates)
+    codes = np.asarray(codes)
+    keys = day_key(codes, dates.astype("datetime64[D]").astype(np.int64))
     # A negative screen is an unflagged answer that asked the question.
     neg_cssrs = ~flag & (ideation == 0)
     neg_any = neg_cssrs | (~flag & (item9 == 0))
@@ -147,7 +147,7 @@ def closing_screens(
     for rows, negative in ((by_cssrs, neg_cssrs), (by_item9, neg_any)):
         idx = np.flatnonzero(rows)
         if len(idx) and negative.any():
-            out[idx] = _first_after(keys[idx], keys[negative], dates[negative])
+            out[idx] = _first_after(codes, keys, idx, np.flatnonzero(negative), dates)
     return out
 
 
