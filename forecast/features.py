@@ -283,9 +283,10 @@ class _AtQuery:
 
 
 def _query_columns(
-    ctx: _Context, q_pc: np.ndarray, q_day: np.ndarray, *, full: bool
+    ctx: _Context, q_pc: np.ndarray, q_day: np.ndarray, *, full: bool, safety: bool = True
 ) -> dict[str, np.ndarray]:
-    """The columns of :func:`_compute`, in its order, as arrays."""
+    """The columns of :func:`_compute`, in its order, as arrays (``safety=False``:
+    the safety columns left blank for a caller that pairs the flags itself)."""
     q = _state_at(ctx, q_pc, q_day)
     out = _feature_values(ctx, q)
     ep_k = take(ctx.ep_index, q.si, 0).astype(np.int64)
@@ -300,7 +301,7 @@ def _query_columns(
         "in_episode": q.in_episode,
     }
     if full:
-        ctx_cols.update(_context_values(ctx, q))
+        ctx_cols.update(_context_values(ctx, q, safety=safety))
     spec = feature_spec(ctx.prep.covariates)
     # Feature names never repeat a context name (features are filled, context is raw).
     assert not set(spec.names) & set(ctx_cols)
@@ -545,7 +546,7 @@ def _safety_rows(prep: Prepared, q: _AtQuery) -> np.ndarray:
     return out
 
 
-def _context_values(ctx: _Context, q: _AtQuery) -> dict[str, np.ndarray]:
+def _context_values(ctx: _Context, q: _AtQuery, *, safety: bool = True) -> dict[str, np.ndarray]:
     """The context columns of ``full`` queries: raw values, statuses and dates."""
     prep, ep, d = ctx.prep, ctx.ep, ctx.prep.definition
     a, s = prep.assessments, prep.sessions
@@ -565,7 +566,7 @@ def _context_values(ctx: _Context, q: _AtQuery) -> dict[str, np.ndarray]:
     state[q.treated & ~np.isnan(base) & (pre | np.isnan(q.latest))] = "not_measured_yet"
     with np.errstate(invalid="ignore", divide="ignore"):
         l_ratio = np.where(base > 0, q.latest / base, np.nan)
-    s_pos = _safety_rows(prep, q)
+    s_pos = _safety_rows(prep, q) if safety else np.full(len(q.q_pc), -1, dtype=np.int64)
     return {
         "episode_start": days_to_dates(np.where(q.in_episode, s_day, np.nan)),
         "last_session": days_to_dates(s_day),
@@ -655,18 +656,23 @@ def _features_at_days(
     q_as_of: np.ndarray,
     definition: OutcomeDefinition,
     scored: pd.DataFrame | None = None,
+    *,
+    safety: bool = True,
 ) -> dict[str, np.ndarray]:
     """The columns of :func:`features_at` (in its order, as arrays) for queries
     given as arrays (string patient ids and datetime64[ns] dates at midnight,
     none blank), optionally with the assessments already scored with the
-    default rules (see ``prepare``)."""
+    default rules (see ``prepare``). ``safety=False`` leaves the safety columns
+    blank, for the policy, which pairs every flag with its query itself."""
     prep = prepare(cohort, definition, scored=scored)
     q_pc = pd.Index(prep.ids).get_indexer(q_pids)
     if (q_pc < 0).any():
         raise ValueError(
             f"{int((q_pc < 0).sum())} queries name a patient that is not in the cohort"
         )
-    return _query_columns(_context(prep), q_pc.astype(np.int64), day_numbers(q_as_of), full=True)
+    return _query_columns(
+        _context(prep), q_pc.astype(np.int64), day_numbers(q_as_of), full=True, safety=safety
+    )
 
 
 def landmark_dataset(

@@ -120,8 +120,9 @@ def query_context(
     q_as_of = q["as_of"].to_numpy(dtype="datetime64[ns]")
     # The context's columns as arrays; the frame is built once at the end with
     # the new columns appended (as a concat of both frames would give).
+    # The safety columns come from the flag pairs below (one pairing, not two).
     cols = _features_at_days(
-        cohort, q_pids, q_as_of, definition or OutcomeDefinition(), scored=shared
+        cohort, q_pids, q_as_of, definition or OutcomeDefinition(), scored=shared, safety=False
     )
     last_session = np.asarray(cols["last_session"], dtype="datetime64[ns]")
     new: dict[str, np.ndarray] = {
