@@ -22,10 +22,9 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-import pandas as pd
-
 from forecast.fhir import POPULATION_NOTE, horizons_text, is_population
 from forecast.fhir.export import KAP_FHIR_CODES
+from forecast.policy.texts import human_date
 from forecast.safety import SAFETY_STATUSES, rule_safety
 
 #: The cards' ``extension`` key (reverse-domain, as CDS Hooks 2.0 asks of extensions).
@@ -46,14 +45,6 @@ UNREAD_SI_LEAD = (
     "could not be read, so the safety rules could not check them.** Review them in the EHR "
     "before maintenance planning; they are listed next. The rest of this card leaves them out."
 )
-
-
-def _human(day: str | None) -> str:
-    """A date as the card says it (``3 Mar 2025``)."""
-    if not day:
-        return ""
-    t = pd.Timestamp(day)
-    return f"{t.day} {t.strftime('%b %Y')}"
 
 
 def cards_for(
@@ -151,9 +142,9 @@ def _timing_text(answer: Mapping[str, Any]) -> tuple[str, str, str]:
     if sug.get("session_by"):
         due = status == "session_due"
         summary = (
-            f"Maintenance session due now (by {_human(sug['session_by'])})"
+            f"Maintenance session due now (by {human_date(sug['session_by'])})"
             if due
-            else f"Next maintenance session by {_human(sug['session_by'])}"
+            else f"Next maintenance session by {human_date(sug['session_by'])}"
         ) + (f" ({POPULATION_NOTE})" if population else "")
         label = (
             f", {POPULATION_NOTE} (the model's training episodes, not this patient)"

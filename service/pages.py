@@ -32,6 +32,7 @@ from flask import (
 )
 
 from forecast.instruments import score_assessments
+from forecast.policy.texts import human_date
 from forecast.safety import rule_safety
 from service.auth import login_session, logout_session, public, require_role
 from service.clinic_openapi import html, operation, query
@@ -224,12 +225,5 @@ def patient_page(patient_id: str) -> str:
         n_sessions=len(cohort.sessions),
         n_assessments=len(cohort.assessments),
         withdrawn=withdrawn,
-        human=_human,
+        human=human_date,
     )
-
-
-def _human(day: str | None) -> str:
-    if not day:
-        return ""
-    t = pd.Timestamp(day)
-    return f"{t.day} {t.strftime('%b %Y')}"

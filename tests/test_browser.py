@@ -232,7 +232,7 @@ def test_clinician_page_in_a_real_browser(live_server: tuple[str, Any], tmp_path
         browser.wait_event("Page.loadEventFired")
         assert browser.js("location.pathname") == f"/patients/{ROUTINE}"
 
-        from service.pages import _human
+        from forecast.policy.texts import human_date as _human
 
         text = browser.js("document.body.innerText")
         assert f"Next maintenance session by {_human(by)}" in text or (

@@ -100,7 +100,7 @@ def test_card_matches_json_forecast_and_is_audited(clinic_client):
     assert "by " in card["summary"]
     assert len(card["summary"]) <= 140
     # The date and the 28-day risk as the JSON forecast gives them.
-    from service.cds_cards import _human
+    from forecast.policy.texts import human_date as _human
 
     assert _human(by) in card["summary"]
     risk28 = next(h["risk"] for h in forecast["risk"]["horizons"] if h["days"] == 28)

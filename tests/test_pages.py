@@ -58,7 +58,7 @@ def test_patient_page_after_login_shows_chart_date_and_neutral_note(clinic_clien
     assert page.status_code == 200
     html = page.get_data(as_text=True)
     forecast = c.get(f"/api/v1/patients/{ROUTINE}/forecast").get_json()
-    from service.pages import _human
+    from forecast.policy.texts import human_date as _human
 
     by = forecast["suggestion"]["session_by"]
     assert by is not None

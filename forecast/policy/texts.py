@@ -17,6 +17,9 @@ def iso_day(ts: Any) -> str | None:
 
 
 def human_date(ts: Any) -> str:
+    """A date as clinicians read it (``3 Mar 2025``); empty for a blank date."""
+    if ts is None or (isinstance(ts, str) and not ts) or pd.isna(ts):
+        return ""
     t = pd.Timestamp(ts)
     return f"{t.day} {t.strftime('%b %Y')}"
 
