@@ -64,6 +64,24 @@ def _fit_cox(df: pd.DataFrame, penalizer: float = 0.0) -> CoxFit | None:
                      df["E"].to_numpy(float) > 0, penalizer)
 
 
+def _cox_observed(basis: np.ndarray, time: np.ndarray, event: np.ndarray, h: float,
+                  penalizer: float = 0.0) -> np.ndarray | None:
+    """``1 - S(h | basis)`` of a Cox model of (time, event) on the spline ``basis`` (None if
+    the fit or the prediction fails or is not finite)."""
+    df = pd.DataFrame(basis, columns=[f"s{j}" for j in range(basis.shape[1])])
+    df["T"], df["E"] = time, event.astype(float)
+    cph = _fit_cox(df, penalizer=penalizer)
+    if cph is None:
+        return None
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        try:
+            obs = 1.0 - cph.survival_at(df.drop(columns=["T", "E"]), h)
+        except Exception:  # noqa: BLE001 - any failure means "not estimable"
+            return None
+    return obs if np.all(np.isfinite(obs)) else None
+
+
 def smoothed_observed(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: float
                       ) -> np.ndarray | None:
     """Austin et al. (2020) smoothed observed risk at ``h`` for each row (None if not estimable).
@@ -88,18 +106,7 @@ def smoothed_observed(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h
     basis = _cll_basis(np.log(-np.log(1.0 - risk_h)))
     if np.ptp(basis[:, 0]) < 1e-9:
         return None
-    df = pd.DataFrame(basis, columns=[f"s{j}" for j in range(basis.shape[1])])
-    df["T"], df["E"] = time, event.astype(float)
-    cph = _fit_cox(df, penalizer=1e-4)
-    if cph is None:
-        return None
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        try:
-            obs = 1.0 - cph.survival_at(df.drop(columns=["T", "E"]), h)
-        except Exception:  # noqa: BLE001 - any failure means "not estimable"
-            return None
-    return obs if np.all(np.isfinite(obs)) else None
+    return _cox_observed(basis, time, event, h, penalizer=1e-4)
 
 
 #: Quantiles of Harrell's default knots for a 3-knot restricted cubic spline (rms::rcspline.eval).
@@ -134,18 +141,7 @@ def published_observed(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, 
         knots = np.quantile(cll, PUBLISHED_KNOT_QUANTILES)
         if np.all(np.diff(knots) > 1e-9):
             basis = _rcs_basis(cll, knots)
-    df = pd.DataFrame(basis, columns=[f"s{j}" for j in range(basis.shape[1])])
-    df["T"], df["E"] = time, event.astype(float)
-    cph = _fit_cox(df)
-    if cph is None:
-        return None
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        try:
-            obs = 1.0 - cph.survival_at(df.drop(columns=["T", "E"]), h)
-        except Exception:  # noqa: BLE001 - any failure means "not estimable"
-            return None
-    return obs if np.all(np.isfinite(obs)) else None
+    return _cox_observed(basis, time, event, h)
 
 
 def calibration_slope(time: np.ndarray, event: np.ndarray, risk_h: np.ndarray, h: float,
