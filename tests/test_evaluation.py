@@ -645,7 +645,7 @@ def test_a_foreign_truth_file_is_treated_as_real_data(trained_registry, tmp_path
     out = tmp_path / "report"
     result = CliRunner().invoke(main, [
         "evaluate", str(data), "--models", str(trained_registry.models_dir),
-        "--model", "latest", "--out", str(out), "--folds", "2"])
+        "--model", "latest", "--out", str(out), "--folds", "2", "--no-record"])
     assert result.exit_code == 0, result.output
     assert "is not a truth file of `forecast simulate`" in result.output
     m = json.loads((out / "metrics.json").read_text())
