@@ -17,7 +17,7 @@ $(BIN)/forecast: pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q --require-hashes -r requirements.lock
-	$(BIN)/pip install -q --no-deps -e '.[dev,docs]'
+	$(BIN)/pip install -q --no-deps -e '.[dev,docs,dask]'
 	touch $@
 
 install: $(BIN)/forecast
@@ -74,7 +74,7 @@ bench: install
 lock:
 	$(PY) -m venv build/lock-venv
 	build/lock-venv/bin/pip install -q pip-tools
-	build/lock-venv/bin/pip-compile -q --generate-hashes --allow-unsafe --extra dev --extra docs \
+	build/lock-venv/bin/pip-compile -q --generate-hashes --allow-unsafe --extra dev --extra docs --extra dask \
 		--strip-extras --no-emit-index-url --no-emit-find-links \
 		--output-file requirements.lock pyproject.toml
 
