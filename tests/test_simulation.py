@@ -529,7 +529,7 @@ def test_truth_and_sessions_do_not_depend_on_the_schedule_or_the_totals_only_sha
     """Same seed, same latent cohort: identical truth and sessions under every schedule;
     only the recorded assessments (and the blanked optional fields) change."""
     base = simulate(1500, 21)
-    for schedule in ("weekly", "at-visit", "sparse"):
+    for schedule in ("weekly", "at-visit", "sparse", "every-3-days"):
         for share in (0.0, 0.4):
             r = simulate(1500, 21, schedule=schedule, totals_only_share=share)
             pd.testing.assert_frame_equal(r.truth, base.truth)
@@ -593,6 +593,19 @@ def test_sparse_schedule_scores_every_four_to_eight_weeks() -> None:
     assert np.median(w_gap) <= 10
     assert 28 <= np.median(gap) <= 70
     assert len(a) < 0.5 * len(weekly)
+
+
+def test_every_3_days_schedule_scores_on_a_three_day_rhythm() -> None:
+    """After the baseline every gap is a multiple of 3 days (a skipped score doubles
+    it), mostly exactly 3, and no score falls on a session day."""
+    r = simulate(1500, 9, schedule="every-3-days")
+    a = r.cohort.assessments.sort_values(["patient_id", "date"])
+    d = a.groupby("patient_id")["date"].diff().dt.days
+    gap = d[a.groupby("patient_id").cumcount() >= 2].to_numpy()  # after the baseline
+    assert set(np.unique(gap % 3)) == {0}
+    assert 0.6 < np.mean(gap == 3) < 0.98
+    days = set(zip(r.cohort.sessions["patient_id"], r.cohort.sessions["date"], strict=True))
+    assert not any(k in days for k in zip(a["patient_id"], a["date"], strict=True))
 
 
 def test_totals_only_clinics_record_only_phq9_totals() -> None:

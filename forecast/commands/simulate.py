@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 import pandas as pd
 
+from forecast.simulation.generator import SCHEDULES
+
 COMMANDS: list[click.Command] = []
 
 
@@ -40,12 +42,12 @@ COMMANDS: list[click.Command] = []
 )
 @click.option(
     "--schedule",
-    type=click.Choice(["weekly", "at-visit", "sparse"]),
+    type=click.Choice(list(SCHEDULES)),
     default="weekly",
     show_default=True,
     help="When the clinic records a PHQ-9: every 7-14 days between sessions, at check-in "
     "(the day of or before each session) plus sparse scores between visits, or every "
-    "4-8 weeks. The latent course and truth.csv do not depend on it.",
+    "4-8 weeks, or every 3 days (research). The latent course and truth.csv do not depend on it.",
 )
 @click.option(
     "--totals-only-share",

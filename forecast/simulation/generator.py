@@ -80,7 +80,7 @@ class _Grid:
 
 
 #: Assessment schedules of :func:`simulate` (``schedule=``); the first is the default.
-SCHEDULES: tuple[str, ...] = ("weekly", "at-visit", "sparse")
+SCHEDULES: tuple[str, ...] = ("weekly", "at-visit", "sparse", "every-3-days")
 
 
 def simulate(
@@ -105,15 +105,17 @@ def simulate(
         (administrative censoring); the latent truth is never censored.
     params : SimulationParams, optional
         Mechanism parameters; defaults documented on :class:`SimulationParams`.
-    schedule : {"weekly", "at-visit", "sparse"}
+    schedule : {"weekly", "at-visit", "sparse", "every-3-days"}
         When the clinic records a PHQ-9 (docs/simulator.md, "Clinic workflows"):
         ``weekly`` (the default: every 7-14 days between sessions, none on
         session days), ``at-visit`` (at check-in on the day of or the day
-        before each session, plus sparse scores between visits) or ``sparse``
-        (every 4-8 weeks). The latent course (sessions, waning times,
-        ``truth``) is the same under every schedule for the same seed: the
-        clinic's contacts that trigger relapse-driven boosters keep the
-        weekly rhythm; only what is recorded changes.
+        before each session, plus sparse scores between visits), ``sparse``
+        (every 4-8 weeks) or ``every-3-days`` (a dense research schedule that
+        shows whether a model describes waning or the questionnaire rhythm).
+        The latent course (sessions, waning times, ``truth``) is the same
+        under every schedule for the same seed: the clinic's contacts that
+        trigger relapse-driven boosters keep the weekly rhythm; only what is
+        recorded changes.
     totals_only_share : float
         Share of patients whose clinic records only PHQ-9 totals: no item
         answers, no C-SSRS, no dose, route, psychotherapy, dissociation or
@@ -196,6 +198,9 @@ def _recorded_days(
         return grid, False
     if schedule == "sparse":
         return _periodic_grid(rng, ind.start, follow, p.sparse_gap_days, pat.skip, p), False
+    if schedule == "every-3-days":
+        return _periodic_grid(rng, ind.start, follow, (p.dense_gap_days,) * 2, pat.skip, p,
+                              jitter=(0, 0)), False
     return _visit_grid(rng, pat, ind, sessions, follow, p), True
 
 
@@ -305,15 +310,18 @@ def _periodic_grid(
     gap_days: tuple[int, int],
     skip: np.ndarray,
     p: SimulationParams,
+    jitter: tuple[int, int] | None = None,
 ) -> _Grid:
-    """Assessment days every ``gap_days`` (a per-patient gap, jittered, skips as weekly)."""
+    """Assessment days every ``gap_days`` (a per-patient gap, jittered by ``jitter``,
+    default ``p.gap_jitter``; skips as weekly)."""
+    jit = p.gap_jitter if jitter is None else jitter
     n = len(start)
     gap = rng.integers(gap_days[0], gap_days[1] + 1, n)
     first = start + rng.integers(*p.first_assessment_days, n, endpoint=True)
     span = np.maximum(follow - first, -1)
-    counts = np.where(span >= 0, span // np.maximum(gap + p.gap_jitter[0], 1) + 1, 0)
+    counts = np.where(span >= 0, span // np.maximum(gap + jit[0], 1) + 1, 0)
     g_pid = np.repeat(np.arange(n), counts)
-    g_gap = gap[g_pid] + rng.integers(p.gap_jitter[0], p.gap_jitter[1] + 1, len(g_pid))
+    g_gap = gap[g_pid] + rng.integers(jit[0], jit[1] + 1, len(g_pid))
     starts = np.cumsum(counts) - counts
     g_gap[starts[counts > 0]] = 0
     g_day = first[g_pid] + _segmented_cumsum(g_gap, counts)

@@ -210,6 +210,9 @@ class SimulationParams:
     #: ``sparse`` schedule: a PHQ-9 every 28-56 days (per-patient gap, jitter and
     #: skips as above).
     sparse_gap_days: tuple[int, int] = (28, 56)
+    #: ``every-3-days`` schedule: a PHQ-9 every this many days, unjittered (skips as
+    #: above).
+    dense_gap_days: int = 3
     #: ``at-visit`` schedule: the check-in PHQ-9 is answered the day before the
     #: session in this share of visits (else on the day, before the session) and
     #: missing in ``at_visit_missing`` of them; between visits a score every
@@ -282,7 +285,7 @@ class SimulationResult:
         (the patient's clinic records only PHQ-9 totals). Not written to disk:
         ``truth.csv`` keeps its columns.
     schedule : str
-        The assessment schedule (``weekly``, ``at-visit`` or ``sparse``).
+        The assessment schedule (``weekly``, ``at-visit``, ``sparse`` or ``every-3-days``).
     totals_only_share : float
         The share of patients drawn into totals-only clinics.
     """
