@@ -8,7 +8,8 @@ likelihood (:func:`pwe_objective`, :func:`pwe_hessian`); see docs/models.md.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -67,65 +68,48 @@ def _pwe_rows(
     return a_lo, d, gap, r
 
 
-def pwe_objective(
+def pwe_data_sums(
     theta: np.ndarray,
     Z: np.ndarray,
     exp_lo: np.ndarray,
     exp_up: np.ndarray,
     event: np.ndarray,
     w: np.ndarray,
-    pen_scale: np.ndarray,
-    penalizer: float,
-    window_penalizer: float,
 ) -> tuple[float, np.ndarray]:
-    """Penalised mean negative log-likelihood of the piecewise model and its gradient.
+    """The data term: weighted SUMS over rows of the negative log-likelihood and its gradient.
 
     Row i's cumulative hazard to a time with window exposures ``e`` (days in
     each window, :func:`forecast.bundle.window_exposure`) is ``sum_j e_j
     exp(a_j + z_i . (beta + delta_j))``; an interval-censored row contributes
     ``log(S(lower) - S(upper))``, a right-censored one ``log S(lower)``.
-    ``theta = [a (J), beta (p), delta (J x p)]``; the penalties are ``0.5 *
-    penalizer * sum((beta * sd)^2) + 0.5 * window_penalizer * sum((delta *
-    sd)^2)`` with ``sd = pen_scale``: the column SDs (``penalty_scale="sd"``,
-    as the AFT kinds) or ones (``"unit"``, the default).
+    Sums, not means: the rows may be split into parts (forecast.distributed),
+    each part's sums added, and only then divided by the total weight.
     """
     p = Z.shape[1]
     J = exp_lo.shape[1]
-    beta, delta = theta[J:J + p], theta[J + p:].reshape(J, p)
     a_lo, d, gap, r = _pwe_rows(theta, Z, exp_lo, exp_up, event)
     ll = -a_lo.sum(axis=1)
     ll[event] += np.log(-np.expm1(-gap[event]))
     g = d * r[:, None]  # d ll / d lin_ij
     g -= a_lo
     g *= w[:, None]
-    sw = w.sum()
-    f = -(w @ ll) / sw
     grad = np.empty_like(theta)
-    grad[:J] = -g.sum(axis=0) / sw
-    grad[J:J + p] = -(Z.T @ g.sum(axis=1)) / sw
-    grad[J + p:] = (-(g.T @ Z) / sw).ravel()
-    s2 = pen_scale**2
-    f += 0.5 * penalizer * float((beta * pen_scale) @ (beta * pen_scale))
-    grad[J:J + p] += penalizer * beta * s2
-    ds = delta * pen_scale
-    f += 0.5 * window_penalizer * float(np.sum(ds * ds))
-    grad[J + p:] += (window_penalizer * delta * s2).ravel()
-    return float(f), grad
+    grad[:J] = -g.sum(axis=0)
+    grad[J:J + p] = -(Z.T @ g.sum(axis=1))
+    grad[J + p:] = (-(g.T @ Z)).ravel()
+    return -float(w @ ll), grad
 
 
-def pwe_hessian(
+def pwe_hessian_sums(
     theta: np.ndarray,
     Z: np.ndarray,
     exp_lo: np.ndarray,
     exp_up: np.ndarray,
     event: np.ndarray,
     w: np.ndarray,
-    pen_scale: np.ndarray,
-    penalizer: float,
-    window_penalizer: float,
     chunk: int = 32768,
 ) -> np.ndarray:
-    """Exact Hessian of :func:`pwe_objective` in ``theta`` (same arguments).
+    """The data term's exact Hessian in ``theta``: a weighted SUM over rows.
 
     Row i's log-likelihood depends on ``theta`` through its window
     predictors ``lin_ij = a_j + z_i . phi_j`` (``phi_j = beta + delta_j``).
@@ -134,16 +118,15 @@ def pwe_hessian(
     expm1(sum d_i)`` (0 for a right-censored row) and ``G_i`` the gradient
     ``r_i d_i - (hazards to the lower bound)``. It is assembled per window
     pair on ``x_i = [1, z_i]``, in row chunks, then mapped from ``(a_j,
-    phi_j)`` to ``theta``; the penalties add their diagonal.
+    phi_j)`` to ``theta``.
     """
     n, p = Z.shape
     J = exp_lo.shape[1]
     q1 = p + 1
-    sw = w.sum()
     B = np.zeros((J * q1, J * q1))
     for s in range(0, n, chunk):
         sl = slice(s, min(s + chunk, n))
-        ws = w[sl] / sw
+        ws = w[sl]
         x = np.hstack([np.ones((len(ws), 1)), Z[sl]])
         ev = event[sl]
         a_lo, d, _, r = _pwe_rows(theta, Z[sl], exp_lo[sl], exp_up[sl], ev)
@@ -163,13 +146,151 @@ def pwe_hessian(
         T[j * q1, j] = 1.0
         T[j * q1 + 1:(j + 1) * q1, J:J + p] = eye
         T[j * q1 + 1:(j + 1) * q1, J + p + j * p:J + p + (j + 1) * p] = eye
-    H = T.T @ B @ T
+    return T.T @ B @ T
+
+
+def pwe_penalty(
+    theta: np.ndarray, J: int, pen_scale: np.ndarray, penalizer: float, window_penalizer: float
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """The penalty term: its value, gradient and Hessian (parameter-sized, no rows).
+
+    ``theta = [a (J), beta (p), delta (J x p)]``; the penalties are ``0.5 *
+    penalizer * sum((beta * sd)^2) + 0.5 * window_penalizer * sum((delta *
+    sd)^2)`` with ``sd = pen_scale``: the column SDs (``penalty_scale="sd"``,
+    as the AFT kinds) or ones (``"unit"``, the default). The one place the
+    penalties are defined: the single-machine and the distributed fits both
+    add it to the data term (:func:`pwe_combine`).
+    """
+    p = pen_scale.size
+    beta, delta = theta[J:J + p], theta[J + p:].reshape(J, p)
     s2 = pen_scale**2
-    ib = np.arange(J, J + p)
-    H[ib, ib] += penalizer * s2
-    idl = np.arange(J + p, J + p + J * p)
-    H[idl, idl] += window_penalizer * np.tile(s2, J)
-    return H
+    bs = beta * pen_scale
+    ds = delta * pen_scale
+    f = 0.5 * penalizer * float(bs @ bs) + 0.5 * window_penalizer * float(np.sum(ds * ds))
+    grad = np.zeros_like(theta)
+    grad[J:J + p] = penalizer * beta * s2
+    grad[J + p:] = (window_penalizer * delta * s2).ravel()
+    diag = np.zeros(theta.size)
+    diag[J:J + p] = penalizer * s2
+    diag[J + p:] = window_penalizer * np.tile(s2, J)
+    return f, grad, np.diag(diag)
+
+
+@dataclass(frozen=True)
+class PwePenalty:
+    """The penalty settings of a fit (see :func:`pwe_penalty`)."""
+
+    J: int
+    pen_scale: np.ndarray
+    penalizer: float
+    window_penalizer: float
+
+    def __call__(self, theta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        return pwe_penalty(theta, self.J, self.pen_scale, self.penalizer, self.window_penalizer)
+
+
+def pwe_combine(
+    total_weight: float, nll_sum: float, grad_sum: np.ndarray, theta: np.ndarray,
+    penalty: PwePenalty,
+) -> tuple[float, np.ndarray]:
+    """Penalised mean objective from the data term's sums (all rows, all parts)."""
+    f_pen, g_pen, _ = penalty(theta)
+    return nll_sum / total_weight + f_pen, grad_sum / total_weight + g_pen
+
+
+def pwe_objective(
+    theta: np.ndarray,
+    Z: np.ndarray,
+    exp_lo: np.ndarray,
+    exp_up: np.ndarray,
+    event: np.ndarray,
+    w: np.ndarray,
+    pen_scale: np.ndarray,
+    penalizer: float,
+    window_penalizer: float,
+) -> tuple[float, np.ndarray]:
+    """Penalised mean negative log-likelihood of the piecewise model and its gradient.
+
+    The data term (:func:`pwe_data_sums`) divided by the total weight, plus
+    the penalty term (:func:`pwe_penalty`).
+    """
+    penalty = PwePenalty(exp_lo.shape[1], pen_scale, penalizer, window_penalizer)
+    nll, grad = pwe_data_sums(theta, Z, exp_lo, exp_up, event, w)
+    f, g = pwe_combine(float(w.sum()), nll, grad, theta, penalty)
+    return float(f), g
+
+
+def pwe_hessian(
+    theta: np.ndarray,
+    Z: np.ndarray,
+    exp_lo: np.ndarray,
+    exp_up: np.ndarray,
+    event: np.ndarray,
+    w: np.ndarray,
+    pen_scale: np.ndarray,
+    penalizer: float,
+    window_penalizer: float,
+    chunk: int = 32768,
+) -> np.ndarray:
+    """Exact Hessian of :func:`pwe_objective` in ``theta`` (same arguments):
+    :func:`pwe_hessian_sums` over the total weight plus the penalty's."""
+    penalty = PwePenalty(exp_lo.shape[1], pen_scale, penalizer, window_penalizer)
+    H = pwe_hessian_sums(theta, Z, exp_lo, exp_up, event, w, chunk) / float(w.sum())
+    return H + penalty(theta)[2]
+
+
+class PweObjective(Protocol):
+    """What the Newton and refit loops need: the penalised objective, its gradient, Hessian.
+
+    :class:`LocalPwe` holds the rows in memory; ``forecast.distributed`` sums
+    the data term over parts held by Dask workers.
+    """
+
+    def value_grad(self, theta: np.ndarray) -> tuple[float, np.ndarray]: ...
+
+    def hessian(self, theta: np.ndarray) -> np.ndarray: ...
+
+    def reweighted(self, w: np.ndarray) -> PweObjective: ...
+
+    def log_likelihood(self, theta: np.ndarray) -> float: ...
+
+
+@dataclass(frozen=True)
+class LocalPwe:
+    """The penalised objective on rows held in memory (one machine)."""
+
+    Z: np.ndarray
+    exp_lo: np.ndarray
+    exp_up: np.ndarray
+    event: np.ndarray
+    w: np.ndarray
+    penalty: PwePenalty
+
+    def value_grad(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        nll, grad = pwe_data_sums(theta, self.Z, self.exp_lo, self.exp_up, self.event, self.w)
+        f, g = pwe_combine(float(self.w.sum()), nll, grad, theta, self.penalty)
+        return float(f), g
+
+    def hessian(self, theta: np.ndarray) -> np.ndarray:
+        H = pwe_hessian_sums(theta, self.Z, self.exp_lo, self.exp_up, self.event, self.w)
+        return H / float(self.w.sum()) + self.penalty(theta)[2]
+
+    def log_likelihood(self, theta: np.ndarray) -> float:
+        """The unpenalised weighted log-likelihood (a sum over rows)."""
+        return -pwe_data_sums(theta, self.Z, self.exp_lo, self.exp_up, self.event, self.w)[0]
+
+    def reweighted(self, w: np.ndarray) -> LocalPwe:
+        """The objective with row weights ``w`` (a bootstrap); rows of weight 0 dropped."""
+        keep = w > 0
+        return LocalPwe(self.Z[keep], self.exp_lo[keep], self.exp_up[keep], self.event[keep],
+                        w[keep], self.penalty)
+
+
+def pwe_start(n_events: float, exposure: float, J: int, p: int) -> np.ndarray:
+    """The Newton start: one common window rate (events / exposure), no effects."""
+    theta0 = np.zeros(J + p + J * p)
+    theta0[:J] = np.log(max(n_events, 1) / max(exposure, 1.0))
+    return theta0
 
 
 def _pd_cholesky(H: np.ndarray) -> np.ndarray:
@@ -194,9 +315,9 @@ def _pd_cholesky(H: np.ndarray) -> np.ndarray:
 PWE_DECREMENT_TOL = 1e-12
 
 
-def _pwe_newton(theta0: np.ndarray, args: tuple, max_iter: int
+def _pwe_newton(theta0: np.ndarray, objective: PweObjective, max_iter: int
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Damped Newton on :func:`pwe_objective` with its exact Hessian.
+    """Damped Newton on the penalised objective (:class:`PweObjective`) with its exact Hessian.
 
     Returns the minimiser and the Cholesky factor of the Hessian there (the
     bootstrap refits' preconditioner). Backtracking (Armijo) line search;
@@ -207,11 +328,11 @@ def _pwe_newton(theta0: np.ndarray, args: tuple, max_iter: int
     theta = np.asarray(theta0, dtype=float).copy()
     dec = np.inf
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        f, g = pwe_objective(theta, *args)
+        f, g = objective.value_grad(theta)
         for _ in range(int(max_iter)):
             if not (np.isfinite(f) and np.all(np.isfinite(g))):
                 raise ModelFitError("piecewise model: log-likelihood or gradient is not finite")
-            L = _pd_cholesky(pwe_hessian(theta, *args))
+            L = _pd_cholesky(objective.hessian(theta))
             step = cho_solve((L, True), g)
             dec = float(g @ step)
             if dec <= PWE_DECREMENT_TOL:
@@ -219,7 +340,7 @@ def _pwe_newton(theta0: np.ndarray, args: tuple, max_iter: int
             s = 1.0
             while True:
                 cand = theta - s * step
-                f_new, g_new = pwe_objective(cand, *args)
+                f_new, g_new = objective.value_grad(cand)
                 if np.isfinite(f_new) and f_new <= f - 1e-4 * s * dec:
                     break
                 s *= 0.5
@@ -231,22 +352,20 @@ def _pwe_newton(theta0: np.ndarray, args: tuple, max_iter: int
                         f"(Newton decrement {dec:.3g})")
 
 
-def _pwe_refit(theta0: np.ndarray, chol: np.ndarray, args: tuple, max_iter: int) -> np.ndarray:
+def _pwe_refit(theta0: np.ndarray, chol: np.ndarray, objective: PweObjective,
+               max_iter: int) -> np.ndarray:
     """A bootstrap refit: L-BFGS in coordinates whitened by the full fit's Hessian.
 
-    With ``theta = theta0 + L^-T u`` (``H = L L^T`` at the full fit) the
-    resampled objective has a Hessian near the identity in ``u``, so L-BFGS
-    needs about ten steps instead of hundreds. Rows of weight 0 are dropped.
-    ``|L^-1 g|^2`` is the Newton decrement measured with the full fit's
-    Hessian; above ``PWE_DECREMENT_TOL`` the result is finished by
-    :func:`_pwe_newton` (the full fit's stopping rule) instead of trusted.
+    ``objective`` is the resampled one (:meth:`PweObjective.reweighted`). With
+    ``theta = theta0 + L^-T u`` (``H = L L^T`` at the full fit) the resampled
+    objective has a Hessian near the identity in ``u``, so L-BFGS needs about
+    ten steps instead of hundreds. ``|L^-1 g|^2`` is the Newton decrement
+    measured with the full fit's Hessian; above ``PWE_DECREMENT_TOL`` the
+    result is finished by :func:`_pwe_newton` (the full fit's stopping rule)
+    instead of trusted.
     """
-    Z, exp_lo, exp_up, event, w = args[:5]
-    keep = w > 0
-    args = (Z[keep], exp_lo[keep], exp_up[keep], event[keep], w[keep], *args[5:])
-
     def whitened(u: np.ndarray) -> tuple[float, np.ndarray]:
-        f, g = pwe_objective(theta0 + solve_triangular(chol, u, lower=True, trans="T"), *args)
+        f, g = objective.value_grad(theta0 + solve_triangular(chol, u, lower=True, trans="T"))
         return f, solve_triangular(chol, g, lower=True)
 
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
@@ -254,8 +373,29 @@ def _pwe_refit(theta0: np.ndarray, chol: np.ndarray, args: tuple, max_iter: int)
                        options={"maxiter": int(max_iter), "gtol": 1e-9, "ftol": 1e-15})
     theta = theta0 + solve_triangular(chol, res.x, lower=True, trans="T")
     if np.all(np.isfinite(res.x)) and float(res.jac @ res.jac) <= PWE_DECREMENT_TOL:
+        return _pwe_polish(theta, objective)
+    return _pwe_newton(theta if np.all(np.isfinite(theta)) else theta0, objective, max_iter)[0]
+
+
+def _pwe_polish(theta: np.ndarray, objective: PweObjective) -> np.ndarray:
+    """One exact Newton step from an L-BFGS refit (``theta`` within ``PWE_DECREMENT_TOL``).
+
+    Why: L-BFGS stops anywhere within its tolerance, and where depends on
+    rounding (the order in which rows are summed); a refit summed over parts
+    (forecast.distributed) would then differ from the one-machine refit by
+    ~1e-7. From within a decrement of 1e-12 one Newton step lands within
+    ~1e-12 of the minimiser itself, where both agree. A step that is not
+    small, or not finite, is not taken.
+    """
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        _, g = objective.value_grad(theta)
+        try:
+            step = cho_solve((_pd_cholesky(objective.hessian(theta)), True), g)
+        except ModelFitError:
+            return theta
+    if not np.all(np.isfinite(step)) or float(g @ step) > 1e3 * PWE_DECREMENT_TOL:
         return theta
-    return _pwe_newton(theta if np.all(np.isfinite(theta)) else theta0, args, max_iter)[0]
+    return theta - step
 
 
 class PiecewiseExponentialModel(SurvivalEstimator):
@@ -361,41 +501,50 @@ class PiecewiseExponentialModel(SurvivalEstimator):
         return exp_lo, exp_up, event
 
     def _fit(self, X: pd.DataFrame, lo: np.ndarray, up: np.ndarray) -> None:
-        if self.penalizer == "auto":
-            self.penalizer_ = PIECEWISE_PENALIZER
-        if not float(self.window_penalizer) >= 0:
-            raise ValueError("window_penalizer must be a number >= 0")
+        self._check_penalties()
         numeric, categorical = self._spec()
         inter = LandmarkAFT._interactions(self, X, numeric)  # type: ignore[arg-type]
         self.encoder_ = Encoder.fit(X, numeric, categorical,
                                     time_feature=self.time_feature if inter else None,
                                     time_interactions=inter)
-        active = self.encoder_.active
-        Z = np.ascontiguousarray(self.encoder_.transform(X)[:, active])
+        Z = np.ascontiguousarray(self.encoder_.transform(X)[:, self.encoder_.active])
         exp_lo, exp_up, event = self._rows(X, lo, up)
-        J, p = exp_lo.shape[1], Z.shape[1]
+        scale = _pen_scale(Z) if self.penalty_scale == "sd" else np.ones(Z.shape[1])
+        self._fit_data = LocalPwe(Z, exp_lo, exp_up, event, np.ones(len(Z)),
+                                  self._pwe_penalty(scale))
+        exposure = np.where(event[:, None], 0.5 * (exp_lo + exp_up), exp_lo).sum(axis=0)
+        theta0 = pwe_start(float(event.sum()), float(exposure.sum()), exp_lo.shape[1], Z.shape[1])
+        self._fit_objective(self._fit_data, theta0)
+
+    def _check_penalties(self) -> None:
+        """Resolve ``penalizer="auto"`` and check the other penalty settings."""
+        if self.penalizer == "auto":
+            self.penalizer_ = PIECEWISE_PENALIZER
+        if not float(self.window_penalizer) >= 0:
+            raise ValueError("window_penalizer must be a number >= 0")
         if self.penalty_scale not in ("unit", "sd"):
             raise ValueError(f"penalty_scale must be 'unit' or 'sd', got {self.penalty_scale!r}")
-        scale = _pen_scale(Z) if self.penalty_scale == "sd" else np.ones(Z.shape[1])
-        self._fit_data = (Z, exp_lo, exp_up, event, scale)
-        theta0 = np.zeros(J + p + J * p)
-        exposure = np.where(event[:, None], 0.5 * (exp_lo + exp_up), exp_lo).sum(axis=0)
-        theta0[:J] = np.log(max(event.sum(), 1) / max(exposure.sum(), 1.0))
-        theta, self._chol = _pwe_newton(theta0, self._args(np.ones(len(Z))), self.max_iter)
-        if p and np.all(np.abs(theta[J:]) < 1e-10):
+
+    def _pwe_penalty(self, scale: np.ndarray) -> PwePenalty:
+        return PwePenalty(self._edges().size, scale, self._penalty(),
+                          float(self.window_penalizer))
+
+    def _fit_objective(self, objective: PweObjective, theta0: np.ndarray) -> None:
+        """Newton from ``theta0`` on ``objective`` (in memory or distributed); sets the fit.
+
+        The encoder (``encoder_``) is set before; the distributed fit
+        (``forecast.distributed``) calls this with an objective summed over parts.
+        """
+        theta, self._chol = _pwe_newton(theta0, objective, self.max_iter)
+        J = self._edges().size
+        if theta.size > J and np.all(np.abs(theta[J:]) < 1e-10):
             raise ModelFitError("piecewise model: all coefficients are exactly zero "
                                 "(silent failed fit)")
         with np.errstate(over="ignore", divide="ignore"):
-            f_raw, _ = pwe_objective(theta, Z, exp_lo, exp_up, event, np.ones(len(Z)),
-                                     self._fit_data[4], 0.0, 0.0)
-        self.log_likelihood_ = -f_raw * len(Z)
+            self.log_likelihood_ = objective.log_likelihood(theta)
         self.theta_ = theta
         self.family_ = "piecewise"
         self.log_base_, self.coef_, self.window_coef_ = self._unpack(theta)
-
-    def _args(self, w: np.ndarray) -> tuple:
-        Z, exp_lo, exp_up, event, sd = self._fit_data
-        return (Z, exp_lo, exp_up, event, w, sd, self._penalty(), float(self.window_penalizer))
 
     def _unpack(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(log_base (J), average effect (full p), deviations (J, full p)) of ``theta``."""
@@ -414,9 +563,14 @@ class PiecewiseExponentialModel(SurvivalEstimator):
         self, X: pd.DataFrame, lo: np.ndarray, up: np.ndarray, weights: np.ndarray
     ) -> dict[str, np.ndarray]:
         thetas = Parallel(n_jobs=self.n_jobs)(
-            delayed(_pwe_refit)(self.theta_, self._chol, self._args(w), self.max_iter)
+            delayed(_pwe_refit)(self.theta_, self._chol, self._fit_data.reweighted(w),
+                                self.max_iter)
             for w in weights
         )
+        return self._bootstrap_arrays(thetas)
+
+    def _bootstrap_arrays(self, thetas: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """The bundle's bootstrap arrays from the refits' ``theta``."""
         parts = [self._unpack(t) for t in thetas]
         return {
             "boot_log_base": np.stack([q[0] for q in parts]),
