@@ -67,7 +67,8 @@ def absent_inputs(X: pd.DataFrame) -> list[list[str]]:
 
 
 def mask_optional_inputs(
-    X: pd.DataFrame, share: float, seed: int, joint_share: float = 0.0
+    X: pd.DataFrame, share: float, seed: int, joint_share: float = 0.0,
+    *, offset: int = 0, total: int | None = None,
 ) -> pd.DataFrame:
     """A copy of ``X`` with optional inputs blanked at random.
 
@@ -79,6 +80,11 @@ def mask_optional_inputs(
     their sum for a totals-only history, from rows where the values were
     hidden at random: the average effect over the training patients, not the
     effect of the subgroup that happens not to record them.
+
+    ``X`` may be rows ``offset .. offset + len(X)`` of a frame of ``total``
+    rows (a part of a partitioned dataset, forecast.distributed): the rows
+    get exactly the draws they would get in the whole frame (the random
+    stream is advanced to them, :func:`_uniforms`).
     """
     for name, value in (("share", share), ("joint_share", joint_share)):
         if not 0.0 <= value < 1.0:
@@ -86,10 +92,12 @@ def mask_optional_inputs(
     out = X.copy()
     if (share == 0.0 and joint_share == 0.0) or not len(X):
         return out
-    rng = np.random.default_rng(seed)
-    joint = rng.random(len(X)) < joint_share
-    for pairs, categorical in OPTIONAL_INPUTS.values():
-        hide = joint | (rng.random(len(X)) < share)
+    total = len(X) if total is None else int(total)
+    if offset < 0 or offset + len(X) > total:
+        raise ValueError(f"rows {offset}..{offset + len(X)} do not lie in a frame of {total}")
+    joint = _uniforms(seed, 0, total, offset, len(X)) < joint_share
+    for k, (pairs, categorical) in enumerate(OPTIONAL_INPUTS.values(), start=1):
+        hide = joint | (_uniforms(seed, k, total, offset, len(X)) < share)
         for value, ind in pairs:
             if value in out and ind in out:
                 out.loc[hide, value] = 0.0
@@ -98,3 +106,15 @@ def mask_optional_inputs(
             if c in out:
                 out.loc[hide, c] = None
     return out
+
+
+def _uniforms(seed: int, draw: int, total: int, offset: int, n: int) -> np.ndarray:
+    """Uniforms ``offset .. offset + n`` of the ``draw``-th batch of ``total`` from ``seed``.
+
+    The same values as the ``draw``-th ``default_rng(seed).random(total)``
+    call sliced: each float64 draw consumes one step of the PCG64 stream, so
+    the stream is advanced to the wanted position instead of drawn through.
+    """
+    bits = np.random.PCG64(seed)
+    bits.advance(draw * total + offset)
+    return np.random.Generator(bits).random(n)

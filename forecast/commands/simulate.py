@@ -57,8 +57,17 @@ COMMANDS: list[click.Command] = []
     help="Share of patients whose clinic records only PHQ-9 totals (no item answers, "
     "C-SSRS, dose, route, psychotherapy, dissociation or blood pressure).",
 )
+@click.option(
+    "--patients-per-part",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Write a partitioned dataset instead (Parquet parts of this many patients per "
+    "table, plus truth/ parts), simulated and written one part at a time so memory stays "
+    "that of one part; see docs/dask.md.",
+)
 def simulate_command(n_patients: int, seed: int, out_dir: Path, end_date: str,
-                     schedule: str, totals_only_share: float) -> None:
+                     schedule: str, totals_only_share: float,
+                     patients_per_part: int | None) -> None:
     """Simulate a clinic cohort with a known truth (synthetic data, no real patients).
 
     Writes the three contract files plus truth.csv: one row per response
@@ -80,6 +89,10 @@ def simulate_command(n_patients: int, seed: int, out_dir: Path, end_date: str,
             "`forecast validate` rejects dates after today",
             err=True,
         )
+    if patients_per_part is not None:
+        _simulate_parts(n_patients, seed, out_dir, patients_per_part, end=end,
+                        schedule=schedule, totals_only_share=totals_only_share)
+        return
     t0 = time.perf_counter()
     click.echo(f"simulating {n_patients} patients (seed {seed}, end {end.date()}, "
                f"schedule {schedule}, totals-only share {totals_only_share:g})...", err=True)
@@ -103,6 +116,29 @@ def simulate_command(n_patients: int, seed: int, out_dir: Path, end_date: str,
         "at 56 days {benefit_56d:.1%} (truth)".format(**f),
         err=True,
     )
+
+
+def _simulate_parts(n_patients: int, seed: int, out_dir: Path, patients_per_part: int,
+                    **options: object) -> None:
+    """``--patients-per-part``: simulate straight into a partitioned dataset."""
+    from forecast.simulation.partitioned import simulate_partitioned
+
+    t0 = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        click.echo(f"part {done}/{total} written ({time.perf_counter() - t0:.0f} s)", err=True)
+
+    try:
+        counts = simulate_partitioned(n_patients, seed, patients_per_part, out_dir,
+                                      progress=progress, end_date=options["end"],
+                                      schedule=options["schedule"],
+                                      totals_only_share=options["totals_only_share"])
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(
+        f"wrote {counts['patients']} patients, {counts['sessions']} sessions, "
+        f"{counts['assessments']} assessments, {counts['truth']} truth episodes in "
+        f"{counts['parts']} parts in {time.perf_counter() - t0:.1f} s", err=True)
 
 
 COMMANDS.append(simulate_command)
