@@ -76,6 +76,8 @@ def forecast_queries(
     model: Any,
     queries: pd.DataFrame,
     settings: PolicySettings | None = None,
+    *,
+    daily: bool = True,
 ) -> list[dict]:
     """Forecast answers for (patient, as-of) queries.
 
@@ -90,6 +92,10 @@ def forecast_queries(
         ``patient_id``, ``as_of`` and an optional per-row ``threshold``.
     settings : PolicySettings, optional
         Rules and defaults.
+    daily : bool
+        Include the daily risk curve and band (``risk.daily``); without it the
+        answer carries the horizons only (the suggestion is the same: it is
+        read from the daily curve either way).
 
     Returns
     -------
@@ -102,8 +108,8 @@ def forecast_queries(
     unknown = set(q["patient_id"]) - set(cohort.patients["patient_id"].astype(str))
     if unknown:
         raise ValueError(f"{len(unknown)} queried patient(s) are not in the cohort")
-    frame = forecast_frame(cohort, model, q, settings)
-    return build_answers(frame, model, settings)
+    frame = forecast_frame(cohort, model, q, settings, daily=daily)
+    return build_answers(frame, model, settings, daily=daily)
 
 
 def forecast_cohort(
@@ -111,6 +117,8 @@ def forecast_cohort(
     model: Any,
     as_of: str | pd.Timestamp,
     settings: PolicySettings | None = None,
+    *,
+    daily: bool = True,
 ) -> list[dict]:
     """Forecast answers for every patient of ``cohort`` at one date.
 
@@ -124,6 +132,8 @@ def forecast_cohort(
         Date of the forecast (rows after it are ignored).
     settings : PolicySettings, optional
         Rules and defaults.
+    daily : bool
+        Include the daily risk curve and band (see :func:`forecast_queries`).
 
     Returns
     -------
@@ -133,7 +143,7 @@ def forecast_cohort(
     q = pd.DataFrame(
         {"patient_id": cohort.patients["patient_id"].astype(str).to_numpy(), "as_of": as_of}
     )
-    return forecast_queries(cohort, model, q, settings)
+    return forecast_queries(cohort, model, q, settings, daily=daily)
 
 
 def forecast_rows(answers: list[dict]) -> pd.DataFrame:

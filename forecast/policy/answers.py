@@ -137,9 +137,15 @@ def _median_block(
     return median, None
 
 
-def build_answers(frame: ForecastFrame, model: Any, settings: PolicySettings) -> list[dict]:
-    """One answer per query of ``frame`` (keys: see the docs' suggestions page)."""
+def build_answers(
+    frame: ForecastFrame, model: Any, settings: PolicySettings, daily: bool = True
+) -> list[dict]:
+    """One answer per query of ``frame`` (keys: see the docs' suggestions page).
+
+    Without ``daily`` the risk block has no ``daily`` curve (horizons only).
+    """
     days = frame.days
+    with_daily = daily
     daily, lower, upper = frame.daily, frame.lower, frame.upper
     sugg = frame.suggestion
     version = model_version(model)
@@ -166,7 +172,9 @@ def build_answers(frame: ForecastFrame, model: Any, settings: PolicySettings) ->
         population = base == "insufficient_data" and not np.isnan(daily[i]).all()
         risk = None
         if personal or population:
-            risk = risk_block(days, daily[i], lower[i], upper[i], hidx, personal, settings)
+            risk = risk_block(
+                days, daily[i], lower[i], upper[i], hidx, personal, settings, with_daily
+            )
         median, median_reason = _median_block(c, medians[i], personal, len(days))
         suggestion = suggestion_block(c, i, sugg, base, personal, population, as_of, settings)
         if st in SAFETY_STATUSES:

@@ -202,14 +202,19 @@ class ForecastFrame:
 
 
 def forecast_frame(
-    cohort: Cohort, model: Any, q: pd.DataFrame, settings: PolicySettings
+    cohort: Cohort, model: Any, q: pd.DataFrame, settings: PolicySettings, daily: bool = True
 ) -> ForecastFrame:
     """The vectorised core: context, statuses, risk grids and suggestions.
 
     ``q`` must come from the query normaliser (columns ``qi``, ``patient_id``,
     ``as_of``, ``threshold``). Used by :func:`forecast_queries` and by the
     policy evaluation (which re-suggests for many thresholds at once).
+
+    The daily risk curve is always computed (the suggestion reads it); the
+    bootstrap band only at the horizons unless ``daily`` (the band of each day
+    does not depend on the other days, so the horizons' values are the same).
     """
+    with_daily = daily
     definition = outcome_definition(model)
     ctx, flagged = query_context(cohort, q, settings, definition)
     base_status = base_statuses(ctx, settings)
@@ -226,9 +231,12 @@ def forecast_frame(
         X = ctx if len(rows) == n else ctx.iloc[rows].reset_index(drop=True)
         s0 = bundle_since_argument(model, since[rows])
         daily[rows] = risk_grid(model, X, days, s0)
-        band = band_grid(model, X, days, settings.band_level, s0)
+        band_days = days if with_daily else np.asarray(settings.horizons, dtype=int)
+        band = band_grid(model, X, band_days, settings.band_level, s0)
         if band is not None:
-            lower[rows], upper[rows] = band
+            at = np.ix_(rows, band_days - 1)
+            lower[at] = band[0]
+            upper[at] = band[1]
     pop_rows = np.flatnonzero(base_status == "insufficient_data")
     pop_curve = population_from_model(model)
     pop = population_risk(pop_curve, since[pop_rows], days)

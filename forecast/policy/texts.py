@@ -50,7 +50,10 @@ def risk_block(
     hidx: np.ndarray,
     personal: bool,
     settings: PolicySettings,
+    with_daily: bool = True,
 ) -> dict:
+    """The ``risk`` block: horizons with bands, and the daily curve when ``with_daily``."""
+
     def r(a: np.ndarray) -> list[float | None]:
         # Python floats and one finiteness mask: the same values as rounding
         # each numpy scalar, at a third of the cost on daily curves.
@@ -68,15 +71,18 @@ def risk_block(
                 "upper": r(upper[[j]])[0] if has_band else None,
             }
         )
-    block = {
+    block: dict[str, Any] = {
         "kind": "personalised" if personal else "population",
         "horizons": horizons,
-        "daily": {
+    }
+    if with_daily:
+        block["daily"] = {
             "days": days.astype(int).tolist(),
             "risk": r(daily),
             "lower": r(lower) if has_band else [],
             "upper": r(upper) if has_band else [],
-        },
+        }
+    block.update({
         "conditional_on": CONDITIONAL_ON,
         "band": (
             f"{100 * settings.band_level:.0f} % band: quantiles of the model's bootstrap "
@@ -90,7 +96,7 @@ def risk_block(
                 else "the population estimate is shown without a band."
             )
         ),
-    }
+    })
     if not personal:
         block["label"] = POPULATION_LABEL
         block["conditional_on"] = (
