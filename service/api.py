@@ -61,6 +61,7 @@ from service.serving import (
     declared_covariates,
     model_state,
     parse_as_of,
+    parse_detail,
     serve_forecasts,
     settings,
     store,
@@ -325,13 +326,14 @@ def patient_forecast(patient_id: str) -> Response:
     pid = _path_patient(patient_id)
     as_of = parse_as_of(request.args.get("as_of"), "query/as_of")
     threshold = parse_threshold(request.args.get("threshold"), "query/threshold")
+    daily = parse_detail(request.args.get("detail"))
     model_state().get()  # 503 before touching the store when there is no model
     st = store()
     with st.read() as conn:
         _require_patient(conn, pid)
         cohort = st.cohort([pid], conn)
     queries = pd.DataFrame({"patient_id": [pid], "as_of": [as_of], "threshold": [threshold]})
-    return jsonify(serve_forecasts(cohort, queries, "patient_forecast")[0])
+    return jsonify(serve_forecasts(cohort, queries, "patient_forecast", daily=daily)[0])
 
 
 @bp.post("/forecast")
@@ -343,10 +345,11 @@ def stateless_forecast() -> Response:
     parsed = schemas.parse(schemas.ForecastBody, shape_of(body))
     as_of = parse_as_of(parsed.as_of, "/as_of")
     threshold = parse_threshold(parsed.threshold, "/threshold")
+    daily = parse_detail(request.args.get("detail"))
     model_state().get()
     cohort, ids = stateless_cohort([(body, "")])
     queries = pd.DataFrame({"patient_id": ids, "as_of": [as_of], "threshold": [threshold]})
-    return jsonify(serve_forecasts(cohort, queries, "stateless_forecast")[0])
+    return jsonify(serve_forecasts(cohort, queries, "stateless_forecast", daily=daily)[0])
 
 
 @bp.post("/forecast/batch")
@@ -384,6 +387,7 @@ def batch_forecast() -> Response:
         parse_threshold(e.threshold, f"/{key}/{i}/threshold") if e.threshold else default_t
         for i, e in enumerate(entries)
     ]
+    daily = parse_detail(request.args.get("detail"))
     model_state().get()
     if key == "patients":
         ids = [
@@ -404,7 +408,7 @@ def batch_forecast() -> Response:
     else:
         cohort, ids = histories_cohort(body["histories"], "/histories")
     queries = pd.DataFrame({"patient_id": ids, "as_of": as_ofs, "threshold": thresholds})
-    answers = serve_forecasts(cohort, queries, "batch_forecast")
+    answers = serve_forecasts(cohort, queries, "batch_forecast", daily=daily)
     version = answers[0]["model_version"] if answers else model_state().version
     return jsonify({"model_version": version, "count": len(answers), "forecasts": answers})
 

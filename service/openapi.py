@@ -24,6 +24,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
 _PARAM = re.compile(r"<(?:[a-z_]+:)?([A-Za-z_][A-Za-z0-9_]*)>")
 
+#: The forecast routes' ``detail`` query parameter (service.serving.DETAILS).
+DETAIL_PARAMETER = (
+    "detail",
+    {"type": "string", "enum": ["horizons", "daily"]},
+    "horizons (default): risks and bands at the horizons; daily: also the daily risk curve "
+    "and band (risk.daily) for a chart",
+)
+
 #: Request body schema and summary of the API's operations, keyed by endpoint.
 OPERATIONS: dict[str, dict[str, Any]] = {
     "api.health": {"summary": "Service health (no patient data)", "unavailable": True},
@@ -64,17 +72,20 @@ OPERATIONS: dict[str, dict[str, Any]] = {
                 {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
                 "Risk accepted at the session-by date",
             ),
+            DETAIL_PARAMETER,
         ],
         "forecast": True,
     },
     "api.stateless_forecast": {
         "summary": "Forecast from a history in the body (nothing stored)",
         "body": "ForecastBody",
+        "query": [DETAIL_PARAMETER],
         "forecast": True,
     },
     "api.batch_forecast": {
         "summary": "Forecasts for many patients in one call",
         "body": "BatchBody",
+        "query": [DETAIL_PARAMETER],
         "forecast": True,
     },
     "api.list_tokens": {"summary": "List tokens (no secrets)"},

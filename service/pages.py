@@ -197,7 +197,7 @@ def patient_page(patient_id: str) -> str:
     answer = None
     model_note = None
     try:
-        answer, _ = forecast_for(patient_id, "page", cohort, as_of=as_of_arg)
+        answer, _ = forecast_for(patient_id, "page", cohort, as_of=as_of_arg, daily=True)
     except ApiProblem as exc:
         if exc.status != 503:
             raise

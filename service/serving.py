@@ -6,9 +6,10 @@ policy settings, the clinic's Questionnaires; the live model by
 accessors below read them for the current request. Blueprints import this
 module, never each other.
 
-Every forecast served goes through :func:`serve_forecasts`, which writes it to
-the audit table before it is returned; if that write fails, the client gets a
-5xx problem, not a forecast. Every other access to patient data, and every
+Every forecast served goes through :func:`serve_forecasts`, which queues its
+audit rows with the store's background audit writer; the response leaves
+only after they are committed (:func:`_await_audit`), and if that write
+fails, the client gets a 5xx problem, not a forecast. Every other access to patient data, and every
 token or model change, is audited by :func:`audited` (a view decorator) or
 :func:`audit_event`; writes are audited in their own transaction
 (:func:`service.ingest.ingest_many`).
@@ -24,13 +25,14 @@ import datetime as dt
 import functools
 import hashlib
 import io
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
-from flask import Flask, current_app, g, has_app_context, has_request_context, request
+from flask import Flask, Response, current_app, g, has_app_context, has_request_context, request
 
 from forecast.cohort import Cohort
 from forecast.contract import TABLES
@@ -42,6 +44,8 @@ from service.logging import request_id
 from service.modelstate import ModelState
 from service.store import Store
 
+log = logging.getLogger("service.serving")
+
 
 # --------------------------------------------------------------------------- resources
 def init_app(app: Flask) -> None:
@@ -49,6 +53,7 @@ def init_app(app: Flask) -> None:
     init_store(app)
     _init_settings(app)
     _init_questionnaires(app)
+    app.after_request(_await_audit)
 
 
 def init_store(app: Flask) -> Store:
@@ -184,6 +189,31 @@ def audit_event(
             for pid in ids
         ]
     )
+
+
+def _await_audit(response: Response) -> Response:
+    """Hold the response until the request's forecast audit rows are committed.
+
+    :func:`serve_forecasts` queues its rows with the audit writer and returns
+    at once, so the commit runs while the route builds its answer; the answer
+    leaves only after the commit. If the commit failed, the client gets a 500
+    problem instead of the forecast (an answer is never sent unaudited).
+    """
+    tickets = g.pop("kap_audit_tickets", None)
+    if not tickets:
+        return response
+    try:
+        for ticket in tickets:
+            ticket.wait()
+    except Exception:
+        log.exception("audit write failed; the forecast was not delivered")
+        return ApiProblem(
+            500,
+            "Audit write failed",
+            "The forecast could not be recorded in the audit trail, so it is not delivered; "
+            "try again.",
+        ).response()
+    return response
 
 
 def audit_patient(pid: str) -> None:
@@ -336,7 +366,9 @@ def inputs_hashes(cohort: Cohort, queries: pd.DataFrame, model_version: str | No
 
 
 # --------------------------------------------------------------------------- serving
-def serve_forecasts(cohort: Cohort, queries: pd.DataFrame, endpoint: str) -> list[dict[str, Any]]:
+def serve_forecasts(
+    cohort: Cohort, queries: pd.DataFrame, endpoint: str, *, daily: bool = False
+) -> list[dict[str, Any]]:
     """Forecast the queries with the live model and audit every answer before returning.
 
     The one serving path of every route that answers a forecast (JSON API,
@@ -350,6 +382,9 @@ def serve_forecasts(cohort: Cohort, queries: pd.DataFrame, endpoint: str) -> lis
         ``patient_id``, ``as_of`` and ``threshold`` per forecast.
     endpoint : str
         Short name of the route, written to the audit row.
+    daily : bool
+        Include the daily risk curves and bands (``?detail=daily``; the
+        clinician page's chart); by default the answers carry the horizons only.
 
     Returns
     -------
@@ -362,7 +397,7 @@ def serve_forecasts(cohort: Cohort, queries: pd.DataFrame, endpoint: str) -> lis
         503 when no model is loaded.
     """
     model = model_state().get()  # one reference for the whole request
-    answers = forecast_queries(cohort, model, queries, settings())
+    answers = forecast_queries(cohort, model, queries, settings(), daily=daily)
     version = str(getattr(model, "version", None))
     hashes = inputs_hashes(cohort, queries, version)
     principal = g.get("principal")
@@ -385,12 +420,19 @@ def serve_forecasts(cohort: Cohort, queries: pd.DataFrame, endpoint: str) -> lis
                 "endpoint": endpoint,
             }
         )
-    store().add_audit(rows)
+    # The rows are committed by the store's audit writer while the route encodes
+    # its answer; _await_audit holds the response until they are (never before).
+    g.setdefault("kap_audit_tickets", []).append(store().submit_audit(rows))
     return answers
 
 
 def forecast_for(
-    pid: str, endpoint: str, cohort: Any = None, as_of: pd.Timestamp | None = None
+    pid: str,
+    endpoint: str,
+    cohort: Any = None,
+    as_of: pd.Timestamp | None = None,
+    *,
+    daily: bool = False,
 ) -> tuple[dict[str, Any], Any]:
     """Serve (and audit) the forecast of a stored patient (``as_of`` default: today).
 
@@ -409,7 +451,25 @@ def forecast_for(
     queries = pd.DataFrame(
         {"patient_id": [pid], "as_of": [as_of], "threshold": [float(settings().threshold)]}
     )
-    return serve_forecasts(cohort, queries, endpoint)[0], cohort
+    return serve_forecasts(cohort, queries, endpoint, daily=daily)[0], cohort
+
+
+#: Values of the forecast routes' ``detail`` query parameter: the risk at the
+#: horizons (default), or also the daily curve and band (``risk.daily``).
+DETAILS = ("horizons", "daily")
+
+
+def parse_detail(value: str | None, field: str = "query/detail") -> bool:
+    """True when the caller asked for the daily curves (``?detail=daily``)."""
+    if value is None or value == "" or value == "horizons":
+        return False
+    if value == "daily":
+        return True
+    raise ApiProblem(
+        422,
+        "Invalid detail",
+        errors=[{"field": field, "message": f"got {value!r}; allowed: {', '.join(DETAILS)}"}],
+    )
 
 
 #: Earliest accepted forecast date (pandas' nanosecond timestamps start in 1677).

@@ -137,20 +137,40 @@ def test_stored_stateless_and_batch_forecasts_agree_with_the_policy(
         post_history(model_client, sim_cohort, pid)
     model = registry.load("latest", service_models)
     queries = pd.DataFrame({"patient_id": ids, "as_of": AS_OF, "threshold": 0.2})
-    offline = forecast_queries(sim_cohort.subset(ids), model, queries, PolicySettings())
+    offline = forecast_queries(
+        sim_cohort.subset(ids), model, queries, PolicySettings(), daily=False
+    )
+    daily = forecast_queries(sim_cohort.subset(ids), model, queries, PolicySettings())
 
-    for pid, expected in zip(ids, offline, strict=True):
+    for pid, expected, curve in zip(ids, offline, daily, strict=True):
         stored = model_client.get(f"/api/v1/patients/{pid}/forecast?as_of={AS_OF}").json
         assert stored == json.loads(json.dumps(expected))
+        assert "daily" not in (stored["risk"] or {})
         stateless = model_client.post(
             "/api/v1/forecast", stateless_body(sim_cohort, pid, as_of=AS_OF)
         ).json
         assert stateless == stored
+        # ?detail=daily adds the daily curve and band (the page's chart).
+        url = f"/api/v1/patients/{pid}/forecast?as_of={AS_OF}&detail=daily"
+        assert model_client.get(url).json == json.loads(json.dumps(curve))
+        assert model_client.post(
+            "/api/v1/forecast?detail=daily", stateless_body(sim_cohort, pid, as_of=AS_OF)
+        ).json == json.loads(json.dumps(curve))
     batch = model_client.post(
         "/api/v1/forecast/batch", {"as_of": AS_OF, "patients": [{"patient_id": p} for p in ids]}
     ).json
     assert batch["count"] == len(ids)
     assert batch["forecasts"] == json.loads(json.dumps(offline))
+    batch_daily = model_client.post(
+        "/api/v1/forecast/batch?detail=daily",
+        {"as_of": AS_OF, "patients": [{"patient_id": p} for p in ids]},
+    ).json
+    assert batch_daily["forecasts"] == json.loads(json.dumps(daily))
+    assert_problem(
+        model_client.get(f"/api/v1/patients/{ids[0]}/forecast?detail=weekly"),
+        422,
+        field="query/detail",
+    )
     histories = model_client.post(
         "/api/v1/forecast/batch",
         {"as_of": AS_OF, "histories": [stateless_body(sim_cohort, p) for p in ids[:2]]},

@@ -276,3 +276,77 @@ def test_forecast_serve_reloads_on_sighup_and_stops_on_sigterm(
     assert "pt-gamma-993" not in log
     assert "2026-01-02" not in log
     assert '"event": "model_reloaded"' in log
+
+
+def _forecast_body() -> dict[str, Any]:
+    """A stateless history that gets a personalised forecast (the model runs)."""
+    day = dt.date(2026, 1, 5)
+    return {
+        "patient": {"patient_id": "kill-1", "age": 40, "sex": "female", "diagnosis": "trd"},
+        "sessions": [
+            {"date": (day + dt.timedelta(days=d)).isoformat(), "kind": "induction"}
+            for d in (0, 3, 7, 10, 14, 17)
+        ],
+        "assessments": [
+            {"date": (day + dt.timedelta(days=d)).isoformat(), "phq9_total": t}
+            for d, t in ((-2, 22), (9, 12), (20, 7), (34, 6))
+        ],
+        "as_of": (day + dt.timedelta(days=40)).isoformat(),
+    }
+
+
+@pytest.mark.slow
+def test_acknowledged_forecasts_keep_their_audit_rows_after_sigkill(
+    tmp_path: Path, sqlite_database: Database, service_models: Path
+) -> None:
+    """The audit writer commits in the background, but no answered forecast loses its row.
+
+    Eight clients send forecasts concurrently (batched audit commits in both
+    workers); the whole server is SIGKILLed mid-stream. Every forecast a
+    client received (200, its X-Request-ID) must have its audit row.
+    """
+    prepared = _prepare(tmp_path, sqlite_database)
+    prepared["env"]["FORECAST_MODELS"] = str(service_models)
+    auth = prepared["auth"]
+    server = gunicorn(prepared["env"], prepared["log"])
+    acked: list[str] = []
+    stop = threading.Event()
+    body = _forecast_body()
+
+    def client(k: int) -> None:
+        i = 0
+        with requests.Session() as s:
+            while not stop.is_set():
+                rid = f"kill{k}x{i}"
+                try:
+                    r = s.post(server.base + "/api/v1/forecast", json=body, timeout=10,
+                               headers={**auth, "X-Request-ID": rid})
+                except requests.RequestException:
+                    return  # the server died mid-request: not acknowledged
+                if r.status_code == 200:
+                    assert r.json()["status"], r.text[:300]
+                    acked.append(rid)
+                i += 1
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while len(acked) < 150 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        server.kill()  # mid-stream: commits of the audit writer are in flight
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    finally:
+        stop.set()
+        server.kill()
+    assert len(acked) >= 150
+    st = Store(sqlite_database.url)
+    try:
+        audited = {r["request_id"] for r in st.audit_rows()}
+    finally:
+        st.dispose()
+    lost = sorted(set(acked) - audited)
+    assert not lost, f"{len(lost)} answered forecasts have no audit row, e.g. {lost[:3]}"

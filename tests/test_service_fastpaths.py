@@ -257,11 +257,10 @@ def test_audit_group_commit_acknowledges_only_committed_rows(store: Store) -> No
     assert len({r["request_id"] for r in store.audit_rows()}) == 12 * 8
 
 
-def test_group_commit_error_reaches_every_caller_of_the_failed_transaction() -> None:
+def test_audit_writer_fails_only_the_caller_of_a_bad_row_and_acknowledges_after_commit() -> None:
     import threading
-    import time
 
-    from service.store import GroupCommit
+    from service.store import AuditWriter
 
     written: list[list[dict[str, object]]] = []
     gate = threading.Event()
@@ -272,33 +271,25 @@ def test_group_commit_error_reaches_every_caller_of_the_failed_transaction() -> 
             raise RuntimeError("disk full")
         written.append(list(rows))
 
-    group = GroupCommit(write)
-    outcome: dict[int, str] = {}
-
-    def call(i: int, bad: bool) -> None:
+    writer = AuditWriter(write)
+    tickets = {i: writer.submit([{"i": i, "bad": i == 3}]) for i in range(6)}
+    # Nothing is acknowledged before the transaction holding the rows committed.
+    assert not any(t._done.is_set() for t in tickets.values())
+    gate.set()
+    outcome = {}
+    for i, ticket in tickets.items():
         try:
-            group.submit([{"i": i, "bad": bad}])
+            ticket.wait(10)
             outcome[i] = "ok"
         except RuntimeError:
             outcome[i] = "error"
-
-    def until(condition: object) -> None:
-        deadline = time.monotonic() + 10
-        while not condition() and time.monotonic() < deadline:  # type: ignore[operator]
-            time.sleep(0.005)
-
-    first = threading.Thread(target=call, args=(0, False))
-    first.start()
-    until(lambda: group._busy)  # the first caller leads and waits at the gate
-    rest = [threading.Thread(target=call, args=(i, i == 3)) for i in range(1, 6)]
-    for t in rest:
-        t.start()
-    until(lambda: len(group._open.rows) == 5)  # the rest queue for the next transaction
-    gate.set()
-    for t in [first, *rest]:
-        t.join(timeout=10)
-    # The first transaction held only row 0; rows 1-5 shared the next one, which failed.
-    assert outcome == {0: "ok", 1: "error", 2: "error", 3: "error", 4: "error", 5: "error"}
-    assert written == [[{"i": 0, "bad": False}]]
-    group.submit([{"i": 9, "bad": False}])  # the group keeps working after a failure
+    # A failed shared transaction is retried per caller: only row 3's caller fails.
+    assert outcome == {0: "ok", 1: "ok", 2: "ok", 3: "error", 4: "ok", 5: "ok"}
+    committed = sorted(r["i"] for rows in written for r in rows)
+    assert committed == [0, 1, 2, 4, 5]
+    writer.submit([{"i": 9, "bad": False}]).wait(10)  # it keeps working after a failure
     assert written[-1] == [{"i": 9, "bad": False}]
+    writer.close()
+    writer.submit([{"i": 10, "bad": False}]).wait(10)  # and restarts after close
+    assert written[-1] == [{"i": 10, "bad": False}]
+    writer.close()

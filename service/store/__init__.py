@@ -34,7 +34,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from service.db import DEFAULT_CLINIC
-from service.store.audit import ACTIONS, OUTCOMES, AuditLog, GroupCommit
+from service.store.audit import ACTIONS, OUTCOMES, AuditLog, AuditTicket, AuditWriter
 from service.store.base import MIGRATIONS_DIR, StoreError, make_engine
 from service.store.patients import PatientRows
 from service.store.tokens import ROLES, Credentials, check_clinic, hash_token
@@ -49,7 +49,8 @@ __all__ = [
     "LEGACY_SOURCES_KEY",
     "MIGRATIONS_DIR",
     "ROLES",
-    "GroupCommit",
+    "AuditTicket",
+    "AuditWriter",
     "Store",
     "StoreError",
     "check_clinic",
@@ -92,18 +93,24 @@ class Store(PatientRows, Withdrawals, Credentials, AuditLog):
         # gunicorn --preload forks workers after create_app: a child must not reuse
         # the parent's pooled connections (SQLAlchemy's documented recipe).
         ref = weakref.ref(self)
-        self._audit_group = GroupCommit(self._write_audit)
+        self._audit_writer = AuditWriter(self._write_audit)
 
         def _after_fork() -> None:
             store = ref()
             if store is not None:
                 store.engine.dispose(close=False)
-                store._audit_group = GroupCommit(store._write_audit)
+                # The parent's writer thread does not exist in the child: a fresh writer.
+                store._audit_writer = AuditWriter(store._write_audit)
 
         os.register_at_fork(after_in_child=_after_fork)
 
+    def dispose(self) -> None:
+        """Commit the queued audit rows, stop the audit writer, close pooled connections."""
+        self._audit_writer.close()
+        super().dispose()
+
     def scoped(self, clinic: str | None) -> Store:
-        """This store (same engine and audit group commit) seen by ``clinic``.
+        """This store (same engine and audit writer) seen by ``clinic``.
 
         Every patient query of the copy is filtered by ``clinic``; with None
         the copy refuses patient queries (a request not authenticated).

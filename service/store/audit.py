@@ -18,28 +18,48 @@ from service import db
 from service.store.base import StoreBase
 from service.store.values import utc_times, utcnow
 
+#: Longest wait for the audit writer to commit a caller's rows (then the caller fails).
+COMMIT_TIMEOUT_S = 60.0
 
-class _Batch:
-    """Rows waiting for one commit, and how that commit ended."""
 
-    __slots__ = ("done", "error", "rows")
+class AuditTicket:
+    """The promise of one caller's audit rows: :meth:`wait` returns once they are committed."""
+
+    __slots__ = ("_done", "error")
 
     def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
-        self.done = False
+        self._done = threading.Event()
         self.error: BaseException | None = None
 
+    def settle(self, error: BaseException | None) -> None:
+        """Record how the transaction holding the rows ended, and wake the waiter."""
+        self.error = error
+        self._done.set()
 
-class GroupCommit:
-    """Write rows of concurrent callers in shared transactions (group commit).
+    def wait(self, timeout: float = COMMIT_TIMEOUT_S) -> None:
+        """Return once the rows are committed; raise the write's error (or a timeout)."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"audit rows not committed within {timeout:g} s")
+        if self.error is not None:
+            raise self.error
 
-    The first caller to find no commit in progress becomes the leader: it
-    takes every row queued so far and writes them with ``write(rows)`` (one
-    transaction). Callers arriving meanwhile queue their rows for the next
-    transaction and wait. Every caller returns only after the transaction
-    holding its rows has committed, or raises that transaction's error, so an
-    acknowledged row is as durable as with one transaction per caller; under
-    load one fsync serves many requests.
+
+class AuditWriter:
+    """Commit audit rows in batches from a background thread (group commit).
+
+    :meth:`submit` queues a caller's rows and returns at once with a ticket;
+    the writer thread takes every row queued so far and writes them with
+    ``write(rows)`` (one transaction: one fsync for many requests), then
+    settles their tickets. A caller acknowledges its work (sends its answer)
+    only after ``ticket.wait()`` returned, so an acknowledged row is as
+    durable as with one transaction per caller; a crash can only lose rows
+    whose requests were never answered. When a shared transaction fails,
+    each caller's rows are retried alone, so one bad row fails only its own
+    request.
+
+    The thread starts with the first submission in each process (a forked
+    gunicorn worker starts its own) and stops with :meth:`close` after
+    committing what is queued.
 
     Parameters
     ----------
@@ -50,35 +70,57 @@ class GroupCommit:
     def __init__(self, write: Callable[[list[dict[str, Any]]], None]) -> None:
         self._write = write
         self._cond = threading.Condition()
-        self._open = _Batch()
-        self._busy = False
+        self._pending: list[tuple[list[dict[str, Any]], AuditTicket]] = []
+        self._thread: threading.Thread | None = None
+        self._closed = False
 
-    def submit(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Queue ``rows`` and return once they are committed (or raise the write's error)."""
+    def submit(self, rows: Sequence[dict[str, Any]]) -> AuditTicket:
+        """Queue ``rows`` for the next transaction; the ticket tells when they are committed."""
+        ticket = AuditTicket()
         with self._cond:
-            batch = self._open
-            batch.rows.extend(rows)
-            while not batch.done:
-                if not self._busy:
-                    # Lead: commit everything queued so far; later callers queue anew.
-                    self._busy = True
-                    self._open = _Batch()
-                    break
-                self._cond.wait()
-            else:
-                if batch.error is not None:
-                    raise batch.error
-                return
-        try:
-            self._write(batch.rows)
-        except BaseException as exc:
-            batch.error = exc
-            raise
-        finally:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="kap-audit-writer", daemon=True
+                )
+                self._thread.start()
+            self._pending.append((list(rows), ticket))
+            self._cond.notify()
+        return ticket
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Commit what is queued, then stop the thread (a later submission starts a new one)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        with self._cond:
+            self._closed = False
+
+    def _run(self) -> None:
+        while True:
             with self._cond:
-                batch.done = True
-                self._busy = False
-                self._cond.notify_all()
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending:
+                    self._thread = None
+                    return
+                batch, self._pending = self._pending, []
+            self._commit(batch)
+
+    def _commit(self, batch: list[tuple[list[dict[str, Any]], AuditTicket]]) -> None:
+        try:
+            self._write([row for rows, _ in batch for row in rows])
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting callers
+            if len(batch) == 1:
+                batch[0][1].settle(exc)
+                return
+            for rows, ticket in batch:  # alone, so only the bad rows' caller fails
+                self._commit([(rows, ticket)])
+            return
+        for _, ticket in batch:
+            ticket.settle(None)
 
 
 #: The actions an audit row records (``audit.action``).
@@ -109,7 +151,16 @@ MAX_PAGE = 1000
 class AuditLog(StoreBase):
     """Append-only audit rows, committed before the answer they describe is returned."""
 
-    _audit_group: GroupCommit
+    _audit_writer: AuditWriter
+
+    def submit_audit(self, rows: list[dict[str, Any]]) -> AuditTicket:
+        """Queue audit rows for the background writer; wait on the ticket before answering.
+
+        The rows take the defaults of :meth:`add_audit`. The caller must not
+        acknowledge what the rows describe (send the forecast) before
+        ``ticket.wait()`` returned without error.
+        """
+        return self._audit_writer.submit([self._audit_defaults(r) for r in rows])
 
     def add_audit(self, rows: list[dict[str, Any]], conn: Connection | None = None) -> None:
         """Append audit rows; committed when this returns.
@@ -119,18 +170,19 @@ class AuditLog(StoreBase):
         ``inputs_hash``, ``status``, ``suggested_date``, ``request_id``,
         ``endpoint``); ``clinic`` defaults to this store's, ``outcome`` to ok.
 
-        Without ``conn`` the rows go through the store's group commit: rows of
-        requests served at the same time by this process are written in one
-        transaction (one fsync instead of one each), and every caller returns
-        only after the transaction holding its rows has committed, or raises
-        its error. With ``conn`` they are inserted in that open transaction.
+        Without ``conn`` the rows go through the store's audit writer
+        (:class:`AuditWriter`): rows of requests served at the same time by
+        this process are written in one transaction (one fsync instead of one
+        each), and this returns only after the transaction holding its rows
+        has committed, or raises its error. With ``conn`` they are inserted
+        in that open transaction.
         """
         if not rows:
             return
-        rows = [self._audit_defaults(r) for r in rows]
         if conn is None:
-            self._audit_group.submit(rows)
+            self.submit_audit(rows).wait()
             return
+        rows = [self._audit_defaults(r) for r in rows]
         now = utcnow()
         conn.execute(sa.insert(db.audit), [{"time": now, **r} for r in rows])
 
