@@ -41,6 +41,7 @@ from service import (
     cds,
     errors,
     fhir_api,
+    jsonprovider,
     modelstate,
     openapi,
     pages,
@@ -206,6 +207,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # Our errors carry their own shape; never let Flask render HTML error pages.
     app.config["TRAP_BAD_REQUEST_ERRORS"] = False
     app.json.sort_keys = False  # keep the answer's documented key order
+    jsonprovider.init_app(app)
 
     errors.init_app(app)
     service_logging.init_app(app)
