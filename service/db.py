@@ -201,6 +201,8 @@ audit = sa.Table(
     sa.Index(None, "patient_id"),
     sa.Index(None, "time"),
     sa.Index(None, "clinic", "audit_id"),
+    # A FHIR RiskAssessment is read by its id, the audited inputs hash (migration 0007).
+    sa.Index(None, "clinic", "inputs_hash"),
 )
 
 #: CDS Hooks JWT ids already accepted, until their token expires: the replay check

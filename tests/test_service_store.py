@@ -24,7 +24,7 @@ def test_migrations_create_exactly_the_declared_tables(store: Store) -> None:
         diff = compare_metadata(ctx, db.metadata)
         revision = ctx.get_current_revision()
     assert diff == []
-    assert revision == "0006"
+    assert revision == "0007"
 
 
 def _together(call: Callable[[Store], object], stores: list[Store]) -> list[object]:
@@ -52,8 +52,8 @@ def test_migrate_is_idempotent_and_safe_when_workers_start_together(database: Da
     stores = [Store(database.url, **database.engine_options) for _ in range(3)]
     results = _together(lambda st: st.migrate(), stores)
     try:
-        assert results == ["0006"] * 3
-        assert stores[0].migrate() == "0006"
+        assert results == ["0007"] * 3
+        assert stores[0].migrate() == "0007"
     finally:
         for st in stores:
             st.dispose()
@@ -214,7 +214,7 @@ def test_a_store_at_revision_0001_upgrades_to_head_and_keeps_its_rows(database: 
                 ),
                 {"h": "0" * 64, "t": dt.datetime.now(dt.UTC)},
             )
-        assert st.migrate() == "0006"
+        assert st.migrate() == "0007"
         assert {"cds_jti", "retractions", "row_sources"} <= set(
             sa.inspect(st.engine).get_table_names()
         )

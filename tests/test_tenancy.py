@@ -257,7 +257,7 @@ def test_a_store_of_revision_0004_gets_the_default_clinic(database: Database) ->
             conn.execute(sa.text(
                 "INSERT INTO tokens (name, role, token_hash, created_at) "
                 "VALUES ('dr', 'clinician', :h, :t)"), {"h": hash_token(token), "t": now})
-        assert st.migrate() == "0006"
+        assert st.migrate() == "0007"
         assert st.cohort(["old"]).assessments["phq9_total"].tolist() == [17.0]
         with st.read() as conn:
             assert st.tombstones(conn, ["old"])[0] == {"assessments": {"old": {"a0"}}}
