@@ -83,21 +83,25 @@ def forecast_point_dataset(cohort: Any, definition: Any = None) -> pd.DataFrame:
     the first PHQ-9 after the session that shows the response. This returns,
     for every episode still event-free-observed after that date, the features
     of :func:`forecast.features.features_at` at ``as_of = response_date``
-    (history up to that date only) and the residual outcome in the layout of
+    (history up to that date only; for an episode whose response was read
+    before its session, the session day) and the residual outcome in the layout of
     :func:`forecast.features.landmark_dataset`: ``landmark`` = the response
     day ``s`` (days after the episode start), ``lower = max(lower - s, 0)``,
     ``upper = upper - s``. An episode right-censored at its response
     assessment carries no information after it and has no row.
     """
     ep = build_episodes(cohort, definition)
-    s = ep["response_day"].to_numpy(dtype=float)
+    # A response read at check-in before the session (pre-session rule) is known on
+    # the session day: the first forecast point is then the session day itself.
+    s = np.maximum(ep["response_day"].to_numpy(dtype=float), 0.0)
     lo = ep["lower"].to_numpy(dtype=float)
     up = ep["upper"].to_numpy(dtype=float)
     ev = ep["event"].to_numpy(dtype=bool)
     keep = np.isfinite(s) & (s < np.where(ev, up, lo))
     ep, s, lo, up, ev = ep[keep], s[keep], lo[keep], up[keep], ev[keep]
-    q = pd.DataFrame({"patient_id": ep["patient_id"].to_numpy(dtype=object),
-                      "as_of": pd.to_datetime(ep["response_date"]).to_numpy()})
+    as_of = np.maximum(pd.to_datetime(ep["response_date"]).to_numpy(),
+                       pd.to_datetime(ep["start"]).to_numpy())
+    q = pd.DataFrame({"patient_id": ep["patient_id"].to_numpy(dtype=object), "as_of": as_of})
     frame = features_at(cohort, q, definition)
     # A second session on the response day would start another episode: keep own rows only.
     own = frame["episode_id"].astype(object).to_numpy() == ep["episode_id"].to_numpy(dtype=object)
