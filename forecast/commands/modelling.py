@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -9,6 +11,7 @@ import pandas as pd
 
 from forecast.bundle import DEFAULT_KIND, KINDS
 from forecast.commands import models_option
+from forecast.commands.cluster import dask_client, dask_options
 from forecast.commands.progress import Progress
 from forecast.commands.progress import quiet as progress_quiet
 
@@ -89,15 +92,24 @@ def _truth(folder: Path) -> pd.DataFrame | None:
                    "(landmark: chosen by held-out Brier score; other kinds: 0.01).")
 @click.option("--covariate", "covariates", multiple=True,
               help="Extra numeric column of patients.csv to use as a covariate (repeatable).")
+@dask_options
 def train_command(data_dir: Path, models_opt: Path | None, kind: str, n_bootstrap: int,
-                  seed: int, jobs: int, penalizer: float, covariates: tuple[str, ...]) -> None:
+                  seed: int, jobs: int, penalizer: float, covariates: tuple[str, ...],
+                  dask_spec: str | None, dask_memory: str | None) -> None:
     """Train a model on the cohort in DATA_DIR and save it as a new registry version.
 
-    Prints only the new version id on stdout (progress goes to stderr).
+    Prints only the new version id on stdout (progress goes to stderr). With
+    --dask, DATA_DIR is a partitioned dataset and the fit runs on the cluster
+    (piecewise only; the same version as on one machine, see docs/dask.md).
     """
     from forecast import registry, signing
     from forecast.models import ModelFitError
     from forecast.training import train_and_save
+
+    if dask_spec is not None:
+        _train_dask(data_dir, models_opt, kind, n_bootstrap, seed, penalizer, covariates,
+                    dask_spec, dask_memory)
+        return
 
     # Before any work: a read-only registry or an unreadable key fails now, not after the fit.
     registry.check_writable(registry.models_dir(models_opt))
@@ -135,6 +147,39 @@ def train_command(data_dir: Path, models_opt: Path | None, kind: str, n_bootstra
 COMMANDS.append(train_command)
 
 
+def _train_dask(data_dir: Path, models_opt: Path | None, kind: str, n_bootstrap: int,
+                seed: int, penalizer: float | str, covariates: tuple[str, ...], spec: str,
+                memory: str | None) -> None:
+    """``forecast train --dask``: see forecast.distributed.train."""
+    from forecast import registry, signing
+    from forecast.commands.problems import one_line
+    from forecast.data import ContractError
+    from forecast.models import ModelFitError
+
+    if kind != "piecewise":
+        raise click.UsageError(f"--kind {kind} needs one machine: only piecewise trains on a "
+                               "Dask cluster (run without --dask, or use --kind piecewise)")
+    registry.check_writable(registry.models_dir(models_opt))
+    signing.signing_key()
+    from forecast.distributed.train import train_and_save_dask
+
+    with dask_client(spec, memory) as client, _progress(2, "train (Dask)") as bar:
+        def step(stage: str) -> None:
+            bar.stage(stage)
+
+        try:
+            version = train_and_save_dask(
+                client, data_dir, models_opt, kind=kind, n_bootstrap=n_bootstrap, seed=seed,
+                penalizer=penalizer, covariates=covariates,
+                simulated=(data_dir / "truth").is_dir(), progress=step)
+        except ContractError as exc:
+            raise click.ClickException(one_line(exc.problems, data_dir)) from exc
+        except (ModelFitError, ValueError) as exc:
+            raise click.ClickException(f"training failed: {exc}") from exc
+        bar.update(2)
+    click.echo(version)
+
+
 @click.command("evaluate")
 @click.argument("data_dir", type=_DATA_DIR)
 @click.option("--model", "ref", default="latest", show_default=True,
@@ -165,16 +210,20 @@ COMMANDS.append(train_command)
               help="Patient-level bootstrap resamples for the 95% intervals of the headline "
                    "figures (AUC 28 d, ICI 28/56 d, gap to the oracle), and up to 20 draws of "
                    "the calibrated reference ICI; 0 skips both.")
+@dask_options
 def evaluate_command(data_dir: Path, ref: str, out_dir: Path, models_opt: Path | None,
                      folds: int, holdout_dir: Path | None, jobs: int, kind: str | None,
                      seed: int, with_policy: bool, covariates: tuple[str, ...],
-                     no_record: bool, ci_reps: int) -> None:
+                     no_record: bool, ci_reps: int, dask_spec: str | None,
+                     dask_memory: str | None) -> None:
     """Cross-validate a model version's spec on DATA_DIR against the baselines (KM, Cox).
 
     Writes REPORT/metrics.json, REPORT/report.html and REPORT/model_card.md,
     and records the evaluation's headline figures with the version in the
     registry (what `forecast models approve` checks against its gates).
     On simulated data (truth.csv present) the oracle's metrics are reported too.
+    With --dask the cross-validation folds run as tasks on the cluster (the
+    cohort and the folds' rows are built on this machine; see docs/dask.md).
     """
     from forecast import evaluation, lifecycle, registry
     from forecast.evaluation.report import render
@@ -201,11 +250,12 @@ def evaluate_command(data_dir: Path, ref: str, out_dir: Path, models_opt: Path |
         "conversion": evaluation.CONVERSION_TEXT,
         "data_fingerprint": registry.fingerprint_cohort(cohort)["sha256"],
     }
-    with _progress(folds, "evaluate (cross-validation folds)") as bar:
+    with _progress(folds, "evaluate (cross-validation folds)") as bar, \
+            _folds_on(dask_spec, dask_memory, jobs) as fold_jobs:
         try:
             metrics["cv"] = evaluation.evaluate_cohort(
                 cohort, evaluation.ModelSpec(spec_kind, params), definition=model.definition,
-                truth=truth, n_folds=folds, seed=seed, jobs=jobs,
+                truth=truth, n_folds=folds, seed=seed, jobs=fold_jobs,
                 horizons=model.bundle.horizons, progress=bar.update, ci_reps=ci_reps,
             )
         except ValueError as exc:
@@ -244,6 +294,18 @@ def evaluate_command(data_dir: Path, ref: str, out_dir: Path, models_opt: Path |
         event = lifecycle.record_evaluation(root, model.version, metrics, out_dir.resolve())
         click.echo(f"recorded evaluation {event['evaluation_id']} of {model.version} in {root} "
                    f"(next: `forecast models approve {model.version}`)", err=True)
+
+
+@contextmanager
+def _folds_on(spec: str | None, memory: str | None, jobs: int) -> Iterator[int]:
+    """Where the folds run: joblib here (``jobs``), or Dask tasks on the cluster."""
+    if spec is None:
+        yield jobs
+        return
+    from forecast.distributed.score import joblib_on
+
+    with dask_client(spec, memory) as client, joblib_on(client) as n:
+        yield n
 
 
 def _writable_out(out_dir: Path) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
 from forecast.commands import models_option
+from forecast.commands.cluster import dask_client, dask_options
 
 COMMANDS: list[click.Command] = []
 
@@ -46,6 +48,7 @@ CHUNK_PATIENTS = 2000
     default=None,
     help="Risk accepted at the suggested date, between 0 and 1 (default 0.20).",
 )
+@dask_options
 def predict_command(
     folder: Path,
     ref: str,
@@ -53,6 +56,8 @@ def predict_command(
     out: Path,
     models: Path | None,
     threshold: float | None,
+    dask_spec: str | None,
+    dask_memory: str | None,
 ) -> None:
     """Forecast every patient of FOLDER at --as-of and write one row each to --out.
 
@@ -62,7 +67,8 @@ def predict_command(
     the status says no personalised forecast applies. The safety column is
     "urgent" or "review" when a suicidal-ideation rule fired since the last
     session; blank means no rule fired, which is not a suicide-risk
-    assessment. Decision support only.
+    assessment. Decision support only. With --dask, FOLDER is a partitioned
+    dataset and each part is forecast by a task on the cluster (same rows).
     """
     import pandas as pd
 
@@ -77,12 +83,16 @@ def predict_command(
         model = registry.load(ref, registry.models_dir(models))
     except registry.RegistryError as exc:
         raise click.ClickException(f"cannot load model {ref!r}: {exc}") from exc
+    settings = PolicySettings() if threshold is None else PolicySettings(threshold=threshold)
+    day = pd.Timestamp(as_of).normalize()
+    if dask_spec is not None:
+        table = _predict_dask(folder, model, day, settings, dask_spec, dask_memory)
+        _write(table, out, t0)
+        return
     try:
         cohort = load_cohort(folder, covariates=model.covariates)
     except ContractError as exc:
         raise click.ClickException(one_line(exc.problems, folder)) from exc
-    settings = PolicySettings() if threshold is None else PolicySettings(threshold=threshold)
-    day = pd.Timestamp(as_of).normalize()
     ids = cohort.patients["patient_id"].astype(str).to_numpy()
     click.echo(
         f"forecasting {len(ids)} patients as of {day.date()} with model {model.version}",
@@ -96,6 +106,32 @@ def predict_command(
             frames.append(forecast_rows(answers))
             bar.update(len(chunk))
     table = pd.concat(frames, ignore_index=True) if frames else forecast_rows([])
+    _write(table, out, t0)
+
+
+def _predict_dask(folder: Path, model: Any, day: Any, settings: Any, spec: str,
+                  memory: str | None) -> Any:
+    """``forecast predict --dask``: one task per part (forecast.distributed.score)."""
+    from forecast.commands.problems import one_line
+    from forecast.commands.progress import Progress
+    from forecast.data import ContractError
+    from forecast.distributed.score import predict_dask
+
+    click.echo(f"forecasting the patients of {folder} as of {day.date()} with model "
+               f"{model.version} on Dask ({spec})", err=True)
+    with dask_client(spec, memory) as client:
+        from forecast.distributed.train import part_names
+
+        try:
+            n = len(part_names(folder))
+            with Progress(n, "predict (parts)") as bar:
+                return predict_dask(client, folder, model, day, settings, progress=bar.update)
+        except ContractError as exc:
+            raise click.ClickException(one_line(exc.problems, folder)) from exc
+
+
+def _write(table: Any, out: Path, t0: float) -> None:
+    """Write the predict rows and say what was written."""
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)
     counts = table["status"].value_counts().to_dict()
