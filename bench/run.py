@@ -11,13 +11,21 @@ latter and explains each figure), then prints one table:
 3. HTTP throughput and latency of the production server (gunicorn, 2 workers x 4
    threads, on 127.0.0.1 with a free port, SQLite store and model registry in a
    temporary folder, a clinician token from ``forecast tokens create``) for the
-   stored-patient, stateless and batch forecasts, each beside the bare
-   ``GET /api/v1/health`` of the same server in the same run, at 16 connections (wrk
-   if installed, else ``tests/fixtures/http_load.py``);
-4. one-client service latencies (``bench/service_latency.py``, a subprocess);
-5. forecasts at the point of care per assessment schedule: coverage, calibration,
+   stored-patient, stateless, CDS Hooks patient-view and batch forecasts, each beside
+   the bare ``GET /api/v1/health`` of the same server in the same run, at 16
+   connections (wrk if installed, else ``tests/fixtures/http_load.py``), with a py-spy
+   profile of each forecast endpoint taken in a second, unmeasured run;
+4. ``store``: the stored forecast against a bulk-seeded store of 100,000 patients,
+   3 million assessments and a million audit rows, on SQLite and PostgreSQL
+   (``bench/store_scale.py``), with a batch of 1,000 stored patients and a FHIR
+   RiskAssessment read by id;
+5. ``predict``: ``forecast predict`` on 100,000 simulated patients;
+6. one-client service latencies (``bench/service_latency.py``, a subprocess);
+7. forecasts at the point of care per assessment schedule: coverage, calibration,
    AUC against the oracle, totals-only movement, daily-curve shape
-   (``bench/point_of_care.py``, a subprocess).
+   (``bench/point_of_care.py``, a subprocess);
+6. training on Dask vs one machine: 100k patients both ways (20k with ``--quick``),
+   1M on Dask with ``--dask-million`` (``bench/dask_scale.py``, a subprocess).
 
 Every section is bounded in time and runs even when an earlier one failed; a failed
 section is recorded with its error and makes the exit status 1. Each section records
@@ -27,7 +35,8 @@ Usage::
 
     python bench/run.py            # everything (about 8 minutes on 2 idle cores)
     python bench/run.py --quick    # skip the 100k training run, 5 s per endpoint
-    python bench/run.py --only http --profile --merge   # redo one section, keep the rest
+    python bench/run.py --only http --merge   # redo one section, keep the rest
+    python bench/run.py --only store --only predict   # issue 23's store scale and predict
     python bench/run.py --page-only   # rewrite the docs page from bench/results.json
 """
 
@@ -49,8 +58,9 @@ import time
 import traceback
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +76,33 @@ sys.path.insert(0, str(ROOT))
 # The bounded loopback load generator lives with the tests, which check its safety rules.
 from tests.fixtures import http_load  # noqa: E402
 
-#: Targets of issue 7 (docs/benchmarks.md).
+#: Targets of issues 7 and 23 (docs/benchmarks.md).
 TARGET_BUNDLE_SPEEDUP = 100.0
 TARGET_THROUGHPUT_SHARE = 0.5
 TARGET_P99_MS = 20.0
+#: CDS Hooks patient-view: share of the bare endpoint's requests per second.
+TARGET_CDS_SHARE = 0.3
+#: A batch of 1,000 stored patients: milliseconds of server time (one client).
+TARGET_BATCH_1000_MS = 100.0
+#: ``forecast predict`` on 100,000 patients: seconds.
+TARGET_PREDICT_100K_S = 10.0
+
+#: The store of the ``store`` section (issue 23): patients, assessments, audit rows.
+STORE_PATIENTS = 100_000
+STORE_ASSESSMENTS = 3_000_000
+STORE_AUDIT_ROWS = 1_000_000
+#: The PostgreSQL server of the ``store`` section (a private schema, dropped after).
+STORE_PG_URL = os.environ.get(
+    "FORECAST_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+#: Patients forecast by ``forecast predict`` in the ``predict`` section.
+PREDICT_PATIENTS = 100_000
+
+#: A CDS Hooks client of the benchmark server (HS256: FORECAST_CDS_ALLOW_HS256=1).
+CDS_ISS = "https://bench-ehr.invalid"
+CDS_SECRET = "bench-" + "s" * 40
+CDS_PATH = "/cds-services/kap-forecast-maintenance"
+CDS_AUDIENCE = "https://bench.invalid" + CDS_PATH
 
 #: Patients simulated for the HTTP section's model and request bodies.
 HTTP_COHORT_PATIENTS = 400
@@ -80,7 +113,7 @@ BATCH_SIZE = 10
 WORKERS = 2
 THREADS = 4
 
-SECTIONS = ("bundle", "train", "http", "service", "care")
+SECTIONS = ("bundle", "train", "http", "store", "predict", "service", "care", "dask")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -225,6 +258,42 @@ def bench_care(quick: bool) -> dict[str, Any]:
         "figures": json.loads(out.read_text()),
         "stdout": stdout[-4000:],
     }
+
+
+def bench_dask(quick: bool, million: bool) -> dict[str, Any]:
+    """Run bench/dask_scale.py (100k single machine vs Dask; 1M with --dask-million)."""
+    script = BENCH_DIR / "dask_scale.py"
+    out = OUT_DIR / "dask_scale.json"
+    out.unlink(missing_ok=True)
+    cmd = [sys.executable, str(script), "--sizes", "20000" if quick else "100000"]
+    if million:
+        cmd.append("--million")
+    started = time.perf_counter()
+    stdout = _run(cmd, timeout=7200 if million else 3000, cwd=ROOT)
+    return {
+        "wall_s": round(time.perf_counter() - started, 1),
+        "figures": json.loads(out.read_text()),
+        "stdout": stdout[-4000:],
+    }
+
+
+def dask_rows(figures: dict[str, Any]) -> list[dict[str, Any]]:
+    """bench/dask_scale.py's figures: one row per cohort size."""
+    out = []
+    for r in figures.get("rows", []):
+        single, d = r.get("single", {}), r["dask"]
+        out.append({
+            "patients": f"{r['patients']:,}",
+            "parts": r["parts"],
+            "bootstrap": r["bootstrap"],
+            "one machine s": single.get("seconds"),
+            "one machine peak GB": single.get("peak_gb"),
+            "Dask s": d["seconds"],
+            "Dask workers x limit": f"{d['workers']} x {d['memory_limit']}",
+            "peak GB per worker": ", ".join(str(x) for x in d["worker_peak_gb"]),
+            "max abs difference": r.get("max_abs_difference"),
+        })
+    return out
 
 
 def care_rows(figures: dict[str, Any]) -> list[dict[str, Any]]:
@@ -449,19 +518,33 @@ class Server:
 
 
 @contextmanager
-def production_server(workdir: Path) -> Iterator[tuple[Server, str, Any]]:
-    """Simulate, train, create a token and start gunicorn; yield (server, token, cohort)."""
+def production_server(
+    workdir: Path, database_url: str | None = None
+) -> Iterator[tuple[Server, str, Any]]:
+    """Simulate, train, create a token and start gunicorn; yield (server, token, cohort).
+
+    The store is a SQLite file in ``workdir`` unless ``database_url`` names another
+    (already migrated) database. The server accepts the benchmark's CDS Hooks client.
+    """
     from forecast.simulation import simulate, write_simulation
 
     cohort_dir = workdir / "cohort"
     models = workdir / "models"
     sim = simulate(HTTP_COHORT_PATIENTS, HTTP_COHORT_SEED)
     write_simulation(sim, cohort_dir)
+    clients = workdir / "cds-clients.json"
+    clients.write_text(
+        json.dumps({"clients": [{"iss": CDS_ISS, "secret": CDS_SECRET, "algorithms": ["HS256"]}]})
+    )
+    clients.chmod(0o600)
     env = dict(os.environ)
     env.update(
         FORECAST_MODELS=str(models),
-        FORECAST_DATABASE_URL=f"sqlite:///{workdir / 'store.sqlite'}",
+        FORECAST_DATABASE_URL=database_url or f"sqlite:///{workdir / 'store.sqlite'}",
         FORECAST_INSTANCE_PATH=str(workdir / "instance"),
+        FORECAST_CDS_CLIENTS=str(clients),
+        FORECAST_CDS_ALLOW_HS256="1",
+        FORECAST_CDS_AUDIENCE=CDS_AUDIENCE,
     )
     forecast_cli = str(Path(sys.executable).with_name("forecast"))
     _run([forecast_cli, "train", str(cohort_dir), "--models", str(models)], timeout=900, env=env)
@@ -594,6 +677,131 @@ def summarise_profile(raw: str, top: int = 15) -> dict[str, Any]:
     return {"samples": total, "self": ranked(self_time), "inclusive_project": ranked(inclusive)}
 
 
+@dataclass
+class Scenario:
+    """One endpoint loaded at ``connections``: what is sent and which target applies."""
+
+    name: str
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any = None
+    patients: int = 1
+    #: Least share of the bare endpoint's req/s (None: no target); p99 target or None.
+    share_target: float | None = None
+    p99_target: float | None = None
+    #: A header sent with the next of these values on each request (single-use tokens),
+    #: or a function making them just before the scenario runs (tokens expire).
+    rotate: tuple[str, list[str]] | Callable[[], tuple[str, list[str]]] | None = None
+
+
+def _cds_scenario(pid: str, duration: float) -> Scenario:
+    """CDS Hooks patient-view of a stored patient; every request its own JWT (jti replay)."""
+    from bench.store_scale import cds_tokens
+
+    body = {
+        "hook": "patient-view",
+        "hookInstance": "5b0b5a4e-bench-4c7e-9a43-cd5hooks0001",
+        "context": {"userId": "Practitioner/bench", "patientId": pid},
+    }
+
+    def tokens() -> tuple[str, list[str]]:
+        # Enough single-use tokens for the warm-up and the run, well above the bare rate.
+        made = cds_tokens(int(3000 * (duration + 2)), CDS_SECRET, CDS_ISS, CDS_AUDIENCE)
+        return "Authorization", [f"Bearer {t}" for t in made]
+
+    return Scenario(
+        "CDS patient-view", "POST", CDS_PATH, {}, body, share_target=TARGET_CDS_SHARE,
+        rotate=tokens,
+    )
+
+
+def _load_rows(
+    server: Server,
+    scenarios: list[Scenario],
+    *,
+    duration: float,
+    connections: int,
+    driver: str,
+    profile_dir: Path | None = None,
+) -> list[dict[str, Any]]:
+    """Load each scenario after a warm-up and an idle server; optionally profile it after.
+
+    The profile (py-spy on the workers) is a separate run after the measured one, so it
+    does not slow the figures down.
+    """
+    rows = []
+    for sc in scenarios:
+        raw = None if sc.body is None else json.dumps(sc.body).encode()
+        kwargs: dict[str, Any] = {
+            "driver": driver, "method": sc.method, "headers": sc.headers, "body": raw,
+            "connections": connections,
+        }
+        if sc.rotate is not None:
+            name, values = sc.rotate() if callable(sc.rotate) else sc.rotate
+            # Warm-up and run must not reuse a token: split the values between them.
+            part = len(values) // 8
+            warm = {**kwargs, "rotate": (name, values[:part])}
+            kwargs["rotate"] = (name, values[part:])
+        else:
+            warm = kwargs
+        http_load.run_load(server.base + sc.path, duration=1.0, **warm)
+        waited = server.wait_idle()
+        res = http_load.run_load(server.base + sc.path, duration=duration, **kwargs)
+        row = {"name": sc.name, "patients_per_request": sc.patients, **res.as_dict()}
+        row["idle_wait_s"] = waited
+        row["patients_per_s"] = round(res.rps * sc.patients, 1)
+        row["share_target"] = sc.share_target
+        row["p99_target"] = sc.p99_target
+        print(
+            f"[bench]   {sc.name}: {res.rps:.0f} req/s, p99 {res.p99_ms} ms, errors {res.errors}",
+            file=sys.stderr,
+            flush=True,
+        )
+        server.wait_idle()
+        if profile_dir is not None and sc.share_target is not None and sc.rotate is None:
+            row["profile"] = _profile_run(server, sc, kwargs, duration, profile_dir)
+            server.wait_idle()
+        rows.append(row)
+    return rows
+
+
+def _profile_run(
+    server: Server, sc: Scenario, kwargs: dict[str, Any], duration: float, out_dir: Path
+) -> dict[str, Any] | None:
+    """Sample the workers with py-spy while the scenario runs again (not measured)."""
+    out = out_dir / f"py-spy-{len(list(out_dir.glob('py-spy-*')))}.txt"
+    seconds = max(2.0, duration / 2)
+    spy = _start_profiler(server, seconds, out)
+    if spy is None:
+        return None
+    http_load.run_load(server.base + sc.path, duration=seconds + 0.5, **kwargs)
+    spy.wait(timeout=seconds + 60)
+    return summarise_profile(out.read_text(errors="replace")) if out.exists() else None
+
+
+def _judge(rows: list[dict[str, Any]]) -> None:
+    """Shares of the bare endpoint (the better of its runs) and the targets met."""
+    bare_rps = max(r["rps"] for r in rows if r["name"].startswith("health"))
+    for row in rows:
+        row["share_of_bare"] = round(row["rps"] / bare_rps, 3) if bare_rps else None
+        if row.get("share_target") is not None:
+            row["meets_throughput"] = bool((row["share_of_bare"] or 0) >= row["share_target"])
+        if row.get("p99_target") is not None:
+            row["meets_p99"] = bool(row["p99_ms"] is not None and row["p99_ms"] < row["p99_target"])
+
+
+def _server_ms(server: Server, token: str, method: str, path: str, body: Any, n: int) -> dict:
+    """One client, ``n`` calls: median and best milliseconds (loopback: ~ server time)."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        _check(server, token, method, path, body)
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return {"n": n, "median_ms": round(times[len(times) // 2], 1), "best_ms": round(times[0], 1)}
+
+
 def bench_http(
     duration: float, connections: int, driver: str, profile: bool = False
 ) -> dict[str, Any]:
@@ -621,59 +829,26 @@ def bench_http(
             _check(server, token, "POST", "/api/v1/forecast/batch", histories)
             _check(server, token, "POST", "/api/v1/forecast/batch", by_id)
             n = len(bodies)
-            scenarios: list[tuple[str, str, str, dict[str, str], Any, int]] = [
-                ("health (bare, no auth)", "GET", "/api/v1/health", {}, None, 1),
-                ("model card (auth, no model run)", "GET", "/api/v1/model", auth, None, 1),
-                ("stored-patient forecast", "GET", one, auth, None, 1),
-                ("stateless forecast", "POST", "/api/v1/forecast", auth, bodies[0], 1),
-                (f"batch, {n} histories", "POST", "/api/v1/forecast/batch", auth, histories, n),
-                (f"batch, {n} stored", "POST", "/api/v1/forecast/batch", auth, by_id, n),
-                ("health (bare, again)", "GET", "/api/v1/health", {}, None, 1),
+            ok, p99 = TARGET_THROUGHPUT_SHARE, TARGET_P99_MS
+            scenarios = [
+                Scenario("health (bare, no auth)", "GET", "/api/v1/health", {}),
+                Scenario("model card (auth, no model run)", "GET", "/api/v1/model", auth),
+                Scenario("stored-patient forecast", "GET", one, auth, None, 1, ok, p99),
+                Scenario("stateless forecast", "POST", "/api/v1/forecast", auth, bodies[0], 1,
+                         ok, p99),
+                _cds_scenario(stored[0], duration),
+                Scenario(f"batch, {n} histories", "POST", "/api/v1/forecast/batch", auth,
+                         histories, n),
+                Scenario(f"batch, {n} stored", "POST", "/api/v1/forecast/batch", auth, by_id, n),
+                Scenario("health (bare, again)", "GET", "/api/v1/health", {}),
             ]
-            rows = []
-            profiled: dict[str, Any] | None = None
-            for name, method, path, headers, body, patients in scenarios:
-                raw = None if body is None else json.dumps(body).encode()
-                kwargs = {
-                    "driver": driver,
-                    "method": method,
-                    "headers": headers,
-                    "body": raw,
-                    "connections": connections,
-                }
-                # A short warm-up so both workers have imported and cached what they need.
-                http_load.run_load(server.base + path, duration=1.0, **kwargs)
-                waited = server.wait_idle()
-                spy = None
-                if profile and name == "stateless forecast":
-                    spy_out = workdir / "py-spy.txt"
-                    spy = _start_profiler(server, duration - 1, spy_out)
-                res = http_load.run_load(server.base + path, duration=duration, **kwargs)
-                if spy is not None:
-                    spy.wait(timeout=duration + 60)
-                    if spy_out.exists():
-                        profiled = summarise_profile(spy_out.read_text(errors="replace"))
-                row = {"name": name, "patients_per_request": patients, **res.as_dict()}
-                row["idle_wait_s"] = waited
-                row["patients_per_s"] = round(res.rps * patients, 1)
-                rows.append(row)
-                print(
-                    f"[bench]   {name}: {res.rps:.0f} req/s, p99 {res.p99_ms} ms, "
-                    f"errors {res.errors}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                server.wait_idle()
+            rows = _load_rows(
+                server, scenarios, duration=duration, connections=connections, driver=driver,
+                profile_dir=workdir if profile else None,
+            )
             workers = server.worker_pids()
             log_tail = server.log_tail()
-    # The bare endpoint ran first and last (the machine's load may drift); compare with
-    # the better of the two, which is the stricter comparison.
-    bare_rps = max(r["rps"] for r in rows if r["name"].startswith("health"))
-    for row in rows:
-        row["share_of_bare"] = round(row["rps"] / bare_rps, 3) if bare_rps else None
-        if "forecast" in row["name"] or row["name"].startswith("batch"):
-            row["meets_throughput"] = bool(row["share_of_bare"] >= TARGET_THROUGHPUT_SHARE)
-            row["meets_p99"] = bool(row["p99_ms"] is not None and row["p99_ms"] < TARGET_P99_MS)
+    _judge(rows)
     return {
         "server": f"gunicorn, {WORKERS} workers x {THREADS} threads (gthread), 127.0.0.1, "
         "SQLite store",
@@ -686,7 +861,149 @@ def bench_http(
         "batch_size": BATCH_SIZE,
         "rows": rows,
         "server_log_tail": log_tail,
-        "profile_stateless_forecast": profiled,
+    }
+
+
+# --------------------------------------------------------------------------- store scale
+
+
+@contextmanager
+def _store_database(backend: str, workdir: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """An empty database of ``backend``: (URL for the server, engine options for seeding)."""
+    if backend == "sqlite":
+        yield f"sqlite:///{workdir / 'store.sqlite'}", {}
+        return
+    import secrets
+
+    import sqlalchemy as sa
+
+    schema = f"kap_bench_{secrets.token_hex(4)}"
+    engine = sa.create_engine(STORE_PG_URL)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        sep = "&" if "?" in STORE_PG_URL else "?"
+        yield (
+            f"{STORE_PG_URL}{sep}options=-csearch_path%3D{schema}",
+            {"connect_args": {"options": f"-csearch_path={schema}"}},
+        )
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        engine.dispose()
+
+
+def _seed(url: str, options: dict[str, Any], quick: bool) -> dict[str, Any]:
+    from bench.store_scale import seed_store
+    from service.store import Store
+
+    scale = 5 if quick else 1
+    store = Store(url.split("?")[0] if options else url, **options)
+    try:
+        store.migrate()
+        return seed_store(
+            store, STORE_PATIENTS // scale, STORE_ASSESSMENTS // scale, STORE_AUDIT_ROWS // scale
+        )
+    finally:
+        store.dispose()
+
+
+def _risk_assessment_read(server: Server, token: str, pid: str) -> dict[str, Any]:
+    """Time ``GET /fhir/r4/RiskAssessment/{id}`` (found by the audited inputs hash)."""
+    found = _check(server, token, "GET", f"/fhir/r4/RiskAssessment?subject=Patient/{pid}")
+    rid = found["entry"][0]["resource"]["id"]
+    return _server_ms(server, token, "GET", f"/fhir/r4/RiskAssessment/{rid}", None, 20)
+
+
+def _store_backend(
+    backend: str, duration: float, connections: int, driver: str, profile: bool, quick: bool
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix=f"kap-bench-store-{backend}-") as tmp:
+        workdir = Path(tmp)
+        with _store_database(backend, workdir) as (url, options):
+            started = time.perf_counter()
+            seeded = _seed(url, options, quick)
+            print(f"[bench]   {backend}: seeded {seeded['rows']} in "
+                  f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+            with production_server(workdir, url) as (server, token, cohort):
+                bodies = _pick_patients(server, token, cohort, BATCH_SIZE)
+                stored = [_store_patient(server, token, b) for b in bodies]
+                auth = {"Authorization": f"Bearer {token}"}
+                one = f"/api/v1/patients/{stored[0]}/forecast?as_of={bodies[0]['as_of']}"
+                _check(server, token, "GET", one)
+                rows = _load_rows(
+                    server,
+                    [
+                        Scenario("health (bare, no auth)", "GET", "/api/v1/health", {}),
+                        Scenario("stored-patient forecast", "GET", one, auth, None, 1,
+                                 TARGET_THROUGHPUT_SHARE, TARGET_P99_MS),
+                        Scenario("health (bare, again)", "GET", "/api/v1/health", {}),
+                    ],
+                    duration=duration, connections=connections, driver=driver,
+                    profile_dir=workdir if profile else None,
+                )
+                batch = {"as_of": "2026-10-01",
+                         "patients": [{"patient_id": p} for p in seeded["patient_ids"][:1000]]}
+                batch_ms = _server_ms(server, token, "POST", "/api/v1/forecast/batch", batch, 5)
+                read_ms = _risk_assessment_read(server, token, stored[0])
+    _judge(rows)
+    return {
+        "backend": backend,
+        "rows_in_store": seeded["rows"],
+        "seed_s": {"simulate": seeded["simulate_s"], "write": seeded["write_s"]},
+        "rows": rows,
+        "batch_1000_stored": {**batch_ms,
+                              "meets": bool(batch_ms["median_ms"] < TARGET_BATCH_1000_MS)},
+        "risk_assessment_read": read_ms,
+    }
+
+
+def bench_store(
+    duration: float, connections: int, driver: str, profile: bool, quick: bool
+) -> dict[str, Any]:
+    """Stored forecasts against a store at clinic scale, on SQLite and PostgreSQL.
+
+    The store is bulk-seeded (bench/store_scale.py) with 100,000 patients, 3 million
+    assessments and a million audit rows (a fifth with ``--quick``), then the benchmark's
+    own patients are stored through the API and loaded as in the ``http`` section.
+    """
+    out: dict[str, Any] = {"backends": {}, "connections": connections, "duration_s": duration}
+    for backend in ("sqlite", "postgresql"):
+        try:
+            out["backends"][backend] = _store_backend(
+                backend, duration, connections, driver, profile, quick
+            )
+        except Exception as exc:  # noqa: BLE001 - recorded; the other backend still runs
+            out["backends"][backend] = {"error": f"{type(exc).__name__}: {exc}"}
+    if all("error" in b for b in out["backends"].values()):
+        raise RuntimeError("; ".join(b["error"] for b in out["backends"].values()))
+    return out
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def bench_predict(quick: bool) -> dict[str, Any]:
+    """``forecast predict`` on a simulated clinic of 100,000 patients (20,000 with --quick)."""
+    n = PREDICT_PATIENTS // 5 if quick else PREDICT_PATIENTS
+    forecast_cli = str(Path(sys.executable).with_name("forecast"))
+    with tempfile.TemporaryDirectory(prefix="kap-bench-predict-") as tmp:
+        work = Path(tmp)
+        env = {**os.environ, "FORECAST_MODELS": str(work / "models")}
+        _run([forecast_cli, "simulate", "--patients", str(HTTP_COHORT_PATIENTS), "--seed",
+              str(HTTP_COHORT_SEED), "--out", str(work / "train")], timeout=600, env=env)
+        _run([forecast_cli, "train", str(work / "train")], timeout=900, env=env)
+        _run([forecast_cli, "simulate", "--patients", str(n), "--seed", "7", "--out",
+              str(work / "clinic")], timeout=900, env=env)
+        started = time.perf_counter()
+        _run([forecast_cli, "predict", str(work / "clinic"), "--as-of", "2026-10-01", "--out",
+              str(work / "preds.csv")], timeout=1800, env=env)
+        wall = time.perf_counter() - started
+    return {
+        "patients": n,
+        "wall_s": round(wall, 1),
+        "command": f"forecast predict CLINIC --as-of 2026-10-01 --out preds.csv ({n:,} patients)",
+        "meets": bool(n == PREDICT_PATIENTS and wall < TARGET_PREDICT_100K_S),
     }
 
 
@@ -730,38 +1047,70 @@ def print_table(results: dict[str, Any]) -> None:
             )
             print(head)
             for r in http["rows"]:
-                targets = ""
-                if "meets_throughput" in r:
-                    targets = (
-                        ("share ok" if r["meets_throughput"] else "share MISSED")
-                        + ", "
-                        + ("p99 ok" if r["meets_p99"] else "p99 MISSED")
-                    )
                 print(
                     f"   {r['name']:34} {_fmt(r['rps']):>9} {_fmt(r['patients_per_s']):>9} "
                     f"{_fmt(r['p50_ms'], 2):>8} {_fmt(r['p99_ms'], 2):>8} {r['errors']:>6} "
-                    f"{_fmt(r['share_of_bare'], 2):>6}  {targets}"
+                    f"{_fmt(r['share_of_bare'], 2):>6}  {_targets_cell(r)}"
                 )
             print(f"   driver: {http['rows'][0]['driver']}; bare endpoint: {http['bare_endpoint']}")
-            prof = http.get("profile_stateless_forecast")
-            if prof:
-                print(
-                    f"\n   py-spy, stateless forecast ({prof['samples']} samples), "
-                    "inclusive share of project functions:"
-                )
-                for fn, share in prof["inclusive_project"]:
-                    print(f"     {share:6.1%}  {fn}")
-                print("   self time (leaf functions):")
-                for fn, share in prof["self"][:10]:
-                    print(f"     {share:6.1%}  {fn}")
+    for line in _store_lines(sec.get("store")) + _predict_lines(sec.get("predict")):
+        print(line)
     service = sec.get("service")
     if service is not None:
-        print("\n4. Service latency, one client (bench/service_latency.py)")
+        print("\nService latency, one client (bench/service_latency.py)")
         if "error" in service:
             print(f"   FAILED: {service['error']}")
         else:
             for row in service.get("summary", []):
                 print(f"   {row}")
+
+
+def _targets_cell(r: dict[str, Any]) -> str:
+    """A row's targets: share of the bare endpoint and p99, met or missed."""
+    parts = []
+    if r.get("share_target") is not None:
+        verdict = "met" if r.get("meets_throughput") else "**missed**"
+        parts.append(f">= {r['share_target']} share {verdict}")
+    if r.get("p99_target") is not None:
+        verdict = "met" if r.get("meets_p99") else "**missed**"
+        parts.append(f"p99 < {r['p99_target']:.0f} ms {verdict}")
+    return ", ".join(parts)
+
+
+def _store_lines(store: dict[str, Any] | None) -> list[str]:
+    """The store section as plain-text lines (also used for the page, as a table)."""
+    if store is None:
+        return []
+    lines = ["\nStore at scale (stored forecasts, bulk-seeded store)"]
+    if "error" in store:
+        return [*lines, f"   FAILED: {store['error']}"]
+    for backend, b in store.get("backends", {}).items():
+        if "error" in b:
+            lines.append(f"   {backend}: FAILED: {b['error']}")
+            continue
+        lines.append(f"   {backend}: {b['rows_in_store']}")
+        for r in b["rows"]:
+            lines.append(
+                f"     {r['name']:28} {_fmt(r['rps']):>9} req/s  p99 {_fmt(r['p99_ms'], 2):>8} ms "
+                f"share {_fmt(r['share_of_bare'], 2):>5}  {_targets_cell(r)}"
+            )
+        bt = b["batch_1000_stored"]
+        lines.append(f"     batch of 1,000 stored: median {bt['median_ms']} ms "
+                     f"(target < {TARGET_BATCH_1000_MS:.0f} ms: "
+                     f"{'met' if bt['meets'] else 'missed'})")
+        read = b["risk_assessment_read"]["median_ms"]
+        lines.append(f"     RiskAssessment read by id: median {read} ms")
+    return lines
+
+
+def _predict_lines(pred: dict[str, Any] | None) -> list[str]:
+    if pred is None:
+        return []
+    if "error" in pred:
+        return ["\nforecast predict", f"   FAILED: {pred['error']}"]
+    return ["\nforecast predict", f"   {pred['command']}: {pred['wall_s']} s "
+            f"(target < {TARGET_PREDICT_100K_S:.0f} s on 100,000: "
+            f"{'met' if pred['meets'] else 'missed'})"]
 
 
 def bundle_rows(figures: dict[str, Any]) -> list[dict[str, Any]]:
@@ -912,26 +1261,91 @@ def target_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 )
     http = sec.get("http")
     if http is not None and "error" not in http:
-        rows = [r for r in http["rows"] if "meets_throughput" in r]
-        if rows:
-            shares = [r["share_of_bare"] for r in rows]
-            p99 = [r["p99_ms"] for r in rows if r["p99_ms"] is not None]
-            out.append(
-                {
-                    "target": f"forecast throughput >= {TARGET_THROUGHPUT_SHARE} of the bare "
-                    "endpoint's",
-                    "measured": f"{min(shares):.3f}-{max(shares):.3f}",
-                    "met?": "met" if all(r["meets_throughput"] for r in rows) else "missed",
-                }
-            )
-            out.append(
-                {
-                    "target": f"forecast p99 < {TARGET_P99_MS:.0f} ms at "
-                    f"{http.get('connections')} connections",
-                    "measured": f"{min(p99):.0f}-{max(p99):.0f} ms" if p99 else "-",
-                    "met?": "met" if all(r["meets_p99"] for r in rows) else "missed",
-                }
-            )
+        out += _row_targets(http["rows"], "", http.get("connections"))
+    store = sec.get("store")
+    if store is not None and "error" not in store:
+        for backend, b in store.get("backends", {}).items():
+            if "error" in b:
+                out.append({"target": f"{backend} store at scale", "measured": "failed",
+                            "met?": "missed"})
+                continue
+            out += _row_targets(b["rows"], f"{backend}, {b['rows_in_store']['patients']:,} "
+                                f"patients / {b['rows_in_store']['assessments']:,} assessments: ",
+                                store.get("connections"))
+            bt = b["batch_1000_stored"]
+            out.append({
+                "target": f"{backend} store: batch of 1,000 stored patients < "
+                f"{TARGET_BATCH_1000_MS:.0f} ms server time",
+                "measured": f"{bt['median_ms']:.0f} ms (median of {bt['n']}, one client)",
+                "met?": "met" if bt["meets"] else "missed",
+            })
+    pred = sec.get("predict")
+    if pred is not None and "error" not in pred:
+        out.append({
+            "target": f"forecast predict on 100,000 patients < {TARGET_PREDICT_100K_S:.0f} s",
+            "measured": f"{pred['wall_s']} s ({pred['patients']:,} patients)",
+            "met?": "met" if pred["meets"] else "missed",
+        })
+    return out
+
+
+def _row_targets(rows: list[dict[str, Any]], prefix: str, connections: Any) -> list[dict]:
+    """One target row per measured endpoint with a target (share of bare, p99)."""
+    out = []
+    for r in rows:
+        if r.get("share_target") is not None:
+            out.append({
+                "target": f"{prefix}{r['name']} >= {r['share_target']} of the bare endpoint's "
+                "req/s",
+                "measured": f"{r['share_of_bare']:.3f} ({r['rps']:,.0f} req/s)",
+                "met?": "met" if r.get("meets_throughput") else "missed",
+            })
+        if r.get("p99_target") is not None:
+            out.append({
+                "target": f"{prefix}{r['name']} p99 < {r['p99_target']:.0f} ms at "
+                f"{connections or 16} connections",
+                "measured": f"{_fmt(r['p99_ms'], 1)} ms",
+                "met?": "met" if r.get("meets_p99") else "missed",
+            })
+    return out
+
+
+def _md_load_table(rows: list[dict[str, Any]]) -> list[str]:
+    out = [
+        "| endpoint | req/s | patients/s | p50 ms | p99 ms | errors | share of bare | targets |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['name']} | {_fmt(r['rps'])} | {_fmt(r['patients_per_s'])} | "
+            f"{_fmt(r['p50_ms'], 2)} | {_fmt(r['p99_ms'], 2)} | {r['errors']} | "
+            f"{_fmt(r['share_of_bare'], 3)} | {_targets_cell(r)} |"
+        )
+    return out
+
+
+def _md_profiles(rows: list[dict[str, Any]]) -> list[str]:
+    """py-spy summaries of the profiled endpoints: inclusive project share and leaf time."""
+    out: list[str] = []
+    for r in rows:
+        prof = r.get("profile")
+        if not prof or not prof.get("samples"):
+            continue
+        out += [
+            f"py-spy, {r['name']} ({prof['samples']} samples of both workers, in a separate "
+            "run after the measured one): where the time goes",
+            "",
+            *_md_table(
+                [{"function (inclusive, project)": fn, "share": f"{share:.1%}"}
+                 for fn, share in prof["inclusive_project"]]
+            ),
+            "",
+            *_md_table(
+                [{"leaf function (self time)": fn, "share": f"{share:.1%}"}
+                 for fn, share in prof["self"][:10]]
+            ),
+            "",
+        ]
     return out
 
 
@@ -969,40 +1383,44 @@ def markdown_report(results: dict[str, Any]) -> str:
                 f"{http.get('measured_at', '?')}, load average "
                 f"{http.get('loadavg_before', '?')} before."
             )
-            lines += [
-                "",
-                "| endpoint | req/s | patients/s | p50 ms | p99 ms | errors | share of bare "
-                "| targets (>= 0.5 share, p99 < 20 ms) |",
-                "|---|---:|---:|---:|---:|---:|---:|---|",
-            ]
-            for r in http["rows"]:
-                targets_cell = ""
-                if "meets_throughput" in r:
-                    targets_cell = (
-                        ("met" if r["meets_throughput"] else "**missed**")
-                        + " / "
-                        + ("met" if r["meets_p99"] else "**missed**")
-                    )
-                lines.append(
-                    f"| {r['name']} | {_fmt(r['rps'])} | {_fmt(r['patients_per_s'])} | "
-                    f"{_fmt(r['p50_ms'], 2)} | {_fmt(r['p99_ms'], 2)} | {r['errors']} | "
-                    f"{_fmt(r['share_of_bare'], 3)} | {targets_cell} |"
-                )
+            lines += ["", *_md_load_table(http["rows"])]
             lines += ["", f"Load generator: {http['rows'][0]['driver']}.", ""]
-            prof = http.get("profile_stateless_forecast")
-            if prof:
-                lines += [
-                    f"py-spy during the stateless forecast ({prof['samples']} samples), "
-                    "inclusive share of project functions:",
-                    "",
-                    *_md_table(
-                        [{"function": fn, "share": f"{share:.1%}"}
-                         for fn, share in prof["inclusive_project"]]
-                    ),
-                    "",
-                ]
+            lines += _md_profiles(http["rows"])
+    store = sec.get("store")
+    if store is not None:
+        lines += ["### Store at scale (stored forecasts)", ""]
+        if "error" in store:
+            lines += [f"Not measured: `{store['error'][:300]}`", ""]
+        for backend, b in store.get("backends", {}).items():
+            if "error" in b:
+                lines += [f"**{backend}**: not measured: `{b['error'][:300]}`", ""]
+                continue
+            counts = ", ".join(f"{k} {v:,}" for k, v in b["rows_in_store"].items())
+            bt, read = b["batch_1000_stored"], b["risk_assessment_read"]
+            lines += [
+                f"**{backend}** (bulk-seeded: {counts}; measured {store.get('measured_at', '?')},"
+                f" load average {store.get('loadavg_before', '?')} before):",
+                "",
+                *_md_load_table(b["rows"]),
+                "",
+                f"Batch of 1,000 stored patients (one client, {bt['n']} calls): median "
+                f"{bt['median_ms']} ms, best {bt['best_ms']} ms. FHIR RiskAssessment read by "
+                f"id: median {read['median_ms']} ms.",
+                "",
+                *_md_profiles(b["rows"]),
+            ]
+    pred = sec.get("predict")
+    if pred is not None:
+        lines += ["### forecast predict", ""]
+        if "error" in pred:
+            lines += [f"Not measured: `{pred['error'][:300]}`", ""]
+        else:
+            lines += [f"`{pred['command']}`: {pred['wall_s']} s wall (measured "
+                      f"{pred.get('measured_at', '?')}, load average "
+                      f"{pred.get('loadavg_before', '?')} before).", ""]
     _md_external(lines, sec, "service", "Service latency, one client")
     _md_external(lines, sec, "care", "Forecasts at the point of care (bench/point_of_care.py)")
+    _md_external(lines, sec, "dask", "Training on Dask vs one machine (bench/dask_scale.py)")
     return "\n".join(lines) + "\n"
 
 
@@ -1040,6 +1458,8 @@ def _md_external(lines: list[str], sec: dict[str, Any], key: str, title: str) ->
         rows = service_rows(figures)
     elif key == "care":
         rows = care_rows(figures)
+    elif key == "dask":
+        rows = dask_rows(figures)
     else:
         rows = _md_rows(figures)
     table = _md_table(rows)
@@ -1073,6 +1493,8 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds of load per HTTP endpoint (default 10, quick 5)",
     )
     p.add_argument("--connections", type=int, default=16, help="HTTP connections (default 16)")
+    p.add_argument("--dask-million", action="store_true",
+                   help="dask section: also train 1,000,000 patients on Dask (about 25 min)")
     p.add_argument(
         "--driver",
         choices=("auto", "wrk", "python"),
@@ -1098,8 +1520,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--profile",
-        action="store_true",
-        help="sample the workers with py-spy during the stateless forecast (needs py-spy)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after each forecast endpoint's measured run, sample the workers with py-spy "
+        "during a second run (default; --no-profile skips it)",
     )
     args = p.parse_args(argv)
     if args.page_only:
@@ -1129,8 +1553,13 @@ def main(argv: list[str] | None = None) -> int:
         "bundle": lambda: bench_bundle(args.quick),
         "train": lambda: bench_train(args.quick),
         "http": lambda: bench_http(duration, args.connections, args.driver, args.profile),
+        "store": lambda: bench_store(
+            duration, args.connections, args.driver, args.profile, args.quick
+        ),
+        "predict": lambda: bench_predict(args.quick),
         "service": lambda: bench_service(args.quick),
         "care": lambda: bench_care(args.quick),
+        "dask": lambda: bench_dask(args.quick, args.dask_million),
     }
     for name in SECTIONS:
         if name not in selected:
@@ -1141,7 +1570,7 @@ def main(argv: list[str] | None = None) -> int:
         load_before = [round(x, 2) for x in os.getloadavg()]
         try:
             section = runners[name]()
-            if name in ("bundle", "train", "service", "care"):
+            if name in ("bundle", "train", "service", "care", "dask"):
                 section["summary"] = _summarise_external(section)
         except Exception as exc:  # noqa: BLE001  (record the failure, run the other sections)
             failed = True

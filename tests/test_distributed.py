@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -147,7 +148,7 @@ def test_dask_fit_equals_the_single_machine_fit(parts_folder: Path, client) -> N
 
 
 @pytest.mark.slow
-def test_cli_train_and_predict_on_dask_equal_one_machine(parts_folder: Path, tmp_path: Path,
+def test_cli_train_predict_evaluate_on_dask_equal_one_machine(parts_folder: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from forecast import registry
 
@@ -171,6 +172,14 @@ def test_cli_train_and_predict_on_dask_equal_one_machine(parts_folder: Path, tmp
                                    *extra])
         assert res.exit_code == 0, res.output
     pd.testing.assert_frame_equal(pd.read_csv(out_d), pd.read_csv(out_1), rtol=0, atol=TOL)
+    reports = {}
+    for name, extra in (("d", ["--dask", "local:2"]), ("1", [])):
+        res = runner.invoke(main, ["evaluate", str(parts_folder), "--model", v_1, "--models",
+                                   str(models), "--out", str(tmp_path / name), "--folds", "2",
+                                   "--ci-reps", "0", "--no-record", *extra])
+        assert res.exit_code == 0, res.output
+        reports[name] = json.loads((tmp_path / name / "metrics.json").read_text())["cv"]
+    assert reports["d"] == reports["1"]  # the folds ran as Dask tasks, same figures
 
 
 def test_train_dask_with_another_kind_is_a_usage_error(parts_folder: Path,

@@ -171,7 +171,7 @@ def _train_dask(data_dir: Path, models_opt: Path | None, kind: str, n_bootstrap:
             version = train_and_save_dask(
                 client, data_dir, models_opt, kind=kind, n_bootstrap=n_bootstrap, seed=seed,
                 penalizer=penalizer, covariates=covariates,
-                simulated=(data_dir / "truth").is_dir(), progress=step)
+                simulated=_truth(data_dir) is not None, progress=step)
         except ContractError as exc:
             raise click.ClickException(one_line(exc.problems, data_dir)) from exc
         except (ModelFitError, ValueError) as exc:
