@@ -50,6 +50,7 @@ from forecast.policy.settings import (
     PolicySettings,
     check_threshold,
 )
+from forecast.policy.table import frame_table
 from forecast.safety import NO_FLAG_STATEMENT
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "forecast_frame",
     "forecast_queries",
     "forecast_rows",
+    "forecast_table",
     "population_from_model",
     "suggest_offsets",
 ]
@@ -144,6 +146,45 @@ def forecast_cohort(
         {"patient_id": cohort.patients["patient_id"].astype(str).to_numpy(), "as_of": as_of}
     )
     return forecast_queries(cohort, model, q, settings, daily=daily)
+
+
+def forecast_table(
+    cohort: Cohort,
+    model: Any,
+    as_of: str | pd.Timestamp,
+    settings: PolicySettings | None = None,
+) -> pd.DataFrame:
+    """The ``forecast predict`` table of every patient of ``cohort`` at one date.
+
+    Equal to ``forecast_rows(forecast_cohort(cohort, model, as_of, settings))``
+    (a test checks it) without building the JSON answers, which is most of
+    the time for a whole clinic: the same forecast frame, read as columns.
+
+    Parameters
+    ----------
+    cohort : Cohort
+        A clinic's data.
+    model : LoadedModel
+        A registry version.
+    as_of : str or Timestamp
+        Date of the forecast (rows after it are ignored).
+    settings : PolicySettings, optional
+        Rules and defaults.
+
+    Returns
+    -------
+    DataFrame
+        ``contract.PREDICT_COLUMNS``, one row per patient in the order of
+        ``cohort.patients``.
+    """
+    settings = settings or PolicySettings()
+    q = normalise_queries(
+        pd.DataFrame(
+            {"patient_id": cohort.patients["patient_id"].astype(str).to_numpy(), "as_of": as_of}
+        ),
+        settings,
+    )
+    return frame_table(forecast_frame(cohort, model, q, settings, daily=False), settings)
 
 
 def forecast_rows(answers: list[dict]) -> pd.DataFrame:
