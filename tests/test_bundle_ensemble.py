@@ -16,7 +16,8 @@ from forecast.policy.context import normalise_queries
 @pytest.fixture(scope="module")
 def design(sim_small: Any, policy_model: Any) -> tuple[Any, pd.DataFrame]:
     bundle = policy_model.bundle
-    assert bundle.family == "piecewise" and bundle.n_bootstrap > 1
+    assert bundle.family == "piecewise"
+    assert bundle.n_bootstrap > 1
     cohort = sim_small.cohort
     q = normalise_queries(
         pd.DataFrame({"patient_id": cohort.patients["patient_id"], "as_of": "2026-06-01"}),
