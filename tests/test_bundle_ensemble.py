@@ -24,7 +24,8 @@ def design(sim_small: Any, policy_model: Any) -> tuple[Any, pd.DataFrame]:
         PolicySettings(),
     )
     X = forecast_frame(cohort, policy_model, q, PolicySettings()).X
-    assert X is not None and len(X) > 5
+    assert X is not None
+    assert len(X) > 5
     return bundle, X
 
 
