@@ -36,7 +36,7 @@ def client():  # noqa: ANN201 - a distributed.Client
     """A LocalCluster of 2 single-threaded worker processes (as in CI)."""
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
+                                  dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as c:
         yield c
 

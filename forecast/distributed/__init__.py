@@ -48,7 +48,7 @@ def connect(spec: str, memory_limit: str | None = None) -> Any:
                 raise DaskUnavailable("local:WORKERS needs at least 1 worker")
             cluster = dd.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                       memory_limit=memory_limit or "auto",
-                                      dashboard_address=None)
+                                      dashboard_address=":0")
             return dd.Client(cluster)
         return dd.Client(spec, timeout="30s")
     except (OSError, TimeoutError) as exc:

@@ -227,7 +227,7 @@ def _bootstrap(client: Any, est: PiecewiseExponentialModel, objective: DaskPwe,
     g = np.r_[0, np.cumsum([i.n_groups for i in infos])]
     refits = []
     for b in range(int(est.n_bootstrap)):
-        slices = [client.scatter(counts[b, g[k]:g[k + 1]]) for k in range(len(infos))]
+        slices = client.scatter([counts[b, g[k]:g[k + 1]] for k in range(len(infos))])
         refits.append(objective.reweighted(slices))
     threads = max(1, min(len(refits), 2 * sum(client.nthreads().values())))
     with ThreadPoolExecutor(max_workers=threads) as pool:
