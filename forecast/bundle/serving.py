@@ -386,7 +386,12 @@ class Bundle:
 
     # ------------------------------------------------------------------ prediction
     def predict_survival(
-        self, X_frame: pd.DataFrame, times: Sequence[float] | np.ndarray, since: Any = None
+        self,
+        X_frame: pd.DataFrame,
+        times: Sequence[float] | np.ndarray,
+        since: Any = None,
+        *,
+        design: np.ndarray | None = None,
     ) -> np.ndarray:
         """Survival probabilities, shape (n, len(times)).
 
@@ -398,9 +403,12 @@ class Bundle:
             Days after the time origin (after ``since`` when given).
         since : float or array-like, optional
             Days already survived; returns ``S(since + t) / S(since)``.
+        design : ndarray, optional
+            ``self.design(X_frame)`` when the caller has it already (it is the
+            costly part for a few rows; a forecast needs it three times).
         """
         times = np.asarray(times, dtype=float).ravel()
-        z = self.design(X_frame)
+        z = self.design(X_frame) if design is None else design
         return self._conditional_survival(z, times, self._since(X_frame, since), None,
                                           self._clock(X_frame))
 
@@ -424,6 +432,8 @@ class Bundle:
         X_frame: pd.DataFrame,
         horizons: Sequence[float] | np.ndarray | None = None,
         since: Any = None,
+        *,
+        design: np.ndarray | None = None,
     ) -> np.ndarray:
         """Risk that the benefit wanes within each horizon, shape (n, len(horizons)).
 
@@ -433,7 +443,7 @@ class Bundle:
         the episode's start as ``since``.
         """
         h = np.asarray(self.horizons if horizons is None else horizons, dtype=float)
-        return 1.0 - self.predict_survival(X_frame, h, since)
+        return 1.0 - self.predict_survival(X_frame, h, since, design=design)
 
     def predict_risk_band(
         self,
@@ -441,6 +451,8 @@ class Bundle:
         horizons: Sequence[float] | np.ndarray | None = None,
         level: float = 0.9,
         since: Any = None,
+        *,
+        design: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Percentile band of the risk over the bootstrap ensemble.
 
@@ -454,7 +466,7 @@ class Bundle:
         if self.n_bootstrap == 0:
             raise BundleError("this bundle has no bootstrap ensemble (trained with --bootstrap 0)")
         h = np.asarray(self.horizons if horizons is None else horizons, dtype=float)
-        z = self.design(X_frame)
+        z = self.design(X_frame) if design is None else design
         s0 = self._since(X_frame, since)
         clock = self._clock(X_frame)
         if self.family == "piecewise":
@@ -481,7 +493,9 @@ class Bundle:
         idx = np.argmax(below, axis=1)
         return np.where(below.any(axis=1), grid[idx], np.inf)
 
-    def drivers(self, X_frame: pd.DataFrame) -> pd.DataFrame:
+    def drivers(
+        self, X_frame: pd.DataFrame, *, design: np.ndarray | None = None
+    ) -> pd.DataFrame:
         """Contribution of each feature to the linear predictor, one column per feature.
 
         For AFT kinds positive values mean a longer expected benefit (the
@@ -492,7 +506,7 @@ class Bundle:
         """
         if self.encoder is None:
             return pd.DataFrame(index=range(len(X_frame)))
-        z = self.design(X_frame)
+        z = self.design(X_frame) if design is None else design
         coef = self.arrays["coef"]
         contrib = z * coef[None, :]
         cols = self.encoder.column_features

@@ -50,7 +50,7 @@ def flag_groups(flagged: dict[str, np.ndarray]) -> dict[int, list[tuple[Any, str
 def _drivers_per_query(frame: ForecastFrame, model: Any, k: int) -> list[list[dict]]:
     drivers: list[list[dict]] = [[] for _ in range(len(frame.ctx))]
     if frame.X is not None:
-        found = feature_drivers(model, frame.X, k)
+        found = feature_drivers(model, frame.X, k, **frame.encoded)
         for r, items in zip(frame.forecast_rows, found, strict=True):
             drivers[r] = items
     return drivers

@@ -98,7 +98,9 @@ def fold_missing_indicators(
     return values, indicator
 
 
-def feature_drivers(model: Any, X: pd.DataFrame, k: int) -> list[list[dict]]:
+def feature_drivers(
+    model: Any, X: pd.DataFrame, k: int, **design: np.ndarray
+) -> list[list[dict]]:
     """Top-``k`` contributions of each feature to the linear predictor, per row of ``X``.
 
     ``Bundle.drivers`` gives, per feature, coefficient x encoded value; the
@@ -109,7 +111,7 @@ def feature_drivers(model: Any, X: pd.DataFrame, k: int) -> list[list[dict]]:
     (``HAZARD_FAMILIES``) a positive contribution multiplies the waning hazard
     by ``exp(c)`` (shortens; for piecewise, averaged over its time windows). Missingness
     indicators are folded into their feature, whose value is then shown as
-    null (missing).
+    null (missing). ``design=`` passes the bundle's encoding of ``X`` when known.
     """
     bundle = model_bundle(model)
     out: list[list[dict]] = [[] for _ in range(len(X))]
@@ -119,7 +121,7 @@ def feature_drivers(model: Any, X: pd.DataFrame, k: int) -> list[list[dict]]:
     plain = isinstance(idx, pd.RangeIndex) and idx.start == 0 and idx.step == 1
     # Read only: the frame as it is when its index is already 0..n-1.
     values = X if plain else X.reset_index(drop=True)
-    merged, indicator = fold_missing_indicators(bundle.drivers(values))
+    merged, indicator = fold_missing_indicators(bundle.drivers(values, **design))
     if not merged:
         return out
     aft = getattr(bundle, "family", "") not in HAZARD_FAMILIES

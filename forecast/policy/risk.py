@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from forecast.absent import absent_inputs
+from forecast.bundle import Bundle
 from forecast.cohort import Cohort
 from forecast.policy.context import base_statuses, query_context
 from forecast.policy.model_access import model_bundle, outcome_definition, population_from_model
@@ -24,18 +25,29 @@ def bundle_since_argument(model: Any, days_since_session: np.ndarray) -> np.ndar
     return np.asarray(days_since_session, dtype=float)
 
 
-def risk_grid(model: Any, X: pd.DataFrame, days: np.ndarray, since: Any) -> np.ndarray:
-    risk = np.asarray(model_bundle(model).predict_risk(X, days, since=since), dtype=float)
+def encoded(model: Any, X: pd.DataFrame) -> dict[str, np.ndarray]:
+    """``{"design": ...}`` of a serving bundle's rows, encoded once for its three uses
+    (risk, band, drivers); empty for other model objects (they encode themselves)."""
+    bundle = model_bundle(model)
+    return {"design": bundle.design(X)} if isinstance(bundle, Bundle) else {}
+
+
+def risk_grid(
+    model: Any, X: pd.DataFrame, days: np.ndarray, since: Any, **design: np.ndarray
+) -> np.ndarray:
+    risk = np.asarray(model_bundle(model).predict_risk(X, days, since=since, **design),
+                      dtype=float)
     return np.clip(risk.reshape(len(X), len(days)), 0.0, 1.0)
 
 
 def band_grid(
-    model: Any, X: pd.DataFrame, days: np.ndarray, level: float, since: Any
+    model: Any, X: pd.DataFrame, days: np.ndarray, level: float, since: Any,
+    **design: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     bundle = model_bundle(model)
     if not hasattr(bundle, "predict_risk_band") or getattr(bundle, "n_bootstrap", 0) == 0:
         return None
-    lo, hi = bundle.predict_risk_band(X, days, level, since=since)
+    lo, hi = bundle.predict_risk_band(X, days, level, since=since, **design)
     lo = np.clip(np.asarray(lo, dtype=float).reshape(len(X), len(days)), 0.0, 1.0)
     hi = np.clip(np.asarray(hi, dtype=float).reshape(len(X), len(days)), 0.0, 1.0)
     return lo, hi
@@ -183,6 +195,9 @@ class ForecastFrame:
         Per query, the categorical inputs missing or unseen in training.
     population : dict or None
         The model version's population curve.
+    encoded : dict
+        ``{"design": ...}``: the serving bundle's encoding of ``X`` (empty when
+        the model object encodes its rows itself).
     """
 
     q: pd.DataFrame
@@ -199,6 +214,7 @@ class ForecastFrame:
     forecast_rows: np.ndarray
     unknown: list[list[str]]
     population: dict[str, list[float]] | None
+    encoded: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def forecast_frame(
@@ -226,13 +242,15 @@ def forecast_frame(
     rows = np.flatnonzero(base_status == "forecast")
     since = ctx["days_since_session"].to_numpy(dtype=float)
     X = None
+    design: dict[str, np.ndarray] = {}
     if len(rows):
         # Every row (a one-patient forecast, usually): the frame as it is, not a copy.
         X = ctx if len(rows) == n else ctx.iloc[rows].reset_index(drop=True)
+        design = encoded(model, X)
         s0 = bundle_since_argument(model, since[rows])
-        daily[rows] = risk_grid(model, X, days, s0)
+        daily[rows] = risk_grid(model, X, days, s0, **design)
         band_days = days if with_daily else np.asarray(settings.horizons, dtype=int)
-        band = band_grid(model, X, band_days, settings.band_level, s0)
+        band = band_grid(model, X, band_days, settings.band_level, s0, **design)
         if band is not None:
             at = np.ix_(rows, band_days - 1)
             lower[at] = band[0]
@@ -266,4 +284,5 @@ def forecast_frame(
         forecast_rows=rows,
         unknown=unknown_inputs(model, X, rows, n),
         population=pop_curve,
+        encoded=design,
     )
