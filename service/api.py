@@ -96,13 +96,17 @@ def _path_patient(patient_id: str) -> str:
     return check_patient_id(patient_id, "path/patient_id")
 
 
+def _unknown_patient() -> ApiProblem:
+    return ApiProblem(
+        404,
+        "Unknown patient",
+        "No patient with this id is stored; create it with PUT /api/v1/patients/{id}.",
+    )
+
+
 def _require_patient(conn: Any, patient_id: str) -> None:
     if not store().known_patients(conn, [patient_id]):
-        raise ApiProblem(
-            404,
-            "Unknown patient",
-            "No patient with this id is stored; create it with PUT /api/v1/patients/{id}.",
-        )
+        raise _unknown_patient()
 
 
 # --------------------------------------------------------------------------- routes
@@ -330,8 +334,9 @@ def patient_forecast(patient_id: str) -> Response:
     model_state().get()  # 503 before touching the store when there is no model
     st = store()
     with st.read() as conn:
-        _require_patient(conn, pid)
         cohort = st.cohort([pid], conn)
+    if cohort.patients.empty:  # the patients row is the patient (one query less)
+        raise _unknown_patient()
     queries = pd.DataFrame({"patient_id": [pid], "as_of": [as_of], "threshold": [threshold]})
     return jsonify(serve_forecasts(cohort, queries, "patient_forecast", daily=daily)[0])
 

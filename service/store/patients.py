@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
@@ -147,7 +148,7 @@ class PatientRows(StoreBase):
         else:
             extra = ["client_id", "content_hash"] if with_ids else []
         rows: list[Any] = []
-        columns = [_raw_column(t.c[n]) for n in names + extra]
+        columns = _raw_columns(t.name, (*names, *extra))
         clinic = self.clinic_id()
         for chunk in chunks(sorted(set(patient_ids)), 900):
             rows.extend(
@@ -215,6 +216,13 @@ class PatientRows(StoreBase):
             item["created_at"] = now
             payload.append(item)
         conn.execute(sa.insert(t), payload)
+
+
+@functools.lru_cache(maxsize=64)
+def _raw_columns(table: str, names: tuple[str, ...]) -> tuple[Any, ...]:
+    """:func:`_raw_column` of each named column of a store table (built once, not per read)."""
+    t = db.metadata.tables[table]
+    return tuple(_raw_column(t.c[n]) for n in names)
 
 
 def _raw_column(column: sa.Column) -> Any:
