@@ -184,7 +184,8 @@ def forecast_table(
         ),
         settings,
     )
-    return frame_table(forecast_frame(cohort, model, q, settings, daily=False), settings)
+    frame = forecast_frame(cohort, model, q, settings, daily=False, answers=False)
+    return frame_table(frame, settings)
 
 
 def forecast_rows(answers: list[dict]) -> pd.DataFrame:

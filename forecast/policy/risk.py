@@ -218,7 +218,13 @@ class ForecastFrame:
 
 
 def forecast_frame(
-    cohort: Cohort, model: Any, q: pd.DataFrame, settings: PolicySettings, daily: bool = True
+    cohort: Cohort,
+    model: Any,
+    q: pd.DataFrame,
+    settings: PolicySettings,
+    daily: bool = True,
+    *,
+    answers: bool = True,
 ) -> ForecastFrame:
     """The vectorised core: context, statuses, risk grids and suggestions.
 
@@ -229,6 +235,8 @@ def forecast_frame(
     The daily risk curve is always computed (the suggestion reads it); the
     bootstrap band only at the horizons unless ``daily`` (the band of each day
     does not depend on the other days, so the horizons' values are the same).
+    With ``answers=False`` neither the band nor the unknown inputs are
+    computed (only the answers show them; the predict table does not).
     """
     with_daily = daily
     definition = outcome_definition(model)
@@ -250,7 +258,8 @@ def forecast_frame(
         s0 = bundle_since_argument(model, since[rows])
         daily[rows] = risk_grid(model, X, days, s0, **design)
         band_days = days if with_daily else np.asarray(settings.horizons, dtype=int)
-        band = band_grid(model, X, band_days, settings.band_level, s0, **design)
+        band = (band_grid(model, X, band_days, settings.band_level, s0, **design)
+                if answers else None)
         if band is not None:
             at = np.ix_(rows, band_days - 1)
             lower[at] = band[0]
@@ -282,7 +291,7 @@ def forecast_frame(
         suggestion=sugg,
         X=X,
         forecast_rows=rows,
-        unknown=unknown_inputs(model, X, rows, n),
+        unknown=unknown_inputs(model, X if answers else None, rows, n),
         population=pop_curve,
         encoded=design,
     )
