@@ -24,7 +24,9 @@ latter and explains each figure), then prints one table:
 7. forecasts at the point of care per assessment schedule: coverage, calibration,
    AUC against the oracle, totals-only movement, daily-curve shape
    (``bench/point_of_care.py``, a subprocess);
-6. training on Dask vs one machine: 100k patients both ways (20k with ``--quick``),
+8. ``schedules``: the default model trained on each assessment schedule of one latent
+   cohort, forecasting the same held-out states (``bench/schedule_invariance.py``);
+9. training on Dask vs one machine: 100k patients both ways (20k with ``--quick``),
    1M on Dask with ``--dask-million`` (``bench/dask_scale.py``, a subprocess).
 
 Every section is bounded in time and runs even when an earlier one failed; a failed
@@ -113,7 +115,9 @@ BATCH_SIZE = 10
 WORKERS = 2
 THREADS = 4
 
-SECTIONS = ("bundle", "train", "http", "store", "predict", "service", "care", "dask")
+SECTIONS = (
+    "bundle", "train", "http", "store", "predict", "service", "care", "schedules", "dask"
+)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -260,6 +264,22 @@ def bench_care(quick: bool) -> dict[str, Any]:
     }
 
 
+def bench_schedules(quick: bool) -> dict[str, Any]:
+    """Run bench/schedule_invariance.py (one model per schedule, the same states)."""
+    script = BENCH_DIR / "schedule_invariance.py"
+    out = OUT_DIR / "schedule_invariance.json"
+    out.unlink(missing_ok=True)
+    size = ["--train", "4000" if quick else "10000", "--test", "3000" if quick else "4000"]
+    started = time.perf_counter()
+    stdout = _run([sys.executable, str(script), *size], timeout=3000, cwd=ROOT,
+                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return {
+        "wall_s": round(time.perf_counter() - started, 1),
+        "figures": json.loads(out.read_text()),
+        "stdout": stdout[-4000:],
+    }
+
+
 def bench_dask(quick: bool, million: bool) -> dict[str, Any]:
     """Run bench/dask_scale.py (100k single machine vs Dask; 1M with --dask-million)."""
     script = BENCH_DIR / "dask_scale.py"
@@ -321,9 +341,35 @@ def care_rows(figures: dict[str, Any]) -> list[dict[str, Any]]:
                 }
             )
     for pair, d in figures.get("between_schedules_28", {}).items():
-        rows.append({"schedule": pair, "data": "same latent patients",
+        rows.append({"schedule": pair, "data": "same latent patients, each schedule's records",
                      "CITL 28 / 56": f"|risk 28 difference| median {d['median']:.3f}, "
-                                     f"p90 {d['p90']:.3f} (target within 0.03)"})
+                                     f"p90 {d['p90']:.3f}"})
+    return rows
+
+
+def schedule_rows(figures: dict[str, Any]) -> list[dict[str, Any]]:
+    """bench/schedule_invariance.py's figures: each model on the same held-out states."""
+    rows: list[dict[str, Any]] = []
+    for states, block in figures.get("same_states", {}).items():
+        for model, f in block["models"].items():
+            rows.append({
+                "held-out states recorded": states,
+                "model trained on": model,
+                "n": f["n"],
+                "mean risk 28": f["mean_risk_28"],
+                "mean difference to weekly": f"{f['mean_difference_28']:+.3f}",
+                "p90 abs difference (<= 0.03)": f["abs_difference_28_p90"],
+                "largest 1-day rise (<= 0.10)": f["max_daily_rise"],
+            })
+    for sched, f in figures.get("recorded_outcome", {}).get("schedules", {}).items():
+        rows.append({
+            "held-out states recorded": "recorded outcome, model-free",
+            "model trained on": sched,
+            "mean risk 28": f"Turnbull 14/28/56 d {f['turnbull_risk_14']:.3f} / "
+                            f"{f['turnbull_risk_28']:.3f} / {f['turnbull_risk_56']:.3f}",
+            "mean difference to weekly": f"recorded before latent waning "
+                                         f"{f['recorded_before_latent_waning']:.2f}",
+        })
     return rows
 
 
@@ -1451,6 +1497,8 @@ def markdown_report(results: dict[str, Any]) -> str:
                       f"{pred.get('forecast_table_same_csv')}).", ""]
     _md_external(lines, sec, "service", "Service latency, one client")
     _md_external(lines, sec, "care", "Forecasts at the point of care (bench/point_of_care.py)")
+    _md_external(lines, sec, "schedules",
+                 "Does the model describe waning or the schedule? (bench/schedule_invariance.py)")
     _md_external(lines, sec, "dask", "Training on Dask vs one machine (bench/dask_scale.py)")
     return "\n".join(lines) + "\n"
 
@@ -1489,6 +1537,8 @@ def _md_external(lines: list[str], sec: dict[str, Any], key: str, title: str) ->
         rows = service_rows(figures)
     elif key == "care":
         rows = care_rows(figures)
+    elif key == "schedules":
+        rows = schedule_rows(figures)
     elif key == "dask":
         rows = dask_rows(figures)
     else:
@@ -1590,6 +1640,7 @@ def main(argv: list[str] | None = None) -> int:
         "predict": lambda: bench_predict(args.quick),
         "service": lambda: bench_service(args.quick),
         "care": lambda: bench_care(args.quick),
+        "schedules": lambda: bench_schedules(args.quick),
         "dask": lambda: bench_dask(args.quick, args.dask_million),
     }
     for name in SECTIONS:
@@ -1601,7 +1652,7 @@ def main(argv: list[str] | None = None) -> int:
         load_before = [round(x, 2) for x in os.getloadavg()]
         try:
             section = runners[name]()
-            if name in ("bundle", "train", "service", "care", "dask"):
+            if name in ("bundle", "train", "service", "care", "schedules", "dask"):
                 section["summary"] = _summarise_external(section)
         except Exception as exc:  # noqa: BLE001  (record the failure, run the other sections)
             failed = True
