@@ -110,8 +110,12 @@ class Encoder:
             out += [name] * sum(lv != self.references[name] for lv in levels)
         return out
 
-    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+    def transform(self, frame: pd.DataFrame | Mapping[str, np.ndarray]) -> np.ndarray:
         """Return the (n, p) design matrix of ``frame`` (see the class notes).
+
+        ``frame`` may also be a mapping of feature name to a column array (all
+        of one length): the serving path's context columns, read without
+        building or converting a wide DataFrame; the design is the same.
 
         Vectorised for 1 and 10,000 rows alike. The positions of the needed
         columns are looked up once per frame layout (cached). A few rows (the
@@ -122,6 +126,8 @@ class Encoder:
         broadcast; each categorical feature is an ``np.take`` of precomputed
         centred one-hot rows by level code.
         """
+        if not isinstance(frame, pd.DataFrame):
+            return self._finish(*self._read_mapping(frame))
         num_pos, cat_pos = self._positions(frame)
         n = len(frame)
         k = len(self.numeric)
@@ -141,6 +147,38 @@ class Encoder:
                     col = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
                 out_t[j] = col
             cat_values = [frame[name] for name in self.categorical]
+        return self._finish(out_t, cat_values)
+
+    def _read_mapping(
+        self, columns: Mapping[str, np.ndarray]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The numeric rows and categorical values of a mapping of column arrays.
+
+        Each numeric column as :meth:`transform` reads a frame's: float as it
+        is, anything else as float when every cell converts, else coerced
+        (unparseable -> NaN), which is what both frame paths give.
+        """
+        _require_columns(columns, [*self.numeric, *self.categorical])
+        n = len(columns[next(iter(self.numeric))]) if self.numeric else (
+            len(columns[next(iter(self.categorical))]) if self.categorical else 0)
+        out_t = np.empty((len(self.columns), n))
+        for j, name in enumerate(self.numeric):
+            col = np.asarray(columns[name])
+            if col.dtype.kind not in "fiub":
+                try:
+                    col = col.astype(float)
+                except (TypeError, ValueError):  # text cells: unparseable -> NaN -> mean
+                    col = pd.to_numeric(pd.Series(col, dtype=object), errors="coerce").to_numpy(
+                        dtype=float)
+            out_t[j] = col
+        cat_values = [np.asarray(columns[name], dtype=object) for name in self.categorical]
+        return out_t, cat_values
+
+    def _finish(
+        self, out_t: np.ndarray, cat_values: Sequence[np.ndarray | pd.Series]
+    ) -> np.ndarray:
+        """Standardise the numeric rows, add the interactions and the one-hot rows."""
+        k = len(self.numeric)
         if k:
             np.copyto(out_t[:k], self.means[:k, None], where=np.isnan(out_t[:k]))
         if self.time_interactions:
@@ -269,8 +307,9 @@ def _encoder_of(d: Mapping[str, Any], name: str) -> Encoder:
     return enc
 
 
-def _require_columns(frame: pd.DataFrame, names: Sequence[str]) -> None:
-    missing = [c for c in names if c not in frame.columns]
+def _require_columns(frame: pd.DataFrame | Mapping[str, Any], names: Sequence[str]) -> None:
+    have = frame.columns if isinstance(frame, pd.DataFrame) else frame
+    missing = [c for c in names if c not in have]
     if missing:
         raise ValueError(
             f"feature columns missing from the input frame: {', '.join(missing)}; "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,8 +106,9 @@ class Bundle:
         key = "boot_surv" if self.family == "km" else "boot_coef"
         return int(self.arrays[key].shape[0]) if key in self.arrays else 0
 
-    def design(self, X_frame: pd.DataFrame) -> np.ndarray:
-        """Encoded design matrix of ``X_frame`` (n, p)."""
+    def design(self, X_frame: pd.DataFrame | Mapping[str, np.ndarray]) -> np.ndarray:
+        """Encoded design matrix of ``X_frame`` (n, p): a frame, or a mapping of
+        feature name to column array (see :meth:`Encoder.transform`)."""
         if self.encoder is None:
             return np.zeros((len(X_frame), 0))
         return self.encoder.transform(X_frame)

@@ -102,8 +102,10 @@ def _waning_cause(
 
 def query_context(
     cohort: Cohort, q: pd.DataFrame, settings: PolicySettings, definition: Any
-) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """Per-query context and features (aligned with ``q``) and the flagged assessments.
+) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per-query context and features (aligned with ``q``), the flagged assessments,
+    and the context's columns as the arrays the frame was built from (read-only:
+    the frame shares them; reading an array costs nothing, a frame column does).
 
     The context comes from :func:`forecast.features.features_at` (the same
     function that builds the model's training rows, so "in response", "waned
@@ -159,7 +161,7 @@ def query_context(
     cols["safety"] = flag_levels(pairs, safety, n)
     assert not set(new) & set(cols)
     cols.update(new)
-    return pd.DataFrame(cols, copy=False), flagged
+    return pd.DataFrame(cols, copy=False), flagged, cols
 
 
 def count_rows_up_to(

@@ -25,11 +25,21 @@ def bundle_since_argument(model: Any, days_since_session: np.ndarray) -> np.ndar
     return np.asarray(days_since_session, dtype=float)
 
 
-def encoded(model: Any, X: pd.DataFrame) -> dict[str, np.ndarray]:
+def encoded(
+    model: Any, columns: dict[str, np.ndarray], rows: np.ndarray | None
+) -> dict[str, np.ndarray]:
     """``{"design": ...}`` of a serving bundle's rows, encoded once for its three uses
-    (risk, band, drivers); empty for other model objects (they encode themselves)."""
+    (risk, band, drivers) from the context's column arrays (``rows`` of them, None:
+    all); empty for other model objects (they encode their frame themselves)."""
     bundle = model_bundle(model)
-    return {"design": bundle.design(X)} if isinstance(bundle, Bundle) else {}
+    if not isinstance(bundle, Bundle):
+        return {}
+    if bundle.encoder is None:
+        return {"design": np.zeros((len(next(iter(columns.values()))) if rows is None
+                                    else len(rows), 0))}
+    names = (*bundle.encoder.numeric, *bundle.encoder.categorical)
+    picked = {c: columns[c] if rows is None else np.asarray(columns[c])[rows] for c in names}
+    return {"design": bundle.design(picked)}
 
 
 def risk_grid(
@@ -240,7 +250,7 @@ def forecast_frame(
     """
     with_daily = daily
     definition = outcome_definition(model)
-    ctx, flagged = query_context(cohort, q, settings, definition)
+    ctx, flagged, columns = query_context(cohort, q, settings, definition)
     base_status = base_statuses(ctx, settings)
     n = len(ctx)
     days = np.arange(1, settings.grid_days + 1)
@@ -254,7 +264,7 @@ def forecast_frame(
     if len(rows):
         # Every row (a one-patient forecast, usually): the frame as it is, not a copy.
         X = ctx if len(rows) == n else ctx.iloc[rows].reset_index(drop=True)
-        design = encoded(model, X)
+        design = encoded(model, columns, None if len(rows) == n else rows)
         s0 = bundle_since_argument(model, since[rows])
         daily[rows] = risk_grid(model, X, days, s0, **design)
         band_days = days if with_daily else np.asarray(settings.horizons, dtype=int)
