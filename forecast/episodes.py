@@ -6,13 +6,14 @@ Rules (defaults in :class:`forecast.outcomes.OutcomeDefinition`):
   session's day counts as taken *before* that session (clinics score the
   PHQ-9 before dosing), so it belongs to the previous session's episode.
 - A session *responds* when the first PHQ-9 dated after it, within
-  ``response_window_days`` (14) and not after the next session, is <= 50 % of
-  the patient's baseline. That PHQ-9 is the *response assessment*; the
+  ``response_window_days`` (14; ``booster_response_window_days``, 42, for a
+  session after the patient's first induction session) and not after the next
+  session, is <= 50 % of the patient's baseline. That PHQ-9 is the *response assessment*; the
   episode's time origin is the session date. Sessions before the first
   induction session, and patients without a baseline, start no episode.
 - A session given while the patient is in response (a booster, or an
   induction session after the first) responds on that evidence: the latest
-  PHQ-9 on or before its day, at most ``pre_session_window_days`` (7) before
+  PHQ-9 on or before its day, at most ``pre_session_window_days`` (14) before
   it, is in response and meets no C-SSRS waning criterion. That pre-session
   PHQ-9 is then its response assessment (``response_day`` <= 0), whatever
   follows the session.
@@ -137,6 +138,19 @@ def episode_arrays(prep: Prepared) -> dict[str, np.ndarray]:
     }
 
 
+def response_windows(prep: Prepared) -> np.ndarray:
+    """Per session, the days after it within which its first PHQ-9 is its response
+    assessment: ``response_window_days``, or ``booster_response_window_days`` for a
+    session after the patient's first induction session."""
+    d = prep.definition
+    windows = np.full(len(prep.s_patient), float(d.response_window_days))
+    if d.booster_response_window_days is not None and len(prep.s_patient):
+        with np.errstate(invalid="ignore"):
+            later = prep.s_day > prep.anchor_day[prep.s_patient]
+        windows[later] = float(max(d.booster_response_window_days, d.response_window_days))
+    return windows
+
+
 def _responses(
     prep: Prepared,
     next_day: np.ndarray,
@@ -160,7 +174,7 @@ def _responses(
         j = np.searchsorted(prep.a_key[p_rows], prep.s_key, side="right")
         jj = np.clip(j, 0, len(p_rows) - 1)
         row = p_rows[jj]
-        window_end = np.minimum(s_day + d.response_window_days, next_day)
+        window_end = np.minimum(s_day + response_windows(prep), next_day)
         found = (j < len(p_rows)) & (prep.a_patient[row] == s_pc) & (prep.a_day[row] <= window_end)
         r_idx[found] = row[found]
     has_r = r_idx >= 0

@@ -88,11 +88,20 @@ class OutcomeDefinition:
     response_window_days : int, default 14
         A session starts an episode when the first PHQ-9 dated after it,
         within this many days and not after the next session, shows response.
-    pre_session_window_days : int or None, default 7
+    booster_response_window_days : int or None, default 42
+        The same window for a session after the first induction session (a
+        booster, or a later induction session): its first PHQ-9, at most this
+        many days after it and not after the next session, is its response
+        assessment. Clinics that score at visits send no PHQ-9 between a
+        booster and the next visit weeks later; a patient in response then
+        is forecast from that score. None: ``response_window_days`` for every
+        session.
+    pre_session_window_days : int or None, default 14
         A session after the first induction session (a booster, or a later
         induction session) given while the patient is in response starts
         an episode on that evidence: the latest PHQ-9 on or before the
-        session's day, at most this many days before it, shows response and
+        session's day, at most this many days before it (the PHQ-9 asks about
+        the last two weeks), shows response and
         meets no suicidal-ideation waning criterion (C-SSRS ideation below
         ``si_cssrs_min``). Many clinics take the PHQ-9 at check-in, before
         the session, so no score follows a booster until the next visit.
@@ -119,8 +128,9 @@ class OutcomeDefinition:
     confirm_waning: bool = False
     response_window_days: int = 14
     reliable_change_points: float = 5.0
-    pre_session_window_days: int | None = 7
+    pre_session_window_days: int | None = 14
     baseline_after_days: int | None = 7
+    booster_response_window_days: int | None = 42
 
     def __post_init__(self) -> None:
         if not 0 < self.response_fraction < 1:
@@ -134,7 +144,8 @@ class OutcomeDefinition:
             raise ValueError("si_item9_min and si_cssrs_min must be >= 1 (0 means 'no SI')")
         if self.reliable_change_points <= 0:
             raise ValueError("reliable_change_points must be positive")
-        for name in ("pre_session_window_days", "baseline_after_days"):
+        for name in ("pre_session_window_days", "baseline_after_days",
+                     "booster_response_window_days"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0 or None, got {value}")
@@ -153,7 +164,8 @@ class OutcomeDefinition:
         unknown = set(values) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown OutcomeDefinition fields: {sorted(unknown)}")
-        later = dict.fromkeys(("pre_session_window_days", "baseline_after_days"))
+        later = dict.fromkeys(("pre_session_window_days", "baseline_after_days",
+                               "booster_response_window_days"))
         return cls(**{**later, **values})
 
 

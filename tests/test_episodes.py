@@ -295,7 +295,10 @@ def reference_episodes(cohort, d: OutcomeDefinition) -> dict[tuple[str, pd.Times
             if start < anchor:
                 continue
             nxt = dates[k + 1] if k + 1 < len(dates) else pd.Timestamp.max
-            limit = min(start + pd.Timedelta(days=d.response_window_days), nxt)
+            window = d.response_window_days
+            if start > anchor and d.booster_response_window_days is not None:
+                window = max(window, d.booster_response_window_days)  # after the first induction
+            limit = min(start + pd.Timedelta(days=window), nxt)
             own = [i for i, r in enumerate(rows) if start < r["date"] <= nxt]
             firsts = [
                 i for i in own if rows[i]["date"] <= limit and rows[i]["phq9"] == rows[i]["phq9"]
@@ -383,17 +386,25 @@ def test_a_booster_given_in_response_starts_an_episode_on_the_check_in_score():
     # The visit on day 51 has no score after it: an episode censored at its start.
     last = e.loc[day(51)]
     assert not last["responded"]  # 14 is not a response (pre-session score out of response)
-    # The same history without the rule: the booster has no post-session score.
+    # Without the rule, the next visit's check-in (21 days on, within the booster's
+    # 42-day window) is the booster's response assessment: not a response.
     off = _ep(make_cohort(sessions, scores), OutcomeDefinition(pre_session_window_days=None))
+    assert off.set_index("start").loc[day(30), "response_status"] == "not_responded"
+    # With neither rule the booster's response is not measured.
+    off = _ep(make_cohort(sessions, scores), OutcomeDefinition(
+        pre_session_window_days=None, booster_response_window_days=None))
     assert off.set_index("start").loc[day(30), "response_status"] == "no_assessment"
 
 
 def test_pre_session_rule_limits():
     base = [("p", 0, "induction"), ("p", 3, "induction")]
     scores = [("p", 0, 20), ("p", 10, 6)]
-    # Too old: the latest score is 9 days before the booster (window 7).
-    e = _ep(make_cohort([*base, ("p", 19, "maintenance")], scores))
-    assert not e.set_index("start").loc[day(19), "responded"]
+    # Too old: the latest score is 15 days before the booster (window 14).
+    e = _ep(make_cohort([*base, ("p", 25, "maintenance")], scores))
+    assert not e.set_index("start").loc[day(25), "responded"]
+    # 14 days old: the PHQ-9's own two-week recall still covers the session day.
+    e = _ep(make_cohort([*base, ("p", 24, "maintenance")], scores))
+    assert e.set_index("start").loc[day(24), "response_day"] == -14
     # The first induction session's check-in score is the baseline, never a response;
     # a later induction session given in response responds on it.
     e = _ep(make_cohort([("p", 0, "induction"), ("p", 12, "induction")], scores))
@@ -415,6 +426,36 @@ def test_pre_session_rule_limits():
     assert row["censor_reason"] == "end_of_follow_up"
 
 
+def test_a_booster_responds_on_its_first_score_within_its_own_window():
+    """After the first induction session a session's first PHQ-9 may come up to 42 days
+    later (clinics that score at visits); the first induction session keeps 14 days."""
+    base = [("p", 0, "induction"), ("p", 3, "induction")]
+    scores = [("p", 0, 20), ("p", 10, 6), ("p", 40, 12)]  # 12 > 10: not in response at 40
+    late = [("p", 70, 5)]  # the booster at 40 is scored 30 days later, in response
+    e = _ep(make_cohort([*base, ("p", 40, "maintenance")], [*scores, *late]))
+    row = e.set_index("start").loc[day(40)]
+    assert row["responded"]
+    assert (row["response_date"], row["response_day"]) == (day(70), 30)
+    # 43 days later: outside the window, not measured.
+    e = _ep(make_cohort([*base, ("p", 40, "maintenance")], [*scores, ("p", 83, 5)]))
+    assert e.set_index("start").loc[day(40), "response_status"] == "no_assessment"
+    # A later score that is out of response: the booster did not respond.
+    e = _ep(make_cohort([*base, ("p", 40, "maintenance")], [*scores, ("p", 70, 15)]))
+    assert e.set_index("start").loc[day(40), "response_status"] == "not_responded"
+    # Never past the next session: a score after it belongs to that session.
+    e = _ep(make_cohort([*base, ("p", 40, "maintenance"), ("p", 60, "maintenance")],
+                        [*scores, *late])).set_index("start")
+    assert e.loc[day(40), "response_status"] == "no_assessment"
+    assert e.loc[day(60), "response_date"] == day(70)
+    # The first induction session: 14 days, as before.
+    e = _ep(make_cohort([("p", 0, "induction")], [("p", 0, 20), ("p", 20, 6)]))
+    assert e.set_index("start").loc[day(0), "response_status"] == "no_assessment"
+    # None: every session on response_window_days.
+    e = _ep(make_cohort([*base, ("p", 40, "maintenance")], [*scores, *late]),
+            OutcomeDefinition(booster_response_window_days=None))
+    assert e.set_index("start").loc[day(40), "response_status"] == "no_assessment"
+
+
 def test_baseline_fallback_after_the_first_session():
     sessions = [("p", 0, "induction"), ("p", 3, "induction")]
     later = make_cohort(sessions, [("p", 2, 18), ("p", 12, 8)])
@@ -433,9 +474,11 @@ def test_baseline_fallback_after_the_first_session():
 
 def test_definitions_saved_before_the_new_rules_keep_them_off():
     saved = OutcomeDefinition().to_dict()
-    for key in ("pre_session_window_days", "baseline_after_days"):
+    for key in ("pre_session_window_days", "baseline_after_days",
+                "booster_response_window_days"):
         saved.pop(key)
     old = OutcomeDefinition.from_dict(saved)
     assert old.pre_session_window_days is None
     assert old.baseline_after_days is None
+    assert old.booster_response_window_days is None
     assert OutcomeDefinition.from_dict(OutcomeDefinition().to_dict()) == OutcomeDefinition()

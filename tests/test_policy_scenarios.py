@@ -321,18 +321,33 @@ def test_long_after_the_session_is_due_today(policy_model):
 
 
 def test_a_late_first_score_is_named_and_a_responder_keeps_a_labelled_date(policy_model):
-    # Induction 60-54 days ago, no score until 20 days after the last session (in response).
-    sessions = [("LATE", -60 + k, "induction") for k in (0, 3, 6)]
-    assessments = [{"pid": "LATE", "day": -60, "phq9": 20}, {"pid": "LATE", "day": -34, "phq9": 7}]
+    # Induction 90-84 days ago, no score until 44 days after the last session (in
+    # response): past the 42-day window of a session after the first induction session.
+    sessions = [("LATE", -90 + k, "induction") for k in (0, 3, 6)]
+    assessments = [{"pid": "LATE", "day": -90, "phq9": 20}, {"pid": "LATE", "day": -40, "phq9": 7}]
     a = _answer(policy_model, build_history([_patient("LATE")], sessions, assessments), "LATE")
     _check_common(a)
     assert a["status"] == "insufficient_data"
-    day = (AS_OF - pd.Timedelta(days=34)).strftime("%Y-%m-%d")
+    day = (AS_OF - pd.Timedelta(days=40)).strftime("%Y-%m-%d")
     assert f"(the next came later: PHQ-9 7 on {day}, in response)" in a["status_reason"]
     assert a["current"]["response_state"] == "in_response"
     # In response now: a population date, labelled, not "no response measured".
     assert a["suggestion"]["basis"] == "population"
     assert "no response to treatment" not in a["suggestion"]["rationale"]
+
+
+def test_a_first_score_weeks_after_the_last_session_is_its_response(policy_model):
+    """Scored 20 days after the last induction session (within its 42-day window), in
+    response: a personalised answer resting on that score, not a population estimate."""
+    sessions = [("WEEKS", -60 + k, "induction") for k in (0, 3, 6)]
+    assessments = [{"pid": "WEEKS", "day": -60, "phq9": 20},
+                   {"pid": "WEEKS", "day": -34, "phq9": 7}]
+    a = _answer(policy_model, build_history([_patient("WEEKS")], sessions, assessments), "WEEKS")
+    _check_common(a)
+    assert a["risk"]["kind"] == "personalised"
+    assert a["status"] in ("routine", "session_due")
+    assert a["current"]["response_state"] == "in_response"
+    assert a["suggestion"]["basis"] != "population"
 
 
 def test_item9_zero_everywhere_never_reads_as_a_clearance(policy_model):

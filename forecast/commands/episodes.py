@@ -42,7 +42,8 @@ import click
     type=click.IntRange(1, 90),
     default=14,
     show_default=True,
-    help="Days after a session within which the first PHQ-9 must show response.",
+    help="Days after the first induction session within which the first PHQ-9 must show "
+    "response (a later session: 42 days, or this if longer).",
 )
 @click.option(
     "--baseline-window",
