@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -218,7 +219,9 @@ def take_or_nan(values: np.ndarray, at: np.ndarray) -> np.ndarray:
     return np.where(at >= 0, values[np.clip(at, 0, None)], np.nan)
 
 
-def base_statuses(ctx: pd.DataFrame, settings: PolicySettings) -> np.ndarray:
+def base_statuses(
+    ctx: pd.DataFrame | Mapping[str, np.ndarray], settings: PolicySettings
+) -> np.ndarray:
     """Status before the safety override ("forecast" where the model applies).
 
     Built from the ``response_status`` of the feature context: ``responded``
@@ -227,24 +230,25 @@ def base_statuses(ctx: pd.DataFrame, settings: PolicySettings) -> np.ndarray:
     is not_in_response; ``pending`` (no PHQ-9 yet), ``no_baseline`` and too
     few scores are insufficient_data; ``no_assessment`` (the response window
     passed without a PHQ-9) is not_in_response when a later PHQ-9 since the
-    session is out of response, else insufficient_data.
+    session is out of response, else insufficient_data. ``ctx`` is the
+    context frame or its column arrays (cheaper to read).
     """
-    n = len(ctx)
-    rs = ctx["response_status"].to_numpy(dtype=object)
-    has_session = ctx["has_session"].to_numpy(dtype=bool)
-    latest = ctx["latest_phq9"].to_numpy(dtype=float)
-    cut = ctx["response_threshold"].to_numpy(dtype=float)
-    after = ctx["latest_phq9_date"].to_numpy(dtype="datetime64[ns]") > ctx["last_session"].to_numpy(
-        dtype="datetime64[ns]"
+    rs = np.asarray(ctx["response_status"], dtype=object)
+    n = len(rs)
+    has_session = np.asarray(ctx["has_session"], dtype=bool)
+    latest = np.asarray(ctx["latest_phq9"], dtype=float)
+    cut = np.asarray(ctx["response_threshold"], dtype=float)
+    after = np.asarray(ctx["latest_phq9_date"], dtype="datetime64[ns]") > np.asarray(
+        ctx["last_session"], dtype="datetime64[ns]"
     )
     with np.errstate(invalid="ignore"):
         latest_out = after & (latest > cut)
     status = np.full(n, "insufficient_data", dtype=object)
     status[rs == "responded"] = "forecast"
-    status[(rs == "responded") & ctx["waned_seen"].to_numpy(dtype=bool)] = "not_in_response"
+    status[(rs == "responded") & np.asarray(ctx["waned_seen"], dtype=bool)] = "not_in_response"
     status[rs == "not_responded"] = "not_in_response"
     status[(rs == "no_assessment") & latest_out] = "not_in_response"
-    few = ctx["n_phq9"].to_numpy() < settings.min_phq9_scores
+    few = np.asarray(ctx["n_phq9"]) < settings.min_phq9_scores
     status[(status == "forecast") & few] = "insufficient_data"
     status[~has_session] = "no_treatment"
     return status

@@ -251,14 +251,14 @@ def forecast_frame(
     with_daily = daily
     definition = outcome_definition(model)
     ctx, flagged, columns = query_context(cohort, q, settings, definition)
-    base_status = base_statuses(ctx, settings)
+    base_status = base_statuses(columns, settings)
     n = len(ctx)
     days = np.arange(1, settings.grid_days + 1)
     daily = np.full((n, len(days)), np.nan)
     lower = np.full_like(daily, np.nan)
     upper = np.full_like(daily, np.nan)
     rows = np.flatnonzero(base_status == "forecast")
-    since = ctx["days_since_session"].to_numpy(dtype=float)
+    since = np.asarray(columns["days_since_session"], dtype=float)
     X = None
     design: dict[str, np.ndarray] = {}
     if len(rows):
@@ -279,13 +279,14 @@ def forecast_frame(
     pop = population_risk(pop_curve, since[pop_rows], days)
     daily[pop_rows] = pop
     sugg = suggest_offsets(
-        np.nan_to_num(daily, nan=1.0), ctx["threshold"].to_numpy(), np.nan_to_num(since), settings
+        np.nan_to_num(daily, nan=1.0), np.asarray(columns["threshold"]), np.nan_to_num(since),
+        settings,
     )
     status = base_status.copy()
     fc = base_status == "forecast"
     status[fc] = np.where(sugg["due"][fc], "session_due", "routine")
     pre_safety = status.copy()
-    level = ctx["safety"].to_numpy(dtype=object)
+    level = np.asarray(columns["safety"], dtype=object)
     flagged_now = pd.notna(level)
     status[flagged_now] = [STATUS_OF_LEVEL[v] for v in level[flagged_now]]
     return ForecastFrame(
