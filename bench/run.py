@@ -673,6 +673,9 @@ def _start_profiler(server: Server, seconds: float, out: Path) -> subprocess.Pop
         "--duration",
         str(max(1, int(seconds))),
         "--nonblocking",
+        # Only samples holding the GIL: where the CPU goes. Without it, the threads of a
+        # worker waiting for the GIL show up in whatever numpy call released it.
+        "--gil",
         "--output",
         str(out),
     ]
