@@ -76,7 +76,7 @@ def predict_command(
     from forecast.commands.problems import one_line
     from forecast.commands.progress import Progress
     from forecast.data import ContractError, load_cohort
-    from forecast.policy import PolicySettings, forecast_cohort, forecast_rows
+    from forecast.policy import PolicySettings, forecast_rows, forecast_table
 
     t0 = time.perf_counter()
     try:
@@ -102,8 +102,7 @@ def predict_command(
     with Progress(len(ids), "predict") as bar:
         for start in range(0, len(ids), CHUNK_PATIENTS):
             chunk = ids[start : start + CHUNK_PATIENTS]
-            answers = forecast_cohort(cohort.subset(chunk), model, day, settings)
-            frames.append(forecast_rows(answers))
+            frames.append(forecast_table(cohort.subset(chunk), model, day, settings))
             bar.update(len(chunk))
     table = pd.concat(frames, ignore_index=True) if frames else forecast_rows([])
     _write(table, out, t0)

@@ -19,12 +19,11 @@ CHUNK_PATIENTS = 2000
 def predict_part(folder: str, part: str, model: Any, day: pd.Timestamp, settings: Any
                  ) -> pd.DataFrame:
     """The predict rows of one part's patients (validated as a contract folder first)."""
-    from forecast.policy import forecast_cohort, forecast_rows
+    from forecast.policy import forecast_rows, forecast_table
 
     cohort = load_part(Path(folder), part, covariates=model.covariates)
     ids = cohort.patients["patient_id"].astype(str).to_numpy()
-    frames = [forecast_rows(forecast_cohort(cohort.subset(ids[s:s + CHUNK_PATIENTS]), model,
-                                            day, settings))
+    frames = [forecast_table(cohort.subset(ids[s:s + CHUNK_PATIENTS]), model, day, settings)
               for s in range(0, len(ids), CHUNK_PATIENTS)]
     return pd.concat(frames, ignore_index=True) if frames else forecast_rows([])
 
