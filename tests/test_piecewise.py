@@ -14,6 +14,7 @@ from forecast.bundle import HAZARD_FAMILIES, Bundle, clock_arrays, window_exposu
 from forecast.cli import main
 from forecast.models import FeatureSet, make_estimator, pwe_hessian, pwe_objective
 from forecast.models.base import _bootstrap_weights, _prepare_bounds
+from forecast.models.piecewise import pwe_penalty
 
 EDGES = np.array([0.0, 7.0, 14.0])
 
@@ -89,6 +90,53 @@ def test_hessian_matches_finite_differences_of_the_gradient() -> None:
     assert np.allclose(hess, hess.T)
 
 
+def test_window_smoothing_penalty_derivatives_and_value() -> None:
+    """The smoothing term is 0.5 * ws * sum over neighbouring windows of ((delta[j+1] -
+    delta[j]) * sd)^2, written out by hand; its gradient and Hessian are exact."""
+    J, p = 4, 3
+    rng = np.random.default_rng(8)
+    theta = rng.normal(size=J + p + J * p)
+    sd = np.array([0.5, 1.0, 2.0])
+    ws = 0.7
+    f0, g0, h0 = pwe_penalty(theta, J, sd, 0.2, 0.05)
+    f, g, h = pwe_penalty(theta, J, sd, 0.2, 0.05, ws)
+    delta = theta[J + p:].reshape(J, p)
+    by_hand = 0.5 * ws * sum(float(np.sum(((delta[j + 1] - delta[j]) * sd) ** 2))
+                             for j in range(J - 1))
+    assert f - f0 == pytest.approx(by_hand, rel=1e-12)
+    eps = 1e-6
+    num_g = np.array([(pwe_penalty(theta + e, J, sd, 0.2, 0.05, ws)[0]
+                       - pwe_penalty(theta - e, J, sd, 0.2, 0.05, ws)[0]) / (2 * eps)
+                      for e in np.eye(theta.size) * eps])
+    assert np.abs(num_g - g).max() < 1e-7
+    num_h = np.column_stack([(pwe_penalty(theta + e, J, sd, 0.2, 0.05, ws)[1]
+                              - pwe_penalty(theta - e, J, sd, 0.2, 0.05, ws)[1]) / (2 * eps)
+                             for e in np.eye(theta.size) * eps])
+    assert np.abs(num_h - h).max() < 1e-6
+    assert np.allclose(h[:J + p, :J + p], h0[:J + p, :J + p])  # only the deltas' block moves
+
+
+def test_window_smoothing_pulls_neighbouring_window_effects_together() -> None:
+    """A first-week-only effect (hazard ratio 4, then 1): the heavier the smoothing, the
+    closer the first two windows' hazard ratios; none gives a ratio outside [1, 4]."""
+    X, lo, up = _short_term_signal(6000, 3)
+    feats = FeatureSet(("flag", "elapsed_days"), {})
+    rows = pd.DataFrame({"flag": [0.0, 1.0], "elapsed_days": 0.0,
+                         "days_since_assessment": 0.0, "n_assessments_since_session": 0.0})
+    gaps = []
+    for ws in (0.0, 0.1, 10.0):
+        est = make_estimator("piecewise", features=feats, penalizer=1e-4,
+                             window_penalizer=1e-4, window_smoothing=ws,
+                             edges=(0.0, 7.0, 14.0, 28.0)).fit(X, lo, up)
+        log_s = np.log(est.predict_survival(rows, [7.0, 14.0]))
+        hr1 = log_s[1, 0] / log_s[0, 0]
+        hr2 = (log_s[1, 1] - log_s[1, 0]) / (log_s[0, 1] - log_s[0, 0])
+        assert 0.9 < hr2 <= hr1 < 4.6
+        gaps.append(np.log(hr1) - np.log(hr2))
+    assert gaps[0] > gaps[1] > gaps[2]
+    assert gaps[2] < 0.1 * gaps[0]
+
+
 def _short_term_signal(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """A binary flag that quadruples the hazard in the first week only, weekly visits."""
     rng = np.random.default_rng(seed)
@@ -114,7 +162,8 @@ def signal_fit():
     X, lo, up = _short_term_signal(6000, 3)
     feats = FeatureSet(("flag", "elapsed_days"), {})
     est = make_estimator("piecewise", features=feats, penalizer=1e-4, window_penalizer=1e-4,
-                         edges=(0.0, 7.0, 14.0, 28.0), n_bootstrap=3, random_state=0)
+                         window_smoothing=0.0, edges=(0.0, 7.0, 14.0, 28.0), n_bootstrap=3,
+                         random_state=0)
     return X, est.fit(X, lo, up, groups=np.arange(len(X)))
 
 
@@ -287,7 +336,7 @@ def test_fit_agrees_with_lifelines_piecewise_exponential() -> None:
     feats = FeatureSet(("flag", "age", "elapsed_days"), {})
     w_pen, edges = 0.02, (0.0, 7.0, 14.0)
     est = make_estimator("piecewise", features=feats, penalizer=0.0, window_penalizer=w_pen,
-                         edges=edges).fit(X, lo, up)
+                         window_smoothing=0.0, edges=edges).fit(X, lo, up)
     z = est.encoder_.transform(X)[:, est.encoder_.active]
     df = pd.DataFrame(z, columns=[f"x{i}" for i in range(z.shape[1])])
     df["lower"], df["upper"] = np.maximum(lo, 0.0), up

@@ -37,6 +37,9 @@ PIECEWISE_EDGES: tuple[float, ...] = (0.0, 7.0, 14.0, 28.0, 42.0, 56.0, 84.0)
 #: docs/design-decisions.md, "Piecewise penalties per unit, window penalty 0.01").
 PIECEWISE_PENALIZER = 0.1
 PIECEWISE_WINDOW_PENALIZER = 0.01
+#: Penalty on the difference between neighbouring windows' effects (docs/design-decisions.md,
+#: "Window effects smooth across windows").
+PIECEWISE_WINDOW_SMOOTHING = 0.1
 #: What the piecewise penalties are per: "unit" (each design column's unit: an SD for the
 #: standardised numeric columns, the indicator for a category) or "sd" (column SD).
 PIECEWISE_PENALTY_SCALE = "unit"
@@ -150,7 +153,8 @@ def pwe_hessian_sums(
 
 
 def pwe_penalty(
-    theta: np.ndarray, J: int, pen_scale: np.ndarray, penalizer: float, window_penalizer: float
+    theta: np.ndarray, J: int, pen_scale: np.ndarray, penalizer: float, window_penalizer: float,
+    window_smoothing: float = 0.0,
 ) -> tuple[float, np.ndarray, np.ndarray]:
     """The penalty term: its value, gradient and Hessian (parameter-sized, no rows).
 
@@ -173,7 +177,15 @@ def pwe_penalty(
     diag = np.zeros(theta.size)
     diag[J:J + p] = penalizer * s2
     diag[J + p:] = window_penalizer * np.tile(s2, J)
-    return f, grad, np.diag(diag)
+    H = np.diag(diag)
+    if window_smoothing > 0 and J > 1:
+        # neighbouring windows' effects close: 0.5 * ws * sum((delta[j+1] - delta[j])^2 sd^2)
+        D = np.kron(np.diff(np.eye(J), axis=0), np.diag(pen_scale))  # ((J-1) p, J p)
+        dd = D @ theta[J + p:]
+        f += 0.5 * window_smoothing * float(dd @ dd)
+        grad[J + p:] += window_smoothing * (D.T @ dd)
+        H[J + p:, J + p:] += window_smoothing * (D.T @ D)
+    return f, grad, H
 
 
 @dataclass(frozen=True)
@@ -184,9 +196,11 @@ class PwePenalty:
     pen_scale: np.ndarray
     penalizer: float
     window_penalizer: float
+    window_smoothing: float = 0.0
 
     def __call__(self, theta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        return pwe_penalty(theta, self.J, self.pen_scale, self.penalizer, self.window_penalizer)
+        return pwe_penalty(theta, self.J, self.pen_scale, self.penalizer, self.window_penalizer,
+                           self.window_smoothing)
 
 
 def pwe_combine(
@@ -447,6 +461,7 @@ class PiecewiseExponentialModel(SurvivalEstimator):
         penalty_scale: str = PIECEWISE_PENALTY_SCALE,
         absent_share: float = PIECEWISE_ABSENT_SHARE,
         absent_joint_share: float = PIECEWISE_ABSENT_JOINT_SHARE,
+        window_smoothing: float = PIECEWISE_WINDOW_SMOOTHING,
     ) -> None:
         super().__init__(features, penalizer, n_bootstrap, random_state, n_jobs, max_iter,
                          horizons)
@@ -457,6 +472,7 @@ class PiecewiseExponentialModel(SurvivalEstimator):
         self.time_feature = time_feature
         self.time_interactions = time_interactions
         self.penalty_scale = penalty_scale
+        self.window_smoothing = window_smoothing
 
     def fit(self, X: pd.DataFrame, lower: Any, upper: Any,
             groups: Any = None) -> PiecewiseExponentialModel:
@@ -522,12 +538,14 @@ class PiecewiseExponentialModel(SurvivalEstimator):
             self.penalizer_ = PIECEWISE_PENALIZER
         if not float(self.window_penalizer) >= 0:
             raise ValueError("window_penalizer must be a number >= 0")
+        if not float(self.window_smoothing) >= 0:
+            raise ValueError("window_smoothing must be a number >= 0")
         if self.penalty_scale not in ("unit", "sd"):
             raise ValueError(f"penalty_scale must be 'unit' or 'sd', got {self.penalty_scale!r}")
 
     def _pwe_penalty(self, scale: np.ndarray) -> PwePenalty:
         return PwePenalty(self._edges().size, scale, self._penalty(),
-                          float(self.window_penalizer))
+                          float(self.window_penalizer), float(self.window_smoothing))
 
     def _fit_objective(self, objective: PweObjective, theta0: np.ndarray) -> None:
         """Newton from ``theta0`` on ``objective`` (in memory or distributed); sets the fit.
@@ -635,6 +653,7 @@ class PiecewiseExponentialModel(SurvivalEstimator):
         }
         meta = {**self._meta(), "log_likelihood": self.log_likelihood_,
                 "window_penalizer": float(self.window_penalizer),
+                "window_smoothing": float(self.window_smoothing),
                 "penalty_scale": str(self.penalty_scale),
                 "edges": [float(x) for x in self._edges()], "clock": dict(CLOCK_FEATURES)}
         return Bundle(self.kind, "piecewise", self.time_origin, self._horizons(),
