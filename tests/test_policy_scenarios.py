@@ -318,6 +318,12 @@ def test_long_after_the_session_is_due_today(policy_model):
     # The suggestion gives the same reason, never "risk above the threshold".
     assert "longest interval the model reports, have passed" in a["suggestion"]["rationale"]
     assert "already above" not in a["suggestion"]["rationale"]
+    # The risk it quotes is the answer's own 7-day risk, never a "0 %" for today.
+    week = next(h["risk"] for h in a["risk"]["horizons"] if h["days"] == 7)
+    quoted = re.search(r"waned within 7 days is (\d+) %\.$", a["suggestion"]["rationale"])
+    assert quoted is not None
+    assert abs(int(quoted.group(1)) - 100 * week) <= 0.5 + 1e-6
+    assert "by then is 0 %" not in a["suggestion"]["rationale"]
 
 
 def test_a_late_first_score_is_named_and_a_responder_keeps_a_labelled_date(policy_model):

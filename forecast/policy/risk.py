@@ -134,6 +134,8 @@ def suggest_offsets(
     window_start = np.minimum(np.maximum(np.clip(raw_half, lo, hi), 0), session_by)
     idx = np.clip(session_by, 1, d_max) - 1
     risk_at = np.where(session_by > 0, daily[np.arange(n), idx], 0.0)
+    # The risk within a week, quoted when the session is due today (risk_at is then 0).
+    risk_week = daily[np.arange(n), min(7, d_max) - 1] if d_max else np.zeros(n)
     return {
         "session_by": session_by,
         "window_start": window_start,
@@ -141,6 +143,7 @@ def suggest_offsets(
         "raw": raw,
         "clamp": clamp,
         "risk_at": risk_at,
+        "risk_week": risk_week,
     }
 
 

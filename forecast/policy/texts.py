@@ -113,11 +113,13 @@ def _booking_text(
     """The booking sentence: due now (and why), or by a date with the risk by then."""
     risk_at = float(sugg["risk_at"][i])
     if sugg["due"][i] and sugg["raw"][i] > 0:
-        # Due because the longest interval has passed, not because of the risk.
+        # Due because the longest interval has passed, not because of the risk; the risk
+        # "by then" (today) is no figure to quote, the week ahead is.
         text = (
             f"Book the next session now (by {human_date(by)}): {settings.max_interval_days // 7}"
             " weeks after the last session, the longest interval the model reports, have "
-            f"passed; risk that the benefit has waned by then is {percent(risk_at)}"
+            "passed; risk that the benefit has waned within 7 days is "
+            f"{percent(float(sugg['risk_week'][i]))}"
         )
     elif sugg["due"][i]:
         text = (
