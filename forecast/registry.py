@@ -398,7 +398,7 @@ class LoadedModel:
 
     @property
     def population_curve(self) -> dict[str, list[float]] | None:
-        """Population (Turnbull) survival curve of the training episodes, if stored."""
+        """Population survival curve of the training episodes, if stored."""
         return self.card.get("population_curve")
 
     @property

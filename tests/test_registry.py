@@ -199,3 +199,38 @@ def test_cli_train_rejects_bad_penalizer(trained_registry, tmp_path) -> None:
                                        str(tmp_path / "m"), "--penalizer", "lots"])
     assert result.exit_code == 2
     assert "expected 'auto' or a number >= 0" in result.output
+
+
+def test_population_curve_recovers_a_constant_hazard_from_weekly_intervals() -> None:
+    """Exponential waning at 0.02 a day seen only at weekly visits, censored at 20-150
+    days: the stored curve is exp(-0.02 t) within 0.02 over a year's first 120 days."""
+    from forecast.training import population_curve
+
+    rng = np.random.default_rng(3)
+    t = rng.exponential(50.0, 20000)
+    cens = rng.uniform(20, 150, t.size)
+    seen = t <= cens
+    lower = np.where(seen, np.floor(t / 7) * 7, np.floor(cens / 7) * 7)
+    upper = np.where(seen, lower + 7, np.inf)
+    s = np.array(population_curve(lower, upper)["survival"])
+    days = np.arange(0, 121)
+    assert np.abs(s[days] - np.exp(-0.02 * days)).max() < 0.02
+
+
+def test_population_curve_follows_turnbull_without_its_steps() -> None:
+    """On a simulated weekly cohort the curve is within 0.03 of the Turnbull NPMLE of the
+    same episodes at 14-84 days, never rises, and gains at most 2 points in a day where the
+    NPMLE, read day by day, jumps by more."""
+    from forecast.features import landmark_dataset
+    from forecast.models.nonparametric import turnbull_survival
+    from forecast.simulation import simulate
+    from forecast.training import population_curve
+
+    start = landmark_dataset(simulate(3000, 5).cohort).query("landmark == 0")
+    lo, up = start["lower"].to_numpy(float), start["upper"].to_numpy(float)
+    s = np.array(population_curve(lo, up)["survival"])
+    tb = turnbull_survival(lo, up, np.arange(0, 366.0))
+    h = [14, 28, 56, 84]
+    assert np.abs(s[h] - tb[h]).max() < 0.03
+    assert np.all(np.diff(s) <= 0)
+    assert np.max(-np.diff(s)) < 0.02 < np.max(-np.diff(tb))

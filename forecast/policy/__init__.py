@@ -14,7 +14,7 @@ Rules (see README.md (policy section) for the clinical reasons):
 - ``no_treatment``: no session on record by as-of.
 - ``insufficient_data``: no baseline PHQ-9, or no valid PHQ-9 after the last
   session yet (response unknown), or fewer scores than the minimum history.
-  The answer carries the population (Turnbull) estimate stored with the model
+  The answer carries the population estimate stored with the model
   version, labelled as such, never a personalised forecast.
 - ``not_in_response``: the first PHQ-9 after the last session was not a
   response, or the benefit has visibly waned since (benefit-waned criteria of

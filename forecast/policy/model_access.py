@@ -37,8 +37,9 @@ def population_from_model(model: Any) -> dict[str, list[float]] | None:
 
     Looked up as ``model.population_curve``, ``model.card["population_curve"]``
     or ``model.bundle.population_curve``: a dict with ``days`` (0, 1, ...) and
-    ``survival`` (Turnbull estimate over the training episodes, aggregate
-    only), stored at train time by :func:`forecast.training.train_and_save`.
+    ``survival`` (smooth interval-censored estimate over the training
+    episodes, :func:`forecast.training.population_curve`, aggregate only),
+    stored at train time by :func:`forecast.training.train_and_save`.
     """
     for holder in (model, getattr(model, "bundle", None)):
         curve = getattr(holder, "population_curve", None)

@@ -102,7 +102,7 @@ def risk_block(
         block["conditional_on"] = (
             "Population estimate, not personalised: the share of the model's training "
             "episodes whose benefit waned within H days, among those still without waning "
-            "this long after their session (Turnbull estimate)."
+            "this long after their session (a smooth interval-censored estimate)."
         )
     return block
 
