@@ -247,6 +247,16 @@ def population_curve(lower: np.ndarray, upper: np.ndarray, max_days: int = 365
     return {"days": days.astype(int).tolist(), "survival": np.round(surv, 6).tolist()}
 
 
+def registry_and_key(models_dir: Any) -> tuple[Any, Any]:
+    """The writable registry folder and the signing key, checked before any training work
+    (:class:`forecast.registry.RegistryError` when either is unusable)."""
+    root = registry.check_writable(registry.models_dir(models_dir))
+    try:
+        return root, signing.signing_key()
+    except signing.SignatureError as exc:
+        raise registry.RegistryError(str(exc)) from None
+
+
 def train_and_save(
     cohort: Any,
     models_dir: Any = None,
@@ -270,11 +280,7 @@ def train_and_save(
     The version is signed with the configured key (``forecast.signing``).
     """
     step = progress or (lambda stage: None)
-    root = registry.check_writable(registry.models_dir(models_dir))
-    try:
-        key = signing.signing_key()
-    except signing.SignatureError as exc:
-        raise registry.RegistryError(str(exc)) from None
+    root, key = registry_and_key(models_dir)
     definition = definition if definition is not None else OutcomeDefinition()
     step("features")
     ld = landmark_dataset(cohort, definition)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from forecast import registry, signing
+from forecast import registry
 from forecast.data.partitioned import (
     check_layout,
     check_split_patients,
@@ -25,7 +25,7 @@ from forecast.distributed import parts as P
 from forecast.distributed.fit import fit_piecewise
 from forecast.models import make_estimator
 from forecast.outcomes import OutcomeDefinition
-from forecast.training import population_curve, spec_of
+from forecast.training import population_curve, registry_and_key, spec_of
 
 _SUMMED = ("patients", "patients_with_episodes", "episodes", "episodes_with_observed_waning",
            "landmark_rows", "forecast_point_rows", "training_rows")
@@ -119,11 +119,7 @@ def train_and_save_dask(
     """:func:`forecast.training.train_and_save` on a Dask cluster; returns the version id."""
     step = progress or (lambda stage: None)
     check_kind(kind)
-    root = registry.check_writable(registry.models_dir(models_dir))
-    try:
-        key = signing.signing_key()
-    except signing.SignatureError as exc:
-        raise registry.RegistryError(str(exc)) from None
+    root, key = registry_and_key(models_dir)
     definition = definition if definition is not None else OutcomeDefinition()
     step(f"features per part, fit {kind} (+{n_bootstrap} bootstrap) on Dask")
     est, summary, summaries = fit_dask(client, folder, kind, n_bootstrap=n_bootstrap, seed=seed,
