@@ -11,14 +11,15 @@ then trained:
   each; peak memory per worker is the highest RSS seen by polling the
   workers every 0.5 s (the client process's own peak is reported too).
 
-Both train the default kind with ``--bootstrap`` refits and the same seed; the
+Both train the default kind with ``--bootstrap`` refits (the 1M run with
+``--million-bootstrap``, default 0) and the same seed; the
 100k run also reports the largest difference between the two versions'
 coefficients. Writes bench/out/dask_scale.json and prints a table.
 
 Usage::
 
     python bench/dask_scale.py                      # 100k: single machine vs Dask
-    python bench/dask_scale.py --million            # and 1M on Dask (about 25 min here)
+    python bench/dask_scale.py --million            # and 1M on Dask, no refits (about 10 min)
     python bench/dask_scale.py --sizes 20000 --bootstrap 5 --work /tmp/dask-bench
 """
 
@@ -130,11 +131,12 @@ def max_difference(models: Path, a: str, b: str) -> float:
     return float(max(np.max(np.abs(x[k] - y[k])) for k in x))
 
 
-def run(sizes: list[int], per_part: dict[int, int], work: Path, bootstrap: int, seed: int,
-        workers: int, memory_limit: str, single_up_to: int) -> list[dict[str, Any]]:
+def run(sizes: list[int], per_part: dict[int, int], work: Path, bootstraps: dict[int, int],
+        seed: int, workers: int, memory_limit: str, single_up_to: int) -> list[dict[str, Any]]:
     rows = []
     models = work / "models"
     for n in sizes:
+        bootstrap = bootstraps[n]
         folder = work / f"sim-{n}"
         simulate(n, per_part.get(n, max(1000, n // 50)), folder, seed)
         row: dict[str, Any] = {"patients": n, "parts": len(list((folder / "patients").iterdir())),
@@ -155,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="100000", help="Comma-separated patient counts.")
     ap.add_argument("--million", action="store_true", help="Add 1,000,000 patients (Dask only).")
     ap.add_argument("--bootstrap", type=int, default=30)
+    ap.add_argument("--million-bootstrap", type=int, default=0,
+                    help="Bootstrap refits of the 1M run (each is a pass over every part per "
+                    "L-BFGS step: 30 take hours on two cores).")
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--memory-limit", default="4GB")
@@ -170,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("FORECAST_SIGNING_KEY_FILE", "")
     with tempfile.TemporaryDirectory(prefix="dask-bench-") as tmp:
         work = args.work or Path(tmp)
-        rows = run(sizes, per_part, work, args.bootstrap, args.seed, args.workers,
+        bootstraps = {n: args.million_bootstrap if n == 1_000_000 else args.bootstrap
+                      for n in sizes}
+        rows = run(sizes, per_part, work, bootstraps, args.seed, args.workers,
                    args.memory_limit, args.single_up_to)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({"rows": rows}, indent=2))
