@@ -268,7 +268,8 @@ def test_a_booster_given_in_response_is_forecast_from_its_check_in_score(policy_
     assert a["risk"]["kind"] == "personalised"
     check_in = (AS_OF - pd.Timedelta(days=3)).strftime("%Y-%m-%d")
     assert f"pre-session PHQ-9 8 of {check_in}" in a["status_reason"]
-    assert "no PHQ-9 since the session yet" in a["status_reason"]
+    assert "no PHQ-9 since the session yet;" in a["status_reason"]
+    assert "yet, in response" not in a["status_reason"]  # no dangling state after "yet"
     assert any("pre-session PHQ-9 8" in x for x in a["caveats"])
     assert a["current"]["response_state"] in ("in_response", "in_remission")
     assert _date(a["suggestion"]["session_by"]) >= AS_OF + pd.Timedelta(days=4)

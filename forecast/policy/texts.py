@@ -395,11 +395,12 @@ def responded_clause(c: dict, rule: str) -> str:
     basis = pre_session_basis(c)
     if basis is not None:
         since = pd.Timestamp(c["latest_phq9_date"]) > pd.Timestamp(c["last_session"])
-        later = f"; latest {latest}" if since else "; no PHQ-9 since the session yet"
         state = "in response" if in_response_now(c) else "above the response threshold"
+        # Without a later score the pre-session one is the latest: nothing more to say.
+        later = f"; latest {latest}, {state}" if since else "; no PHQ-9 since the session yet"
         return (
             f"In response at the last session on {iso_day(c['last_session'])} ({basis}"
-            f"{later}, {state}; {rule})"
+            f"{later}; {rule})"
         )
     if in_response_now(c):
         return f"In response after the last session ({latest}; {rule})"
