@@ -37,6 +37,18 @@ from forecast.bundle.schema import (
 _NO_SINCE = np.zeros(1)
 
 
+def _base_cond(clock: tuple[np.ndarray, np.ndarray], since: Any
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(base, cond, entry)`` of an as_of bundle: ``S(base + t) / S(cond)``, ``cond`` the
+    entry (last event-free assessment) or, when days after as-of are known survived,
+    ``start + since``."""
+    start, entry = clock
+    if since is _NO_SINCE:
+        return start, entry, entry
+    base = start + since
+    return base, np.where(since > 0, base, entry), entry
+
+
 @dataclass
 class Bundle:
     """Numpy-only serving form of a fitted model (see the module notes).
@@ -188,14 +200,7 @@ class Bundle:
     ) -> np.ndarray:
         n = len(z)
         if clock is not None:
-            # as_of: S(start + since + t) / S(cond), cond = the entry (last event-free
-            # assessment) or, when days after as-of are known survived, start + since.
-            start, entry = clock
-            if since is _NO_SINCE:
-                base, cond = start, entry
-            else:
-                base = start + since
-                cond = np.where(since > 0, base, entry)
+            base, cond, entry = _base_cond(clock, since)
             if self.family in AFT_FAMILIES:
                 return self._aft_ratio(z, base, cond, times, which)
             if self.family == "piecewise":
@@ -272,12 +277,7 @@ class Bundle:
         rates = np.stack([self._piecewise_rate(z, b) for b in range(self.n_bootstrap)])
         n = len(z)
         if clock is not None:
-            start, entry = clock
-            if since is _NO_SINCE:
-                base, cond = start, entry
-            else:
-                base = start + since
-                cond = np.where(since > 0, base, entry)
+            base, cond, entry = _base_cond(clock, since)
             h_t = self._piecewise_cumhaz_many(rates, (base - entry)[:, None] + times[None, :])
             h_c = self._piecewise_cumhaz_many(rates, (cond - entry)[:, None])
             return np.exp(np.minimum(h_c - h_t, 0.0))
