@@ -460,8 +460,10 @@ DETAILS = ("horizons", "daily")
 
 
 def parse_detail(value: str | None, field: str = "query/detail") -> bool:
-    """True when the caller asked for the daily curves (``?detail=daily``)."""
-    if value is None or value == "" or value == "horizons":
+    """True when the caller asked for the daily curves (``?detail=daily``); absent or
+    ``horizons``: False; any other value, the empty one included, is a 422 (the OpenAPI
+    enum)."""
+    if value is None or value == "horizons":
         return False
     if value == "daily":
         return True
