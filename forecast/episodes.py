@@ -125,6 +125,7 @@ def episode_arrays(prep: Prepared) -> dict[str, np.ndarray]:
         "r_day": r["r_day"],
         "r_phq9": r["r_phq9"],
         "r_item9": r["r_item9"],
+        "response_window": r["window"],
         "event": event & responded,
         "lower": lower,
         "upper": upper,
@@ -169,12 +170,13 @@ def _responses(
 
     # Response assessment: the first PHQ-9 row strictly after the session day.
     p_rows = np.flatnonzero(~np.isnan(phq9))
+    windows = response_windows(prep)
     r_idx = np.full(ns, -1, dtype=np.int64)
     if len(p_rows) and ns:
         j = np.searchsorted(prep.a_key[p_rows], prep.s_key, side="right")
         jj = np.clip(j, 0, len(p_rows) - 1)
         row = p_rows[jj]
-        window_end = np.minimum(s_day + response_windows(prep), next_day)
+        window_end = np.minimum(s_day + windows, next_day)
         found = (j < len(p_rows)) & (prep.a_patient[row] == s_pc) & (prep.a_day[row] <= window_end)
         r_idx[found] = row[found]
     has_r = r_idx >= 0
@@ -209,6 +211,7 @@ def _responses(
         "r_item9": r_item9,
         "responded": responded,
         "status": status,
+        "window": windows,
     }
 
 

@@ -43,7 +43,7 @@ from forecast.arrays import (
 )
 from forecast.cohort import Cohort
 from forecast.contract import DIAGNOSES, ROUTES, SESSION_KINDS, SEXES
-from forecast.episodes import episode_arrays, response_windows
+from forecast.episodes import episode_arrays
 from forecast.instruments import severity_band
 from forecast.outcomes import (
     OutcomeDefinition,
@@ -168,7 +168,6 @@ class _Context:
     p_owner: np.ndarray
     i9_rows: np.ndarray
     c_rows: np.ndarray
-    windows: np.ndarray  # per session: its response window (episodes.response_windows)
 
 
 def _context(prep: Prepared) -> _Context:
@@ -236,7 +235,6 @@ def _context(prep: Prepared) -> _Context:
         p_owner=p_owner,
         i9_rows=np.flatnonzero(~np.isnan(item9)),
         c_rows=np.flatnonzero(~np.isnan(cssrs)),
-        windows=response_windows(prep),
     )
 
 
@@ -555,7 +553,7 @@ def _context_values(ctx: _Context, q: _AtQuery, *, safety: bool = True) -> dict[
     si, base, qd, s_day = q.si, q.base, q.qd, q.s_day
     status = np.full(len(q.q_pc), "pending", dtype=object)
     with np.errstate(invalid="ignore"):
-        window = take(ctx.windows, si)
+        window = take(ctx.ep["response_window"], si)
         status[~q.response_known & (qd >= s_day + window)] = "no_assessment"
     status[q.response_known & q.responded] = "responded"
     status[q.response_known & ~q.responded] = "not_responded"
