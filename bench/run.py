@@ -203,24 +203,26 @@ def bench_bundle(quick: bool) -> dict[str, Any]:
 # --------------------------------------------------------------------------- section 2
 
 
-def bench_train(quick: bool) -> dict[str, Any]:
-    """Run bench/train_scale.py (10k, and 100k unless quick) and collect its JSON."""
-    script = BENCH_DIR / "train_scale.py"
+def _script_section(name: str, args: list[str], timeout: int,
+                    env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run bench/<name>.py with ``args`` in a subprocess and collect bench/out/<name>.json."""
+    script = BENCH_DIR / f"{name}.py"
     if not script.exists():
         raise RuntimeError(f"{script.relative_to(ROOT)} does not exist yet")
-    out = OUT_DIR / "train_scale.json"
+    out = OUT_DIR / f"{name}.json"
     out.unlink(missing_ok=True)
-    cmd = [sys.executable, str(script)]
-    if quick:
-        cmd.append("--quick")
     started = time.perf_counter()
-    stdout = _run(cmd, timeout=3000, cwd=ROOT)
-    data = json.loads(out.read_text())
+    stdout = _run([sys.executable, str(script), *args], timeout=timeout, cwd=ROOT, env=env)
     return {
         "wall_s": round(time.perf_counter() - started, 1),
-        "figures": data,
+        "figures": json.loads(out.read_text()),
         "stdout": stdout[-4000:],
     }
+
+
+def bench_train(quick: bool) -> dict[str, Any]:
+    """Run bench/train_scale.py (10k, and 100k unless quick) and collect its JSON."""
+    return _script_section("train_scale", ["--quick"] if quick else [], 3000)
 
 
 # --------------------------------------------------------------------------- section 4
@@ -228,73 +230,33 @@ def bench_train(quick: bool) -> dict[str, Any]:
 
 def bench_service(quick: bool) -> dict[str, Any]:
     """Run bench/service_latency.py (one-client latencies of the service) and collect its JSON."""
-    script = BENCH_DIR / "service_latency.py"
-    if not script.exists():
-        raise RuntimeError(f"{script.relative_to(ROOT)} does not exist yet")
-    out = OUT_DIR / "service_latency.json"
-    out.unlink(missing_ok=True)
-    cmd = [sys.executable, str(script)]
-    if quick:
-        cmd += ["--repeat", "20"]
-    started = time.perf_counter()
-    stdout = _run(cmd, timeout=900, cwd=ROOT)
-    return {
-        "wall_s": round(time.perf_counter() - started, 1),
-        "figures": json.loads(out.read_text()),
-        "stdout": stdout[-4000:],
-    }
+    return _script_section("service_latency", ["--repeat", "20"] if quick else [], 900)
 
 
 # --------------------------------------------------------------------------- section 5
 
 
+def _with_root_on_path() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
 def bench_care(quick: bool) -> dict[str, Any]:
     """Run bench/point_of_care.py on every simulator schedule and collect its JSON."""
-    script = BENCH_DIR / "point_of_care.py"
-    out = OUT_DIR / "point_of_care.json"
-    out.unlink(missing_ok=True)
     size = ["--train", "1500", "--test", "3000"] if quick else ["--train", "3000", "--test", "6000"]
-    cmd = [sys.executable, str(script), *size, "--schedules", "weekly,at-visit,sparse"]
-    started = time.perf_counter()
-    stdout = _run(cmd, timeout=3000, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    return {
-        "wall_s": round(time.perf_counter() - started, 1),
-        "figures": json.loads(out.read_text()),
-        "stdout": stdout[-4000:],
-    }
+    return _script_section("point_of_care", [*size, "--schedules", "weekly,at-visit,sparse"],
+                           3000, _with_root_on_path())
 
 
 def bench_schedules(quick: bool) -> dict[str, Any]:
     """Run bench/schedule_invariance.py (one model per schedule, the same states)."""
-    script = BENCH_DIR / "schedule_invariance.py"
-    out = OUT_DIR / "schedule_invariance.json"
-    out.unlink(missing_ok=True)
     size = ["--train", "4000" if quick else "10000", "--test", "3000" if quick else "4000"]
-    started = time.perf_counter()
-    stdout = _run([sys.executable, str(script), *size], timeout=3000, cwd=ROOT,
-                  env={**os.environ, "PYTHONPATH": str(ROOT)})
-    return {
-        "wall_s": round(time.perf_counter() - started, 1),
-        "figures": json.loads(out.read_text()),
-        "stdout": stdout[-4000:],
-    }
+    return _script_section("schedule_invariance", size, 3000, _with_root_on_path())
 
 
 def bench_dask(quick: bool, million: bool) -> dict[str, Any]:
     """Run bench/dask_scale.py (100k single machine vs Dask; 1M with --dask-million)."""
-    script = BENCH_DIR / "dask_scale.py"
-    out = OUT_DIR / "dask_scale.json"
-    out.unlink(missing_ok=True)
-    cmd = [sys.executable, str(script), "--sizes", "20000" if quick else "100000"]
-    if million:
-        cmd.append("--million")
-    started = time.perf_counter()
-    stdout = _run(cmd, timeout=7200 if million else 3000, cwd=ROOT)
-    return {
-        "wall_s": round(time.perf_counter() - started, 1),
-        "figures": json.loads(out.read_text()),
-        "stdout": stdout[-4000:],
-    }
+    args = ["--sizes", "20000" if quick else "100000", *(["--million"] if million else [])]
+    return _script_section("dask_scale", args, 7200 if million else 3000)
 
 
 def dask_rows(figures: dict[str, Any]) -> list[dict[str, Any]]:
