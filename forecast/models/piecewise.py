@@ -180,11 +180,10 @@ def pwe_penalty(
     H = np.diag(diag)
     if window_smoothing > 0 and J > 1:
         # neighbouring windows' effects close: 0.5 * ws * sum((delta[j+1] - delta[j])^2 sd^2)
-        D = np.kron(np.diff(np.eye(J), axis=0), np.diag(pen_scale))  # ((J-1) p, J p)
-        dd = D @ theta[J + p:]
-        f += 0.5 * window_smoothing * float(dd @ dd)
-        grad[J + p:] += window_smoothing * (D.T @ dd)
-        H[J + p:, J + p:] += window_smoothing * (D.T @ D)
+        DtD = np.diff(np.eye(J), axis=0).T @ np.diff(np.eye(J), axis=0)  # (J, J) tridiagonal
+        f += 0.5 * window_smoothing * float(np.sum((np.diff(delta, axis=0) * pen_scale) ** 2))
+        grad[J + p:] += (window_smoothing * (DtD @ delta) * s2).ravel()
+        H[J + p:, J + p:] += window_smoothing * np.kron(DtD, np.diag(s2))
     return f, grad, H
 
 
